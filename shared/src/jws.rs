@@ -1,0 +1,149 @@
+//! Strict compact JWS (RFC 7515) for EdDSA and ML-DSA-65.
+
+use serde::{Deserialize, Serialize};
+
+use crate::jwk::Jwk;
+use crate::keys::{Alg, Keyring, SigningKey, VerifyingKey};
+use crate::{JoseError, b64, json};
+
+/// Size limits applied before any decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted compact serialization, in bytes.
+    pub max_token_len: usize,
+}
+
+impl Default for Limits {
+    /// 16 KiB: an ML-DSA-65 token is about 5 KiB.
+    fn default() -> Self {
+        Limits {
+            max_token_len: 16 * 1024,
+        }
+    }
+}
+
+/// The protected header members we read; other members are ignored unless listed in `crit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Header {
+    /// Signature algorithm.
+    pub alg: String,
+    /// Media type of the whole JWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
+    /// Key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Embedded public key (DPoP proofs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwk: Option<Jwk>,
+    /// Critical extensions: we understand none, so any value is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crit: Option<serde_json::Value>,
+}
+
+/// A parsed but not yet verified compact JWS.
+#[derive(Debug, Clone)]
+pub struct Jws<'a> {
+    /// The decoded protected header.
+    pub header: Header,
+    /// `header.alg`, parsed.
+    pub alg: Alg,
+    /// The decoded payload.
+    pub payload: Vec<u8>,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+}
+
+impl<'a> Jws<'a> {
+    /// Splits, decodes and checks a compact JWS without verifying it.
+    pub fn parse(token: &'a str, limits: &Limits) -> Result<Jws<'a>, JoseError> {
+        if token.len() > limits.max_token_len {
+            return Err(JoseError::TooLarge {
+                len: token.len(),
+                max: limits.max_token_len,
+            });
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JoseError::Malformed("expected three dot-separated parts"));
+        };
+        if h.is_empty() || s.is_empty() {
+            return Err(JoseError::Malformed("empty header or signature"));
+        }
+        let header: Header = json::from_slice(&b64::decode(h, "header")?, "header")?;
+        let alg = Alg::parse(&header.alg)?;
+        if let Some(crit) = &header.crit {
+            return Err(JoseError::UnknownCrit(crit.to_string()));
+        }
+        Ok(Jws {
+            alg,
+            payload: b64::decode(p, "payload")?,
+            signature: b64::decode(s, "signature")?,
+            signing_input: &token[..h.len() + 1 + p.len()],
+            header,
+        })
+    }
+
+    /// Requires the header `typ` to be `expected` (compared case-insensitively, RFC 7515 4.1.9).
+    pub fn expect_typ(&self, expected: &'static str) -> Result<(), JoseError> {
+        match &self.header.typ {
+            Some(t) if t.eq_ignore_ascii_case(expected) => Ok(()),
+            found => Err(JoseError::WrongType {
+                found: found.clone(),
+                expected,
+            }),
+        }
+    }
+
+    /// Verifies the signature with `key`, whose algorithm must equal the header's.
+    pub fn verify_with(&self, key: &VerifyingKey) -> Result<(), JoseError> {
+        if key.alg() != self.alg {
+            return Err(JoseError::AlgMismatch {
+                header: self.alg.as_str(),
+                key: key.alg().as_str(),
+            });
+        }
+        key.verify(self.signing_input.as_bytes(), &self.signature)
+    }
+
+    /// Finds the key by `kid` in `keys` and verifies with it.
+    pub fn verify(&self, keys: &Keyring) -> Result<(), JoseError> {
+        let kid = self.header.kid.as_deref().ok_or(JoseError::MissingKid)?;
+        let key = keys
+            .get(kid)
+            .ok_or_else(|| JoseError::UnknownKey(kid.to_owned()))?;
+        self.verify_with(key)
+    }
+
+    /// Decodes the payload as strict JSON.
+    pub fn claims<T: serde::de::DeserializeOwned>(&self) -> Result<T, JoseError> {
+        json::from_slice(&self.payload, "payload")
+    }
+}
+
+/// Signs `payload` as a compact JWS with `alg` from the key and the given `typ` and `kid`.
+pub fn sign(
+    key: &SigningKey,
+    typ: &str,
+    kid: Option<&str>,
+    jwk: Option<Jwk>,
+    payload: &[u8],
+) -> Result<String, JoseError> {
+    let header = Header {
+        alg: key.alg().as_str().into(),
+        typ: Some(typ.into()),
+        kid: kid.map(str::to_owned),
+        jwk,
+        crit: None,
+    };
+    let header = serde_json::to_vec(&header).map_err(|_| JoseError::SigningFailed)?;
+    let mut token = b64::encode(&header);
+    token.push('.');
+    token.push_str(&b64::encode(payload));
+    let signature = key.sign(token.as_bytes())?;
+    token.push('.');
+    token.push_str(&b64::encode(&signature));
+    Ok(token)
+}

@@ -1,0 +1,311 @@
+//! Signing and verifying keys for the two JOSE algorithms we allow: EdDSA and ML-DSA-65.
+
+use ed25519_dalek::Signer as _;
+use ml_dsa::{KeyExport as _, Keypair as _, MlDsa65};
+
+use crate::jwk::{Jwk, JwkSet};
+use crate::{JoseError, b64};
+
+/// ML-DSA-65 public key length (FIPS 204).
+pub const MLDSA65_PUBLIC_KEY_LEN: usize = 1952;
+/// ML-DSA-65 signature length (FIPS 204).
+pub const MLDSA65_SIGNATURE_LEN: usize = 3309;
+
+/// A signature algorithm accepted by this project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    /// Ed25519 (RFC 8037).
+    EdDsa,
+    /// ML-DSA-65 (FIPS 204, RFC 9964), pure mode with an empty context.
+    MlDsa65,
+}
+
+impl Alg {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::EdDsa => "EdDSA",
+            Alg::MlDsa65 => "ML-DSA-65",
+        }
+    }
+
+    /// Parses a JOSE `alg`, naming the refused families precisely.
+    pub fn parse(name: &str) -> Result<Alg, JoseError> {
+        match name {
+            "EdDSA" => Ok(Alg::EdDsa),
+            "ML-DSA-65" => Ok(Alg::MlDsa65),
+            _ if name.eq_ignore_ascii_case("none") => Err(JoseError::AlgNone),
+            _ if name.starts_with("HS") => Err(JoseError::Hmac(name.to_owned())),
+            _ => Err(JoseError::UnsupportedAlg(name.to_owned())),
+        }
+    }
+}
+
+impl std::str::FromStr for Alg {
+    type Err = JoseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Alg::parse(s)
+    }
+}
+
+/// A public key bound to exactly one algorithm.
+#[derive(Clone)]
+pub enum VerifyingKey {
+    /// Ed25519 public key.
+    Ed25519(ed25519_dalek::VerifyingKey),
+    /// ML-DSA-65 public key (decoded once: decoding costs more than a verification).
+    MlDsa65(Box<ml_dsa::VerifyingKey<MlDsa65>>),
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VerifyingKey({}, {})",
+            self.alg().as_str(),
+            self.thumbprint()
+        )
+    }
+}
+
+impl PartialEq for VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.alg() == other.alg() && self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl VerifyingKey {
+    /// Decodes raw public key bytes for `alg`.
+    pub fn from_bytes(alg: Alg, bytes: &[u8]) -> Result<Self, JoseError> {
+        match alg {
+            Alg::EdDsa => {
+                let raw: &[u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| JoseError::BadKey("Ed25519 public key must be 32 bytes"))?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(raw)
+                    .map_err(|_| JoseError::BadKey("Ed25519 public key is not a curve point"))?;
+                if key.is_weak() {
+                    return Err(JoseError::BadKey("Ed25519 public key has small order"));
+                }
+                Ok(VerifyingKey::Ed25519(key))
+            }
+            Alg::MlDsa65 => {
+                let enc = ml_dsa::EncodedVerifyingKey::<MlDsa65>::try_from(bytes)
+                    .map_err(|_| JoseError::BadKey("ML-DSA-65 public key must be 1952 bytes"))?;
+                Ok(VerifyingKey::MlDsa65(Box::new(
+                    ml_dsa::VerifyingKey::decode(&enc),
+                )))
+            }
+        }
+    }
+
+    /// The only algorithm this key verifies.
+    pub fn alg(&self) -> Alg {
+        match self {
+            VerifyingKey::Ed25519(_) => Alg::EdDsa,
+            VerifyingKey::MlDsa65(_) => Alg::MlDsa65,
+        }
+    }
+
+    /// Raw public key bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            VerifyingKey::Ed25519(k) => k.to_bytes().to_vec(),
+            VerifyingKey::MlDsa65(k) => k.encode().to_vec(),
+        }
+    }
+
+    /// Verifies `signature` over `message` (strict Ed25519; ML-DSA with an empty context).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), JoseError> {
+        match self {
+            VerifyingKey::Ed25519(key) => {
+                let sig = ed25519_dalek::Signature::from_slice(signature)
+                    .map_err(|_| JoseError::BadSignature)?;
+                key.verify_strict(message, &sig)
+                    .map_err(|_| JoseError::BadSignature)
+            }
+            VerifyingKey::MlDsa65(key) => {
+                let sig = ml_dsa::Signature::<MlDsa65>::try_from(signature)
+                    .map_err(|_| JoseError::BadSignature)?;
+                if key.verify_with_context(message, &[], &sig) {
+                    Ok(())
+                } else {
+                    Err(JoseError::BadSignature)
+                }
+            }
+        }
+    }
+
+    /// The public JWK (RFC 8037 OKP or RFC 9964 AKP), with `kid` set to the thumbprint.
+    pub fn to_jwk(&self) -> Jwk {
+        let mut jwk = self.thumbprint_jwk();
+        jwk.kid = Some(self.thumbprint());
+        jwk.use_ = Some("sig".into());
+        jwk
+    }
+
+    /// RFC 7638 thumbprint (SHA-256, base64url), also used as the `kid`.
+    pub fn thumbprint(&self) -> String {
+        self.thumbprint_jwk().thumbprint()
+    }
+
+    fn thumbprint_jwk(&self) -> Jwk {
+        match self {
+            VerifyingKey::Ed25519(k) => Jwk::okp(b64::encode(k.as_bytes())),
+            VerifyingKey::MlDsa65(k) => Jwk::akp(Alg::MlDsa65, b64::encode(&k.encode())),
+        }
+    }
+}
+
+/// A private key; both kinds are stored as their 32-byte seed.
+pub enum SigningKey {
+    /// Ed25519 private key.
+    Ed25519(ed25519_dalek::SigningKey),
+    /// ML-DSA-65 private key, expanded from its seed.
+    MlDsa65(Box<ml_dsa::SigningKey<MlDsa65>>),
+}
+
+impl SigningKey {
+    /// Derives the key for `alg` from a 32-byte seed (RFC 8037 `d`, RFC 9964 `priv`).
+    pub fn from_seed(alg: Alg, seed: &[u8; 32]) -> Self {
+        match alg {
+            Alg::EdDsa => SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(seed)),
+            Alg::MlDsa65 => SigningKey::MlDsa65(Box::new(ml_dsa::SigningKey::from_seed(
+                &ml_dsa::B32::from(*seed),
+            ))),
+        }
+    }
+
+    /// Generates a fresh key from OS randomness.
+    #[cfg(feature = "rand")]
+    pub fn generate(alg: Alg) -> Self {
+        SigningKey::from_seed(alg, &crate::random::bytes::<32>())
+    }
+
+    /// The 32-byte seed (keep secret).
+    pub fn seed(&self) -> [u8; 32] {
+        match self {
+            SigningKey::Ed25519(k) => k.to_bytes(),
+            SigningKey::MlDsa65(k) => k.to_bytes().into(),
+        }
+    }
+
+    /// The algorithm of this key.
+    pub fn alg(&self) -> Alg {
+        match self {
+            SigningKey::Ed25519(_) => Alg::EdDsa,
+            SigningKey::MlDsa65(_) => Alg::MlDsa65,
+        }
+    }
+
+    /// The matching public key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        match self {
+            SigningKey::Ed25519(k) => VerifyingKey::Ed25519(k.verifying_key()),
+            SigningKey::MlDsa65(k) => VerifyingKey::MlDsa65(Box::new(k.verifying_key())),
+        }
+    }
+
+    /// The `kid`: the public key's RFC 7638 thumbprint.
+    pub fn kid(&self) -> String {
+        self.verifying_key().thumbprint()
+    }
+
+    /// Signs `message` (deterministic Ed25519; deterministic ML-DSA, empty context).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JoseError> {
+        match self {
+            SigningKey::Ed25519(k) => Ok(k.sign(message).to_bytes().to_vec()),
+            SigningKey::MlDsa65(k) => k
+                .expanded_key()
+                .sign_deterministic(message, &[])
+                .map(|sig| sig.encode().to_vec())
+                .map_err(|_| JoseError::SigningFailed),
+        }
+    }
+
+    /// The private JWK (public members plus `d` or `priv`).
+    pub fn to_private_jwk(&self) -> Jwk {
+        let mut jwk = self.verifying_key().to_jwk();
+        let seed = b64::encode(&self.seed());
+        match self {
+            SigningKey::Ed25519(_) => jwk.d = Some(seed),
+            SigningKey::MlDsa65(_) => jwk.priv_ = Some(seed),
+        }
+        jwk
+    }
+
+    /// Imports a private JWK, checking that its public part matches the seed.
+    pub fn from_private_jwk(jwk: &Jwk) -> Result<Self, JoseError> {
+        let public = jwk.to_verifying_key()?;
+        let seed = match public.alg() {
+            Alg::EdDsa => jwk.d.as_deref(),
+            Alg::MlDsa65 => jwk.priv_.as_deref(),
+        }
+        .ok_or(JoseError::BadKey("JWK has no private key"))?;
+        let key = SigningKey::from_seed(public.alg(), &b64::decode_array(seed, "private key")?);
+        if key.verifying_key() != public {
+            return Err(JoseError::BadKey("private key does not match public key"));
+        }
+        Ok(key)
+    }
+}
+
+/// The trusted public keys, looked up by `kid`; each key verifies only its own `alg`.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    keys: Vec<(String, VerifyingKey)>,
+}
+
+impl Keyring {
+    /// An empty keyring.
+    pub fn new() -> Self {
+        Keyring::default()
+    }
+
+    /// Adds a key under `kid`, replacing a key with the same `kid`.
+    pub fn insert(&mut self, kid: String, key: VerifyingKey) {
+        self.keys.retain(|(k, _)| *k != kid);
+        self.keys.push((kid, key));
+    }
+
+    /// Adds a key under its thumbprint.
+    pub fn add(&mut self, key: VerifyingKey) {
+        self.insert(key.thumbprint(), key);
+    }
+
+    /// The key with this `kid`.
+    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// All `(kid, key)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VerifyingKey)> {
+        self.keys.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Builds a keyring from a JWKS. Keys of other types are skipped (a JWKS may serve
+    /// more than we use); a key of ours that is invalid is an error. Keys without a `kid`
+    /// get their thumbprint.
+    pub fn from_jwks(set: &JwkSet) -> Result<Keyring, JoseError> {
+        let mut ring = Keyring::new();
+        for jwk in &set.keys {
+            if !jwk.is_supported() {
+                continue;
+            }
+            let key = jwk.to_verifying_key()?;
+            let kid = jwk.kid.clone().unwrap_or_else(|| key.thumbprint());
+            ring.insert(kid, key);
+        }
+        Ok(ring)
+    }
+}
