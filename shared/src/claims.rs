@@ -139,15 +139,15 @@ impl AccessClaims {
                 wait: self.nbf.saturating_sub(now),
             });
         }
-        if let Some(iss) = &rules.issuer {
-            if &self.iss != iss {
-                return Err(ClaimsError::WrongIssuer(self.iss.clone()));
-            }
+        if rules.issuer.as_ref().is_some_and(|iss| *iss != self.iss) {
+            return Err(ClaimsError::WrongIssuer(self.iss.clone()));
         }
-        if let Some(aud) = &rules.audience {
-            if !self.aud.contains(aud) {
-                return Err(ClaimsError::WrongAudience(aud.clone()));
-            }
+        if let Some(aud) = rules
+            .audience
+            .as_ref()
+            .filter(|aud| !self.aud.contains(aud))
+        {
+            return Err(ClaimsError::WrongAudience(aud.clone()));
         }
         Ok(())
     }

@@ -125,10 +125,11 @@ pub fn verify_proof(proof: &str, req: &ProofRequirements<'_>) -> Result<Verified
     if age.abs() > req.max_age {
         return Err(DpopError::Stale(age));
     }
-    if let Some(token) = req.access_token {
-        if claims.ath.as_deref() != Some(ath(token).as_str()) {
-            return Err(DpopError::WrongAccessToken);
-        }
+    if req
+        .access_token
+        .is_some_and(|token| claims.ath.as_deref() != Some(ath(token).as_str()))
+    {
+        return Err(DpopError::WrongAccessToken);
     }
     if req.nonce.is_some() && claims.nonce.as_deref() != req.nonce {
         return Err(DpopError::WrongNonce);

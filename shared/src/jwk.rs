@@ -102,10 +102,10 @@ impl Jwk {
             }
             _ => return Err(JoseError::BadKey("unsupported kty")),
         };
-        if let Some(declared) = self.alg.as_deref() {
-            if Alg::parse(declared)? != alg {
-                return Err(JoseError::BadKey("JWK alg does not match its key type"));
-            }
+        if let Some(declared) = self.alg.as_deref()
+            && Alg::parse(declared)? != alg
+        {
+            return Err(JoseError::BadKey("JWK alg does not match its key type"));
         }
         let public = public.ok_or(JoseError::BadKey("JWK has no public key member"))?;
         VerifyingKey::from_bytes(alg, &b64::decode(public, "public key")?)

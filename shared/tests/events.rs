@@ -1,0 +1,211 @@
+//! Signed revocation events, the edge set wire format and its lookup.
+
+use shared::edgeset::{EdgeSetError, EdgeUpdate, Entry, RevocationSet, UpdateKind, entry_key};
+use shared::keys::{Alg, Keyring, SigningKey};
+use shared::revocation::{Kind, RevocationEvent, TokenIds};
+use shared::{JoseError, b64};
+
+fn region_key() -> SigningKey {
+    SigningKey::from_seed(Alg::MlDsa65, &[5; 32])
+}
+
+fn event(kind: Kind, value: &str) -> RevocationEvent {
+    RevocationEvent {
+        event_id: format!("ev-{value}"),
+        kind,
+        value: value.into(),
+        not_before: (kind == Kind::Sub).then_some(1_000),
+        expires_at: 5_000,
+        issued_at: 1_000,
+        origin: "eu".into(),
+        nonce: "00ff".into(),
+        kid: region_key().kid(),
+    }
+}
+
+fn ids<'a>(jti: &'a str, sub: &'a str, iat: i64) -> TokenIds<'a> {
+    TokenIds {
+        jti,
+        sub,
+        kid: "k1",
+        sid: Some("s1"),
+        iat,
+    }
+}
+
+#[test]
+fn revocation_events_round_trip_and_are_canonical() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let ev = event(Kind::Sub, "alice");
+    let signed = ev.sign(&key).unwrap();
+    assert_eq!(RevocationEvent::verify(&signed, &ring).unwrap(), ev);
+    // Deterministic bytes: signing twice gives the same token.
+    assert_eq!(ev.sign(&key).unwrap(), signed);
+}
+
+#[test]
+fn forged_or_foreign_events_are_refused() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let signed = event(Kind::Jti, "j").sign(&key).unwrap();
+    let (head, rest) = signed.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let mut other = event(Kind::Jti, "other");
+    other.kid = key.kid();
+    let forged = format!("{head}.{}.{sig}", b64::encode(&other.canonical_bytes()));
+    assert_eq!(
+        RevocationEvent::verify(&forged, &ring).unwrap_err(),
+        JoseError::BadSignature
+    );
+    assert!(matches!(
+        RevocationEvent::verify(&signed, &Keyring::new()),
+        Err(JoseError::UnknownKey(_))
+    ));
+    // An Ed25519 key may not sign events.
+    assert!(
+        event(Kind::Jti, "j")
+            .sign(&SigningKey::from_seed(Alg::EdDsa, &[1; 32]))
+            .is_err()
+    );
+}
+
+#[test]
+fn subject_revocations_cover_tokens_issued_up_to_their_second() {
+    let ev = event(Kind::Sub, "alice");
+    assert!(ev.matches(&ids("x", "alice", 999)));
+    assert!(ev.matches(&ids("x", "alice", 1_000)));
+    assert!(
+        !ev.matches(&ids("x", "alice", 1_001)),
+        "a later login stays valid"
+    );
+    assert!(!ev.matches(&ids("x", "bob", 999)));
+}
+
+#[test]
+fn edge_updates_round_trip_signed_and_sorted() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let entries: Vec<Entry> = ["a", "b", "c"]
+        .iter()
+        .map(|v| Entry::from_event(&event(Kind::Jti, v)))
+        .collect();
+    let update = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 3,
+        generated_at: 1_000,
+        entries,
+    };
+    let opened = EdgeUpdate::open(&update.sign(&key).unwrap(), &ring, 10).unwrap();
+    assert_eq!(opened.seq, 3);
+    assert_eq!(opened.entries.len(), 3);
+    assert!(opened.entries.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(matches!(
+        EdgeUpdate::open(&update.sign(&key).unwrap(), &ring, 2),
+        Err(EdgeSetError::TooManyEntries(3))
+    ));
+}
+
+#[test]
+fn malformed_edge_payloads_are_refused() {
+    let update = EdgeUpdate {
+        kind: UpdateKind::Delta,
+        base_seq: 1,
+        seq: 2,
+        generated_at: 1_000,
+        entries: vec![Entry::from_event(&event(Kind::Sid, "s"))],
+    };
+    let bytes = update.encode();
+    assert_eq!(EdgeUpdate::decode(&bytes, 10).unwrap(), update);
+    for cut in 0..bytes.len() {
+        assert!(
+            EdgeUpdate::decode(&bytes[..cut], 10).is_err(),
+            "truncated at {cut}"
+        );
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(EdgeUpdate::decode(&trailing, 10).is_err());
+    let mut magic = bytes.clone();
+    magic[0] = b'X';
+    assert!(EdgeUpdate::decode(&magic, 10).is_err());
+}
+
+#[test]
+fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
+    let mut set = RevocationSet::new();
+    let snap = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 2,
+        generated_at: 1_000,
+        entries: vec![
+            Entry::from_event(&event(Kind::Jti, "j1")),
+            Entry::from_event(&event(Kind::Sub, "alice")),
+        ],
+    };
+    set.apply(snap).unwrap();
+    assert_eq!(set.check(&ids("j1", "bob", 1_500), 1_500), Some(Kind::Jti));
+    assert_eq!(set.check(&ids("j2", "alice", 900), 1_500), Some(Kind::Sub));
+    assert_eq!(set.check(&ids("j2", "alice", 1_001), 1_500), None);
+    let gap = EdgeUpdate {
+        kind: UpdateKind::Delta,
+        base_seq: 5,
+        seq: 6,
+        generated_at: 1_100,
+        entries: vec![],
+    };
+    assert!(matches!(
+        set.apply(gap),
+        Err(EdgeSetError::SequenceGap {
+            base: 5,
+            current: 2
+        })
+    ));
+    let delta = EdgeUpdate {
+        kind: UpdateKind::Delta,
+        base_seq: 2,
+        seq: 4,
+        generated_at: 1_100,
+        entries: vec![
+            Entry::from_event(&event(Kind::Kid, "k1")),
+            Entry::from_event(&event(Kind::Sid, "s1")),
+        ],
+    };
+    set.apply(delta).unwrap();
+    assert_eq!(set.seq(), 4);
+    assert_eq!(set.check(&ids("j9", "bob", 1_500), 1_500), Some(Kind::Kid));
+    // Expired entries match nothing and are pruned.
+    assert_eq!(set.check(&ids("j1", "bob", 1_500), 5_000), None);
+    set.prune(5_000);
+    assert!(set.is_empty());
+}
+
+#[test]
+fn a_million_entries_stay_small_on_the_wire() {
+    let entries: Vec<Entry> = (0..1_000_000u32)
+        .map(|i| Entry {
+            key: entry_key(Kind::Jti, &i.to_string()),
+            expires_at: 1_000 + i % 3_600,
+            not_before: 0,
+        })
+        .collect();
+    let update = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 1,
+        generated_at: 1_000,
+        entries,
+    };
+    let bytes = update.encode();
+    assert!(bytes.len() < 11_000_000, "{} bytes", bytes.len());
+    assert_eq!(
+        EdgeUpdate::decode(&bytes, 1_000_000).unwrap().entries.len(),
+        1_000_000
+    );
+    assert_eq!(std::mem::size_of::<Entry>(), 16);
+}

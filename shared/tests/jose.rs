@@ -1,0 +1,344 @@
+//! Round trips and every rejection path of the strict JWS, JWK and claims code.
+
+use shared::claims::{AccessClaims, Audience, ClaimsError, TYP_ACCESS_TOKEN, Validation};
+use shared::jws::{self, Jws, Limits};
+use shared::keys::{Alg, Keyring, SigningKey};
+use shared::{JoseError, Jwk, JwkSet, b64};
+
+fn key(alg: Alg, n: u8) -> SigningKey {
+    SigningKey::from_seed(alg, &[n; 32])
+}
+
+fn claims() -> AccessClaims {
+    AccessClaims {
+        iss: "https://issuer.example".into(),
+        sub: "alice".into(),
+        aud: Audience::One("api".into()),
+        exp: 2_000,
+        iat: 1_000,
+        nbf: 1_000,
+        jti: "j1".into(),
+        sid: Some("s1".into()),
+        scope: None,
+        client_id: None,
+        cnf: None,
+        extra: Default::default(),
+    }
+}
+
+fn token(key: &SigningKey, claims: &AccessClaims) -> String {
+    let payload = serde_json::to_vec(claims).unwrap();
+    jws::sign(key, TYP_ACCESS_TOKEN, Some(&key.kid()), None, &payload).unwrap()
+}
+
+fn ring(keys: &[&SigningKey]) -> Keyring {
+    let mut ring = Keyring::new();
+    for k in keys {
+        ring.add(k.verifying_key());
+    }
+    ring
+}
+
+/// A token with an arbitrary header and payload and a garbage signature.
+fn forged(header: &str, payload: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        b64::encode(header.as_bytes()),
+        b64::encode(payload.as_bytes()),
+        b64::encode(&[7; 64])
+    )
+}
+
+#[test]
+fn access_tokens_round_trip_for_both_algorithms() {
+    for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        let k = key(alg, 1);
+        let t = token(&k, &claims());
+        let (got, kid) = AccessClaims::verify(&t, &ring(&[&k]), &Limits::default()).unwrap();
+        assert_eq!(got, claims());
+        assert_eq!(kid, k.kid());
+        got.validate(&Validation::default(), 1_500).unwrap();
+    }
+}
+
+#[test]
+fn a_signature_from_another_key_is_refused() {
+    let signer = key(Alg::EdDsa, 1);
+    let other = key(Alg::EdDsa, 2);
+    let t = token(&signer, &claims());
+    let mut trusted = Keyring::new();
+    trusted.insert(signer.kid(), other.verifying_key());
+    assert_eq!(
+        AccessClaims::verify(&t, &trusted, &Limits::default()).unwrap_err(),
+        JoseError::BadSignature
+    );
+}
+
+#[test]
+fn an_altered_payload_is_refused() {
+    let k = key(Alg::MlDsa65, 1);
+    let t = token(&k, &claims());
+    let parts: Vec<&str> = t.split('.').collect();
+    let mut c = claims();
+    c.sub = "mallory".into();
+    let altered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64::encode(&serde_json::to_vec(&c).unwrap()),
+        parts[2]
+    );
+    assert_eq!(
+        AccessClaims::verify(&altered, &ring(&[&k]), &Limits::default()).unwrap_err(),
+        JoseError::BadSignature
+    );
+}
+
+#[test]
+fn the_header_alg_must_equal_the_keys_alg() {
+    let ed = key(Alg::EdDsa, 1);
+    let ml = key(Alg::MlDsa65, 1);
+    // An ML-DSA-signed token whose kid names the Ed25519 key.
+    let payload = serde_json::to_vec(&claims()).unwrap();
+    let t = jws::sign(&ml, TYP_ACCESS_TOKEN, Some(&ed.kid()), None, &payload).unwrap();
+    assert!(matches!(
+        AccessClaims::verify(&t, &ring(&[&ed]), &Limits::default()).unwrap_err(),
+        JoseError::AlgMismatch {
+            header: "ML-DSA-65",
+            key: "EdDSA"
+        }
+    ));
+}
+
+#[test]
+fn none_and_hmac_and_unknown_algorithms_are_refused() {
+    let limits = Limits::default();
+    let none = format!(
+        "{}.{}.",
+        b64::encode(br#"{"alg":"none"}"#),
+        b64::encode(b"{}")
+    );
+    assert!(matches!(
+        Jws::parse(&none, &limits),
+        Err(JoseError::Malformed(_))
+    ));
+    let none = forged(r#"{"alg":"none"}"#, "{}");
+    assert_eq!(Jws::parse(&none, &limits).unwrap_err(), JoseError::AlgNone);
+    let hs = forged(r#"{"alg":"HS256","kid":"k"}"#, "{}");
+    assert_eq!(
+        Jws::parse(&hs, &limits).unwrap_err(),
+        JoseError::Hmac("HS256".into())
+    );
+    let rs = forged(r#"{"alg":"RS256"}"#, "{}");
+    assert_eq!(
+        Jws::parse(&rs, &limits).unwrap_err(),
+        JoseError::UnsupportedAlg("RS256".into())
+    );
+}
+
+#[test]
+fn unknown_critical_headers_are_refused() {
+    let t = forged(r#"{"alg":"EdDSA","crit":["exp"],"exp":1}"#, "{}");
+    assert!(matches!(
+        Jws::parse(&t, &Limits::default()),
+        Err(JoseError::UnknownCrit(_))
+    ));
+}
+
+#[test]
+fn duplicate_header_members_are_refused() {
+    let t = forged(r#"{"alg":"EdDSA","alg":"none"}"#, "{}");
+    assert_eq!(
+        Jws::parse(&t, &Limits::default()).unwrap_err(),
+        JoseError::DuplicateMember("alg".into())
+    );
+}
+
+#[test]
+fn duplicate_claims_are_refused() {
+    let k = key(Alg::EdDsa, 1);
+    let t = jws::sign(
+        &k,
+        TYP_ACCESS_TOKEN,
+        Some(&k.kid()),
+        None,
+        br#"{"sub":"a","sub":"b"}"#,
+    )
+    .unwrap();
+    let parsed = Jws::parse(&t, &Limits::default()).unwrap();
+    assert_eq!(
+        parsed.claims::<serde_json::Value>().unwrap_err(),
+        JoseError::DuplicateMember("sub".into())
+    );
+}
+
+#[test]
+fn padded_or_non_canonical_base64_is_refused() {
+    let k = key(Alg::EdDsa, 1);
+    let t = token(&k, &claims());
+    let (head, rest) = t.split_once('.').unwrap();
+    let padded = format!("{head}=.{rest}");
+    assert_eq!(
+        Jws::parse(&padded, &Limits::default()).unwrap_err(),
+        JoseError::Base64("header")
+    );
+    let sig_start = t.rfind('.').unwrap() + 1;
+    let mut bad = t.clone();
+    bad.insert(sig_start, '+');
+    assert_eq!(
+        Jws::parse(&bad, &Limits::default()).unwrap_err(),
+        JoseError::Base64("signature")
+    );
+}
+
+#[test]
+fn oversized_tokens_are_refused_before_decoding() {
+    let limits = Limits { max_token_len: 100 };
+    let t = "a".repeat(101);
+    assert_eq!(
+        Jws::parse(&t, &limits).unwrap_err(),
+        JoseError::TooLarge { len: 101, max: 100 }
+    );
+}
+
+#[test]
+fn wrong_part_counts_and_empty_parts_are_refused() {
+    let limits = Limits::default();
+    for t in ["", "a", "a.b", "a.b.c.d", ".b.c", "a.b."] {
+        assert!(
+            matches!(Jws::parse(t, &limits), Err(JoseError::Malformed(_))),
+            "{t:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_unknown_kid_is_reported_as_such() {
+    let k = key(Alg::EdDsa, 1);
+    let payload = serde_json::to_vec(&claims()).unwrap();
+    let no_kid = jws::sign(&k, TYP_ACCESS_TOKEN, None, None, &payload).unwrap();
+    assert_eq!(
+        AccessClaims::verify(&no_kid, &ring(&[&k]), &Limits::default()).unwrap_err(),
+        JoseError::MissingKid
+    );
+    let t = token(&k, &claims());
+    assert_eq!(
+        AccessClaims::verify(&t, &Keyring::new(), &Limits::default()).unwrap_err(),
+        JoseError::UnknownKey(k.kid())
+    );
+}
+
+#[test]
+fn access_tokens_need_the_at_jwt_type() {
+    let k = key(Alg::EdDsa, 1);
+    let t = jws::sign(
+        &k,
+        "JWT",
+        Some(&k.kid()),
+        None,
+        &serde_json::to_vec(&claims()).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        AccessClaims::verify(&t, &ring(&[&k]), &Limits::default()),
+        Err(JoseError::WrongType { .. })
+    ));
+}
+
+#[test]
+fn time_issuer_and_audience_are_checked_with_leeway() {
+    let c = claims();
+    let rules = Validation {
+        issuer: Some("https://issuer.example".into()),
+        audience: Some("api".into()),
+        leeway: 10,
+    };
+    c.validate(&rules, 2_009).unwrap();
+    assert_eq!(
+        c.validate(&rules, 2_010),
+        Err(ClaimsError::Expired { ago: 10 })
+    );
+    c.validate(&rules, 990).unwrap();
+    assert_eq!(
+        c.validate(&rules, 989),
+        Err(ClaimsError::NotYetValid { wait: 11 })
+    );
+    let other_iss = Validation {
+        issuer: Some("x".into()),
+        ..rules.clone()
+    };
+    assert_eq!(
+        c.validate(&other_iss, 1_500).unwrap_err().reason(),
+        "wrong_issuer"
+    );
+    let other_aud = Validation {
+        audience: Some("billing".into()),
+        ..rules.clone()
+    };
+    assert_eq!(
+        c.validate(&other_aud, 1_500).unwrap_err().reason(),
+        "wrong_audience"
+    );
+    let mut many = c.clone();
+    many.aud = Audience::Many(vec!["x".into(), "api".into()]);
+    many.validate(&rules, 1_500).unwrap();
+}
+
+#[test]
+fn jwks_round_trip_and_keys_keep_their_algorithm() {
+    let ed = key(Alg::EdDsa, 1);
+    let ml = key(Alg::MlDsa65, 2);
+    let set = JwkSet {
+        keys: vec![ed.verifying_key().to_jwk(), ml.verifying_key().to_jwk()],
+    };
+    let json = serde_json::to_vec(&set).unwrap();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(
+        text.contains(r#""kty":"AKP""#)
+            && text.contains(r#""alg":"ML-DSA-65""#)
+            && text.contains(r#""pub":"#)
+    );
+    let ring = Keyring::from_jwks(&JwkSet::parse(&json).unwrap()).unwrap();
+    assert_eq!(ring.len(), 2);
+    assert_eq!(ring.get(&ml.kid()).unwrap().alg(), Alg::MlDsa65);
+    assert_eq!(ring.get(&ed.kid()).unwrap().alg(), Alg::EdDsa);
+}
+
+#[test]
+fn private_jwks_round_trip_and_mismatched_parts_are_refused() {
+    for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        let k = key(alg, 3);
+        let jwk = k.to_private_jwk();
+        assert_eq!(SigningKey::from_private_jwk(&jwk).unwrap().seed(), k.seed());
+        let mut wrong = jwk.clone();
+        let other = b64::encode(&[9; 32]);
+        if alg == Alg::EdDsa {
+            wrong.d = Some(other)
+        } else {
+            wrong.priv_ = Some(other)
+        }
+        assert!(SigningKey::from_private_jwk(&wrong).is_err());
+    }
+}
+
+#[test]
+fn malformed_jwks_are_refused_with_a_reason() {
+    let bad = [
+        r#"{"kty":"OKP","crv":"X25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
+        r#"{"kty":"OKP","crv":"Ed25519","x":"AAAA"}"#,
+        r#"{"kty":"OKP","crv":"Ed25519","alg":"ML-DSA-65","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
+        r#"{"kty":"AKP","pub":"AAAA"}"#,
+        r#"{"kty":"AKP","alg":"ML-DSA-65","pub":"AAAA"}"#,
+        r#"{"kty":"RSA","n":"AQAB"}"#,
+    ];
+    for json in bad {
+        let jwk = Jwk::parse(json.as_bytes()).unwrap();
+        assert!(jwk.to_verifying_key().is_err(), "{json}");
+    }
+}
+
+#[test]
+fn error_reasons_match_the_edge_vocabulary() {
+    assert_eq!(JoseError::BadSignature.reason(), "bad_signature");
+    assert_eq!(JoseError::UnknownKey("k".into()).reason(), "unknown_key");
+    assert_eq!(JoseError::AlgNone.reason(), "malformed");
+}
