@@ -1,1 +1,15 @@
+//! proxy-wasm HTTP filter for Envoy: verifies access tokens at the edge and enforces the
+//! revocation set that the control plane pushes, within one long poll of a revocation.
+//!
+//! The decision logic lives in plain modules ([`authz`], [`request`], [`sync`],
+//! [`cache`], [`config`]) that compile and are tested natively; only [`filter`]
+//! (wasm32 only) talks to the proxy-wasm host.
 
+pub mod authz;
+pub mod cache;
+pub mod config;
+pub mod request;
+pub mod sync;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,342 @@
+//! The per-request decision: token -> strict parse -> key by `kid` -> signature ->
+//! time, issuer, audience -> DPoP binding -> revocation set, on every request.
+
+use std::rc::Rc;
+
+use shared::claims::TYP_ACCESS_TOKEN;
+use shared::dpop::{ProofRequirements, verify_proof};
+use shared::edgeset::RevocationSet;
+use shared::jws::{Jws, Limits};
+use shared::revocation::TokenIds;
+use shared::{AccessClaims, JoseError, Keyring, Validation, sha256};
+
+use crate::cache::TokenCache;
+use crate::request::{claim_at, claim_header_value, extract_token};
+
+/// Why a request was refused, as reported in `error_description` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No bearer token.
+    Missing,
+    /// Not a well-formed access token.
+    Malformed,
+    /// No trusted key has the token's `kid`.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` has passed.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// `aud` does not name the configured audience.
+    WrongAudience,
+    /// The token, its subject, key or session is revoked.
+    Revoked,
+    /// The token is bound to a key (`cnf.jkt`) and no valid DPoP proof came with it.
+    InvalidDpopProof,
+}
+
+impl Reason {
+    /// Every reason, in metric order.
+    pub const ALL: [Reason; 10] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::UnknownKey,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::Revoked,
+        Reason::InvalidDpopProof,
+    ];
+
+    /// The reported name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::Revoked => "revoked",
+            Reason::InvalidDpopProof => "invalid_dpop_proof",
+        }
+    }
+
+    fn from_jose(e: &JoseError) -> Reason {
+        match e.reason() {
+            "unknown_key" => Reason::UnknownKey,
+            "bad_signature" => Reason::BadSignature,
+            _ => Reason::Malformed,
+        }
+    }
+}
+
+/// What a verified token leaves in the cache: what later requests still need to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// `jti`.
+    pub jti: String,
+    /// `sub`.
+    pub sub: String,
+    /// `kid` of the key that signed it.
+    pub kid: String,
+    /// `sid`, when the token belongs to a session.
+    pub sid: Option<String>,
+    /// `iat`.
+    pub iat: i64,
+    /// `exp`.
+    pub exp: i64,
+    /// `nbf`.
+    pub nbf: i64,
+    /// `cnf.jkt`: the token needs a DPoP proof signed by this key.
+    pub jkt: Option<String>,
+    /// Upstream headers from the claim mapping, computed once.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The request facts the decision needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The `Authorization` header value.
+    pub authorization: Option<&'a [u8]>,
+    /// The `DPoP` header value.
+    pub dpop: Option<&'a [u8]>,
+    /// `:method`.
+    pub method: &'a str,
+    /// `:scheme`.
+    pub scheme: &'a str,
+    /// `:authority`.
+    pub authority: &'a str,
+    /// `:path`.
+    pub path: &'a str,
+}
+
+/// How fresh the revocation set is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within the staleness bound.
+    Fresh,
+    /// Past the bound (or never synced): requests get 503 unless configured to fail open.
+    Stale,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward, with these claims.
+    Allow {
+        /// The verified token.
+        token: Rc<Verified>,
+        /// True when no signature had to be verified.
+        cache_hit: bool,
+    },
+    /// Answer 401.
+    Deny {
+        /// Why.
+        reason: Reason,
+        /// True when the token came from the cache (revoked or expired since).
+        cache_hit: bool,
+    },
+    /// Answer 503: the revocation set is too old to trust.
+    Unavailable,
+}
+
+/// Verifies tokens for one VM: keys, rules and the cache of verified tokens.
+#[derive(Debug)]
+pub struct Authorizer {
+    keys: Keyring,
+    validation: Validation,
+    limits: Limits,
+    claim_headers: Vec<(String, String)>,
+    dpop_max_age: i64,
+    fail_open: bool,
+    cache: TokenCache<Verified>,
+}
+
+/// The static settings of an [`Authorizer`].
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `iss`, `aud`, leeway.
+    pub validation: Validation,
+    /// Token size limit.
+    pub limits: Limits,
+    /// `(claim path, header)` pairs.
+    pub claim_headers: Vec<(String, String)>,
+    /// DPoP `iat` window.
+    pub dpop_max_age: i64,
+    /// Serve past the staleness bound instead of answering 503.
+    pub fail_open: bool,
+    /// Cache bound.
+    pub cache_max_entries: usize,
+}
+
+impl Authorizer {
+    /// An authorizer with these keys and rules.
+    pub fn new(keys: Keyring, rules: Rules) -> Self {
+        Authorizer {
+            keys,
+            validation: rules.validation,
+            limits: rules.limits,
+            claim_headers: rules.claim_headers,
+            dpop_max_age: rules.dpop_max_age,
+            fail_open: rules.fail_open,
+            cache: TokenCache::new(rules.cache_max_entries),
+        }
+    }
+
+    /// The trusted keys (also used to check signed revocation updates).
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
+    /// Replaces the keys; cached verifications are dropped since a key may be gone.
+    pub fn set_keys(&mut self, keys: Keyring) {
+        self.keys = keys;
+        self.cache.clear();
+    }
+
+    /// Number of cached tokens.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Decides one request against the revocation set at `now`.
+    pub fn authorize(
+        &mut self,
+        req: &Request<'_>,
+        set: &RevocationSet,
+        freshness: Freshness,
+        now: i64,
+    ) -> Outcome {
+        // Either scheme may carry either kind of token: what binds a token to a key is
+        // its `cnf.jkt`, checked below, not the scheme it was sent with.
+        let (_scheme, token) = match extract_token(req.authorization) {
+            Ok(found) => found,
+            Err(reason) => {
+                return Outcome::Deny {
+                    reason,
+                    cache_hit: false,
+                };
+            }
+        };
+        let hash = sha256(token.as_bytes());
+        let (verified, cache_hit) = match self.cache.get(&hash) {
+            Some(v) => (v, true),
+            None => match self.verify(token, now) {
+                Ok(v) => {
+                    let v = Rc::new(v);
+                    self.cache.insert(hash, Rc::clone(&v));
+                    (v, false)
+                }
+                Err(reason) => {
+                    return Outcome::Deny {
+                        reason,
+                        cache_hit: false,
+                    };
+                }
+            },
+        };
+        let deny = |reason| Outcome::Deny { reason, cache_hit };
+        // Time moves on for cached tokens: re-check what depends on it.
+        let leeway = self.validation.leeway;
+        if now >= verified.exp.saturating_add(leeway) {
+            self.cache.remove(&hash);
+            return deny(Reason::Expired);
+        }
+        if verified.nbf > now.saturating_add(leeway) {
+            return deny(Reason::NotYetValid);
+        }
+        if let Some(jkt) = verified.jkt.as_deref()
+            && !self.dpop_ok(req, token, jkt, now)
+        {
+            return deny(Reason::InvalidDpopProof);
+        }
+        if freshness == Freshness::Stale && !self.fail_open {
+            return Outcome::Unavailable;
+        }
+        let ids = TokenIds {
+            jti: &verified.jti,
+            sub: &verified.sub,
+            kid: &verified.kid,
+            sid: verified.sid.as_deref(),
+            iat: verified.iat,
+        };
+        if set.check(&ids, now).is_some() {
+            return deny(Reason::Revoked);
+        }
+        Outcome::Allow {
+            token: verified,
+            cache_hit,
+        }
+    }
+
+    fn dpop_ok(&self, req: &Request<'_>, token: &str, jkt: &str, now: i64) -> bool {
+        let Some(proof) = req.dpop.and_then(|p| std::str::from_utf8(p).ok()) else {
+            return false;
+        };
+        let uri = crate::request::htu(req.scheme, req.authority, req.path);
+        verify_proof(
+            proof,
+            &ProofRequirements {
+                method: req.method,
+                uri: &uri,
+                now,
+                max_age: self.dpop_max_age,
+                access_token: Some(token),
+                nonce: None,
+                jkt: Some(jkt),
+            },
+        )
+        .is_ok()
+    }
+
+    /// Full verification of a token not in the cache.
+    fn verify(&self, token: &str, now: i64) -> Result<Verified, Reason> {
+        let jws = Jws::parse(token, &self.limits).map_err(|e| Reason::from_jose(&e))?;
+        jws.expect_typ(TYP_ACCESS_TOKEN)
+            .map_err(|_| Reason::Malformed)?;
+        jws.verify(&self.keys).map_err(|e| Reason::from_jose(&e))?;
+        let claims: AccessClaims = jws.claims().map_err(|_| Reason::Malformed)?;
+        claims
+            .validate(&self.validation, now)
+            .map_err(|e| match e.reason() {
+                "expired" => Reason::Expired,
+                "not_yet_valid" => Reason::NotYetValid,
+                "wrong_issuer" => Reason::WrongIssuer,
+                _ => Reason::WrongAudience,
+            })?;
+        let headers = if self.claim_headers.is_empty() {
+            Vec::new()
+        } else {
+            let json = serde_json::to_value(&claims).map_err(|_| Reason::Malformed)?;
+            self.claim_headers
+                .iter()
+                .filter_map(|(claim, header)| {
+                    let value = claim_header_value(claim_at(&json, claim)?)?;
+                    Some((header.clone(), value))
+                })
+                .collect()
+        };
+        Ok(Verified {
+            kid: jws.header.kid.clone().unwrap_or_default(),
+            jkt: claims.cnf.map(|c| c.jkt),
+            jti: claims.jti,
+            sub: claims.sub,
+            sid: claims.sid,
+            iat: claims.iat,
+            exp: claims.exp,
+            nbf: claims.nbf,
+            headers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,394 @@
+use serde_json::json;
+use shared::dpop::{DpopClaims, ath, sign_proof};
+use shared::edgeset::{EdgeUpdate, Entry, UpdateKind, entry_key};
+use shared::jws::sign;
+use shared::{Alg, Kind, SigningKey};
+
+use super::*;
+
+const NOW: i64 = 1_700_000_000;
+
+fn ed_key() -> SigningKey {
+    SigningKey::from_seed(Alg::EdDsa, &[7; 32])
+}
+
+fn ml_key() -> SigningKey {
+    SigningKey::from_seed(Alg::MlDsa65, &[9; 32])
+}
+
+fn keyring() -> Keyring {
+    let mut ring = Keyring::new();
+    ring.add(ed_key().verifying_key());
+    ring.add(ml_key().verifying_key());
+    ring
+}
+
+fn rules() -> Rules {
+    Rules {
+        validation: Validation {
+            issuer: Some("https://issuer.test".into()),
+            audience: Some("api".into()),
+            leeway: 30,
+        },
+        limits: Limits::default(),
+        claim_headers: vec![
+            ("sub".into(), "x-auth-sub".into()),
+            ("scope".into(), "x-auth-scope".into()),
+            ("tenant.id".into(), "x-tenant".into()),
+        ],
+        dpop_max_age: 60,
+        fail_open: false,
+        cache_max_entries: 100,
+    }
+}
+
+fn claims() -> serde_json::Value {
+    json!({
+        "iss": "https://issuer.test", "sub": "alice", "aud": "api",
+        "exp": NOW + 300, "iat": NOW - 10, "nbf": NOW - 10,
+        "jti": "jti-1", "sid": "sid-1", "scope": "read write", "tenant": {"id": "t1"}
+    })
+}
+
+fn token_with(key: &SigningKey, typ: &str, claims: &serde_json::Value) -> String {
+    sign(
+        key,
+        typ,
+        Some(&key.kid()),
+        None,
+        claims.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+fn token(claims: &serde_json::Value) -> String {
+    token_with(&ed_key(), "at+jwt", claims)
+}
+
+fn request(authorization: &str) -> Request<'_> {
+    Request {
+        authorization: Some(authorization.as_bytes()),
+        dpop: None,
+        method: "GET",
+        scheme: "https",
+        authority: "api.test",
+        path: "/things?x=1",
+    }
+}
+
+fn decide(az: &mut Authorizer, authorization: &str, set: &RevocationSet) -> Outcome {
+    az.authorize(&request(authorization), set, Freshness::Fresh, NOW)
+}
+
+fn reason(outcome: Outcome) -> Option<Reason> {
+    match outcome {
+        Outcome::Deny { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+fn set_with(entries: &[(Kind, &str, u32)]) -> RevocationSet {
+    let mut set = RevocationSet::new();
+    set.apply(EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 1,
+        generated_at: NOW,
+        entries: entries
+            .iter()
+            .map(|&(kind, value, not_before)| Entry {
+                key: entry_key(kind, value),
+                expires_at: (NOW + 3600) as u32,
+                not_before,
+            })
+            .collect(),
+    })
+    .unwrap();
+    set
+}
+
+#[test]
+fn a_valid_token_is_allowed_with_its_claim_headers_and_then_served_from_the_cache() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let bearer = format!("Bearer {}", token(&claims()));
+    let set = RevocationSet::new();
+    let Outcome::Allow { token, cache_hit } = decide(&mut az, &bearer, &set) else {
+        panic!("refused")
+    };
+    assert!(!cache_hit);
+    assert_eq!(
+        token.headers,
+        vec![
+            ("x-auth-sub".to_owned(), "alice".to_owned()),
+            ("x-auth-scope".to_owned(), "read write".to_owned()),
+            ("x-tenant".to_owned(), "t1".to_owned()),
+        ]
+    );
+    assert!(matches!(
+        decide(&mut az, &bearer, &set),
+        Outcome::Allow {
+            cache_hit: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn ml_dsa_tokens_are_verified_too() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let bearer = format!("Bearer {}", token_with(&ml_key(), "at+jwt", &claims()));
+    assert!(matches!(
+        decide(&mut az, &bearer, &RevocationSet::new()),
+        Outcome::Allow { .. }
+    ));
+}
+
+#[test]
+fn each_rejection_reason_is_produced() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = RevocationSet::new();
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        format!("Bearer {}", token(&c))
+    };
+    let good = token(&claims());
+    let (h, p, _) = (
+        good.split('.').next().unwrap(),
+        good.split('.').nth(1).unwrap(),
+        (),
+    );
+    let other = SigningKey::from_seed(Alg::EdDsa, &[8; 32]);
+    let forged = sign(
+        &other,
+        "at+jwt",
+        Some(&ed_key().kid()),
+        None,
+        claims().to_string().as_bytes(),
+    )
+    .unwrap();
+    let cases: Vec<(String, Reason)> = vec![
+        ("Bearer not.a.token".into(), Reason::Malformed),
+        (format!("Bearer {h}.{p}"), Reason::Malformed),
+        (
+            format!("Bearer {}", token_with(&ed_key(), "JWT", &claims())),
+            Reason::Malformed,
+        ),
+        (
+            format!("Bearer {}", token_with(&other, "at+jwt", &claims())),
+            Reason::UnknownKey,
+        ),
+        (format!("Bearer {forged}"), Reason::BadSignature),
+        (with(json!({"exp": NOW - 100})), Reason::Expired),
+        (with(json!({"nbf": NOW + 100})), Reason::NotYetValid),
+        (with(json!({"iss": "https://evil"})), Reason::WrongIssuer),
+        (with(json!({"aud": ["other"]})), Reason::WrongAudience),
+        (with(json!({"exp": "soon"})), Reason::Malformed),
+    ];
+    for (authorization, expected) in cases {
+        assert_eq!(
+            reason(decide(&mut az, &authorization, &set)),
+            Some(expected),
+            "{authorization}"
+        );
+    }
+    assert_eq!(
+        reason(az.authorize(
+            &Request {
+                authorization: None,
+                ..request("")
+            },
+            &set,
+            Freshness::Fresh,
+            NOW
+        )),
+        Some(Reason::Missing)
+    );
+    assert_eq!(az.cached(), 0, "refused tokens are never cached");
+}
+
+#[test]
+fn revocations_apply_to_cached_tokens_by_jti_sub_kid_and_sid() {
+    let bearer = format!("Bearer {}", token(&claims()));
+    let kid = ed_key().kid();
+    for (kind, value) in [
+        (Kind::Jti, "jti-1"),
+        (Kind::Sub, "alice"),
+        (Kind::Kid, kid.as_str()),
+        (Kind::Sid, "sid-1"),
+    ] {
+        let mut az = Authorizer::new(keyring(), rules());
+        assert!(matches!(
+            decide(&mut az, &bearer, &RevocationSet::new()),
+            Outcome::Allow { .. }
+        ));
+        let revoked = set_with(&[(kind, value, 0)]);
+        assert_eq!(
+            decide(&mut az, &bearer, &revoked),
+            Outcome::Deny {
+                reason: Reason::Revoked,
+                cache_hit: true
+            },
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn a_subject_revocation_spares_tokens_issued_after_its_not_before() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let bearer = format!("Bearer {}", token(&claims()));
+    let before = set_with(&[(Kind::Sub, "alice", (NOW - 20) as u32)]);
+    assert!(matches!(
+        decide(&mut az, &bearer, &before),
+        Outcome::Allow { .. }
+    ));
+    let after = set_with(&[(Kind::Sub, "alice", NOW as u32)]);
+    assert_eq!(
+        reason(decide(&mut az, &bearer, &after)),
+        Some(Reason::Revoked)
+    );
+}
+
+#[test]
+fn a_cached_token_expires_on_time() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let bearer = format!("Bearer {}", token(&claims()));
+    let set = RevocationSet::new();
+    assert!(matches!(
+        decide(&mut az, &bearer, &set),
+        Outcome::Allow { .. }
+    ));
+    let later = az.authorize(&request(&bearer), &set, Freshness::Fresh, NOW + 400);
+    assert_eq!(reason(later), Some(Reason::Expired));
+    assert_eq!(az.cached(), 0);
+}
+
+#[test]
+fn a_stale_set_fails_closed_by_default_and_open_when_configured() {
+    let bearer = format!("Bearer {}", token(&claims()));
+    let set = set_with(&[(Kind::Jti, "jti-1", 0)]);
+    let mut closed = Authorizer::new(keyring(), rules());
+    assert_eq!(
+        closed.authorize(&request(&bearer), &set, Freshness::Stale, NOW),
+        Outcome::Unavailable
+    );
+    let mut open = Authorizer::new(
+        keyring(),
+        Rules {
+            fail_open: true,
+            ..rules()
+        },
+    );
+    assert_eq!(
+        reason(open.authorize(&request(&bearer), &set, Freshness::Stale, NOW)),
+        Some(Reason::Revoked),
+        "failing open still enforces the last known set"
+    );
+    assert!(matches!(
+        open.authorize(
+            &request(&bearer),
+            &RevocationSet::new(),
+            Freshness::Stale,
+            NOW
+        ),
+        Outcome::Allow { .. }
+    ));
+    // Invalid tokens stay 401 whatever the set's freshness.
+    assert_eq!(
+        reason(closed.authorize(&request("Bearer x"), &set, Freshness::Stale, NOW)),
+        Some(Reason::Malformed)
+    );
+}
+
+#[test]
+fn a_bound_token_needs_a_matching_dpop_proof() {
+    let device = SigningKey::from_seed(Alg::EdDsa, &[3; 32]);
+    let mut c = claims();
+    c["cnf"] = json!({"jkt": device.kid()});
+    let access = token(&c);
+    let bearer = format!("DPoP {access}");
+    let proof = |key: &SigningKey, htm: &str, htu: &str, iat: i64, token: &str| {
+        sign_proof(
+            key,
+            &DpopClaims {
+                jti: "p1".into(),
+                htm: htm.into(),
+                htu: htu.into(),
+                iat,
+                ath: Some(ath(token)),
+                nonce: None,
+            },
+        )
+        .unwrap()
+    };
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = RevocationSet::new();
+    let good = proof(&device, "GET", "https://api.test/things", NOW, &access);
+    let run = |az: &mut Authorizer, dpop: Option<&str>| {
+        let req = Request {
+            dpop: dpop.map(str::as_bytes),
+            ..request(&bearer)
+        };
+        az.authorize(&req, &set, Freshness::Fresh, NOW)
+    };
+    assert!(matches!(run(&mut az, Some(&good)), Outcome::Allow { .. }));
+    let other = SigningKey::from_seed(Alg::EdDsa, &[4; 32]);
+    for bad in [
+        None,
+        Some("garbage".to_owned()),
+        Some(proof(
+            &other,
+            "GET",
+            "https://api.test/things",
+            NOW,
+            &access,
+        )),
+        Some(proof(
+            &device,
+            "POST",
+            "https://api.test/things",
+            NOW,
+            &access,
+        )),
+        Some(proof(
+            &device,
+            "GET",
+            "https://api.test/other",
+            NOW,
+            &access,
+        )),
+        Some(proof(
+            &device,
+            "GET",
+            "https://api.test/things",
+            NOW - 600,
+            &access,
+        )),
+        Some(proof(&device, "GET", "https://api.test/things", NOW, "x")),
+    ] {
+        assert_eq!(
+            reason(run(&mut az, bad.as_deref())),
+            Some(Reason::InvalidDpopProof)
+        );
+    }
+}
+
+#[test]
+fn new_keys_flush_the_cache() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let bearer = format!("Bearer {}", token(&claims()));
+    assert!(matches!(
+        decide(&mut az, &bearer, &RevocationSet::new()),
+        Outcome::Allow { .. }
+    ));
+    let mut only_ml = Keyring::new();
+    only_ml.add(ml_key().verifying_key());
+    az.set_keys(only_ml);
+    assert_eq!(
+        reason(decide(&mut az, &bearer, &RevocationSet::new())),
+        Some(Reason::UnknownKey)
+    );
+}

@@ -1,0 +1,355 @@
+//! Plugin configuration: the JSON given to the filter in Envoy's `configuration`, parsed
+//! and checked once in `on_configure`, with every problem reported at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use shared::jws::Limits;
+use shared::{JwkSet, Keyring, Validation};
+
+/// Where the verification keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWKS given inline in the plugin configuration.
+    Inline(Keyring),
+    /// The control plane's JWKS, fetched by the poller and refreshed periodically.
+    Fetched,
+}
+
+/// How to reach the control plane's edge feed (an Envoy cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// Envoy cluster name of the control plane.
+    pub cluster: String,
+    /// `:authority` sent with the calls.
+    pub authority: String,
+    /// Path of the revocation feed.
+    pub feed_path: String,
+    /// Path of the JWKS.
+    pub jwks_path: String,
+    /// `wait` asked of the long poll, in seconds.
+    pub poll_wait_seconds: u64,
+    /// How often a fetched JWKS is refreshed, in seconds.
+    pub jwks_refresh_seconds: u64,
+    /// Pause after a failed call before the next one, in milliseconds.
+    pub retry_millis: u64,
+}
+
+/// What to do with requests while the revocation set is older than the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStale {
+    /// Answer 503 (fail closed).
+    #[default]
+    Deny,
+    /// Keep serving with the last known set (fail open).
+    Allow,
+}
+
+/// The validated filter configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `iss`, `aud` and clock skew rules.
+    pub validation: Validation,
+    /// Token size limit.
+    pub limits: Limits,
+    /// Verification keys.
+    pub keys: KeySource,
+    /// The control plane feed.
+    pub control_plane: ControlPlane,
+    /// Largest accepted age of the revocation set, in seconds.
+    pub staleness_bound_seconds: i64,
+    /// Behaviour past the staleness bound.
+    pub on_stale: OnStale,
+    /// `(claim path, header name)`: claims forwarded upstream; dotted paths reach into objects.
+    pub claim_headers: Vec<(String, String)>,
+    /// Remove `Authorization` (and `DPoP`) before forwarding.
+    pub strip_authorization: bool,
+    /// Paths served without a token: exact, or a prefix when the rule ends with `*`.
+    pub bypass_paths: Vec<String>,
+    /// Let CORS preflight requests through without a token.
+    pub cors_preflight_bypass: bool,
+    /// Most verified tokens kept in the cache of each VM.
+    pub cache_max_entries: usize,
+    /// Most entries accepted in a revocation update.
+    pub max_revocations: u64,
+    /// Largest distance between a DPoP proof's `iat` and now, in seconds.
+    pub dpop_max_age_seconds: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControlPlane {
+    cluster: String,
+    authority: Option<String>,
+    #[serde(default = "default_feed_path")]
+    feed_path: String,
+    #[serde(default = "default_jwks_path")]
+    jwks_path: String,
+    #[serde(default = "default_poll_wait")]
+    poll_wait_seconds: u64,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_seconds: u64,
+    #[serde(default = "default_retry")]
+    retry_millis: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: Option<String>,
+    audience: Option<String>,
+    #[serde(default = "default_leeway")]
+    leeway_seconds: i64,
+    jwks: Option<serde_json::Value>,
+    control_plane: RawControlPlane,
+    #[serde(default = "default_staleness")]
+    staleness_bound_seconds: i64,
+    #[serde(default)]
+    on_stale: OnStale,
+    #[serde(default)]
+    claim_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    strip_authorization: bool,
+    #[serde(default)]
+    bypass_paths: Vec<String>,
+    #[serde(default = "yes")]
+    cors_preflight_bypass: bool,
+    #[serde(default = "default_cache")]
+    cache_max_entries: usize,
+    #[serde(default = "default_max_token")]
+    max_token_bytes: usize,
+    #[serde(default = "default_max_revocations")]
+    max_revocations: u64,
+    #[serde(default = "default_dpop_age")]
+    dpop_max_age_seconds: i64,
+}
+
+fn default_feed_path() -> String {
+    "/v1/edge/revocations".into()
+}
+fn default_jwks_path() -> String {
+    "/.well-known/jwks.json".into()
+}
+fn default_poll_wait() -> u64 {
+    10
+}
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_retry() -> u64 {
+    1000
+}
+fn default_leeway() -> i64 {
+    30
+}
+fn default_staleness() -> i64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+fn default_cache() -> usize {
+    10_000
+}
+fn default_max_token() -> usize {
+    16 * 1024
+}
+fn default_max_revocations() -> u64 {
+    1_000_000
+}
+fn default_dpop_age() -> i64 {
+    60
+}
+
+/// Headers the mapping may not overwrite: pseudo-headers, routing and credentials.
+const RESERVED_HEADERS: &[&str] = &["authorization", "host", "dpop", "content-length", "te"];
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        })
+}
+
+impl Config {
+    /// Parses and checks the plugin configuration JSON; the error lists every problem.
+    pub fn parse(bytes: &[u8]) -> Result<Config, String> {
+        let raw: RawConfig = serde_json::from_slice(bytes)
+            .map_err(|e| format!("invalid edge-filter configuration: {e}"))?;
+        let mut problems = Vec::new();
+
+        let keys = match &raw.jwks {
+            None => KeySource::Fetched,
+            Some(value) => match serde_json::to_vec(value)
+                .map_err(|e| e.to_string())
+                .and_then(|b| JwkSet::parse(&b).map_err(|e| e.to_string()))
+                .and_then(|set| Keyring::from_jwks(&set).map_err(|e| e.to_string()))
+            {
+                Ok(ring) if ring.is_empty() => {
+                    problems.push("jwks: no EdDSA or ML-DSA-65 key".to_owned());
+                    KeySource::Fetched
+                }
+                Ok(ring) => KeySource::Inline(ring),
+                Err(e) => {
+                    problems.push(format!("jwks: {e}"));
+                    KeySource::Fetched
+                }
+            },
+        };
+
+        let cp = raw.control_plane;
+        if cp.cluster.is_empty() {
+            problems.push("control_plane.cluster: must not be empty".into());
+        }
+        for (name, path) in [("feed_path", &cp.feed_path), ("jwks_path", &cp.jwks_path)] {
+            if !path.starts_with('/') {
+                problems.push(format!("control_plane.{name}: must start with '/'"));
+            }
+        }
+        if cp.poll_wait_seconds == 0 || cp.poll_wait_seconds > 300 {
+            problems.push("control_plane.poll_wait_seconds: must be 1..=300".into());
+        }
+        if cp.jwks_refresh_seconds == 0 {
+            problems.push("control_plane.jwks_refresh_seconds: must be positive".into());
+        }
+        if cp.retry_millis == 0 || cp.retry_millis > 600_000 {
+            problems.push("control_plane.retry_millis: must be 1..=600000".into());
+        }
+        // A heartbeat arrives at least every `wait` seconds; a bound below that would
+        // flap between fresh and stale on a healthy feed.
+        let min_bound = i64::try_from(cp.poll_wait_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_add(2);
+        if raw.staleness_bound_seconds < min_bound {
+            problems.push(format!(
+                "staleness_bound_seconds: must be at least poll_wait_seconds + 2 = {min_bound}"
+            ));
+        }
+        if !(0..=3600).contains(&raw.leeway_seconds) {
+            problems.push("leeway_seconds: must be 0..=3600".into());
+        }
+        if !(1..=3600).contains(&raw.dpop_max_age_seconds) {
+            problems.push("dpop_max_age_seconds: must be 1..=3600".into());
+        }
+        if raw.cache_max_entries == 0 {
+            problems.push("cache_max_entries: must be positive".into());
+        }
+        if !(64..=1024 * 1024).contains(&raw.max_token_bytes) {
+            problems.push("max_token_bytes: must be 64..=1048576".into());
+        }
+        if raw.max_revocations == 0 {
+            problems.push("max_revocations: must be positive".into());
+        }
+        let mut claim_headers = Vec::new();
+        for (claim, header) in raw.claim_headers {
+            let header = header.to_ascii_lowercase();
+            if claim.is_empty() || claim.split('.').any(str::is_empty) {
+                problems.push(format!("claim_headers: bad claim path {claim:?}"));
+            }
+            if !is_header_name(&header) || RESERVED_HEADERS.contains(&header.as_str()) {
+                problems.push(format!(
+                    "claim_headers.{claim}: {header:?} is not an allowed header name"
+                ));
+            }
+            claim_headers.push((claim, header));
+        }
+        for path in &raw.bypass_paths {
+            if !path.starts_with('/') {
+                problems.push(format!("bypass_paths: {path:?} must start with '/'"));
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(format!(
+                "invalid edge-filter configuration: {}",
+                problems.join("; ")
+            ));
+        }
+        let authority = cp.authority.unwrap_or_else(|| cp.cluster.clone());
+        Ok(Config {
+            validation: Validation {
+                issuer: raw.issuer,
+                audience: raw.audience,
+                leeway: raw.leeway_seconds,
+            },
+            limits: Limits {
+                max_token_len: raw.max_token_bytes,
+            },
+            keys,
+            control_plane: ControlPlane {
+                cluster: cp.cluster,
+                authority,
+                feed_path: cp.feed_path,
+                jwks_path: cp.jwks_path,
+                poll_wait_seconds: cp.poll_wait_seconds,
+                jwks_refresh_seconds: cp.jwks_refresh_seconds,
+                retry_millis: cp.retry_millis,
+            },
+            staleness_bound_seconds: raw.staleness_bound_seconds,
+            on_stale: raw.on_stale,
+            claim_headers,
+            strip_authorization: raw.strip_authorization,
+            bypass_paths: raw.bypass_paths,
+            cors_preflight_bypass: raw.cors_preflight_bypass,
+            cache_max_entries: raw.cache_max_entries,
+            max_revocations: raw.max_revocations,
+            dpop_max_age_seconds: raw.dpop_max_age_seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = Config::parse(br#"{"control_plane":{"cluster":"cp"}}"#).unwrap();
+        assert!(matches!(c.keys, KeySource::Fetched));
+        assert_eq!(c.control_plane.authority, "cp");
+        assert_eq!(c.control_plane.feed_path, "/v1/edge/revocations");
+        assert_eq!(c.staleness_bound_seconds, 30);
+        assert_eq!(c.on_stale, OnStale::Deny);
+        assert!(c.cors_preflight_bypass);
+        assert!(!c.strip_authorization);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::parse(
+            br#"{"control_plane":{"cluster":"","poll_wait_seconds":20},
+                 "staleness_bound_seconds":5,
+                 "claim_headers":{"sub":"Authorization","scope":"bad header"},
+                 "bypass_paths":["health"]}"#,
+        )
+        .unwrap_err();
+        for needle in [
+            "cluster",
+            "staleness_bound_seconds",
+            "\"authorization\"",
+            "\"bad header\"",
+            "bypass_paths",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_refused() {
+        assert!(Config::parse(br#"{"control_plane":{"cluster":"cp"},"isuer":"x"}"#).is_err());
+        assert!(Config::parse(b"not json").is_err());
+        assert!(Config::parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn an_inline_jwks_must_hold_a_usable_key() {
+        assert!(
+            Config::parse(br#"{"control_plane":{"cluster":"cp"},"jwks":{"keys":[]}}"#).is_err()
+        );
+        assert!(
+            Config::parse(br#"{"control_plane":{"cluster":"cp"},"jwks":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA"}]}}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! How the revocation set travels inside one Envoy: the poller's lease, the records it
+//! publishes in proxy-wasm shared data, and the checks an update passes before use.
+//!
+//! Shared data (namespaced by `vm_id`) holds three values per feed:
+//! - `lease`: which VM polls, renewed by compare-and-swap on every tick;
+//! - `state`: a 40-byte [`StateRecord`] every request reads to see if anything changed;
+//! - `set` and `jwks`: the verified set and the JWKS, each prefixed by its version, read
+//!   by a VM only when the version in `state` differs from the one it holds.
+
+use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet, UpdateKind};
+
+/// The shared-data key names for one control-plane cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The poller lease.
+    pub lease: String,
+    /// The [`StateRecord`].
+    pub state: String,
+    /// The versioned set blob.
+    pub set: String,
+    /// The versioned JWKS blob.
+    pub jwks: String,
+    /// Counter that hands each VM a distinct id.
+    pub vm_counter: String,
+}
+
+impl Keys {
+    /// Keys for feeds from `cluster` (two plugins on different clusters never mix).
+    pub fn for_cluster(cluster: &str) -> Keys {
+        let k = |name: &str| format!("edge_filter/{cluster}/{name}");
+        Keys {
+            lease: k("lease"),
+            state: k("state"),
+            set: k("set"),
+            jwks: k("jwks"),
+            vm_counter: k("vm_counter"),
+        }
+    }
+}
+
+/// What every request reads: versions and the times staleness is measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateRecord {
+    /// Version of the set blob; bumped whenever the set changes.
+    pub set_version: u64,
+    /// Feed sequence number of the set.
+    pub seq: u64,
+    /// `generated_at` of the newest verified update (heartbeats included); 0: never synced.
+    pub generated_at: i64,
+    /// Local time the newest update was verified.
+    pub verified_at: i64,
+    /// Version of the JWKS blob (0 while none was fetched).
+    pub jwks_version: u64,
+}
+
+impl StateRecord {
+    /// The 40-byte encoding.
+    pub fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        out[0..8].copy_from_slice(&self.set_version.to_le_bytes());
+        out[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        out[16..24].copy_from_slice(&self.generated_at.to_le_bytes());
+        out[24..32].copy_from_slice(&self.verified_at.to_le_bytes());
+        out[32..40].copy_from_slice(&self.jwks_version.to_le_bytes());
+        out
+    }
+
+    /// Decodes; anything but 40 bytes reads as "nothing published yet".
+    pub fn decode(bytes: &[u8]) -> StateRecord {
+        let Ok(b) = <&[u8; 40]>::try_from(bytes) else {
+            return StateRecord::default();
+        };
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            w
+        };
+        StateRecord {
+            set_version: u64::from_le_bytes(word(0)),
+            seq: u64::from_le_bytes(word(8)),
+            generated_at: i64::from_le_bytes(word(16)),
+            verified_at: i64::from_le_bytes(word(24)),
+            jwks_version: u64::from_le_bytes(word(32)),
+        }
+    }
+
+    /// Seconds since the set was last confirmed current, or `None` if it never was.
+    ///
+    /// Measured from the older of the control plane's `generated_at` and the local
+    /// verification time: a replayed old update cannot make the set look fresh, and a
+    /// control-plane clock running ahead cannot either.
+    pub fn staleness(&self, now: i64) -> Option<i64> {
+        (self.generated_at > 0).then(|| {
+            now.saturating_sub(self.generated_at.min(self.verified_at))
+                .max(0)
+        })
+    }
+
+    /// True when the set is older than `bound` seconds (or was never synced).
+    pub fn is_stale(&self, now: i64, bound: i64) -> bool {
+        self.staleness(now).is_none_or(|age| age > bound)
+    }
+}
+
+/// The poller lease: the owning VM and when the lease lapses (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Id of the VM that polls.
+    pub owner: u64,
+    /// Local time in ms after which another VM may take over.
+    pub expires_ms: u64,
+}
+
+impl Lease {
+    /// The 16-byte encoding.
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.owner.to_le_bytes());
+        out[8..].copy_from_slice(&self.expires_ms.to_le_bytes());
+        out
+    }
+
+    /// Decodes, or `None` for anything but 16 bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Lease> {
+        let (owner, expires) = <&[u8; 16]>::try_from(bytes).ok()?.split_at(8);
+        Some(Lease {
+            owner: u64::from_le_bytes(owner.try_into().ok()?),
+            expires_ms: u64::from_le_bytes(expires.try_into().ok()?),
+        })
+    }
+
+    /// The lease VM `me` should write now, or `None` if another VM holds it.
+    pub fn claim(current: Option<Lease>, me: u64, now_ms: u64, ttl_ms: u64) -> Option<Lease> {
+        match current {
+            Some(l) if l.owner != me && l.expires_ms > now_ms => None,
+            _ => Some(Lease {
+                owner: me,
+                expires_ms: now_ms.saturating_add(ttl_ms),
+            }),
+        }
+    }
+}
+
+/// Prefixes a blob with its version.
+pub fn versioned(version: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits a versioned blob.
+pub fn unversioned(blob: &[u8]) -> Option<(u64, &[u8])> {
+    let (version, payload) = blob.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*version), payload))
+}
+
+/// The set blob: the set as a snapshot in the compact wire format.
+pub fn encode_set(version: u64, set: &RevocationSet) -> Vec<u8> {
+    versioned(version, &set.to_snapshot().encode())
+}
+
+/// Decodes a set blob into its version and set.
+pub fn decode_set(blob: &[u8], max_entries: u64) -> Result<(u64, RevocationSet), EdgeSetError> {
+    let (version, payload) =
+        unversioned(blob).ok_or(EdgeSetError::Malformed("set blob too short"))?;
+    let mut set = RevocationSet::new();
+    set.apply(EdgeUpdate::decode(payload, max_entries)?)?;
+    Ok((version, set))
+}
+
+/// Why the poller refused a verified update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Older than what the set already reflects: a replay.
+    Rollback,
+    /// A delta that does not start at our sequence number: ask for a snapshot.
+    Gap(EdgeSetError),
+}
+
+/// Applies a verified update to the poller's set; returns true when the entries changed.
+pub fn accept(set: &mut RevocationSet, update: EdgeUpdate, now: i64) -> Result<bool, Refused> {
+    if update.generated_at < set.generated_at() {
+        return Err(Refused::Rollback);
+    }
+    let changed = update.kind == UpdateKind::Snapshot
+        || !update.entries.is_empty()
+        || update.seq != set.seq();
+    set.apply(update).map_err(Refused::Gap)?;
+    if changed {
+        set.prune(now);
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::edgeset::{Entry, entry_key};
+    use shared::revocation::TokenIds;
+    use shared::{Alg, Keyring, Kind, SigningKey};
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn entry(value: &str) -> Entry {
+        Entry {
+            key: entry_key(Kind::Jti, value),
+            expires_at: (NOW + 600) as u32,
+            not_before: 0,
+        }
+    }
+
+    fn update(kind: UpdateKind, base: u64, seq: u64, at: i64, entries: Vec<Entry>) -> EdgeUpdate {
+        EdgeUpdate {
+            kind,
+            base_seq: base,
+            seq,
+            generated_at: at,
+            entries,
+        }
+    }
+
+    fn ids(jti: &str) -> TokenIds<'_> {
+        TokenIds {
+            jti,
+            sub: "s",
+            kid: "k",
+            sid: None,
+            iat: NOW,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_reads_as_nothing() {
+        let rec = StateRecord {
+            set_version: 3,
+            seq: 9,
+            generated_at: NOW,
+            verified_at: NOW + 1,
+            jwks_version: 2,
+        };
+        assert_eq!(StateRecord::decode(&rec.encode()), rec);
+        assert_eq!(StateRecord::decode(b"short"), StateRecord::default());
+        let lease = Lease {
+            owner: 5,
+            expires_ms: 77,
+        };
+        assert_eq!(Lease::decode(&lease.encode()), Some(lease));
+        assert_eq!(Lease::decode(b"x"), None);
+        assert_eq!(unversioned(&versioned(4, b"abc")), Some((4, &b"abc"[..])));
+        assert_eq!(unversioned(b"1234567"), None);
+    }
+
+    #[test]
+    fn staleness_counts_from_the_older_of_generation_and_verification() {
+        let never = StateRecord::default();
+        assert_eq!(never.staleness(NOW), None);
+        assert!(never.is_stale(NOW, 30));
+        let rec = StateRecord {
+            generated_at: NOW - 10,
+            verified_at: NOW - 5,
+            ..StateRecord::default()
+        };
+        assert_eq!(rec.staleness(NOW), Some(10));
+        assert!(!rec.is_stale(NOW, 30));
+        assert!(rec.is_stale(NOW + 25, 30));
+    }
+
+    #[test]
+    fn one_vm_holds_the_lease_until_it_lapses() {
+        let a = Lease::claim(None, 1, 1000, 2000).unwrap();
+        assert_eq!(Lease::claim(Some(a), 2, 1500, 2000), None);
+        assert_eq!(
+            Lease::claim(Some(a), 1, 1500, 2000),
+            Some(Lease {
+                owner: 1,
+                expires_ms: 3500
+            })
+        );
+        assert_eq!(
+            Lease::claim(Some(a), 2, 3001, 2000).map(|l| l.owner),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn snapshots_deltas_and_heartbeats_are_applied_in_order() {
+        let mut set = RevocationSet::new();
+        let snap = update(UpdateKind::Snapshot, 0, 5, NOW, vec![entry("a")]);
+        assert_eq!(accept(&mut set, snap, NOW), Ok(true));
+        let delta = update(UpdateKind::Delta, 5, 6, NOW + 1, vec![entry("b")]);
+        assert_eq!(accept(&mut set, delta, NOW), Ok(true));
+        assert!(set.check(&ids("b"), NOW).is_some());
+        let heartbeat = update(UpdateKind::Delta, 6, 6, NOW + 2, vec![]);
+        assert_eq!(accept(&mut set, heartbeat, NOW), Ok(false));
+        assert_eq!(set.generated_at(), NOW + 2);
+        let gap = update(UpdateKind::Delta, 9, 10, NOW + 3, vec![entry("c")]);
+        assert!(matches!(accept(&mut set, gap, NOW), Err(Refused::Gap(_))));
+        let replay = update(UpdateKind::Delta, 6, 7, NOW - 100, vec![]);
+        assert_eq!(accept(&mut set, replay, NOW), Err(Refused::Rollback));
+        assert_eq!(set.seq(), 6);
+    }
+
+    #[test]
+    fn the_set_blob_round_trips_and_refuses_garbage() {
+        let mut set = RevocationSet::new();
+        accept(
+            &mut set,
+            update(
+                UpdateKind::Snapshot,
+                0,
+                3,
+                NOW,
+                vec![entry("a"), entry("b")],
+            ),
+            NOW,
+        )
+        .unwrap();
+        let (version, copy) = decode_set(&encode_set(8, &set), 100).unwrap();
+        assert_eq!((version, copy), (8, set));
+        assert!(decode_set(b"", 100).is_err());
+        assert!(decode_set(&versioned(1, b"PQRV\x01junk"), 100).is_err());
+    }
+
+    #[test]
+    fn a_signed_update_must_verify_against_the_feed_key() {
+        let key = SigningKey::from_seed(Alg::MlDsa65, &[5; 32]);
+        let mut ring = Keyring::new();
+        ring.add(key.verifying_key());
+        let signed = update(UpdateKind::Snapshot, 0, 1, NOW, vec![entry("a")])
+            .sign(&key)
+            .unwrap();
+        assert!(EdgeUpdate::open(&signed, &ring, 100).is_ok());
+        let other = SigningKey::from_seed(Alg::MlDsa65, &[6; 32]);
+        let mut wrong = Keyring::new();
+        wrong.add(other.verifying_key());
+        assert!(EdgeUpdate::open(&signed, &wrong, 100).is_err());
+        let mut tampered = signed.clone();
+        tampered.insert(tampered.len() / 2, 'A');
+        assert!(EdgeUpdate::open(&tampered, &ring, 100).is_err());
+    }
+}
