@@ -1,1 +1,52 @@
+//! The control plane: issues, validates and revokes post-quantum-signed access tokens,
+//! keeps a signed hash-chained audit log in SQLite and serves the edge revocation feed.
+//!
+//! [`http::app`] builds the router over an [`http::AppState`]; [`serve`] runs it with the
+//! background sync task. `main.rs` only parses the command line.
 
+pub mod audit;
+pub mod bus;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod region;
+pub mod time;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use http::{AppState, app};
+pub use region::Region;
+
+/// How often the server picks up changes other processes made to the database.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let region = state.region.clone();
+    let sync = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        loop {
+            tick.tick().await;
+            let region = region.clone();
+            match tokio::task::spawn_blocking(move || region.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "sync with the database failed"),
+                Err(e) => tracing::error!(error = %e, "sync task failed"),
+            }
+        }
+    });
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sync.abort();
+    result
+}

@@ -1,0 +1,112 @@
+//! The revocation cache consulted on every check.
+//!
+//! The embedded default keeps every live revocation in memory, loaded from SQLite at
+//! start. A shared cache (Redis) plugs in behind the same trait; when it fails, checks
+//! fall back to SQLite.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use shared::revocation::{TokenIds, covers};
+use shared::{Kind, RevocationEvent};
+
+/// The cache could not answer; the caller falls back to SQLite.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("revocation cache unavailable: {0}")]
+pub struct CacheError(pub String);
+
+/// A store of live revocations keyed by `(kind, value)`.
+pub trait RevocationCache: Send + Sync + 'static {
+    /// Adds an event (idempotent by `event_id`).
+    fn insert(&self, event: &RevocationEvent) -> Result<(), CacheError>;
+
+    /// The live revocation of `(kind, value)` covering a token issued at `iat` (any
+    /// not-before when `iat` is `None`), if one exists at `now`.
+    fn find(
+        &self,
+        kind: Kind,
+        value: &str,
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<Option<RevocationEvent>, CacheError>;
+
+    /// Drops revocations that can no longer match a valid token.
+    fn prune(&self, now: i64);
+
+    /// Number of cached revocations.
+    fn len(&self) -> usize;
+
+    /// True when nothing is cached.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The first live revocation that covers a token, checked kind by kind.
+pub fn check(
+    cache: &dyn RevocationCache,
+    ids: &TokenIds<'_>,
+    now: i64,
+) -> Result<Option<RevocationEvent>, CacheError> {
+    for kind in Kind::ALL {
+        if let Some(value) = ids.value(kind)
+            && let Some(hit) = cache.find(kind, value, Some(ids.iat), now)?
+        {
+            return Ok(Some(hit));
+        }
+    }
+    Ok(None)
+}
+
+/// In-process cache: the embedded default.
+#[derive(Debug, Default)]
+pub struct MemoryCache {
+    entries: RwLock<HashMap<(Kind, String), Vec<RevocationEvent>>>,
+}
+
+impl MemoryCache {
+    /// An empty cache.
+    pub fn new() -> MemoryCache {
+        MemoryCache::default()
+    }
+}
+
+impl RevocationCache for MemoryCache {
+    fn insert(&self, event: &RevocationEvent) -> Result<(), CacheError> {
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry((event.kind, event.value.clone())).or_default();
+        if !list.iter().any(|e| e.event_id == event.event_id) {
+            list.push(event.clone());
+        }
+        Ok(())
+    }
+
+    fn find(
+        &self,
+        kind: Kind,
+        value: &str,
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<Option<RevocationEvent>, CacheError> {
+        let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        Ok(map.get(&(kind, value.to_owned())).and_then(|list| {
+            list.iter()
+                .filter(|e| e.expires_at > now && iat.is_none_or(|iat| covers(e.not_before, iat)))
+                .min_by_key(|e| e.issued_at)
+                .cloned()
+        }))
+    }
+
+    fn prune(&self, now: i64) {
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, list| {
+            list.retain(|e| e.expires_at > now);
+            !list.is_empty()
+        });
+    }
+
+    fn len(&self) -> usize {
+        let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,320 @@
+//! The operator command line: `serve` plus `issue`, `revoke`, `inspect`, `keys` and
+//! `audit`, working on a data directory or (`--server`) against a running service.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use shared::Kind;
+
+use crate::config::{ServeArgs, Settings, SettingsArgs};
+use crate::region::{IssueRequest, Region, read_admin_secret};
+use crate::{audit, db, keys};
+
+/// `control-plane`: token service and operator tool.
+#[derive(Debug, Parser)]
+#[command(name = "control-plane", version, about)]
+pub struct Cli {
+    /// Region settings shared by every subcommand.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `control_plane=debug`).
+    #[arg(long, env = "CP_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the HTTP service.
+    Serve(ServeArgs),
+    /// Issues an access token and prints it as JSON.
+    Issue(IssueArgs),
+    /// Revokes a jti, subject, key or session.
+    Revoke(RevokeArgs),
+    /// Verifies a token and prints its claims and revocation state.
+    Inspect(InspectArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// Where a command runs: on the data directory, or against a server.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// Base URL of a running control plane (e.g. http://127.0.0.1:8000); without it the
+    /// command works directly on the data directory.
+    #[arg(long, env = "CP_SERVER")]
+    pub server: Option<String>,
+    /// Admin secret for `--server`; read from <data-dir>/admin.secret when absent.
+    #[arg(long, env = "CP_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<String>,
+}
+
+/// `issue` flags.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// The token's subject.
+    #[arg(long)]
+    pub subject: String,
+    /// Lifetime in minutes.
+    #[arg(long)]
+    pub expires_minutes: Option<i64>,
+    /// Extra claims as a JSON object, e.g. '{"sid":"s1","scope":"read"}'.
+    #[arg(long)]
+    pub claims: Option<String>,
+    #[command(flatten)]
+    /// Local or remote.
+    pub remote: Remote,
+}
+
+/// `revoke` flags.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// What to revoke: jti, sub, kid or sid.
+    #[arg(long = "type", value_parser = ["jti", "sub", "kid", "sid"])]
+    pub kind: String,
+    /// The identifier.
+    #[arg(long)]
+    pub value: String,
+    /// How long to keep the revocation (default: until every token it can match expired).
+    #[arg(long)]
+    pub ttl_seconds: Option<i64>,
+    #[command(flatten)]
+    /// Local or remote.
+    pub remote: Remote,
+}
+
+/// `inspect` flags.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The compact JWS.
+    pub token: String,
+    #[command(flatten)]
+    /// Local or remote.
+    pub remote: Remote,
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Retires the active keys and creates new ones (old ones verify until their tokens expire).
+    Rotate(Remote),
+    /// Lists stored keys (public facts only).
+    List,
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Checks the hash chain and every ML-DSA-65 signature; names the first bad row.
+    Verify,
+    /// Prints the newest rows.
+    Tail {
+        /// How many rows.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+fn print(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Runs a subcommand other than `serve`.
+pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
+    let result = match command {
+        Command::Serve(_) => Err(anyhow::anyhow!("serve is run by main")),
+        Command::Issue(a) => issue(settings_args, a),
+        Command::Revoke(a) => revoke(settings_args, a),
+        Command::Inspect(a) => inspect(settings_args, a),
+        Command::Keys(KeysCommand::Rotate(remote)) => rotate(settings_args, remote),
+        Command::Keys(KeysCommand::List) => list_keys(&settings_args.data_dir),
+        Command::Audit(AuditCommand::Verify) => return audit_verify(&settings_args.data_dir),
+        Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_region(args: &SettingsArgs) -> anyhow::Result<Region> {
+    let settings = Settings::from_args(args, None).map_err(anyhow::Error::msg)?;
+    Region::open(settings)
+}
+
+struct Client {
+    base: String,
+    secret: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn new(server: &str, remote: &Remote, data_dir: &Path) -> anyhow::Result<Client> {
+        let secret = remote
+            .admin_secret
+            .clone()
+            .or_else(|| read_admin_secret(data_dir).ok());
+        Ok(Client {
+            base: server.trim_end_matches('/').to_owned(),
+            secret,
+            http: reqwest::blocking::Client::builder().build()?,
+        })
+    }
+
+    fn send(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        let request = match &self.secret {
+            Some(s) => request.bearer_auth(s),
+            None => request,
+        };
+        let response = request.send().context("cannot reach the server")?;
+        let status = response.status();
+        let text = response.text()?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            bail!("server answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+    }
+}
+
+fn issue(args: &SettingsArgs, a: IssueArgs) -> anyhow::Result<()> {
+    let claims: Option<serde_json::Map<String, Value>> = a
+        .claims
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--claims must be a JSON object")?;
+    if let Some(server) = &a.remote.server {
+        let client = Client::new(server, &a.remote, &args.data_dir)?;
+        let body = json!({
+            "subject": a.subject, "expires_minutes": a.expires_minutes, "additional_claims": claims,
+        });
+        print(&client.post("/token", &body)?);
+        return Ok(());
+    }
+    let region = open_region(args)?;
+    let issued = region.issue(
+        IssueRequest {
+            subject: a.subject,
+            expires_minutes: a.expires_minutes,
+            additional_claims: claims,
+        },
+        "cli",
+    )?;
+    print(&json!({
+        "access_token": issued.token, "token_type": "bearer", "expires_in": issued.expires_in,
+        "jti": issued.claims.jti, "subject": issued.claims.sub,
+    }));
+    Ok(())
+}
+
+fn revoke(args: &SettingsArgs, a: RevokeArgs) -> anyhow::Result<()> {
+    if let Some(server) = &a.remote.server {
+        let client = Client::new(server, &a.remote, &args.data_dir)?;
+        let body = json!({
+            "type": format!("revoke_{}", a.kind), "value": a.value, "ttl_seconds": a.ttl_seconds,
+        });
+        print(&client.post("/revoke", &body)?);
+        return Ok(());
+    }
+    let kind = Kind::parse(&a.kind).context("--type must be jti, sub, kid or sid")?;
+    if let Some(ttl) = a.ttl_seconds {
+        anyhow::ensure!(ttl >= 1, "--ttl-seconds must be at least 1");
+    }
+    let region = open_region(args)?;
+    let expires_at = a.ttl_seconds.map(|t| crate::time::now().saturating_add(t));
+    let done = region.revoke(kind, &a.value, expires_at, "cli")?;
+    print(&json!({ "event_id": done.event.event_id, "published": done.published }));
+    Ok(())
+}
+
+fn inspect(args: &SettingsArgs, a: InspectArgs) -> anyhow::Result<()> {
+    if let Some(server) = &a.remote.server {
+        let client = Client::new(server, &a.remote, &args.data_dir)?;
+        print(&client.post("/token/validate", &json!({ "token": a.token }))?);
+        return Ok(());
+    }
+    let region = open_region(args)?;
+    let check = region.check(&a.token, true)?;
+    print(&json!({
+        "valid": check.valid, "claims": check.claims, "revoked": check.revocation.is_some(),
+        "message": check.message,
+    }));
+    Ok(())
+}
+
+fn rotate(args: &SettingsArgs, remote: Remote) -> anyhow::Result<()> {
+    if let Some(server) = &remote.server {
+        let client = Client::new(server, &remote, &args.data_dir)?;
+        print(&client.post("/admin/keys/rotate", &json!({}))?);
+        return Ok(());
+    }
+    let region = open_region(args)?;
+    print(&serde_json::to_value(region.rotate_keys("cli")?)?);
+    Ok(())
+}
+
+fn open_existing(data_dir: &Path) -> anyhow::Result<db::Db> {
+    let path = data_dir.join(db::DB_FILE);
+    anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+fn list_keys(data_dir: &Path) -> anyhow::Result<()> {
+    let db = open_existing(data_dir)?;
+    let list = keys::list(&db.lock())?;
+    print(&serde_json::to_value(list)?);
+    Ok(())
+}
+
+fn audit_tail(data_dir: &Path, limit: i64) -> anyhow::Result<()> {
+    let db = open_existing(data_dir)?;
+    let rows = audit::tail(&db.lock(), limit)?;
+    print(&serde_json::to_value(rows)?);
+    Ok(())
+}
+
+fn audit_verify(data_dir: &Path) -> ExitCode {
+    let outcome = open_existing(data_dir).and_then(|db| {
+        let conn = db.lock();
+        let ring = keys::audit_keyring(&conn)?;
+        Ok(audit::verify(&conn, &ring))
+    });
+    match outcome {
+        Ok(Ok(report)) => {
+            println!(
+                "audit log OK: {} rows, chain head {}",
+                report.rows, report.head
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("audit log BROKEN: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Settings of a region, parsed from flags or `CP_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use shared::Alg;
+
+/// What every subcommand needs: where the data lives and how tokens look.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettingsArgs {
+    /// Directory holding the SQLite database and the admin credential; created on first run.
+    #[arg(long, env = "CP_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+    /// `iss` of issued tokens, and the only issuer accepted when validating.
+    #[arg(
+        long,
+        env = "CP_ISSUER",
+        default_value = "pq-control-plane",
+        global = true
+    )]
+    pub issuer: String,
+    /// `aud` of issued tokens, and the audience required when validating.
+    #[arg(long, env = "CP_AUDIENCE", default_value = "pq-api", global = true)]
+    pub audience: String,
+    /// Algorithm that signs access tokens: `EdDSA` or `ML-DSA-65` (events are always ML-DSA-65).
+    #[arg(long, env = "CP_SIGNING_ALG", default_value = "EdDSA", value_parser = parse_alg, global = true)]
+    pub signing_alg: Alg,
+    /// Name of this region, recorded as `origin` of its revocation events.
+    #[arg(long, env = "CP_REGION", default_value = "local", global = true)]
+    pub region: String,
+    /// Lifetime of a token when the request names none, in minutes.
+    #[arg(
+        long,
+        env = "CP_DEFAULT_TOKEN_MINUTES",
+        default_value_t = 15,
+        global = true
+    )]
+    pub default_token_minutes: i64,
+    /// Longest token lifetime a request may ask for, in minutes; also how long a
+    /// revocation by `sub`, `kid` or `sid` is kept.
+    #[arg(
+        long,
+        env = "CP_MAX_TOKEN_MINUTES",
+        default_value_t = 1440,
+        global = true
+    )]
+    pub max_token_minutes: i64,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "CP_LEEWAY_SECONDS", default_value_t = 30, global = true)]
+    pub leeway_seconds: i64,
+}
+
+fn parse_alg(s: &str) -> Result<Alg, String> {
+    Alg::parse(s).map_err(|e| format!("{e} (use EdDSA or ML-DSA-65)"))
+}
+
+/// Flags of `serve` only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "CP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "CP_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest delta the edge feed serves; a poller further behind gets a snapshot.
+    #[arg(long, env = "CP_FEED_MAX_DELTA", default_value_t = 10_000)]
+    pub feed_max_delta: u64,
+}
+
+/// The settings the domain code reads (no clap types).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Issuer.
+    pub issuer: String,
+    /// Audience.
+    pub audience: String,
+    /// Token signing algorithm.
+    pub signing_alg: Alg,
+    /// Region name.
+    pub region: String,
+    /// Default token lifetime, seconds.
+    pub default_token_secs: i64,
+    /// Maximum token lifetime, seconds.
+    pub max_token_secs: i64,
+    /// Clock leeway, seconds.
+    pub leeway_secs: i64,
+    /// Request body limit, bytes.
+    pub max_body_bytes: usize,
+    /// Longest edge-feed delta.
+    pub feed_max_delta: u64,
+}
+
+impl Settings {
+    /// Defaults for a data directory (what `serve` uses with no flags).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Settings {
+        Settings {
+            data_dir: data_dir.into(),
+            issuer: "pq-control-plane".into(),
+            audience: "pq-api".into(),
+            signing_alg: Alg::EdDsa,
+            region: "local".into(),
+            default_token_secs: 15 * 60,
+            max_token_secs: 24 * 3600,
+            leeway_secs: 30,
+            max_body_bytes: 64 * 1024,
+            feed_max_delta: 10_000,
+        }
+    }
+
+    /// Builds and checks settings from flags, reporting every problem at once.
+    pub fn from_args(args: &SettingsArgs, serve: Option<&ServeArgs>) -> Result<Settings, String> {
+        let mut problems = Vec::new();
+        if args.issuer.trim().is_empty() {
+            problems.push("CP_ISSUER must not be empty".to_owned());
+        }
+        if args.audience.trim().is_empty() {
+            problems.push("CP_AUDIENCE must not be empty".to_owned());
+        }
+        if args.region.trim().is_empty() {
+            problems.push("CP_REGION must not be empty".to_owned());
+        }
+        if args.max_token_minutes < 1 || args.max_token_minutes > 366 * 24 * 60 {
+            problems.push("CP_MAX_TOKEN_MINUTES must be between 1 and 527040".to_owned());
+        }
+        if args.default_token_minutes < 1 || args.default_token_minutes > args.max_token_minutes {
+            problems
+                .push("CP_DEFAULT_TOKEN_MINUTES must be between 1 and CP_MAX_TOKEN_MINUTES".into());
+        }
+        if !(0..=600).contains(&args.leeway_seconds) {
+            problems.push("CP_LEEWAY_SECONDS must be between 0 and 600".to_owned());
+        }
+        let mut settings = Settings::new(args.data_dir.clone());
+        if let Some(serve) = serve {
+            if serve.max_body_bytes < 1024 {
+                problems.push("CP_MAX_BODY_BYTES must be at least 1024".to_owned());
+            }
+            if serve.feed_max_delta == 0 {
+                problems.push("CP_FEED_MAX_DELTA must be at least 1".to_owned());
+            }
+            settings.max_body_bytes = serve.max_body_bytes;
+            settings.feed_max_delta = serve.feed_max_delta;
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        settings.issuer = args.issuer.clone();
+        settings.audience = args.audience.clone();
+        settings.signing_alg = args.signing_alg;
+        settings.region = args.region.clone();
+        settings.default_token_secs = args.default_token_minutes * 60;
+        settings.max_token_secs = args.max_token_minutes * 60;
+        settings.leeway_secs = args.leeway_seconds;
+        Ok(settings)
+    }
+
+    /// The rules a token of this region must satisfy.
+    pub fn validation(&self) -> shared::Validation {
+        shared::Validation {
+            issuer: Some(self.issuer.clone()),
+            audience: Some(self.audience.clone()),
+            leeway: self.leeway_secs,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The region's SQLite database: schema, connection settings and the queries on
+//! revocations and the edge feed.
+//!
+//! One connection behind a mutex: writes are serialized anyway, and every commit waits
+//! for the disk (`synchronous = FULL`), so an answered request is never lost.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use shared::RevocationEvent;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS keys (
+    kid        TEXT PRIMARY KEY,
+    alg        TEXT NOT NULL,
+    seed       BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    event_id   TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    not_before INTEGER,
+    expires_at INTEGER NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    event      TEXT NOT NULL,
+    signed     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revocations_by_value ON revocations (kind, value);
+CREATE TABLE IF NOT EXISTS feed (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE REFERENCES revocations (event_id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id     TEXT PRIMARY KEY REFERENCES revocations (event_id),
+    created_at   INTEGER NOT NULL,
+    published_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry TEXT NOT NULL,
+    hash  TEXT NOT NULL,
+    kid   TEXT NOT NULL,
+    sig   TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "control-plane.db";
+
+/// The shared connection.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, in WAL mode with full sync.
+    pub fn open(path: &Path) -> rusqlite::Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The connection; a panic while holding it cannot leave a half-done transaction
+    /// (rusqlite rolls back on drop), so a poisoned lock is still usable.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A revocation as stored and cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The signed event's id.
+    pub event_id: String,
+    /// The event itself.
+    pub event: RevocationEvent,
+}
+
+/// Stores a signed event, its feed row and its outbox row, unless the event id is
+/// already known. Returns the feed sequence number if it was new.
+pub fn insert_revocation(
+    tx: &rusqlite::Transaction<'_>,
+    event: &RevocationEvent,
+    signed: &str,
+) -> rusqlite::Result<Option<u64>> {
+    let json = String::from_utf8_lossy(&event.canonical_bytes()).into_owned();
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO revocations
+         (event_id, kind, value, not_before, expires_at, issued_at, event, signed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            event.event_id,
+            event.kind.as_str(),
+            event.value,
+            event.not_before,
+            event.expires_at,
+            event.issued_at,
+            json,
+            signed
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    tx.execute(
+        "INSERT INTO feed (event_id) VALUES (?1)",
+        params![event.event_id],
+    )?;
+    let seq = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO outbox (event_id, created_at) VALUES (?1, ?2)",
+        params![event.event_id, event.issued_at],
+    )?;
+    Ok(Some(u64::try_from(seq).unwrap_or(0)))
+}
+
+/// Marks an outbox row as handed to the event bus.
+pub fn mark_published(conn: &Connection, event_id: &str, at: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET published_at = ?2 WHERE event_id = ?1",
+        params![event_id, at],
+    )?;
+    Ok(())
+}
+
+/// The highest feed sequence number (0 when empty).
+pub fn feed_head(conn: &Connection) -> rusqlite::Result<u64> {
+    let seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM feed", [], |r| r.get(0))?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Events of feed rows in `(after, upto]` that are still live at `now` (all if `now` is
+/// `None`), in feed order, with their sequence numbers.
+pub fn feed_range(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+    now: Option<i64>,
+) -> rusqlite::Result<Vec<(u64, RevocationEvent)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.seq, r.event FROM feed f JOIN revocations r USING (event_id)
+         WHERE f.seq > ?1 AND f.seq <= ?2 AND r.expires_at > ?3 ORDER BY f.seq",
+    )?;
+    let rows = stmt.query_map(
+        params![seq_param(after), seq_param(upto), now.unwrap_or(i64::MIN)],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, json) = row?;
+        match serde_json::from_str::<RevocationEvent>(&json) {
+            Ok(event) => out.push((u64::try_from(seq).unwrap_or(0), event)),
+            Err(e) => tracing::error!(seq, error = %e, "stored revocation event does not parse"),
+        }
+    }
+    Ok(out)
+}
+
+/// The newest revocation of `(kind, value)` that is still live, if any.
+pub fn find_revocation(
+    conn: &Connection,
+    kind: shared::Kind,
+    value: &str,
+    now: i64,
+) -> rusqlite::Result<Option<RevocationEvent>> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT event FROM revocations WHERE kind = ?1 AND value = ?2 AND expires_at > ?3
+             ORDER BY issued_at DESC LIMIT 1",
+            params![kind.as_str(), value, now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}

@@ -1,0 +1,52 @@
+//! The OpenAPI description, assembled from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{edge, meta, oauth, revocations, tokens};
+
+/// The API description served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "control-plane",
+        description = "Issues, validates and revokes post-quantum-signed access tokens and \
+            serves the signed revocation feed of the Envoy edge filter."
+    ),
+    paths(
+        tokens::issue, tokens::validate, tokens::inspect,
+        revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
+        oauth::revoke, oauth::introspect, edge::revocations,
+        meta::jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
+        meta::openapi, meta::docs,
+    ),
+    components(schemas(super::ErrorBody)),
+    modifiers(&AdminAuth),
+    tags(
+        (name = "tokens", description = "Issue, validate and inspect access tokens"),
+        (name = "revocations", description = "Revoke and look up revocations"),
+        (name = "oauth2", description = "RFC 7009 revocation and RFC 7662 introspection"),
+        (name = "edge", description = "Signed revocation feed for the Envoy filter"),
+        (name = "meta", description = "Probes, metrics, keys and docs"),
+    )
+)]
+pub struct ApiDoc;
+
+struct AdminAuth;
+
+impl Modify for AdminAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin secret from <data-dir>/admin.secret".to_owned(),
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

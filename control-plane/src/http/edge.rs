@@ -1,0 +1,98 @@
+//! The edge feed: signed revocation snapshots and deltas, long-polled by Envoy filters.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use shared::edgeset::{EdgeUpdate, Entry, UpdateKind};
+use utoipa::IntoParams;
+
+use super::{ApiError, AppState, ErrorBody, Query, blocking};
+use crate::db;
+use crate::metrics::Metrics;
+use crate::time::now;
+
+/// Longest hold of a long-poll, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// `GET /v1/edge/revocations` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FeedQuery {
+    /// The sequence number the poller has (0: none, send a snapshot).
+    #[serde(default)]
+    pub since: u64,
+    /// Seconds to hold the request while nothing is newer than `since` (max 60).
+    #[serde(default)]
+    pub wait: u64,
+}
+
+/// Answers with a signed snapshot or delta (`content-type: application/jose`, header
+/// `x-edge-seq`). A snapshot when `since` is 0, ahead of the feed, or further behind
+/// than the retained delta window; otherwise a delta of the rows after `since`, held up
+/// to `wait` seconds until one exists. On timeout: an empty delta (a signed heartbeat).
+#[utoipa::path(get, path = "/v1/edge/revocations", tag = "edge", params(FeedQuery),
+    responses((status = 200, content_type = "application/jose",
+        description = "compact JWS of a shared::edgeset::EdgeUpdate, signed with ML-DSA-65",
+        headers(("x-edge-seq" = u64, description = "the feed sequence number of the update"))),
+        (status = 400, body = ErrorBody)))]
+pub(super) async fn revocations(
+    State(state): State<AppState>,
+    Query(query): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let since = query.since;
+    let wait = Duration::from_secs(query.wait.min(MAX_WAIT_SECONDS));
+    let mut head_rx = state.region.feed().subscribe();
+    let head = *head_rx.borrow_and_update();
+    let window = state.region.settings().feed_max_delta;
+    let (kind, base, upto) = if since == 0 || since > head || head - since > window {
+        (UpdateKind::Snapshot, 0, head)
+    } else if head > since {
+        (UpdateKind::Delta, since, head)
+    } else {
+        let woke = tokio::time::timeout(wait, head_rx.wait_for(|h| *h > since)).await;
+        match woke {
+            Ok(Ok(h)) => {
+                let h = *h;
+                (UpdateKind::Delta, since, h)
+            }
+            _ => (UpdateKind::Delta, since, since),
+        }
+    };
+    let signed = blocking(&state, move |r| {
+        let entries: Vec<Entry> = if upto == base && kind == UpdateKind::Delta {
+            Vec::new()
+        } else {
+            db::feed_range(&r.db().lock(), base, upto, Some(now()))?
+                .iter()
+                .map(|(_, event)| Entry::from_event(event))
+                .collect()
+        };
+        let metrics = r.metrics();
+        Metrics::inc(match (kind, upto == base) {
+            (UpdateKind::Snapshot, _) => &metrics.edge_snapshots,
+            (UpdateKind::Delta, false) => &metrics.edge_deltas,
+            (UpdateKind::Delta, true) => &metrics.edge_heartbeats,
+        });
+        EdgeUpdate {
+            kind,
+            base_seq: base,
+            seq: upto,
+            generated_at: now(),
+            entries,
+        }
+        .sign(&r.keys().event_key)
+        .map_err(crate::region::Error::Signing)
+    })
+    .await?;
+    let mut response = signed.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jose"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-edge-seq", HeaderValue::from(upto));
+    Ok(response)
+}

@@ -1,0 +1,311 @@
+//! The HTTP API: one route table, the error type that alone picks status codes, and the
+//! extractors that reject bad input in the same JSON error format.
+
+pub mod docs;
+pub mod edge;
+pub mod meta;
+pub mod oauth;
+pub mod revocations;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, extract};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::region::{self, Region};
+
+pub use docs::ApiDoc;
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The region.
+    pub region: Arc<Region>,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Wraps a region; ready at once.
+    pub fn new(region: Region) -> AppState {
+        AppState {
+            region: Arc::new(region),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Marks the service (not) ready: when not ready every route but the probes and
+    /// `/metrics` answers 503.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// True when ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// The router with every route.
+pub fn app(state: AppState) -> Router {
+    let limit = state.region.settings().max_body_bytes;
+    Router::new()
+        .route("/token", post(tokens::issue))
+        .route("/token/validate", post(tokens::validate))
+        .route("/token/inspect", get(tokens::inspect))
+        .route("/revoke", post(revocations::revoke))
+        .route("/revoke/token", post(revocations::revoke_token))
+        .route("/v1/revocations/check", post(revocations::check))
+        .route("/v1/revocations/{jti}", get(revocations::status))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/v1/edge/revocations", get(edge::revocations))
+        .route("/admin/keys/rotate", post(meta::rotate_keys))
+        .route("/.well-known/jwks.json", get(meta::jwks))
+        .route("/health", get(meta::health))
+        .route("/ready", get(meta::ready))
+        .route("/metrics", get(meta::metrics))
+        .route("/openapi.json", get(meta::openapi))
+        .route("/docs", get(meta::docs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        .with_state(state)
+}
+
+/// Answers 503 while not ready (probes excepted) and counts responses.
+async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let probe = matches!(path, "/health" | "/ready" | "/metrics");
+    let response = if !probe && !state.is_ready() {
+        ApiError::NotReady.into_response()
+    } else {
+        next.run(request).await
+    };
+    state.region.metrics().response(response.status().as_u16());
+    response
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// The one error body (OAuth 2.0 style).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `invalid_request`.
+    pub error: String,
+    /// What exactly is wrong.
+    pub error_description: String,
+}
+
+/// Every error a handler returns; the only place that chooses HTTP statuses.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed or invalid input.
+    BadRequest(String),
+    /// 401: missing or wrong credential.
+    Unauthorized(String),
+    /// 403: the credential does not allow this.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed(String),
+    /// 413: body over the limit.
+    PayloadTooLarge(String),
+    /// 415: wrong content type.
+    UnsupportedMediaType(String),
+    /// 503: not ready.
+    NotReady,
+    /// 500: the cause is logged, never shown.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, description) = match self {
+            ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d),
+            ApiError::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "unauthorized", d),
+            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", d),
+            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", d),
+            ApiError::MethodNotAllowed(d) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", d)
+            }
+            ApiError::PayloadTooLarge(d) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", d),
+            ApiError::UnsupportedMediaType(d) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                d,
+            ),
+            ApiError::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the service is not ready".to_owned(),
+            ),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error; see the server log".to_owned(),
+                )
+            }
+        };
+        let mut response = (
+            status,
+            axum::Json(ErrorBody {
+                error: error.to_owned(),
+                error_description: description,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="control-plane""#),
+            );
+        }
+        response
+    }
+}
+
+impl From<region::Error> for ApiError {
+    fn from(e: region::Error) -> Self {
+        match e {
+            region::Error::InvalidRequest(d) => ApiError::BadRequest(d),
+            region::Error::InvalidToken(d) => ApiError::Unauthorized(d),
+            region::Error::Forbidden(d) => ApiError::Forbidden(d),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn from_status(status: StatusCode, text: String) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+        s if s.is_server_error() => ApiError::Internal(text),
+        _ => ApiError::BadRequest(text),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+/// JSON body extractor whose rejections use [`ApiError`].
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Form body extractor whose rejections use [`ApiError`].
+#[derive(FromRequest)]
+#[from_request(via(extract::Form), rejection(ApiError))]
+pub struct Form<T>(pub T);
+
+/// Query string extractor whose rejections use [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// Path extractor whose rejections use [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// Requires the admin credential (`Authorization: Bearer <admin secret>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            None => Err(ApiError::Unauthorized(
+                "the admin credential is required: Authorization: Bearer <admin secret>".into(),
+            )),
+            Some(secret) if state.region.is_admin(secret) => Ok(Admin),
+            Some(_) => Err(ApiError::Unauthorized(
+                "the admin credential is not valid".into(),
+            )),
+        }
+    }
+}
+
+/// Whether the request carries the admin credential; a wrong one is still refused.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeAdmin(pub bool);
+
+impl FromRequestParts<AppState> for MaybeAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if bearer(parts).is_none() {
+            return Ok(MaybeAdmin(false));
+        }
+        Admin::from_request_parts(parts, state)
+            .await
+            .map(|_| MaybeAdmin(true))
+    }
+}
+
+/// Runs blocking region work (SQLite commits, signing) off the async threads.
+async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Region) -> Result<T, region::Error> + Send + 'static,
+{
+    let region = state.region.clone();
+    tokio::task::spawn_blocking(move || work(&region))
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
+        .map_err(ApiError::from)
+}

@@ -1,0 +1,106 @@
+//! RFC 7009 token revocation and RFC 7662 token introspection.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::Kind;
+use utoipa::ToSchema;
+
+use super::{Admin, ApiError, AppState, ErrorBody, Form, Json, blocking};
+use crate::time::now;
+
+/// The form both endpoints take.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenForm {
+    /// The token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// `access_token` or `refresh_token`; only a hint (RFC 7009 2.1).
+    #[serde(default)]
+    pub token_type_hint: Option<String>,
+}
+
+impl TokenForm {
+    fn token(self) -> Result<String, ApiError> {
+        if let Some(hint) = &self.token_type_hint {
+            // Only access tokens exist so far; any hint is searched as one (RFC 7009 2.1).
+            tracing::debug!(hint, "token_type_hint");
+        }
+        match self.token {
+            Some(t) if !t.is_empty() => Ok(t),
+            _ => Err(ApiError::BadRequest(
+                "the token parameter is required".into(),
+            )),
+        }
+    }
+}
+
+/// Revokes the presented access token by its `jti`. As RFC 7009 requires, an invalid,
+/// expired or already revoked token also gets 200.
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "revoked, or nothing to revoke"),
+        (status = 400, body = ErrorBody)))]
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    Form(form): Form<TokenForm>,
+) -> Result<StatusCode, ApiError> {
+    let token = form.token()?;
+    blocking(&state, move |r| {
+        let Ok((claims, _)) = r.verify(&token) else {
+            return Ok(());
+        };
+        if claims.validate(&r.settings().validation(), now()).is_err()
+            || r.find(Kind::Jti, &claims.jti)?.is_some()
+        {
+            return Ok(());
+        }
+        let expires_at = claims.exp.saturating_add(r.settings().leeway_secs);
+        r.revoke(Kind::Jti, &claims.jti, Some(expires_at), "oauth2/revoke")
+            .map(|_| ())
+    })
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+/// Introspection answer: `{"active": false}` or the claims with `active: true`.
+#[derive(Debug, ToSchema)]
+#[expect(dead_code, reason = "documents the response shape in the OpenAPI spec")]
+pub struct IntrospectResponse {
+    /// True when the token is valid and not revoked.
+    active: bool,
+    /// `access_token` when active.
+    token_type: Option<String>,
+    /// Subject.
+    sub: Option<String>,
+    /// Expiry.
+    exp: Option<i64>,
+    /// Token id.
+    jti: Option<String>,
+}
+
+/// Introspects a token (admin credential required).
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth2",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    security(("admin" = [])),
+    responses((status = 200, body = IntrospectResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+pub(super) async fn introspect(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Form(form): Form<TokenForm>,
+) -> Result<Json<Value>, ApiError> {
+    let token = form.token()?;
+    let check = blocking(&state, move |r| r.check(&token, true)).await?;
+    let (true, Some(claims)) = (check.valid, check.claims) else {
+        return Ok(Json(json!({ "active": false })));
+    };
+    let mut body = match serde_json::to_value(&claims) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(ApiError::Internal("claims do not serialize".into())),
+    };
+    body.insert("active".into(), Value::Bool(true));
+    body.insert("token_type".into(), Value::String("access_token".into()));
+    Ok(Json(Value::Object(body)))
+}

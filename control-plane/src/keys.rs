@@ -1,0 +1,232 @@
+//! The region's signing keys: created on first run, stored in SQLite, rotated on demand.
+//!
+//! Both an Ed25519 and an ML-DSA-65 key are always active and published; the ML-DSA-65
+//! key always signs events, edge updates and audit rows. Retired keys keep verifying
+//! (and stay in the JWKS) until every token they signed has expired.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, params};
+use shared::jwk::JwkSet;
+use shared::{Alg, Keyring, SigningKey, VerifyingKey};
+
+/// A stored key's public facts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    /// RFC 7638 thumbprint.
+    pub kid: String,
+    /// `EdDSA` or `ML-DSA-65`.
+    pub alg: &'static str,
+    /// Creation time.
+    pub created_at: i64,
+    /// When it stopped signing, if it did.
+    pub retired_at: Option<i64>,
+}
+
+/// The keys in use at one moment.
+pub struct KeySet {
+    /// Signs access tokens (the configured algorithm).
+    pub token_key: Arc<SigningKey>,
+    /// Signs events, edge updates and audit rows (always ML-DSA-65).
+    pub event_key: Arc<SigningKey>,
+    /// Every key that may still verify a live token.
+    pub keyring: Keyring,
+    /// The public keys as served at `/.well-known/jwks.json`.
+    pub jwks: JwkSet,
+    /// A fingerprint of the key table, to notice rotations made by another process.
+    pub version: String,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("token_kid", &self.token_key.kid())
+            .field("event_kid", &self.event_key.kid())
+            .field("keyring", &self.keyring)
+            .finish()
+    }
+}
+
+fn alg_of(name: &str) -> Option<Alg> {
+    Alg::parse(name).ok()
+}
+
+/// What changed when keys were created or rotated.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KeyChanges {
+    /// Newly created keys.
+    pub created: Vec<KeyInfo>,
+    /// Keys retired by this change.
+    pub retired: Vec<KeyInfo>,
+}
+
+/// Creates an active key for each algorithm that has none.
+pub fn ensure_active(conn: &Connection, now: i64) -> rusqlite::Result<KeyChanges> {
+    let mut changes = KeyChanges::default();
+    for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        let active: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM keys WHERE alg = ?1 AND retired_at IS NULL",
+            params![alg.as_str()],
+            |r| r.get(0),
+        )?;
+        if active == 0 {
+            changes.created.push(create(conn, alg, now)?);
+        }
+    }
+    Ok(changes)
+}
+
+fn create(conn: &Connection, alg: Alg, now: i64) -> rusqlite::Result<KeyInfo> {
+    let key = SigningKey::generate(alg);
+    let kid = key.kid();
+    conn.execute(
+        "INSERT INTO keys (kid, alg, seed, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![kid, alg.as_str(), key.seed().to_vec(), now],
+    )?;
+    Ok(KeyInfo {
+        kid,
+        alg: alg.as_str(),
+        created_at: now,
+        retired_at: None,
+    })
+}
+
+/// Retires every active key and creates a fresh one per algorithm.
+pub fn rotate(conn: &Connection, now: i64) -> rusqlite::Result<KeyChanges> {
+    let retired: Vec<KeyInfo> = list(conn)?
+        .into_iter()
+        .filter(|k| k.retired_at.is_none())
+        .map(|k| KeyInfo {
+            retired_at: Some(now),
+            ..k
+        })
+        .collect();
+    conn.execute(
+        "UPDATE keys SET retired_at = ?1 WHERE retired_at IS NULL",
+        params![now],
+    )?;
+    let mut changes = ensure_active(conn, now)?;
+    changes.retired = retired;
+    Ok(changes)
+}
+
+/// Every stored key, oldest first.
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
+    let mut stmt =
+        conn.prepare("SELECT kid, alg, created_at, retired_at FROM keys ORDER BY rowid")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (kid, alg, created_at, retired_at) = row?;
+        if let Some(alg) = alg_of(&alg) {
+            out.push(KeyInfo {
+                kid,
+                alg: alg.as_str(),
+                created_at,
+                retired_at,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every ML-DSA-65 public key ever stored (audit rows stay verifiable after rotation).
+pub fn audit_keyring(conn: &Connection) -> rusqlite::Result<Keyring> {
+    let mut ring = Keyring::new();
+    for (alg, seed, _, _) in load_rows(conn)? {
+        if alg == Alg::MlDsa65 {
+            ring.add(SigningKey::from_seed(alg, &seed).verifying_key());
+        }
+    }
+    Ok(ring)
+}
+
+type KeyRow = (Alg, [u8; 32], i64, Option<i64>);
+
+fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<KeyRow>> {
+    let mut stmt =
+        conn.prepare("SELECT alg, seed, created_at, retired_at FROM keys ORDER BY rowid")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (alg, seed, created, retired) = row?;
+        let (Some(alg), Ok(seed)) = (alg_of(&alg), <[u8; 32]>::try_from(seed.as_slice())) else {
+            tracing::error!("skipping a stored key with an unknown algorithm or bad seed");
+            continue;
+        };
+        out.push((alg, seed, created, retired));
+    }
+    Ok(out)
+}
+
+/// Loads the active keys and every key that may still verify a token at `now`.
+pub fn load(
+    conn: &Connection,
+    token_alg: Alg,
+    now: i64,
+    max_token_secs: i64,
+) -> rusqlite::Result<Option<KeySet>> {
+    let rows = load_rows(conn)?;
+    let mut keyring = Keyring::new();
+    let mut jwks = JwkSet::default();
+    let mut token_key = None;
+    let mut event_key = None;
+    let mut version = String::new();
+    for (alg, seed, created, retired) in rows {
+        version.push_str(&format!("{}:{created}:{retired:?};", alg.as_str()));
+        let key = SigningKey::from_seed(alg, &seed);
+        let public: VerifyingKey = key.verifying_key();
+        let live = retired.is_none_or(|t| t.saturating_add(max_token_secs) > now);
+        if live {
+            jwks.keys.push(public.to_jwk());
+            keyring.add(public);
+        }
+        if retired.is_none() {
+            let key = Arc::new(key);
+            if alg == token_alg {
+                token_key = Some(key.clone());
+            }
+            if alg == Alg::MlDsa65 {
+                event_key = Some(key);
+            }
+        }
+    }
+    Ok(match (token_key, event_key) {
+        (Some(token_key), Some(event_key)) => Some(KeySet {
+            token_key,
+            event_key,
+            keyring,
+            jwks,
+            version,
+        }),
+        _ => None,
+    })
+}
+
+/// The key table's fingerprint, compared with [`KeySet::version`].
+pub fn version(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare("SELECT alg, created_at, retired_at FROM keys ORDER BY rowid")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(format!(
+            "{}:{}:{:?};",
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<i64>>(2)?
+        ))
+    })?;
+    rows.collect()
+}

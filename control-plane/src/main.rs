@@ -1,0 +1,87 @@
+//! `control-plane`: parses the command line, sets up logging, then serves or runs an
+//! operator command.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use control_plane::cli::{Cli, Command};
+use control_plane::config::Settings;
+use control_plane::{AppState, Region};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Serve(serve) => match Settings::from_args(&cli.settings, Some(&serve)) {
+            Err(problems) => {
+                eprintln!("invalid configuration:\n{problems}");
+                ExitCode::from(2)
+            }
+            Ok(settings) => match run_server(settings, serve.listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        command => control_plane::cli::run(&cli.settings, command),
+    }
+}
+
+fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let region = tokio::task::spawn_blocking(move || Region::open(settings)).await??;
+        let keys = region.keys();
+        tracing::info!(
+            data_dir = %region.settings().data_dir.display(),
+            region = %region.settings().region,
+            token_alg = keys.token_key.alg().as_str(),
+            token_kid = %keys.token_key.kid(),
+            event_kid = %keys.event_key.kid(),
+            bus = region.bus_name(),
+            "region opened"
+        );
+        tracing::info!(
+            path = %region.admin_path().display(),
+            "admin credential file (mode 0600): send its content as Authorization: Bearer"
+        );
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on http://{addr}");
+        control_plane::serve(listener, AppState::new(region), shutdown()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

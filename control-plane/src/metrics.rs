@@ -1,0 +1,138 @@
+//! Prometheus counters and gauges of the service, rendered in the text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shared::Kind;
+
+/// Counters updated by the domain and HTTP layers.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Tokens issued.
+    pub tokens_issued: AtomicU64,
+    /// Validations that found the token valid.
+    pub validations_valid: AtomicU64,
+    /// Validations that refused the token.
+    pub validations_invalid: AtomicU64,
+    /// Revocations committed, by kind (jti, sub, kid, sid).
+    pub revocations: [AtomicU64; 4],
+    /// Events the bus refused (kept in the outbox).
+    pub publish_failures: AtomicU64,
+    /// Edge feed answers that were snapshots.
+    pub edge_snapshots: AtomicU64,
+    /// Edge feed answers that were non-empty deltas.
+    pub edge_deltas: AtomicU64,
+    /// Edge feed answers that were empty deltas (heartbeats).
+    pub edge_heartbeats: AtomicU64,
+    /// HTTP responses by status class (1xx..5xx).
+    pub responses: [AtomicU64; 5],
+}
+
+fn kind_index(kind: Kind) -> usize {
+    match kind {
+        Kind::Jti => 0,
+        Kind::Sub => 1,
+        Kind::Kid => 2,
+        Kind::Sid => 3,
+    }
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a committed revocation.
+    pub fn revoked(&self, kind: Kind) {
+        Metrics::inc(&self.revocations[kind_index(kind)]);
+    }
+
+    /// Counts an HTTP response.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        Metrics::inc(&self.responses[class]);
+    }
+
+    /// The Prometheus text exposition, with the gauges passed in.
+    pub fn render(&self, feed_seq: u64, live_revocations: usize, ready: bool) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        counter(
+            "cp_tokens_issued_total",
+            "Access tokens issued.",
+            &[("", get(&self.tokens_issued))],
+        );
+        counter(
+            "cp_token_validations_total",
+            "Token validations by result.",
+            &[
+                ("{result=\"valid\"}", get(&self.validations_valid)),
+                ("{result=\"invalid\"}", get(&self.validations_invalid)),
+            ],
+        );
+        let by_kind: Vec<(String, u64)> = Kind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    format!("{{kind=\"{}\"}}", k.as_str()),
+                    get(&self.revocations[kind_index(*k)]),
+                )
+            })
+            .collect();
+        let by_kind: Vec<(&str, u64)> = by_kind.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            "cp_revocations_total",
+            "Revocations committed by this region.",
+            &by_kind,
+        );
+        counter(
+            "cp_publish_failures_total",
+            "Revocation events the event bus refused (kept in the outbox).",
+            &[("", get(&self.publish_failures))],
+        );
+        counter(
+            "cp_edge_feed_responses_total",
+            "Edge feed answers by type.",
+            &[
+                ("{type=\"snapshot\"}", get(&self.edge_snapshots)),
+                ("{type=\"delta\"}", get(&self.edge_deltas)),
+                ("{type=\"heartbeat\"}", get(&self.edge_heartbeats)),
+            ],
+        );
+        let classes: Vec<(String, u64)> = (0..5)
+            .map(|i| {
+                (
+                    format!("{{class=\"{}xx\"}}", i + 1),
+                    get(&self.responses[i]),
+                )
+            })
+            .collect();
+        let classes: Vec<(&str, u64)> = classes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            "cp_http_responses_total",
+            "HTTP responses by status class.",
+            &classes,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cp_edge_feed_seq Current edge feed sequence number.\n# TYPE cp_edge_feed_seq gauge\ncp_edge_feed_seq {feed_seq}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cp_live_revocations Revocations that can still match a valid token.\n# TYPE cp_live_revocations gauge\ncp_live_revocations {live_revocations}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cp_ready 1 when the service accepts traffic.\n# TYPE cp_ready gauge\ncp_ready {}",
+            u8::from(ready)
+        );
+        out
+    }
+}

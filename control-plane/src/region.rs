@@ -1,0 +1,678 @@
+//! One region's control plane without any HTTP: it issues, checks and revokes tokens,
+//! writes the audit log and keeps the revocation cache and edge feed head current.
+//!
+//! Every method is blocking (SQLite commits wait for the disk); the HTTP layer calls the
+//! writing ones on the blocking thread pool, the CLI calls them directly.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value, json};
+use shared::claims::{Audience, Confirmation, TYP_ACCESS_TOKEN};
+use shared::jws::{self, Limits};
+use shared::revocation::TokenIds;
+use shared::{AccessClaims, ClaimsError, JoseError, Kind, RevocationEvent, b64, random, sha256};
+use tokio::sync::watch;
+
+use crate::audit::{self, AppendError};
+use crate::bus::{EventBus, LocalBus};
+use crate::cache::{self, MemoryCache, RevocationCache};
+use crate::config::Settings;
+use crate::db::{self, Db};
+use crate::keys::{self, KeyChanges, KeySet};
+use crate::metrics::Metrics;
+use crate::time::{now, rfc3339};
+
+/// File name of the admin credential inside the data directory.
+pub const ADMIN_FILE: &str = "admin.secret";
+
+/// Claims a request may not set: the issuer owns them.
+pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
+
+/// Longest identifier accepted as a subject or revocation value.
+pub const MAX_VALUE_LEN: usize = 1024;
+
+/// What went wrong in a domain operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; the message says how.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The token presented as a credential does not verify.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// SQLite failed.
+    #[error("storage failed: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Signing(JoseError),
+    /// Appending to the audit log failed.
+    #[error("audit log append failed: {0}")]
+    Audit(#[from] AppendError),
+    /// No usable signing key is stored.
+    #[error("no active signing key is stored")]
+    NoKeys,
+}
+
+/// A token request (the `POST /token` body).
+#[derive(Debug, Clone, Default)]
+pub struct IssueRequest {
+    /// `sub`.
+    pub subject: String,
+    /// Lifetime; the configured default when `None`.
+    pub expires_minutes: Option<i64>,
+    /// Extra claims; `sid`, `scope`, `client_id` and `cnf` are recognised.
+    pub additional_claims: Option<Map<String, Value>>,
+}
+
+/// An issued token.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The compact JWS.
+    pub token: String,
+    /// Its claims.
+    pub claims: AccessClaims,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+/// The result of checking a token.
+#[derive(Debug, Clone)]
+pub struct TokenCheck {
+    /// True when the signature, times, issuer, audience and revocation state all pass.
+    pub valid: bool,
+    /// The claims, once the signature verified.
+    pub claims: Option<AccessClaims>,
+    /// `kid` of the verifying key.
+    pub kid: Option<String>,
+    /// The revocation that covers the token, if one does.
+    pub revocation: Option<RevocationEvent>,
+    /// Why it is (in)valid, in words.
+    pub message: String,
+    /// The claim check that failed, if one did.
+    pub claims_error: Option<ClaimsError>,
+}
+
+/// A committed revocation.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The signed event.
+    pub event: RevocationEvent,
+    /// True when the event bus accepted it.
+    pub published: bool,
+    /// Its edge feed sequence number.
+    pub feed_seq: u64,
+}
+
+/// Describes a revocation in a sentence fragment: "revoked by subject at ...".
+pub fn describe(event: &RevocationEvent) -> String {
+    let by = match event.kind {
+        Kind::Jti => "revoked (jti)",
+        Kind::Sub => "revoked by subject",
+        Kind::Kid => "revoked by signing key",
+        Kind::Sid => "revoked by session",
+    };
+    format!("{by} at {}", rfc3339(event.issued_at))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks an identifier given by a client.
+pub fn check_value(what: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        return Err(Error::InvalidRequest(format!("{what} must not be empty")));
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::InvalidRequest(format!(
+            "{what} is {} bytes, over the {MAX_VALUE_LEN}-byte limit",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the data directory (mode 0700) if missing.
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the admin secret stored in a data directory.
+pub fn read_admin_secret(data_dir: &Path) -> std::io::Result<String> {
+    Ok(fs::read_to_string(data_dir.join(ADMIN_FILE))?
+        .trim()
+        .to_owned())
+}
+
+/// Creates the admin credential file (mode 0600) unless it exists; true if created.
+fn ensure_admin_secret(path: &Path) -> std::io::Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    let secret = format!("cpadmin_{}", b64::encode(&random::bytes::<32>()));
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(true)
+}
+
+/// A region's state.
+pub struct Region {
+    settings: Settings,
+    db: Db,
+    keys: RwLock<Arc<KeySet>>,
+    cache: Arc<dyn RevocationCache>,
+    bus: Arc<dyn EventBus>,
+    feed: watch::Sender<u64>,
+    admin_hash: [u8; 32],
+    admin_path: PathBuf,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("region", &self.settings.region)
+            .field("data_dir", &self.settings.data_dir)
+            .finish()
+    }
+}
+
+impl Region {
+    /// Opens a region on its data directory with the embedded defaults (in-memory cache,
+    /// no broker), creating the database, keys and admin credential on first run.
+    pub fn open(settings: Settings) -> anyhow::Result<Region> {
+        Region::open_with(settings, Arc::new(MemoryCache::new()), Arc::new(LocalBus))
+    }
+
+    /// Opens a region with the given cache and event bus.
+    pub fn open_with(
+        settings: Settings,
+        cache: Arc<dyn RevocationCache>,
+        bus: Arc<dyn EventBus>,
+    ) -> anyhow::Result<Region> {
+        use anyhow::Context as _;
+        let dir = settings.data_dir.clone();
+        create_data_dir(&dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let db_path = dir.join(db::DB_FILE);
+        let db = Db::open(&db_path)
+            .with_context(|| format!("cannot open database {}", db_path.display()))?;
+        let t = now();
+        let keyset = {
+            let mut conn = db.lock();
+            let tx = conn.transaction()?;
+            let created = keys::ensure_active(&tx, t)?;
+            let keyset = keys::load(&tx, settings.signing_alg, t, settings.max_token_secs)?
+                .context("no signing keys after creating them")?;
+            if !created.created.is_empty() {
+                audit::append(
+                    &tx,
+                    &keyset.event_key,
+                    t,
+                    &settings.region,
+                    "keys.created",
+                    json!({ "keys": created.created }),
+                )?;
+            }
+            tx.commit()?;
+            keyset
+        };
+        let admin_path = dir.join(ADMIN_FILE);
+        let created = ensure_admin_secret(&admin_path)
+            .with_context(|| format!("cannot create {}", admin_path.display()))?;
+        if created {
+            let conn = db.lock();
+            audit::append(
+                &conn,
+                &keyset.event_key,
+                t,
+                &settings.region,
+                "admin.created",
+                json!({ "path": admin_path.display().to_string() }),
+            )?;
+        }
+        let secret = read_admin_secret(&dir)
+            .with_context(|| format!("cannot read {}", admin_path.display()))?;
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "{} holds no usable secret",
+            admin_path.display()
+        );
+        let head = {
+            let conn = db.lock();
+            for (_, event) in db::feed_range(&conn, 0, u64::MAX, Some(t))? {
+                if let Err(e) = cache.insert(&event) {
+                    tracing::warn!(error = %e, "could not load a revocation into the cache");
+                }
+            }
+            db::feed_head(&conn)?
+        };
+        Ok(Region {
+            settings,
+            db,
+            keys: RwLock::new(Arc::new(keyset)),
+            cache,
+            bus,
+            feed: watch::Sender::new(head),
+            admin_hash: sha256(secret.as_bytes()),
+            admin_path,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &dyn RevocationCache {
+        self.cache.as_ref()
+    }
+
+    /// The event bus name.
+    pub fn bus_name(&self) -> &'static str {
+        self.bus.name()
+    }
+
+    /// Where the admin credential is stored.
+    pub fn admin_path(&self) -> &Path {
+        &self.admin_path
+    }
+
+    /// The keys in use now.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The edge feed head: the latest sequence number, and a way to wait for the next.
+    pub fn feed(&self) -> &watch::Sender<u64> {
+        &self.feed
+    }
+
+    fn advance_feed(&self, seq: u64) {
+        self.feed.send_if_modified(|head| {
+            if seq > *head {
+                *head = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// True when `presented` is the admin secret (compared in constant time).
+    pub fn is_admin(&self, presented: &str) -> bool {
+        let digest = sha256(presented.trim().as_bytes());
+        digest
+            .iter()
+            .zip(self.admin_hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Issues an access token and records it in the audit log.
+    pub fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
+        check_value("subject", &request.subject)?;
+        let max_minutes = self.settings.max_token_secs / 60;
+        let ttl = match request.expires_minutes {
+            None => self.settings.default_token_secs,
+            Some(m) if (1..=max_minutes).contains(&m) => m * 60,
+            Some(m) => {
+                return Err(Error::InvalidRequest(format!(
+                    "expires_minutes must be between 1 and {max_minutes}, got {m}"
+                )));
+            }
+        };
+        let mut extra = request.additional_claims.unwrap_or_default();
+        if let Some(name) = REGISTERED_CLAIMS.iter().find(|c| extra.contains_key(**c)) {
+            return Err(Error::InvalidRequest(format!(
+                "additional_claims may not set the registered claim \"{name}\""
+            )));
+        }
+        let sid = take_string(&mut extra, "sid")?;
+        let scope = take_string(&mut extra, "scope")?;
+        let client_id = take_string(&mut extra, "client_id")?;
+        if let Some(sid) = &sid {
+            check_value("sid", sid)?;
+        }
+        let cnf = match extra.remove("cnf") {
+            None => None,
+            Some(v) => Some(serde_json::from_value::<Confirmation>(v).map_err(|_| {
+                Error::InvalidRequest(r#"cnf must be an object {"jkt": "<thumbprint>"}"#.into())
+            })?),
+        };
+        let t = now();
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: request.subject,
+            aud: Audience::One(self.settings.audience.clone()),
+            exp: t + ttl,
+            iat: t,
+            nbf: t,
+            jti: random::id(),
+            sid,
+            scope,
+            client_id,
+            cnf,
+            extra,
+        };
+        let payload = serde_json::to_vec(&claims)
+            .map_err(|e| Error::InvalidRequest(format!("claims do not serialize: {e}")))?;
+        let keys = self.keys();
+        let kid = keys.token_key.kid();
+        let token = jws::sign(
+            &keys.token_key,
+            TYP_ACCESS_TOKEN,
+            Some(&kid),
+            None,
+            &payload,
+        )
+        .map_err(Error::Signing)?;
+        let limit = Limits::default().max_token_len;
+        if token.len() > limit {
+            return Err(Error::InvalidRequest(format!(
+                "additional_claims make the token {} bytes, over the {limit}-byte limit",
+                token.len()
+            )));
+        }
+        {
+            let conn = self.db.lock();
+            audit::append(
+                &conn,
+                &keys.event_key,
+                t,
+                &self.settings.region,
+                "token.issued",
+                json!({
+                    "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
+                    "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
+                    "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
+                    "via": via,
+                }),
+            )?;
+        }
+        Metrics::inc(&self.metrics.tokens_issued);
+        Ok(Issued {
+            token,
+            claims,
+            expires_in: ttl,
+        })
+    }
+
+    /// The live revocation that covers a token, from the cache or, if the cache fails,
+    /// from SQLite.
+    pub fn revocation_of(&self, ids: &TokenIds<'_>) -> Result<Option<RevocationEvent>, Error> {
+        let t = now();
+        match cache::check(self.cache.as_ref(), ids, t) {
+            Ok(hit) => Ok(hit),
+            Err(e) => {
+                tracing::warn!(error = %e, "falling back to SQLite for a revocation check");
+                let conn = self.db.lock();
+                for kind in Kind::ALL {
+                    if let Some(value) = ids.value(kind)
+                        && let Some(ev) = db::find_revocation(&conn, kind, value, t)?
+                        && ev.matches(ids)
+                    {
+                        return Ok(Some(ev));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The live revocation of one identifier (any not-before for `sub`).
+    pub fn find(&self, kind: Kind, value: &str) -> Result<Option<RevocationEvent>, Error> {
+        let t = now();
+        match self.cache.find(kind, value, None, t) {
+            Ok(hit) => Ok(hit),
+            Err(e) => {
+                tracing::warn!(error = %e, "falling back to SQLite for a revocation lookup");
+                Ok(db::find_revocation(&self.db.lock(), kind, value, t)?)
+            }
+        }
+    }
+
+    /// Verifies a token's signature against the region's keys.
+    pub fn verify(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
+        AccessClaims::verify(token, &self.keys().keyring, &Limits::default())
+    }
+
+    /// Checks a token completely: signature, claims and (if asked) revocation.
+    pub fn check(&self, token: &str, check_revocation: bool) -> Result<TokenCheck, Error> {
+        let (claims, kid) = match self.verify(token) {
+            Ok(ok) => ok,
+            Err(e) => {
+                Metrics::inc(&self.metrics.validations_invalid);
+                return Ok(TokenCheck {
+                    valid: false,
+                    claims: None,
+                    kid: None,
+                    revocation: None,
+                    message: e.to_string(),
+                    claims_error: None,
+                });
+            }
+        };
+        let claims_error = claims.validate(&self.settings.validation(), now()).err();
+        let revocation = if check_revocation {
+            self.revocation_of(&TokenIds {
+                jti: &claims.jti,
+                sub: &claims.sub,
+                kid: &kid,
+                sid: claims.sid.as_deref(),
+                iat: claims.iat,
+            })?
+        } else {
+            None
+        };
+        let message = match (&claims_error, &revocation) {
+            (Some(e), _) => e.to_string(),
+            (None, Some(r)) => format!("token {}", describe(r)),
+            (None, None) => "token is valid".to_owned(),
+        };
+        let valid = claims_error.is_none() && revocation.is_none();
+        Metrics::inc(if valid {
+            &self.metrics.validations_valid
+        } else {
+            &self.metrics.validations_invalid
+        });
+        Ok(TokenCheck {
+            valid,
+            claims: Some(claims),
+            kid: Some(kid),
+            revocation,
+            message,
+            claims_error,
+        })
+    }
+
+    /// The default lifetime of a revocation that cannot see the tokens it matches: the
+    /// longest token lifetime plus the leeway.
+    pub fn default_revocation_expiry(&self, at: i64) -> i64 {
+        at + self.settings.max_token_secs + self.settings.leeway_secs
+    }
+
+    /// Signs, commits, caches and publishes a revocation. Answers only after the
+    /// SQLite transaction has committed.
+    pub fn revoke(
+        &self,
+        kind: Kind,
+        value: &str,
+        expires_at: Option<i64>,
+        via: &str,
+    ) -> Result<Revoked, Error> {
+        check_value(kind.as_str(), value)?;
+        let t = now();
+        let keys = self.keys();
+        let event = RevocationEvent {
+            event_id: random::id(),
+            kind,
+            value: value.to_owned(),
+            // A subject revocation spares tokens issued after it, so new logins work.
+            not_before: (kind == Kind::Sub).then_some(t),
+            expires_at: expires_at.unwrap_or_else(|| self.default_revocation_expiry(t)),
+            issued_at: t,
+            origin: self.settings.region.clone(),
+            nonce: hex(&random::bytes::<16>()),
+            kid: keys.event_key.kid(),
+        };
+        let signed = event.sign(&keys.event_key).map_err(Error::Signing)?;
+        let feed_seq = {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction()?;
+            let seq = db::insert_revocation(&tx, &event, &signed)?.unwrap_or(0);
+            audit::append(
+                &tx,
+                &keys.event_key,
+                t,
+                &self.settings.region,
+                "revocation",
+                json!({ "event": event, "feed_seq": seq, "via": via }),
+            )?;
+            tx.commit()?;
+            seq
+        };
+        self.apply_local(&event);
+        self.advance_feed(feed_seq);
+        self.metrics.revoked(kind);
+        let published = match self.bus.publish(&event.value, &signed) {
+            Ok(()) => {
+                if let Err(e) = db::mark_published(&self.db.lock(), &event.event_id, now()) {
+                    tracing::warn!(error = %e, "could not mark an outbox row published");
+                }
+                true
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.publish_failures);
+                tracing::warn!(error = %e, event_id = %event.event_id, "event kept in the outbox");
+                false
+            }
+        };
+        tracing::info!(
+            event_id = %event.event_id, kind = kind.as_str(), feed_seq, via, "revocation committed"
+        );
+        Ok(Revoked {
+            event,
+            published,
+            feed_seq,
+        })
+    }
+
+    fn apply_local(&self, event: &RevocationEvent) {
+        if let Err(e) = self.cache.insert(event) {
+            tracing::warn!(error = %e, "revocation committed but not cached; checks use SQLite");
+        }
+    }
+
+    /// Retires the active keys and creates new ones; recorded in the audit log.
+    pub fn rotate_keys(&self, via: &str) -> Result<KeyChanges, Error> {
+        let t = now();
+        let old = self.keys();
+        let changes = {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction()?;
+            let changes = keys::rotate(&tx, t)?;
+            // Signed by the retiring key: the chain stays verifiable by the key it knew.
+            audit::append(
+                &tx,
+                &old.event_key,
+                t,
+                &self.settings.region,
+                "keys.rotated",
+                json!({ "created": changes.created, "retired": changes.retired, "via": via }),
+            )?;
+            tx.commit()?;
+            changes
+        };
+        self.reload_keys()?;
+        Ok(changes)
+    }
+
+    fn reload_keys(&self) -> Result<(), Error> {
+        let set = keys::load(
+            &self.db.lock(),
+            self.settings.signing_alg,
+            now(),
+            self.settings.max_token_secs,
+        )?
+        .ok_or(Error::NoKeys)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+
+    /// Picks up what other writers of the same database did (the operator CLI, later
+    /// the event consumer): new feed rows, rotated keys. Also prunes the cache.
+    pub fn sync(&self) -> Result<(), Error> {
+        let head = *self.feed.borrow();
+        let t = now();
+        let (rows, new_head, version) = {
+            let conn = self.db.lock();
+            (
+                db::feed_range(&conn, head, u64::MAX, Some(t))?,
+                db::feed_head(&conn)?,
+                keys::version(&conn)?,
+            )
+        };
+        for (_, event) in &rows {
+            self.apply_local(event);
+        }
+        self.advance_feed(new_head);
+        if version != self.keys().version {
+            tracing::info!("signing keys changed on disk; reloading");
+            self.reload_keys()?;
+        }
+        self.cache.prune(t);
+        Ok(())
+    }
+}
+
+fn take_string(extra: &mut Map<String, Value>, name: &str) -> Result<Option<String>, Error> {
+    match extra.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::InvalidRequest(format!(
+            "additional_claims.{name} must be a string"
+        ))),
+    }
+}
