@@ -1,0 +1,65 @@
+//! End-to-end tests: the edge filter inside real Envoy, fed by the real control plane.
+//!
+//! Needs the filter and the control plane built first and Envoy installed (see the
+//! README of `tests/`). Stacks run one at a time: the machine is small and the printed
+//! propagation times mean more without neighbours.
+
+mod auth;
+mod revocation;
+mod robustness;
+mod staleness;
+
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tests::control_plane::ControlPlane;
+use tests::envoy::{Envoy, filter_config};
+use tests::tokens;
+use tests::upstream::Upstream;
+
+static ONE_STACK_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A control plane, a recording upstream and Envoy with the filter between them.
+struct Stack {
+    // Dropped in declaration order: Envoy first, then the control plane, then the lock.
+    envoy: Envoy,
+    cp: ControlPlane,
+    upstream: Upstream,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Stack {
+    /// Starts everything; `configure` adjusts the filter configuration, given the control
+    /// plane's JWKS for tests that want it inline.
+    fn start(configure: impl FnOnce(&mut Value, &Value)) -> Stack {
+        let turn = ONE_STACK_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cp = ControlPlane::start();
+        let upstream = Upstream::start();
+        let mut filter = filter_config();
+        configure(&mut filter, &cp.jwks());
+        let envoy = Envoy::start(cp.port, upstream.port, &filter);
+        Stack {
+            envoy,
+            cp,
+            upstream,
+            _turn: turn,
+        }
+    }
+
+    /// The filter fetches the control plane's JWKS itself.
+    fn fetched_keys() -> Stack {
+        Stack::start(|_, _| {})
+    }
+
+    /// Inline JWKS: the control plane's keys plus the tests' own key, so tests can mint
+    /// tokens the control plane would never issue.
+    fn with_test_key() -> Stack {
+        Stack::start(|filter, jwks| {
+            let mut keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+            keys.push(tokens::test_jwk());
+            filter["jwks"] = json!({ "keys": keys });
+        })
+    }
+}

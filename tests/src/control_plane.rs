@@ -1,0 +1,136 @@
+//! The real control plane, run as a child process on a free port with its own data dir.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{TempDir, eventually, free_port, http, paths};
+
+/// A running (or stopped) control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its data directory.
+    pub dir: TempDir,
+    admin: String,
+    child: Option<Child>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on a fresh data dir and waits until it answers.
+    pub fn start() -> ControlPlane {
+        let mut cp = ControlPlane {
+            port: free_port(),
+            dir: TempDir::new("control-plane"),
+            admin: String::new(),
+            child: None,
+        };
+        cp.resume();
+        cp
+    }
+
+    /// Starts the process again on the same port and data dir.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "control plane already running");
+        let log = |name: &str| {
+            File::options()
+                .create(true)
+                .append(true)
+                .open(self.dir.0.join(name))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null())
+        };
+        let data = self.dir.0.join("data");
+        let child = Command::new(paths::control_plane_bin())
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .spawn()
+            .expect("cannot start the control plane");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(60), || {
+            http::get(port, "/health", &[])
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        assert!(
+            up.is_some(),
+            "control plane did not become healthy; logs in {}",
+            self.dir.0.display()
+        );
+        self.admin = std::fs::read_to_string(data.join("admin.secret"))
+            .map(|s| s.trim().to_owned())
+            .expect("no admin.secret in the control plane's data dir");
+    }
+
+    /// Kills the process (a real outage: no graceful shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn admin_header(&self) -> String {
+        format!("Bearer {}", self.admin)
+    }
+
+    /// The JWKS it publishes.
+    pub fn jwks(&self) -> Value {
+        let r = http::get(self.port, "/.well-known/jwks.json", &[]).expect("GET jwks");
+        assert_eq!(r.status, 200, "jwks: {}", r.text());
+        r.json()
+    }
+
+    /// Issues an access token for `subject`.
+    pub fn issue(&self, subject: &str) -> String {
+        let r = http::post_json(
+            self.port,
+            "/token",
+            &[("authorization", &self.admin_header())],
+            &json!({"subject": subject}),
+        )
+        .expect("POST /token");
+        assert!(
+            r.status == 200 || r.status == 201,
+            "token: {} {}",
+            r.status,
+            r.text()
+        );
+        r.json()["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .expect("no access_token in the /token answer")
+    }
+
+    /// Revokes `value` of `kind` (`jti`, `sub`, `kid`, `sid`).
+    pub fn revoke(&self, kind: &str, value: &str) {
+        let r = http::post_json(
+            self.port,
+            "/revoke",
+            &[("authorization", &self.admin_header())],
+            &json!({"type": format!("revoke_{kind}"), "value": value}),
+        )
+        .expect("POST /revoke");
+        assert!(
+            (200..300).contains(&r.status),
+            "revoke: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

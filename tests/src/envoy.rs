@@ -1,0 +1,186 @@
+//! Real Envoy with the edge filter, configured per test on free ports.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{TempDir, eventually, free_port, http, paths, tokens};
+
+/// The filter configuration the tests start from: the control plane's issuer and
+/// audience, claim headers, a health-check bypass, and short poll and staleness times.
+pub fn filter_config() -> Value {
+    json!({
+        "issuer": tokens::ISSUER,
+        "audience": tokens::AUDIENCE,
+        "control_plane": {"cluster": "control_plane", "poll_wait_seconds": 2, "retry_millis": 200},
+        "staleness_bound_seconds": 10,
+        "claim_headers": {"sub": "x-auth-sub", "jti": "x-auth-jti", "scope": "x-auth-scope", "sid": "x-auth-sid"},
+        "strip_authorization": true,
+        "bypass_paths": ["/health"]
+    })
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    /// Listener port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Config and logs.
+    pub dir: TempDir,
+    child: Child,
+}
+
+fn cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        ]}]}
+    })
+}
+
+impl Envoy {
+    /// Starts Envoy in front of `upstream_port`, its filter polling `control_plane_port`.
+    pub fn start(control_plane_port: u16, upstream_port: u16, filter: &Value) -> Envoy {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let base_id = (std::process::id() % 100_000) * 16 + n % 16;
+        let dir = TempDir::new("envoy");
+        let (port, admin_port) = (free_port(), free_port());
+        let wasm = json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "edge_filter", "root_id": "edge_filter",
+                    "failure_policy": "FAIL_RELOAD",
+                    "vm_config": {
+                        "vm_id": "edge_filter", "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": paths::filter_wasm()}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": filter.to_string()
+                    }
+                }
+            }
+        });
+        let config = json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "edge",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "edge",
+                            "route_config": {"virtual_hosts": [{
+                                "name": "all", "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                            }]},
+                            "http_filters": [wasm, {
+                                "name": "envoy.filters.http.router",
+                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                            }]
+                        }
+                    }]}]
+                }],
+                "clusters": [cluster("upstream", upstream_port), cluster("control_plane", control_plane_port)]
+            }
+        });
+        let config_path = dir.0.join("envoy.json");
+        std::fs::write(&config_path, config.to_string()).expect("write envoy config");
+        let log = File::create(dir.0.join("stderr.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
+        let child = Command::new(paths::envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--base-id", &base_id.to_string(), "--concurrency", "2"])
+            .args(["-l", "info", "--log-path"])
+            .arg(dir.0.join("envoy.log"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start envoy");
+        let envoy = Envoy {
+            port,
+            admin_port,
+            dir,
+            child,
+        };
+        let ready = eventually(Duration::from_secs(60), || {
+            http::get(admin_port, "/ready", &[])
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        assert!(
+            ready.is_some(),
+            "envoy did not become ready; logs in {}",
+            envoy.dir.0.display()
+        );
+        envoy
+    }
+
+    /// The admin `/stats` as `(name, value)` pairs (counters and gauges).
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        http::get(self.admin_port, "/stats", &[])
+            .map(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                Some((name.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// A stat's value (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| v)
+    }
+
+    /// Wasm stats that reveal a VM failure (reloads, failures), with non-zero values.
+    pub fn wasm_failures(&self) -> Vec<(String, u64)> {
+        self.stats()
+            .into_iter()
+            .filter(|(n, v)| {
+                *v > 0
+                    && n.starts_with("wasm.")
+                    && (n.contains("reload") || n.contains("fail") || n.contains("crash"))
+            })
+            .collect()
+    }
+
+    /// Waits until `token` is let through, i.e. the filter has keys and a fresh set.
+    pub fn wait_until_serving(&self, token: &str) {
+        let port = self.port;
+        let ok = eventually(Duration::from_secs(60), || {
+            http::get_with_token(port, "/ready-probe", token)
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        assert!(
+            ok.is_some(),
+            "the filter never let a valid token through; logs in {}",
+            self.dir.0.display()
+        );
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

