@@ -1,0 +1,161 @@
+//! The edge feed contract: signed snapshots, deltas, long-poll wake-ups and heartbeats.
+
+use serde_json::json;
+use shared::edgeset::{EdgeUpdate, RevocationSet, UpdateKind};
+use shared::revocation::TokenIds;
+
+use crate::support::{Reply, TestApp, Transport};
+
+const MAX_ENTRIES: u64 = 100_000;
+
+async fn open(app: &TestApp, reply: &Reply) -> EdgeUpdate {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), "application/jose");
+    let update = EdgeUpdate::open(&reply.text(), &app.jwks_keyring().await, MAX_ENTRIES)
+        .expect("a valid update signed by a key in the JWKS");
+    assert_eq!(reply.header("x-edge-seq"), update.seq.to_string());
+    update
+}
+
+fn ids<'a>(jti: &'a str, sub: &'a str, iat: i64) -> TokenIds<'a> {
+    TokenIds {
+        jti,
+        sub,
+        kid: "some-kid",
+        sid: None,
+        iat,
+    }
+}
+
+#[tokio::test]
+async fn since_zero_gets_a_signed_snapshot_of_every_live_revocation() {
+    for app in TestApp::both().await {
+        let empty = open(&app, &app.get("/v1/edge/revocations?since=0").await).await;
+        assert_eq!(empty.kind, UpdateKind::Snapshot);
+        assert_eq!((empty.base_seq, empty.seq), (0, 0));
+        assert!(empty.entries.is_empty());
+
+        app.revoke("jti", "j-1").await;
+        app.revoke("sub", "alice").await;
+        let snap = open(&app, &app.get("/v1/edge/revocations").await).await;
+        assert_eq!(snap.kind, UpdateKind::Snapshot);
+        assert_eq!((snap.base_seq, snap.seq), (0, 2));
+        assert_eq!(snap.entries.len(), 2);
+
+        let mut set = RevocationSet::default();
+        set.apply(snap).unwrap();
+        let now = control_plane::time::now();
+        assert!(set.check(&ids("j-1", "bob", now), now).is_some());
+        assert!(set.check(&ids("j-2", "alice", now - 10), now).is_some());
+        assert!(set.check(&ids("j-2", "alice", now + 5), now).is_none());
+        assert!(set.check(&ids("j-2", "bob", now), now).is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_poller_behind_gets_a_delta_of_the_newer_rows() {
+    for app in TestApp::both().await {
+        app.revoke("jti", "j-1").await;
+        app.revoke("jti", "j-2").await;
+        app.revoke("jti", "j-3").await;
+        let delta = open(&app, &app.get("/v1/edge/revocations?since=1").await).await;
+        assert_eq!(delta.kind, UpdateKind::Delta);
+        assert_eq!((delta.base_seq, delta.seq), (1, 3));
+        assert_eq!(delta.entries.len(), 2);
+
+        let mut set = RevocationSet::default();
+        set.apply(open(&app, &app.get("/v1/edge/revocations?since=0").await).await)
+            .unwrap();
+        app.revoke("sid", "s-1").await;
+        let next = open(&app, &app.get("/v1/edge/revocations?since=3").await).await;
+        set.apply(next).unwrap();
+        let now = control_plane::time::now();
+        let mut with_sid = ids("j-9", "zed", now);
+        with_sid.sid = Some("s-1");
+        assert!(set.check(&with_sid, now).is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_up_when_a_revocation_arrives() {
+    for app in TestApp::both().await {
+        app.revoke("jti", "j-1").await;
+        let app = std::sync::Arc::new(app);
+        let poller = {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/v1/edge/revocations?since=1&wait=60").await })
+        };
+        // Give the poll a moment to park (correctness does not depend on it).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        app.revoke("jti", "j-2").await;
+        let reply = poller.await.unwrap();
+        let delta = open(&app, &reply).await;
+        assert_eq!(delta.kind, UpdateKind::Delta);
+        assert_eq!((delta.base_seq, delta.seq), (1, 2));
+        assert_eq!(delta.entries.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_long_poll_with_nothing_new_ends_with_a_signed_empty_delta() {
+    for app in TestApp::both().await {
+        app.revoke("jti", "j-1").await;
+        let reply = app.get("/v1/edge/revocations?since=1&wait=1").await;
+        let beat = open(&app, &reply).await;
+        assert_eq!(beat.kind, UpdateKind::Delta);
+        assert_eq!((beat.base_seq, beat.seq), (1, 1));
+        assert!(beat.entries.is_empty());
+        assert!(beat.generated_at >= control_plane::time::now() - 5);
+        // wait=0 answers at once.
+        let beat = open(&app, &app.get("/v1/edge/revocations?since=1").await).await;
+        assert_eq!((beat.base_seq, beat.seq), (1, 1));
+    }
+}
+
+#[tokio::test]
+async fn a_poller_ahead_of_the_feed_or_too_far_behind_gets_a_snapshot() {
+    let app = TestApp::with_settings(Transport::Tcp, |s| s.feed_max_delta = 1).await;
+    for v in ["a", "b", "c"] {
+        app.revoke("jti", v).await;
+    }
+    let ahead = open(&app, &app.get("/v1/edge/revocations?since=99").await).await;
+    assert_eq!(ahead.kind, UpdateKind::Snapshot);
+    assert_eq!((ahead.seq, ahead.entries.len()), (3, 3));
+    let behind = open(&app, &app.get("/v1/edge/revocations?since=1").await).await;
+    assert_eq!(behind.kind, UpdateKind::Snapshot);
+    let close = open(&app, &app.get("/v1/edge/revocations?since=2").await).await;
+    assert_eq!(close.kind, UpdateKind::Delta);
+}
+
+#[tokio::test]
+async fn the_feed_rejects_a_malformed_query_in_json() {
+    for app in TestApp::both().await {
+        app.get("/v1/edge/revocations?since=abc")
+            .await
+            .error(400, "invalid_request");
+        app.get("/v1/edge/revocations?wait=-1")
+            .await
+            .error(400, "invalid_request");
+    }
+}
+
+#[tokio::test]
+async fn revocations_expire_from_the_feed_but_stay_in_the_audit_log() {
+    let app = TestApp::new(Transport::InProcess).await;
+    let reply = app
+        .admin_json(
+            "/revoke",
+            &json!({ "type": "revoke_jti", "value": "short", "ttl_seconds": 1 }),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    app.revoke("jti", "long").await;
+    // Wait until the short one has certainly expired (no timing is asserted).
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let snap = open(&app, &app.get("/v1/edge/revocations?since=0").await).await;
+    assert_eq!(snap.entries.len(), 1);
+    let status = app.get("/v1/revocations/short").await.json();
+    assert_eq!(status["revoked"], false);
+    let (ok, stdout, _) = crate::support::run_cli(&app.data_dir(), &["audit", "tail"]);
+    assert!(ok && stdout.contains("short"), "{stdout}");
+}

@@ -1,0 +1,9 @@
+//! Tests of the control plane: every route in-process and over TCP, revocation of each
+//! kind, durability across `kill -9`, audit tampering, the edge feed and the CLI.
+
+mod api;
+mod cli;
+mod durability;
+mod edge_feed;
+mod revocation_kinds;
+mod support;
