@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use rusqlite::TransactionBehavior;
 use serde_json::{Map, Value, json};
 use shared::claims::{Audience, Confirmation, TYP_ACCESS_TOKEN};
 use shared::jws::{self, Limits};
@@ -229,7 +230,7 @@ impl Region {
         let t = now();
         let keyset = {
             let mut conn = db.lock();
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let created = keys::ensure_active(&tx, t)?;
             let keyset = keys::load(&tx, settings.signing_alg, t, settings.max_token_secs)?
                 .context("no signing keys after creating them")?;
@@ -250,15 +251,17 @@ impl Region {
         let created = ensure_admin_secret(&admin_path)
             .with_context(|| format!("cannot create {}", admin_path.display()))?;
         if created {
-            let conn = db.lock();
+            let mut conn = db.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             audit::append(
-                &conn,
+                &tx,
                 &keyset.event_key,
                 t,
                 &settings.region,
                 "admin.created",
                 json!({ "path": admin_path.display().to_string() }),
             )?;
+            tx.commit()?;
         }
         let secret = read_admin_secret(&dir)
             .with_context(|| format!("cannot read {}", admin_path.display()))?;
@@ -416,9 +419,11 @@ impl Region {
             )));
         }
         {
-            let conn = self.db.lock();
+            let mut conn = self.db.lock();
+            // Immediate: another process (the CLI) may append at the same time.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             audit::append(
-                &conn,
+                &tx,
                 &keys.event_key,
                 t,
                 &self.settings.region,
@@ -430,6 +435,7 @@ impl Region {
                     "via": via,
                 }),
             )?;
+            tx.commit()?;
         }
         Metrics::inc(&self.metrics.tokens_issued);
         Ok(Issued {
@@ -560,7 +566,7 @@ impl Region {
         let signed = event.sign(&keys.event_key).map_err(Error::Signing)?;
         let feed_seq = {
             let mut conn = self.db.lock();
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let seq = db::insert_revocation(&tx, &event, &signed)?.unwrap_or(0);
             audit::append(
                 &tx,
@@ -611,7 +617,7 @@ impl Region {
         let old = self.keys();
         let changes = {
             let mut conn = self.db.lock();
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changes = keys::rotate(&tx, t)?;
             // Signed by the retiring key: the chain stays verifiable by the key it knew.
             audit::append(
