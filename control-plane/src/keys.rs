@@ -35,6 +35,8 @@ pub struct KeySet {
     pub jwks: JwkSet,
     /// A fingerprint of the key table, to notice rotations made by another process.
     pub version: String,
+    /// When the next retired key stops verifying (the set must be reloaded then).
+    pub refresh_at: Option<i64>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -186,11 +188,16 @@ pub fn load(
     let mut token_key = None;
     let mut event_key = None;
     let mut version = String::new();
+    let mut refresh_at: Option<i64> = None;
     for (alg, seed, created, retired) in rows {
         version.push_str(&format!("{}:{created}:{retired:?};", alg.as_str()));
         let key = SigningKey::from_seed(alg, &seed);
         let public: VerifyingKey = key.verifying_key();
-        let live = retired.is_none_or(|t| t.saturating_add(max_token_secs) > now);
+        let until = retired.map(|t| t.saturating_add(max_token_secs));
+        let live = until.is_none_or(|t| t > now);
+        if let Some(until) = until.filter(|_| live) {
+            refresh_at = Some(refresh_at.map_or(until, |r| r.min(until)));
+        }
         if live {
             jwks.keys.push(public.to_jwk());
             keyring.add(public);
@@ -212,6 +219,7 @@ pub fn load(
             keyring,
             jwks,
             version,
+            refresh_at,
         }),
         _ => None,
     })

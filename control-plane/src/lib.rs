@@ -44,6 +44,12 @@ pub async fn serve(
             }
         }
     });
+    let closer = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Held long-polls would delay the shutdown by up to a minute.
+        closer.close_long_polls();
+    };
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -664,8 +664,9 @@ impl Region {
             self.apply_local(event);
         }
         self.advance_feed(new_head);
-        if version != self.keys().version {
-            tracing::info!("signing keys changed on disk; reloading");
+        let current = self.keys();
+        if version != current.version || current.refresh_at.is_some_and(|at| t >= at) {
+            tracing::info!("signing keys changed; reloading");
             self.reload_keys()?;
         }
         self.cache.prune(t);

@@ -51,12 +51,16 @@ pub(super) async fn revocations(
     } else if head > since {
         (UpdateKind::Delta, since, head)
     } else {
-        let woke = tokio::time::timeout(wait, head_rx.wait_for(|h| *h > since)).await;
-        match woke {
-            Ok(Ok(h)) => {
-                let h = *h;
-                (UpdateKind::Delta, since, h)
+        let mut closing = state.closing();
+        let woke = tokio::time::timeout(wait, async {
+            tokio::select! {
+                head = head_rx.wait_for(|h| *h > since) => head.ok().map(|h| *h),
+                _ = closing.wait_for(|c| *c) => None,
             }
+        })
+        .await;
+        match woke {
+            Ok(Some(head)) => (UpdateKind::Delta, since, head),
             _ => (UpdateKind::Delta, since, since),
         }
     };

@@ -32,6 +32,7 @@ pub struct AppState {
     /// The region.
     pub region: Arc<Region>,
     ready: Arc<AtomicBool>,
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -40,7 +41,17 @@ impl AppState {
         AppState {
             region: Arc::new(region),
             ready: Arc::new(AtomicBool::new(true)),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Ends held long-polls at once (they answer with a heartbeat), e.g. on shutdown.
+    pub fn close_long_polls(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Marks the service (not) ready: when not ready every route but the probes and

@@ -159,3 +159,28 @@ async fn revocations_expire_from_the_feed_but_stay_in_the_audit_log() {
     let (ok, stdout, _) = crate::support::run_cli(&app.data_dir(), &["audit", "tail"]);
     assert!(ok && stdout.contains("short"), "{stdout}");
 }
+
+#[tokio::test]
+async fn shutting_down_ends_held_long_polls_with_a_heartbeat() {
+    for app in TestApp::both().await {
+        let app = std::sync::Arc::new(app);
+        let poller = {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/v1/edge/revocations?since=0&wait=60").await })
+        };
+        let first = open(&app, &poller.await.unwrap()).await;
+        assert_eq!(first.kind, UpdateKind::Snapshot);
+        app.revoke("jti", "j-1").await;
+        let held = {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/v1/edge/revocations?since=1&wait=60").await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        app.state.close_long_polls();
+        let beat = open(&app, &held.await.unwrap()).await;
+        assert_eq!(
+            (beat.kind, beat.base_seq, beat.seq),
+            (UpdateKind::Delta, 1, 1)
+        );
+    }
+}
