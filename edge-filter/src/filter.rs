@@ -18,6 +18,7 @@ use crate::sync::{self, Keys, Lease, Refused, StateRecord};
 
 const TICK: Duration = Duration::from_millis(200);
 const LEASE_TTL_MS: u64 = 2_000;
+const EMPTY_FEED_PACE_MS: u64 = 250;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -294,7 +295,8 @@ impl Root {
         self.get_http_call_response_body(0, body_size)
     }
 
-    fn on_feed(&mut self, vm: &mut Vm, body: Option<Vec<u8>>, now: u64) -> Result<(), String> {
+    /// Verifies, applies and publishes a feed answer; returns when to poll next.
+    fn on_feed(&mut self, vm: &mut Vm, body: Option<Vec<u8>>, now: u64) -> Result<u64, String> {
         let body = body.ok_or("no usable response")?;
         let token = std::str::from_utf8(&body).map_err(|_| "response is not text")?;
         let update = match EdgeUpdate::open(
@@ -321,7 +323,7 @@ impl Root {
             }
             Err(Refused::Rollback) => return Err("update older than the set: refused".into()),
         };
-        self.want_snapshot = false;
+        let asked_for_snapshot = std::mem::take(&mut self.want_snapshot) || vm.set.seq() == 0;
         let version = if changed {
             let version = vm.state.set_version.wrapping_add(1).max(1);
             let blob = sync::encode_set(version, &set);
@@ -342,8 +344,20 @@ impl Root {
             return Err("cannot publish the state".into());
         }
         Metrics::inc(vm.metrics.sync_updates);
+        if changed {
+            info!(
+                "edge-filter: revocation set at seq {seq} with {} entries published",
+                set.len()
+            );
+        }
         vm.refresh();
-        Ok(())
+        // `since=0` is answered at once with a snapshot, so on a feed that is still empty
+        // (seq 0) polling again at once would spin: pace it instead.
+        if asked_for_snapshot && seq == 0 {
+            Ok(now.saturating_add(EMPTY_FEED_PACE_MS))
+        } else {
+            Ok(now)
+        }
     }
 
     fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {
@@ -404,8 +418,8 @@ impl Context for Root {
         let retry = vm.config.control_plane.retry_millis;
         match call {
             Call::Feed(_) => match self.on_feed(&mut vm, body, now) {
-                // Poll again at once: the next long poll is what carries the next revocation.
-                Ok(()) => self.next_poll_ms = now,
+                // Usually at once: the next long poll is what carries the next revocation.
+                Ok(next) => self.next_poll_ms = next,
                 Err(e) => {
                     warn!("edge-filter: revocation sync failed: {e}");
                     Metrics::inc(vm.metrics.sync_errors);

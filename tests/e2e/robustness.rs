@@ -95,8 +95,8 @@ fn corpus() -> Vec<Vec<u8>> {
     let now = tokens::now();
     for claims in [
         json!({"iss": tokens::ISSUER, "sub": "x", "aud": {"o": 1}, "exp": now + 60, "iat": now, "nbf": now, "jti": "j"}),
-        json!({"iss": tokens::ISSUER, "sub": "x", "aud": tokens::AUDIENCE, "exp": i64::MAX, "iat": i64::MIN, "nbf": i64::MIN, "jti": "j"}),
-        json!({"iss": tokens::ISSUER, "sub": "x\r\nx-evil: 1", "aud": tokens::AUDIENCE, "exp": now + 60, "iat": now, "nbf": now, "jti": "j", "scope": "\u{0}"}),
+        json!({"iss": tokens::ISSUER, "sub": "x", "aud": tokens::AUDIENCE, "exp": i64::MAX, "iat": i64::MIN, "nbf": i64::MAX, "jti": "j"}),
+        json!({"iss": tokens::ISSUER, "sub": "x\r\nx-evil: 1", "aud": tokens::AUDIENCE, "exp": now + 60, "iat": now, "nbf": now, "jti": "j", "scope": "\u{0}", "cnf": {"jkt": "k"}}),
         json!({"iss": tokens::ISSUER, "sub": "x", "aud": tokens::AUDIENCE, "exp": now + 60, "iat": now, "nbf": now, "jti": "j", "cnf": {"jkt": "abc"}}),
         json!({"iss": tokens::ISSUER, "sub": "x", "aud": tokens::AUDIENCE, "exp": now + 60, "iat": now, "nbf": now, "jti": "j", "cnf": "nope"}),
     ] {
@@ -159,6 +159,27 @@ fn a_corpus_of_malformed_requests_and_tokens_never_fails_a_vm() {
     ] {
         let _ = http::raw(port, raw);
     }
+
+    // A signed claim that cannot be a header value is dropped, never split into two.
+    let mut crlf = claims("x\r\nx-evil: 1", "jti-crlf", "sid-crlf");
+    crlf["scope"] = json!("read\u{0}");
+    let r = http::get(
+        port,
+        "/orders",
+        &[
+            ("authorization", &format!("Bearer {}", mint(&crlf))),
+            ("x-test-id", "crlf"),
+        ],
+    )
+    .expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = stack.upstream.request_with_id("crlf").expect("forwarded");
+    assert!(
+        !seen
+            .iter()
+            .any(|(n, _)| n == "x-evil" || n == "x-auth-sub" || n == "x-auth-scope"),
+        "{seen:?}"
+    );
 
     let after = http::get_with_token(port, "/orders", &valid).expect("request");
     assert_eq!(

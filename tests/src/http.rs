@@ -36,14 +36,53 @@ impl Response {
     }
 }
 
-/// Sends raw bytes to `127.0.0.1:port` and returns everything read until the peer closes.
+/// Sends raw bytes to `127.0.0.1:port` and returns the response: read until it is
+/// complete by its own framing, or until the peer closes.
+///
+/// Framing matters for timing: Envoy delays closing after a local reply (its
+/// `delayed_close_timeout`, 1 s), so waiting for the close would add a second to
+/// every refusal.
 pub fn raw(port: u16, request: &[u8]) -> io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.write_all(request)?;
     let mut out = Vec::new();
-    stream.read_to_end(&mut out)?;
-    Ok(out)
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if !out.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        if is_complete(&out) {
+            return Ok(out);
+        }
+    }
+}
+
+/// True when `bytes` hold a whole response per its content-length or chunked framing.
+fn is_complete(bytes: &[u8]) -> bool {
+    let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..split]).to_ascii_lowercase();
+    let body = &bytes[split + 4..];
+    for line in head.split("\r\n") {
+        if let Some(len) = line.strip_prefix("content-length:") {
+            return len
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|len| body.len() >= len);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 /// Sends one request with arbitrary header bytes.
