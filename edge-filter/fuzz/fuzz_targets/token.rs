@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
         Rules {
             validation: Validation::default(),
             limits: Limits::default(),
-            claim_headers: vec![("sub".into(), "x-sub".into()), ("a.b".into(), "x-ab".into())],
+            claim_headers: vec![
+                ("sub".into(), "x-sub".into()),
+                ("a.b".into(), "x-ab".into()),
+            ],
             dpop_max_age: 60,
             fail_open: false,
             cache_max_entries: 4,
