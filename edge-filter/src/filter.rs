@@ -18,7 +18,6 @@ use crate::sync::{self, Keys, Lease, Refused, StateRecord};
 
 const TICK: Duration = Duration::from_millis(200);
 const LEASE_TTL_MS: u64 = 2_000;
-const EMPTY_FEED_PACE_MS: u64 = 250;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -190,6 +189,8 @@ struct Root {
     next_poll_ms: u64,
     next_jwks_ms: u64,
     want_snapshot: bool,
+    /// This VM's poller has applied an update since it took the lease.
+    synced: bool,
 }
 
 impl Root {
@@ -264,11 +265,18 @@ impl Root {
         if feed_busy || now < self.next_poll_ms || vm.authorizer.keys().is_empty() {
             return;
         }
-        let since = if self.want_snapshot { 0 } else { vm.set.seq() };
-        let path = format!(
-            "{}?since={since}&wait={}",
-            cp.feed_path, cp.poll_wait_seconds
-        );
+        // Without a set (or after a gap) ask for a snapshot, answered at once; with one,
+        // long-poll from its seq (seq 0 included: the feed holds it like any other).
+        let path = if self.want_snapshot || !self.synced {
+            format!("{}?wait={}", cp.feed_path, cp.poll_wait_seconds)
+        } else {
+            format!(
+                "{}?since={}&wait={}",
+                cp.feed_path,
+                vm.set.seq(),
+                cp.poll_wait_seconds
+            )
+        };
         let timeout = Duration::from_secs(cp.poll_wait_seconds.saturating_add(5));
         match self.dispatch(&vm, &path, timeout) {
             Ok(id) => self.in_flight.push(Call::Feed(id)),
@@ -323,7 +331,7 @@ impl Root {
             }
             Err(Refused::Rollback) => return Err("update older than the set: refused".into()),
         };
-        let asked_for_snapshot = std::mem::take(&mut self.want_snapshot) || vm.set.seq() == 0;
+        self.want_snapshot = false;
         let version = if changed {
             let version = vm.state.set_version.wrapping_add(1).max(1);
             let blob = sync::encode_set(version, &set);
@@ -351,13 +359,8 @@ impl Root {
             );
         }
         vm.refresh();
-        // `since=0` is answered at once with a snapshot, so on a feed that is still empty
-        // (seq 0) polling again at once would spin: pace it instead.
-        if asked_for_snapshot && seq == 0 {
-            Ok(now.saturating_add(EMPTY_FEED_PACE_MS))
-        } else {
-            Ok(now)
-        }
+        self.synced = true;
+        Ok(now)
     }
 
     fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {

@@ -20,18 +20,20 @@ pub const MAX_WAIT_SECONDS: u64 = 60;
 /// `GET /v1/edge/revocations` query.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct FeedQuery {
-    /// The sequence number the poller has (0: none, send a snapshot).
+    /// The sequence number the poller's set is at; absent when it has no set yet,
+    /// which is answered at once with a snapshot.
     #[serde(default)]
-    pub since: u64,
+    pub since: Option<u64>,
     /// Seconds to hold the request while nothing is newer than `since` (max 60).
     #[serde(default)]
     pub wait: u64,
 }
 
 /// Answers with a signed snapshot or delta (`content-type: application/jose`, header
-/// `x-edge-seq`). A snapshot when `since` is 0, ahead of the feed, or further behind
+/// `x-edge-seq`). A snapshot when `since` is absent, ahead of the feed, or further behind
 /// than the retained delta window; otherwise a delta of the rows after `since`, held up
 /// to `wait` seconds until one exists. On timeout: an empty delta (a signed heartbeat).
+/// `since=0` is a set at sequence 0 (an empty feed), so it is held like any other.
 #[utoipa::path(get, path = "/v1/edge/revocations", tag = "edge", params(FeedQuery),
     responses((status = 200, content_type = "application/jose",
         description = "compact JWS of a shared::edgeset::EdgeUpdate, signed with ML-DSA-65",
@@ -41,12 +43,12 @@ pub(super) async fn revocations(
     State(state): State<AppState>,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
-    let since = query.since;
     let wait = Duration::from_secs(query.wait.min(MAX_WAIT_SECONDS));
     let mut head_rx = state.region.feed().subscribe();
     let head = *head_rx.borrow_and_update();
     let window = state.region.settings().feed_max_delta;
-    let (kind, base, upto) = if since == 0 || since > head || head - since > window {
+    let since = query.since.unwrap_or_default();
+    let (kind, base, upto) = if query.since.is_none() || since > head || head - since > window {
         (UpdateKind::Snapshot, 0, head)
     } else if head > since {
         (UpdateKind::Delta, since, head)

@@ -28,9 +28,9 @@ fn ids<'a>(jti: &'a str, sub: &'a str, iat: i64) -> TokenIds<'a> {
 }
 
 #[tokio::test]
-async fn since_zero_gets_a_signed_snapshot_of_every_live_revocation() {
+async fn a_poller_without_a_set_gets_a_signed_snapshot_of_every_live_revocation() {
     for app in TestApp::both().await {
-        let empty = open(&app, &app.get("/v1/edge/revocations?since=0").await).await;
+        let empty = open(&app, &app.get("/v1/edge/revocations").await).await;
         assert_eq!(empty.kind, UpdateKind::Snapshot);
         assert_eq!((empty.base_seq, empty.seq), (0, 0));
         assert!(empty.entries.is_empty());
@@ -64,7 +64,7 @@ async fn a_poller_behind_gets_a_delta_of_the_newer_rows() {
         assert_eq!(delta.entries.len(), 2);
 
         let mut set = RevocationSet::default();
-        set.apply(open(&app, &app.get("/v1/edge/revocations?since=0").await).await)
+        set.apply(open(&app, &app.get("/v1/edge/revocations").await).await)
             .unwrap();
         app.revoke("sid", "s-1").await;
         let next = open(&app, &app.get("/v1/edge/revocations?since=3").await).await;
@@ -92,6 +92,24 @@ async fn a_long_poll_wakes_up_when_a_revocation_arrives() {
         let delta = open(&app, &reply).await;
         assert_eq!(delta.kind, UpdateKind::Delta);
         assert_eq!((delta.base_seq, delta.seq), (1, 2));
+        assert_eq!(delta.entries.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn since_zero_on_an_empty_feed_is_held_until_the_first_revocation() {
+    for app in TestApp::both().await {
+        let app = std::sync::Arc::new(app);
+        let poller = {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/v1/edge/revocations?since=0&wait=60").await })
+        };
+        // Give the poll a moment to park (correctness does not depend on it).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        app.revoke("jti", "first").await;
+        let delta = open(&app, &poller.await.unwrap()).await;
+        assert_eq!(delta.kind, UpdateKind::Delta);
+        assert_eq!((delta.base_seq, delta.seq), (0, 1));
         assert_eq!(delta.entries.len(), 1);
     }
 }
@@ -152,7 +170,7 @@ async fn revocations_expire_from_the_feed_but_stay_in_the_audit_log() {
     app.revoke("jti", "long").await;
     // Wait until the short one has certainly expired (no timing is asserted).
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let snap = open(&app, &app.get("/v1/edge/revocations?since=0").await).await;
+    let snap = open(&app, &app.get("/v1/edge/revocations").await).await;
     assert_eq!(snap.entries.len(), 1);
     let status = app.get("/v1/revocations/short").await.json();
     assert_eq!(status["revoked"], false);
@@ -166,7 +184,7 @@ async fn shutting_down_ends_held_long_polls_with_a_heartbeat() {
         let app = std::sync::Arc::new(app);
         let poller = {
             let app = app.clone();
-            tokio::spawn(async move { app.get("/v1/edge/revocations?since=0&wait=60").await })
+            tokio::spawn(async move { app.get("/v1/edge/revocations?wait=60").await })
         };
         let first = open(&app, &poller.await.unwrap()).await;
         assert_eq!(first.kind, UpdateKind::Snapshot);
