@@ -48,6 +48,10 @@ pub struct SettingsArgs {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(long, env = "CP_LEEWAY_SECONDS", default_value_t = 30, global = true)]
     pub leeway_seconds: i64,
+    /// Lifetime of a refresh session (a refresh-token family) when
+    /// `POST /token/refresh/create` names none, in days.
+    #[arg(long, env = "CP_REFRESH_DAYS", default_value_t = 30, global = true)]
+    pub refresh_days: i64,
 }
 
 fn parse_alg(s: &str) -> Result<Alg, String> {
@@ -87,6 +91,8 @@ pub struct Settings {
     pub max_token_secs: i64,
     /// Clock leeway, seconds.
     pub leeway_secs: i64,
+    /// Default refresh session lifetime, seconds.
+    pub refresh_secs: i64,
     /// Request body limit, bytes.
     pub max_body_bytes: usize,
     /// Longest edge-feed delta.
@@ -105,6 +111,7 @@ impl Settings {
             default_token_secs: 15 * 60,
             max_token_secs: 24 * 3600,
             leeway_secs: 30,
+            refresh_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
             feed_max_delta: 10_000,
         }
@@ -132,6 +139,12 @@ impl Settings {
         if !(0..=600).contains(&args.leeway_seconds) {
             problems.push("CP_LEEWAY_SECONDS must be between 0 and 600".to_owned());
         }
+        if !(1..=crate::refresh::MAX_DAYS).contains(&args.refresh_days) {
+            problems.push(format!(
+                "CP_REFRESH_DAYS must be between 1 and {}",
+                crate::refresh::MAX_DAYS
+            ));
+        }
         let mut settings = Settings::new(args.data_dir.clone());
         if let Some(serve) = serve {
             if serve.max_body_bytes < 1024 {
@@ -153,6 +166,7 @@ impl Settings {
         settings.default_token_secs = args.default_token_minutes * 60;
         settings.max_token_secs = args.max_token_minutes * 60;
         settings.leeway_secs = args.leeway_seconds;
+        settings.refresh_secs = args.refresh_days * 24 * 3600;
         Ok(settings)
     }
 

@@ -45,6 +45,34 @@ CREATE TABLE IF NOT EXISTS audit (
     kid   TEXT NOT NULL,
     sig   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refresh_sessions (
+    sid              TEXT PRIMARY KEY,
+    subject          TEXT NOT NULL,
+    scope            TEXT,
+    device_jkt       TEXT,
+    binding_hash     BLOB,
+    created_at       INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    revoked_at       INTEGER,
+    revocation_event TEXT
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    hash       BLOB PRIMARY KEY,
+    sid        TEXT NOT NULL REFERENCES refresh_sessions (sid),
+    generation INTEGER NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('active', 'rotated', 'revoked')),
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_by_sid ON refresh_tokens (sid);
+CREATE TABLE IF NOT EXISTS dpop_jtis (
+    jkt        TEXT NOT NULL,
+    jti        TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (jkt, jti)
+);
+CREATE INDEX IF NOT EXISTS dpop_jtis_by_expiry ON dpop_jtis (expires_at);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit

@@ -13,6 +13,7 @@ pub mod db;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod refresh;
 pub mod region;
 pub mod time;
 

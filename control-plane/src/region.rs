@@ -548,6 +548,24 @@ impl Region {
         expires_at: Option<i64>,
         via: &str,
     ) -> Result<Revoked, Error> {
+        let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
+        let feed_seq = {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let seq = self.record_revocation(&tx, &event, &signed, via)?;
+            tx.commit()?;
+            seq
+        };
+        Ok(self.announce_revocation(event, &signed, feed_seq, via))
+    }
+
+    /// Builds and signs a revocation event (nothing stored yet).
+    pub(crate) fn sign_revocation(
+        &self,
+        kind: Kind,
+        value: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(RevocationEvent, String), Error> {
         check_value(kind.as_str(), value)?;
         let t = now();
         let keys = self.keys();
@@ -564,25 +582,43 @@ impl Region {
             kid: keys.event_key.kid(),
         };
         let signed = event.sign(&keys.event_key).map_err(Error::Signing)?;
-        let feed_seq = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let seq = db::insert_revocation(&tx, &event, &signed)?.unwrap_or(0);
-            audit::append(
-                &tx,
-                &keys.event_key,
-                t,
-                &self.settings.region,
-                "revocation",
-                json!({ "event": event, "feed_seq": seq, "via": via }),
-            )?;
-            tx.commit()?;
-            seq
-        };
+        Ok((event, signed))
+    }
+
+    /// Writes a signed event, its feed and outbox rows and its audit row inside the
+    /// caller's transaction, so other state can change in the same commit. Returns the
+    /// feed sequence number; call [`Region::announce_revocation`] after the commit.
+    pub(crate) fn record_revocation(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        event: &RevocationEvent,
+        signed: &str,
+        via: &str,
+    ) -> Result<u64, Error> {
+        let seq = db::insert_revocation(tx, event, signed)?.unwrap_or(0);
+        audit::append(
+            tx,
+            &self.keys().event_key,
+            event.issued_at,
+            &self.settings.region,
+            "revocation",
+            json!({ "event": event, "feed_seq": seq, "via": via }),
+        )?;
+        Ok(seq)
+    }
+
+    /// After the commit: caches the event, advances the edge feed and publishes it.
+    pub(crate) fn announce_revocation(
+        &self,
+        event: RevocationEvent,
+        signed: &str,
+        feed_seq: u64,
+        via: &str,
+    ) -> Revoked {
         self.apply_local(&event);
         self.advance_feed(feed_seq);
-        self.metrics.revoked(kind);
-        let published = match self.bus.publish(&event.value, &signed) {
+        self.metrics.revoked(event.kind);
+        let published = match self.bus.publish(&event.value, signed) {
             Ok(()) => {
                 if let Err(e) = db::mark_published(&self.db.lock(), &event.event_id, now()) {
                     tracing::warn!(error = %e, "could not mark an outbox row published");
@@ -596,13 +632,33 @@ impl Region {
             }
         };
         tracing::info!(
-            event_id = %event.event_id, kind = kind.as_str(), feed_seq, via, "revocation committed"
+            event_id = %event.event_id, kind = event.kind.as_str(), feed_seq, via,
+            "revocation committed"
         );
-        Ok(Revoked {
+        Revoked {
             event,
             published,
             feed_seq,
-        })
+        }
+    }
+
+    /// Signs access-token claims with the current token key; the caller writes the
+    /// audit row. Returns the compact JWS and the key id.
+    pub(crate) fn sign_access(&self, claims: &AccessClaims) -> Result<(String, String), Error> {
+        let payload = serde_json::to_vec(claims)
+            .map_err(|e| Error::InvalidRequest(format!("claims do not serialize: {e}")))?;
+        let keys = self.keys();
+        let kid = keys.token_key.kid();
+        let token = jws::sign(
+            &keys.token_key,
+            TYP_ACCESS_TOKEN,
+            Some(&kid),
+            None,
+            &payload,
+        )
+        .map_err(Error::Signing)?;
+        Metrics::inc(&self.metrics.tokens_issued);
+        Ok((token, kid))
     }
 
     fn apply_local(&self, event: &RevocationEvent) {

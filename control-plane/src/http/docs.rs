@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{edge, meta, oauth, revocations, tokens};
+use super::{edge, meta, oauth, refresh, revocations, tokens};
 
 /// The API description served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -15,6 +15,7 @@ use super::{edge, meta, oauth, revocations, tokens};
     ),
     paths(
         tokens::issue, tokens::validate, tokens::inspect,
+        refresh::create, refresh::refresh, refresh::revoke,
         revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
         oauth::revoke, oauth::introspect, edge::revocations,
         meta::jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
@@ -24,6 +25,8 @@ use super::{edge, meta, oauth, revocations, tokens};
     modifiers(&AdminAuth),
     tags(
         (name = "tokens", description = "Issue, validate and inspect access tokens"),
+        (name = "refresh", description = "Refresh sessions: device-bound rotation with \
+            forward-secret delivery and reuse detection"),
         (name = "revocations", description = "Revoke and look up revocations"),
         (name = "oauth2", description = "RFC 7009 revocation and RFC 7662 introspection"),
         (name = "edge", description = "Signed revocation feed for the Envoy filter"),

@@ -5,6 +5,7 @@ pub mod docs;
 pub mod edge;
 pub mod meta;
 pub mod oauth;
+pub mod refresh;
 pub mod revocations;
 pub mod tokens;
 
@@ -73,6 +74,9 @@ pub fn app(state: AppState) -> Router {
         .route("/token", post(tokens::issue))
         .route("/token/validate", post(tokens::validate))
         .route("/token/inspect", get(tokens::inspect))
+        .route("/token/refresh/create", post(refresh::create))
+        .route("/token/refresh", post(refresh::refresh))
+        .route("/token/refresh/revoke", post(refresh::revoke))
         .route("/revoke", post(revocations::revoke))
         .route("/revoke/token", post(revocations::revoke_token))
         .route("/v1/revocations/check", post(revocations::check))
@@ -141,6 +145,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// 415: wrong content type.
     UnsupportedMediaType(String),
+    /// 400 `invalid_grant`: the refresh token is unknown, expired or revoked.
+    InvalidGrant(String),
+    /// 401 `invalid_grant`: the grant was refused for who presented it (reuse, binding).
+    GrantRefused(String),
+    /// 401 `invalid_dpop_proof`: the DPoP proof is missing, invalid or replayed.
+    InvalidDpopProof(String),
     /// 503: not ready.
     NotReady,
     /// 500: the cause is logged, never shown.
@@ -163,6 +173,9 @@ impl IntoResponse for ApiError {
                 "unsupported_media_type",
                 d,
             ),
+            ApiError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, "invalid_grant", d),
+            ApiError::GrantRefused(d) => (StatusCode::UNAUTHORIZED, "invalid_grant", d),
+            ApiError::InvalidDpopProof(d) => (StatusCode::UNAUTHORIZED, "invalid_dpop_proof", d),
             ApiError::NotReady => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -177,6 +190,11 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        let challenge = if error == "invalid_dpop_proof" {
+            r#"DPoP realm="control-plane", error="invalid_dpop_proof", algs="EdDSA ML-DSA-65""#
+        } else {
+            r#"Bearer realm="control-plane""#
+        };
         let mut response = (
             status,
             axum::Json(ErrorBody {
@@ -188,7 +206,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Bearer realm="control-plane""#),
+                HeaderValue::from_static(challenge),
             );
         }
         response
@@ -202,6 +220,21 @@ impl From<region::Error> for ApiError {
             region::Error::InvalidToken(d) => ApiError::Unauthorized(d),
             region::Error::Forbidden(d) => ApiError::Forbidden(d),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::refresh::Error> for ApiError {
+    fn from(e: crate::refresh::Error) -> Self {
+        use crate::refresh::Error as E;
+        let text = e.to_string();
+        match e {
+            E::InvalidRequest(_) => ApiError::BadRequest(text),
+            E::UnknownToken | E::Expired(_) | E::Revoked(_) => ApiError::InvalidGrant(text),
+            E::ReusedRefreshToken { .. } | E::BindingMismatch(_) => ApiError::GrantRefused(text),
+            E::InvalidProof(_) => ApiError::InvalidDpopProof(text),
+            E::UnknownSession(_) => ApiError::NotFound(text),
+            E::Region(e) => ApiError::from(e),
         }
     }
 }

@@ -1,0 +1,759 @@
+//! Refresh sessions: refresh-token families with rotation, reuse detection, device
+//! binding (DPoP-style proofs) and forward-secret delivery of the rotated token.
+//!
+//! A session (`sid`) is created for a subject, optionally bound to a device key (its
+//! RFC 7638 thumbprint becomes `cnf.jkt` of every access token of the session) or to a
+//! plain `client_binding` string (the seed's weaker mode). Refresh tokens are opaque
+//! random strings; only their SHA-256 is stored. Every refresh rotates the presented
+//! token; presenting a rotated one again revokes the whole session through the signed
+//! revocation path (`Kind::Sid`), in the same SQLite transaction that marks it revoked.
+//!
+//! With `kem_public_key` the rotated token is sealed to the client's ephemeral X-Wing
+//! key over the [`transcript`] of the exchange, so a recorded exchange cannot be opened
+//! later once the client has dropped its ephemeral secret.
+
+use rusqlite::{OptionalExtension as _, Transaction, TransactionBehavior, params};
+use serde_json::json;
+use shared::claims::{Audience, Confirmation};
+use shared::dpop::{self, ProofRequirements};
+use shared::kem::{self, SealedBox};
+use shared::{AccessClaims, Jwk, Kind, b64, random, sha256};
+
+use crate::audit;
+use crate::region::{self, Issued, Region, check_value};
+use crate::time::{now, rfc3339};
+
+/// Longest refresh session a request or `CP_REFRESH_DAYS` may ask for, in days.
+pub const MAX_DAYS: i64 = 365;
+
+/// How far a DPoP proof's `iat` may be from now, in seconds.
+pub const PROOF_MAX_AGE: i64 = 60;
+
+/// Longest refresh token accepted as input (ours are 46 characters).
+const MAX_TOKEN_LEN: usize = 512;
+
+/// Longest DPoP proof accepted (an ML-DSA-65 proof with its JWK is about 6 KB).
+const MAX_PROOF_LEN: usize = 16 * 1024;
+
+/// Longest DPoP proof `jti`.
+const MAX_PROOF_JTI_LEN: usize = 256;
+
+/// Prefix of every refresh token, so they are recognisable in logs and scanners.
+const TOKEN_PREFIX: &str = "rt_";
+
+/// First line of the handshake transcript.
+pub const TRANSCRIPT_LABEL: &str = "pq-refresh-v1";
+
+/// What went wrong with a refresh-session operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is malformed; the message says how.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The refresh token was never issued here (or is garbled).
+    #[error("refresh token is not known")]
+    UnknownToken,
+    /// The session of the refresh token has expired.
+    #[error("refresh token expired at {}", rfc3339(*.0))]
+    Expired(i64),
+    /// The session was revoked; the message says when and how.
+    #[error("{0}")]
+    Revoked(String),
+    /// A rotated refresh token was presented again; the session is now revoked.
+    #[error("refresh token reuse detected; session revoked")]
+    ReusedRefreshToken {
+        /// The revoked session.
+        sid: String,
+        /// The sid revocation event.
+        event_id: String,
+    },
+    /// The DPoP proof is missing, invalid, replayed or signed by another key.
+    #[error("{0}")]
+    InvalidProof(String),
+    /// The `client_binding` is missing or does not match the session.
+    #[error("{0}")]
+    BindingMismatch(String),
+    /// No refresh session has this id.
+    #[error("no refresh session {0:?}")]
+    UnknownSession(String),
+    /// A region operation (signing, audit, storage) failed.
+    #[error(transparent)]
+    Region(#[from] region::Error),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Region(region::Error::Storage(e))
+    }
+}
+
+impl From<audit::AppendError> for Error {
+    fn from(e: audit::AppendError) -> Self {
+        Error::Region(region::Error::Audit(e))
+    }
+}
+
+/// A `POST /token/refresh/create` request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// `sub` of the session's access tokens.
+    pub subject: String,
+    /// The device's public JWK (OKP Ed25519 or AKP ML-DSA-65).
+    pub device_jwk: Option<serde_json::Value>,
+    /// A client fingerprint the refresh requests must repeat (weaker mode).
+    pub client_binding: Option<String>,
+    /// Session lifetime in days (`CP_REFRESH_DAYS` when `None`).
+    pub expires_days: Option<i64>,
+    /// `scope` of the session's access tokens.
+    pub scope: Option<String>,
+}
+
+/// A created session.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The first refresh token (the only time it is shown in clear for a bound session).
+    pub refresh_token: String,
+    /// The session id (`sid`).
+    pub session_id: String,
+    /// The first access token.
+    pub access: Issued,
+    /// Seconds until the session expires.
+    pub refresh_expires_in: i64,
+}
+
+/// The request a DPoP proof must match: method and URL as the client used them.
+#[derive(Debug, Clone)]
+pub struct ProofTarget {
+    /// `POST`.
+    pub method: String,
+    /// `Host` of the request (authority).
+    pub host: String,
+    /// Path of the request.
+    pub path: String,
+}
+
+/// A `POST /token/refresh` request.
+#[derive(Debug, Clone)]
+pub struct RefreshRequest {
+    /// The presented refresh token.
+    pub refresh_token: String,
+    /// The client's ephemeral X-Wing public key (decoded).
+    pub kem_public_key: Option<Vec<u8>>,
+    /// The client binding string, in binding mode.
+    pub client_binding: Option<String>,
+    /// The `DPoP` header.
+    pub dpop: Option<String>,
+    /// What the proof must be for.
+    pub target: ProofTarget,
+}
+
+/// How the rotated refresh token is delivered.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// In clear (no KEM key was given).
+    Clear(String),
+    /// Sealed to the client's ephemeral KEM key.
+    Sealed {
+        /// The sealed box.
+        sealed: SealedBox,
+        /// base64url SHA-256 of the transcript.
+        transcript_hash: String,
+    },
+}
+
+/// A successful refresh.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    /// The new access token.
+    pub access: Issued,
+    /// The rotated refresh token.
+    pub delivery: Delivery,
+    /// The session.
+    pub session_id: String,
+    /// Seconds until the session expires.
+    pub refresh_expires_in: i64,
+}
+
+/// Who asks to revoke a session.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    /// The holder of a refresh token of the session.
+    Token(String),
+    /// The admin, by session id.
+    Session(String),
+}
+
+/// A revoked session.
+#[derive(Debug, Clone)]
+pub struct SessionRevoked {
+    /// The session.
+    pub session_id: String,
+    /// The sid revocation event (the earlier one when it was already revoked).
+    pub event_id: String,
+}
+
+/// The transcript a sealed refresh answer is bound to: ASCII lines joined by `\n`
+/// (no trailing newline), so any client (also the JS bindings, which take a string)
+/// can rebuild it from what it sent:
+///
+/// ```text
+/// pq-refresh-v1
+/// sid=<session id>
+/// rt=<base64url SHA-256 of the presented refresh token>
+/// dpop=<base64url SHA-256 of the DPoP header value, or "-" without one>
+/// kem=<base64url SHA-256 of the raw X-Wing public key (1216 bytes)>
+/// ```
+pub fn transcript(sid: &str, presented: &str, dpop: Option<&str>, kem_public_key: &[u8]) -> String {
+    let h = |bytes: &[u8]| b64::encode(&sha256(bytes));
+    let dpop = dpop.map_or_else(|| "-".to_owned(), |p| h(p.as_bytes()));
+    format!(
+        "{TRANSCRIPT_LABEL}\nsid={sid}\nrt={}\ndpop={dpop}\nkem={}",
+        h(presented.as_bytes()),
+        h(kem_public_key)
+    )
+}
+
+fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", b64::encode(&random::bytes::<32>()))
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    sha256(token.as_bytes()).to_vec()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The stored session a token belongs to.
+#[derive(Debug, Clone)]
+struct Session {
+    sid: String,
+    subject: String,
+    scope: Option<String>,
+    device_jkt: Option<String>,
+    binding_hash: Option<Vec<u8>>,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+    revocation_event: Option<String>,
+}
+
+/// A stored refresh token and its session.
+#[derive(Debug, Clone)]
+struct TokenRow {
+    generation: i64,
+    state: String,
+    session: Session,
+}
+
+const SESSION_COLUMNS: &str = "s.sid, s.subject, s.scope, s.device_jkt, s.binding_hash, \
+    s.expires_at, s.revoked_at, s.revocation_event";
+
+fn session_from(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Session> {
+    Ok(Session {
+        sid: row.get(at)?,
+        subject: row.get(at + 1)?,
+        scope: row.get(at + 2)?,
+        device_jkt: row.get(at + 3)?,
+        binding_hash: row.get(at + 4)?,
+        expires_at: row.get(at + 5)?,
+        revoked_at: row.get(at + 6)?,
+        revocation_event: row.get(at + 7)?,
+    })
+}
+
+fn find_token(conn: &rusqlite::Connection, hash: &[u8]) -> rusqlite::Result<Option<TokenRow>> {
+    conn.query_row(
+        &format!(
+            "SELECT t.generation, t.state, {SESSION_COLUMNS} FROM refresh_tokens t
+             JOIN refresh_sessions s USING (sid) WHERE t.hash = ?1"
+        ),
+        params![hash],
+        |r| {
+            Ok(TokenRow {
+                generation: r.get(0)?,
+                state: r.get(1)?,
+                session: session_from(r, 2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+fn find_session(conn: &rusqlite::Connection, sid: &str) -> rusqlite::Result<Option<Session>> {
+    conn.query_row(
+        &format!("SELECT {SESSION_COLUMNS} FROM refresh_sessions s WHERE s.sid = ?1"),
+        params![sid],
+        |r| session_from(r, 0),
+    )
+    .optional()
+}
+
+/// Builds and signs an access token of a session.
+fn mint(region: &Region, session: &Session, t: i64) -> Result<Issued, Error> {
+    let settings = region.settings();
+    let ttl = settings.default_token_secs;
+    let claims = AccessClaims {
+        iss: settings.issuer.clone(),
+        sub: session.subject.clone(),
+        aud: Audience::One(settings.audience.clone()),
+        exp: t + ttl,
+        iat: t,
+        nbf: t,
+        jti: random::id(),
+        sid: Some(session.sid.clone()),
+        scope: session.scope.clone(),
+        client_id: None,
+        cnf: session.device_jkt.clone().map(|jkt| Confirmation { jkt }),
+        extra: Default::default(),
+    };
+    let (token, _kid) = region.sign_access(&claims)?;
+    Ok(Issued {
+        token,
+        claims,
+        expires_in: ttl,
+    })
+}
+
+fn parse_device_jwk(value: serde_json::Value) -> Result<String, Error> {
+    let bytes = serde_json::to_vec(&value)
+        .map_err(|e| Error::InvalidRequest(format!("device_jwk does not serialize: {e}")))?;
+    let jwk = Jwk::parse(&bytes)
+        .map_err(|e| Error::InvalidRequest(format!("device_jwk is not a valid JWK: {e}")))?;
+    if jwk.has_private_part() {
+        return Err(Error::InvalidRequest(
+            "device_jwk must be a public key: it carries a private part (d or priv)".into(),
+        ));
+    }
+    let key = jwk.to_verifying_key().map_err(|e| {
+        Error::InvalidRequest(format!(
+            "device_jwk is not a usable OKP Ed25519 or AKP ML-DSA-65 public key: {e}"
+        ))
+    })?;
+    Ok(key.thumbprint())
+}
+
+/// Creates a session and its first refresh and access tokens.
+pub fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Created, Error> {
+    check_value("subject", &request.subject)?;
+    if let Some(scope) = &request.scope {
+        check_value("scope", scope)?;
+    }
+    if let Some(binding) = &request.client_binding {
+        check_value("client_binding", binding)?;
+    }
+    let days = request
+        .expires_days
+        .unwrap_or(region.settings().refresh_secs / 86_400);
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(Error::InvalidRequest(format!(
+            "expires_days must be between 1 and {MAX_DAYS}, got {days}"
+        )));
+    }
+    let ttl = request
+        .expires_days
+        .map_or(region.settings().refresh_secs, |d| d * 86_400);
+    let device_jkt = request.device_jwk.map(parse_device_jwk).transpose()?;
+    let t = now();
+    let session = Session {
+        sid: random::id(),
+        subject: request.subject,
+        scope: request.scope,
+        device_jkt,
+        binding_hash: request
+            .client_binding
+            .as_deref()
+            .map(|b| sha256(b.as_bytes()).to_vec()),
+        expires_at: t + ttl,
+        revoked_at: None,
+        revocation_event: None,
+    };
+    let access = mint(region, &session, t)?;
+    let refresh_token = new_token();
+    {
+        let mut conn = region.db().lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO refresh_sessions
+             (sid, subject, scope, device_jkt, binding_hash, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                session.sid,
+                session.subject,
+                session.scope,
+                session.device_jkt,
+                session.binding_hash,
+                t,
+                session.expires_at
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
+             VALUES (?1, ?2, 0, 'active', ?3, ?4)",
+            params![
+                token_hash(&refresh_token),
+                session.sid,
+                t,
+                session.expires_at
+            ],
+        )?;
+        audit::append(
+            &tx,
+            &region.keys().event_key,
+            t,
+            &region.settings().region,
+            "refresh.created",
+            json!({
+                "sid": session.sid, "sub": session.subject, "scope": session.scope,
+                "device_jkt": session.device_jkt,
+                "client_binding": session.binding_hash.is_some(),
+                "expires_at": session.expires_at, "jti": access.claims.jti, "via": via,
+            }),
+        )?;
+        tx.commit()?;
+    }
+    Ok(Created {
+        refresh_token,
+        session_id: session.sid,
+        access,
+        refresh_expires_in: ttl,
+    })
+}
+
+/// Decodes the claims of a proof without verifying them, only to learn which scheme
+/// the client used (`http` or `https`); everything is verified afterwards.
+fn proof_scheme(proof: &str) -> &'static str {
+    let htu = proof
+        .split('.')
+        .nth(1)
+        .and_then(|p| b64::decode(p, "proof payload").ok())
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .and_then(|v| v.get("htu").and_then(|h| h.as_str()).map(str::to_owned));
+    match htu {
+        Some(h) if h.starts_with("https://") => "https",
+        _ => "http",
+    }
+}
+
+/// Verifies the DPoP proof of a bound session and returns its `(jkt, jti)`.
+fn verify_proof(
+    proof: Option<&str>,
+    jkt: &str,
+    target: &ProofTarget,
+    t: i64,
+) -> Result<(String, String), Error> {
+    let proof = proof.ok_or_else(|| {
+        Error::InvalidProof(
+            "this session is bound to a device key: a DPoP header with a proof is required".into(),
+        )
+    })?;
+    if proof.len() > MAX_PROOF_LEN {
+        return Err(Error::InvalidProof(format!(
+            "DPoP proof is {} bytes, over the {MAX_PROOF_LEN}-byte limit",
+            proof.len()
+        )));
+    }
+    // The client may reach us through a TLS terminator: accept the scheme it used, but
+    // the host and path must be this request's.
+    let uri = format!("{}://{}{}", proof_scheme(proof), target.host, target.path);
+    let verified = dpop::verify_proof(
+        proof,
+        &ProofRequirements {
+            method: &target.method,
+            uri: &uri,
+            now: t,
+            max_age: PROOF_MAX_AGE,
+            access_token: None,
+            nonce: None,
+            jkt: Some(jkt),
+        },
+    )
+    .map_err(|e| Error::InvalidProof(e.to_string()))?;
+    let jti = verified.claims.jti;
+    if jti.is_empty() || jti.len() > MAX_PROOF_JTI_LEN {
+        return Err(Error::InvalidProof(format!(
+            "DPoP proof jti must be 1 to {MAX_PROOF_JTI_LEN} bytes"
+        )));
+    }
+    Ok((verified.jkt, jti))
+}
+
+/// Records a proof's jti; false when it was already seen within the window.
+fn remember_proof(tx: &Transaction<'_>, jkt: &str, jti: &str, t: i64) -> rusqlite::Result<bool> {
+    tx.execute("DELETE FROM dpop_jtis WHERE expires_at < ?1", params![t])?;
+    // iat may lie PROOF_MAX_AGE in either direction: keep the jti for both halves.
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO dpop_jtis (jkt, jti, expires_at) VALUES (?1, ?2, ?3)",
+        params![jkt, jti, t + 2 * PROOF_MAX_AGE + 1],
+    )?;
+    Ok(inserted == 1)
+}
+
+/// Describes why a session is revoked, if it is: its own row, or a live `sid`
+/// revocation (from `POST /revoke` or another region).
+fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, Error> {
+    if let Some(at) = session.revoked_at {
+        return Ok(Some(format!(
+            "refresh session was revoked at {}",
+            rfc3339(at)
+        )));
+    }
+    if let Some(event) = region.find(Kind::Sid, &session.sid)? {
+        return Ok(Some(format!(
+            "refresh session was {}",
+            region::describe(&event)
+        )));
+    }
+    Ok(None)
+}
+
+/// Rotates a refresh token: checks the binding, seals the new token and, in one
+/// IMMEDIATE transaction, records the proof, re-checks the token's state and either
+/// rotates it or (for a rotated token) revokes the whole session.
+pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Error> {
+    let presented = request.refresh_token.trim().to_owned();
+    if presented.is_empty() {
+        return Err(Error::InvalidRequest(
+            "refresh_token must not be empty".into(),
+        ));
+    }
+    if presented.len() > MAX_TOKEN_LEN {
+        return Err(Error::InvalidRequest(format!(
+            "refresh_token is {} bytes, over the {MAX_TOKEN_LEN}-byte limit",
+            presented.len()
+        )));
+    }
+    if let Some(pk) = &request.kem_public_key
+        && pk.len() != kem::PUBLIC_KEY_LEN
+    {
+        return Err(Error::InvalidRequest(format!(
+            "kem_public_key must be {} bytes (an X-Wing public key), got {}",
+            kem::PUBLIC_KEY_LEN,
+            pk.len()
+        )));
+    }
+    let hash = token_hash(&presented);
+    let t = now();
+    let row = find_token(&region.db().lock(), &hash)?.ok_or(Error::UnknownToken)?;
+    let session = row.session.clone();
+
+    // Who may refresh: checked before the state, so neither a stolen token without
+    // the device key nor a replayed exchange can trigger (or learn about) anything.
+    let proof = match &session.device_jkt {
+        Some(jkt) => Some(verify_proof(
+            request.dpop.as_deref(),
+            jkt,
+            &request.target,
+            t,
+        )?),
+        None => None,
+    };
+    if let Some(expected) = &session.binding_hash {
+        let given = request.client_binding.as_deref().ok_or_else(|| {
+            Error::BindingMismatch("this session needs its client_binding".into())
+        })?;
+        if !constant_time_eq(&sha256(given.as_bytes()), expected) {
+            return Err(Error::BindingMismatch(
+                "client_binding does not match the session".into(),
+            ));
+        }
+    }
+    if session.device_jkt.is_some() && request.kem_public_key.is_none() {
+        return Err(Error::InvalidRequest(
+            "this session is bound to a device key: kem_public_key is required, the rotated \
+             refresh token is only delivered sealed"
+                .into(),
+        ));
+    }
+    if let Some(reason) = revoked_reason(region, &session)? {
+        return Err(Error::Revoked(reason));
+    }
+
+    // Everything that can fail on bad input happens before the commit, so a refused
+    // request never burns the presented token.
+    let next = new_token();
+    let delivery = match &request.kem_public_key {
+        None => Delivery::Clear(next.clone()),
+        Some(pk) => {
+            let transcript = transcript(&session.sid, &presented, request.dpop.as_deref(), pk);
+            let sealed = kem::seal_random(pk, transcript.as_bytes(), next.as_bytes())
+                .map_err(|e| Error::InvalidRequest(format!("kem_public_key: {e}")))?;
+            Delivery::Sealed {
+                sealed,
+                transcript_hash: b64::encode(&sha256(transcript.as_bytes())),
+            }
+        }
+    };
+    let access = mint(region, &session, t)?;
+
+    let mut conn = region.db().lock();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some((jkt, jti)) = &proof
+        && !remember_proof(&tx, jkt, jti, t)?
+    {
+        return Err(Error::InvalidProof(
+            "DPoP proof replayed: its jti was already used".into(),
+        ));
+    }
+    // Re-read inside the transaction: a concurrent refresh may have rotated it.
+    let row = find_token(&tx, &hash)?.ok_or(Error::UnknownToken)?;
+    if let Some(at) = row.session.revoked_at {
+        tx.commit()?; // keep the proof's jti
+        return Err(Error::Revoked(format!(
+            "refresh session was revoked at {}",
+            rfc3339(at)
+        )));
+    }
+    match row.state.as_str() {
+        "active" => {}
+        "rotated" => {
+            let revoked = revoke_session_in(region, tx, &row.session, "refresh token reuse")?;
+            drop(conn);
+            let revoked = revoked.announce(region);
+            tracing::warn!(sid = %revoked.session_id, "refresh token reuse: session revoked");
+            return Err(Error::ReusedRefreshToken {
+                sid: revoked.session_id,
+                event_id: revoked.event_id,
+            });
+        }
+        _ => {
+            return Err(Error::Revoked(
+                "refresh token was revoked with its session".into(),
+            ));
+        }
+    }
+    if row.session.expires_at <= t {
+        tx.commit()?;
+        return Err(Error::Expired(row.session.expires_at));
+    }
+    let generation = row.generation + 1;
+    tx.execute(
+        "UPDATE refresh_tokens SET state = 'rotated', used_at = ?2 WHERE hash = ?1",
+        params![hash, t],
+    )?;
+    tx.execute(
+        "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
+         VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
+        params![
+            token_hash(&next),
+            session.sid,
+            generation,
+            t,
+            row.session.expires_at
+        ],
+    )?;
+    audit::append(
+        &tx,
+        &region.keys().event_key,
+        t,
+        &region.settings().region,
+        "refresh.rotated",
+        json!({
+            "sid": session.sid, "generation": generation, "jti": access.claims.jti,
+            "sealed": matches!(delivery, Delivery::Sealed { .. }),
+            "device_jkt": session.device_jkt,
+        }),
+    )?;
+    tx.commit()?;
+    Ok(Refreshed {
+        access,
+        delivery,
+        session_id: session.sid,
+        refresh_expires_in: row.session.expires_at - t,
+    })
+}
+
+/// A session revocation committed but not yet cached, fed to the edges or published.
+struct PendingRevocation {
+    session_id: String,
+    committed: Option<(shared::RevocationEvent, String, u64, &'static str)>,
+    event_id: String,
+}
+
+impl PendingRevocation {
+    fn announce(self, region: &Region) -> SessionRevoked {
+        if let Some((event, signed, seq, via)) = self.committed {
+            region.announce_revocation(event, &signed, seq, via);
+        }
+        SessionRevoked {
+            session_id: self.session_id,
+            event_id: self.event_id,
+        }
+    }
+}
+
+/// Marks the session and its tokens revoked and writes the signed `sid` revocation in
+/// the same transaction, then commits it.
+fn revoke_session_in(
+    region: &Region,
+    tx: Transaction<'_>,
+    session: &Session,
+    via: &'static str,
+) -> Result<PendingRevocation, Error> {
+    if let Some(event_id) = &session.revocation_event {
+        return Ok(PendingRevocation {
+            session_id: session.sid.clone(),
+            committed: None,
+            event_id: event_id.clone(),
+        });
+    }
+    let (event, signed) = region.sign_revocation(Kind::Sid, &session.sid, None)?;
+    let t = event.issued_at;
+    tx.execute(
+        "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3 WHERE sid = ?1",
+        params![session.sid, t, event.event_id],
+    )?;
+    tx.execute(
+        "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
+        params![session.sid],
+    )?;
+    let seq = region.record_revocation(&tx, &event, &signed, via)?;
+    audit::append(
+        &tx,
+        &region.keys().event_key,
+        t,
+        &region.settings().region,
+        "refresh.revoked",
+        json!({ "sid": session.sid, "event_id": event.event_id, "via": via }),
+    )?;
+    tx.commit()?;
+    Ok(PendingRevocation {
+        session_id: session.sid.clone(),
+        event_id: event.event_id.clone(),
+        committed: Some((event, signed, seq, via)),
+    })
+}
+
+/// Revokes a session by one of its refresh tokens (any generation) or by its id.
+/// Revoking a revoked session again answers with its first revocation event.
+pub fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRevoked, Error> {
+    let (hash, sid, via) = match target {
+        RevokeTarget::Token(token) => {
+            let token = token.trim();
+            if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+                return Err(Error::InvalidRequest(format!(
+                    "refresh_token must be 1 to {MAX_TOKEN_LEN} bytes"
+                )));
+            }
+            (
+                Some(token_hash(token)),
+                None,
+                "api:/token/refresh/revoke (holder)",
+            )
+        }
+        RevokeTarget::Session(sid) => {
+            check_value("session_id", &sid)?;
+            (None, Some(sid), "api:/token/refresh/revoke (admin)")
+        }
+    };
+    let mut conn = region.db().lock();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let session = match (hash, sid) {
+        (Some(hash), _) => find_token(&tx, &hash)?.ok_or(Error::UnknownToken)?.session,
+        (None, Some(sid)) => find_session(&tx, &sid)?.ok_or(Error::UnknownSession(sid))?,
+        (None, None) => return Err(Error::InvalidRequest("nothing to revoke".into())),
+    };
+    let pending = revoke_session_in(region, tx, &session, via)?;
+    drop(conn);
+    Ok(pending.announce(region))
+}
