@@ -1,9 +1,11 @@
 //! Tests of the control plane: every route in-process and over TCP, revocation of each
-//! kind, durability across `kill -9`, audit tampering, the edge feed and the CLI.
+//! kind, durability across `kill -9`, audit tampering, the edge feed, the CLI and
+//! refresh sessions.
 
 mod api;
 mod cli;
 mod durability;
 mod edge_feed;
+mod refresh;
 mod revocation_kinds;
 mod support;

@@ -129,6 +129,10 @@ impl TestApp {
         self.dir.path().join("data")
     }
 
+    pub(crate) fn is_tcp(&self) -> bool {
+        self.addr.is_some()
+    }
+
     pub(crate) fn base_url(&self) -> String {
         format!("http://{}", self.addr.expect("served over TCP"))
     }
