@@ -233,6 +233,7 @@ struct Session {
     scope: Option<String>,
     device_jkt: Option<String>,
     binding_hash: Option<Vec<u8>>,
+    created_at: i64,
     expires_at: i64,
     revoked_at: Option<i64>,
     revocation_event: Option<String>,
@@ -247,7 +248,7 @@ struct TokenRow {
 }
 
 const SESSION_COLUMNS: &str = "s.sid, s.subject, s.scope, s.device_jkt, s.binding_hash, \
-    s.expires_at, s.revoked_at, s.revocation_event";
+    s.created_at, s.expires_at, s.revoked_at, s.revocation_event";
 
 fn session_from(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -256,9 +257,10 @@ fn session_from(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Session>
         scope: row.get(at + 2)?,
         device_jkt: row.get(at + 3)?,
         binding_hash: row.get(at + 4)?,
-        expires_at: row.get(at + 5)?,
-        revoked_at: row.get(at + 6)?,
-        revocation_event: row.get(at + 7)?,
+        created_at: row.get(at + 5)?,
+        expires_at: row.get(at + 6)?,
+        revoked_at: row.get(at + 7)?,
+        revocation_event: row.get(at + 8)?,
     })
 }
 
@@ -364,6 +366,7 @@ pub fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Crea
             .client_binding
             .as_deref()
             .map(|b| sha256(b.as_bytes()).to_vec()),
+        created_at: t,
         expires_at: t + ttl,
         revoked_at: None,
         revocation_event: None,
@@ -383,7 +386,7 @@ pub fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Crea
                 session.scope,
                 session.device_jkt,
                 session.binding_hash,
-                t,
+                session.created_at,
                 session.expires_at
             ],
         )?;
@@ -489,8 +492,9 @@ fn remember_proof(tx: &Transaction<'_>, jkt: &str, jti: &str, t: i64) -> rusqlit
     Ok(inserted == 1)
 }
 
-/// Describes why a session is revoked, if it is: its own row, or a live `sid`
-/// revocation (from `POST /revoke` or another region).
+/// Describes why a session is revoked, if it is: its own row, a live `sid` revocation
+/// (from `POST /revoke` or another region), or a subject revocation at or after the
+/// session's creation (the same rule as for the subject's access tokens).
 fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, Error> {
     if let Some(at) = session.revoked_at {
         return Ok(Some(format!(
@@ -499,6 +503,16 @@ fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, 
         )));
     }
     if let Some(event) = region.find(Kind::Sid, &session.sid)? {
+        return Ok(Some(format!(
+            "refresh session was {}",
+            region::describe(&event)
+        )));
+    }
+    if let Some(event) = region.find(Kind::Sub, &session.subject)?
+        && event
+            .not_before
+            .is_none_or(|not_before| session.created_at <= not_before)
+    {
         return Ok(Some(format!(
             "refresh session was {}",
             region::describe(&event)
@@ -567,6 +581,9 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
     }
     if let Some(reason) = revoked_reason(region, &session)? {
         return Err(Error::Revoked(reason));
+    }
+    if session.expires_at <= t {
+        return Err(Error::Expired(session.expires_at));
     }
 
     // Everything that can fail on bad input happens before the commit, so a refused

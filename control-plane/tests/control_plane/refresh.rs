@@ -569,6 +569,14 @@ async fn the_holder_or_the_admin_revokes_a_session() {
             .await
             .error(400, "invalid_grant");
         assert!(why.contains("revoked by session"), "{why}");
+
+        // So does a subject revocation (logout everywhere) at or after its creation.
+        let (_, token, _) = bearer_session(&app).await;
+        app.revoke("sub", "carol").await;
+        let why = post_refresh(&app, &json!({ "refresh_token": token }), None)
+            .await
+            .error(400, "invalid_grant");
+        assert!(why.contains("revoked by subject"), "{why}");
     }
 }
 
