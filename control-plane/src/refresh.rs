@@ -525,7 +525,8 @@ fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, 
 /// IMMEDIATE transaction, records the proof, re-checks the token's state and either
 /// rotates it or (for a rotated token) revokes the whole session.
 pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Error> {
-    let presented = request.refresh_token.trim().to_owned();
+    // Not trimmed: the transcript hashes the token exactly as the client sent it.
+    let presented = request.refresh_token;
     if presented.is_empty() {
         return Err(Error::InvalidRequest(
             "refresh_token must not be empty".into(),
@@ -773,4 +774,34 @@ pub fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRevoked, E
     let pending = revoke_session_in(region, tx, &session, via)?;
     drop(conn);
     Ok(pending.announce(region))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transcript_is_the_documented_ascii_lines() {
+        let h = |b: &[u8]| b64::encode(&sha256(b));
+        let t = transcript("s-1", "rt_a", Some("p.r.f"), &[7; 1216]);
+        assert_eq!(
+            t,
+            format!(
+                "pq-refresh-v1\nsid=s-1\nrt={}\ndpop={}\nkem={}",
+                h(b"rt_a"),
+                h(b"p.r.f"),
+                h(&[7; 1216])
+            )
+        );
+        assert!(transcript("s-1", "rt_a", None, &[7; 1216]).contains("\ndpop=-\n"));
+        assert!(t.is_ascii());
+    }
+
+    #[test]
+    fn refresh_tokens_are_prefixed_random_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == 46, "{a}");
+        assert_eq!(token_hash(&a), sha256(a.as_bytes()).to_vec());
+    }
 }
