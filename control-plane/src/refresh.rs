@@ -41,6 +41,11 @@ const MAX_PROOF_JTI_LEN: usize = 256;
 /// Prefix of every refresh token, so they are recognisable in logs and scanners.
 const TOKEN_PREFIX: &str = "rt_";
 
+/// True when `token` has the form of a refresh token (access tokens are JWS).
+pub fn is_refresh_token(token: &str) -> bool {
+    token.starts_with(TOKEN_PREFIX)
+}
+
 /// First line of the handshake transcript.
 pub const TRANSCRIPT_LABEL: &str = "pq-refresh-v1";
 

@@ -8,6 +8,7 @@ use shared::Kind;
 use utoipa::ToSchema;
 
 use super::{Admin, ApiError, AppState, ErrorBody, Form, Json, blocking};
+use crate::refresh;
 use crate::time::now;
 
 /// The form both endpoints take.
@@ -24,7 +25,7 @@ pub struct TokenForm {
 impl TokenForm {
     fn token(self) -> Result<String, ApiError> {
         if let Some(hint) = &self.token_type_hint {
-            // Only access tokens exist so far; any hint is searched as one (RFC 7009 2.1).
+            // The form of the token tells its type; a hint is only a hint (RFC 7009 2.1).
             tracing::debug!(hint, "token_type_hint");
         }
         match self.token {
@@ -36,8 +37,9 @@ impl TokenForm {
     }
 }
 
-/// Revokes the presented access token by its `jti`. As RFC 7009 requires, an invalid,
-/// expired or already revoked token also gets 200.
+/// Revokes the presented token: an access token by its `jti`, a refresh token with its
+/// whole session (`sid`). As RFC 7009 requires, an invalid, expired or already revoked
+/// token also gets 200.
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "revoked, or nothing to revoke"),
@@ -47,6 +49,18 @@ pub(super) async fn revoke(
     Form(form): Form<TokenForm>,
 ) -> Result<StatusCode, ApiError> {
     let token = form.token()?;
+    if refresh::is_refresh_token(&token) {
+        let outcome = super::refresh::blocking(&state, move |r| {
+            match refresh::revoke(r, refresh::RevokeTarget::Token(token)) {
+                Ok(_) => Ok(()),
+                // Unknown, expired or already revoked: nothing to do (RFC 7009 2.2).
+                Err(refresh::Error::Region(e)) => Err(refresh::Error::Region(e)),
+                Err(_) => Ok(()),
+            }
+        });
+        outcome.await?;
+        return Ok(StatusCode::OK);
+    }
     blocking(&state, move |r| {
         let Ok((claims, _)) = r.verify(&token) else {
             return Ok(());

@@ -13,7 +13,7 @@ use crate::refresh::{self, Delivery, ProofTarget, RevokeTarget};
 use crate::region::Issued;
 
 /// Runs blocking refresh work off the async threads.
-async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
+pub(super) async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&crate::Region) -> Result<T, refresh::Error> + Send + 'static,

@@ -581,6 +581,33 @@ async fn the_holder_or_the_admin_revokes_a_session() {
 }
 
 #[tokio::test]
+async fn oauth2_revoke_of_a_refresh_token_revokes_its_session() {
+    for app in TestApp::both().await {
+        let (_, token, access) = bearer_session(&app).await;
+        let reply = app
+            .form(
+                "/oauth2/revoke",
+                &format!("token={token}&token_type_hint=refresh_token"),
+                false,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(app.validate(&access).await["revoked"], true);
+        let why = post_refresh(&app, &json!({ "refresh_token": token }), None)
+            .await
+            .error(400, "invalid_grant");
+        assert!(why.starts_with("refresh session was revoked at "), "{why}");
+        // Again, and an unknown refresh token: 200 with nothing to do (RFC 7009 2.2).
+        let again = app
+            .form("/oauth2/revoke", &format!("token={token}"), false)
+            .await;
+        assert_eq!(again.status, 200);
+        let unknown = app.form("/oauth2/revoke", "token=rt_unknown", false).await;
+        assert_eq!(unknown.status, 200);
+    }
+}
+
+#[tokio::test]
 async fn an_expired_session_is_refused_with_its_expiry() {
     let app = TestApp::new(Transport::InProcess).await;
     let (sid, token, _) = bearer_session(&app).await;
