@@ -57,8 +57,8 @@ step "native tests (unit, control plane, end-to-end with Envoy)"
 cargo build -p control-plane
 cargo test --workspace --all-features
 
-step "JS bindings under Node"
-node --test shared/js/test/
+step "JS bindings under Node (alone, and against the control plane)"
+node --test shared/js/test/ tests/js/
 
 if [ -d edge-filter/fuzz ]; then
   step "fuzz the filter's token parsing for ${FUZZ_SECONDS}s"
