@@ -129,3 +129,59 @@ fn each_rejection_reason_is_produced_and_reported() {
         "sanity: ids are per request"
     );
 }
+
+#[test]
+fn a_dpop_bound_token_passes_only_with_a_proof_from_its_device_key() {
+    use shared::dpop::{self, DpopClaims};
+    use shared::keys::{Alg, SigningKey};
+
+    let stack = Stack::with_test_key();
+    let ready = mint(&claims("dave", "jti-ready", "sid-ready"));
+    stack.envoy.wait_until_serving(&ready);
+    let port = stack.envoy.port;
+    for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        let device = SigningKey::from_seed(alg, &[7; 32]);
+        let other = SigningKey::from_seed(alg, &[8; 32]);
+        let mut bound = claims("dave", "jti-bound", "sid-bound");
+        bound["cnf"] = json!({ "jkt": device.kid() });
+        let token = mint(&bound);
+        let proof = |key: &SigningKey, htm: &str, path: &str, jti: &str| {
+            let claims = DpopClaims {
+                jti: jti.into(),
+                htm: htm.into(),
+                htu: format!("http://127.0.0.1:{port}{path}"),
+                iat: tokens::now(),
+                ath: Some(dpop::ath(&token)),
+                nonce: None,
+            };
+            dpop::sign_proof(key, &claims).unwrap_or_default()
+        };
+        let send = |proof: Option<String>| {
+            let authorization = format!("DPoP {token}");
+            let mut headers = vec![("authorization", authorization.as_str())];
+            if let Some(p) = proof.as_deref() {
+                headers.push(("dpop", p));
+            }
+            http::get(port, "/orders?page=2", &headers).expect("request")
+        };
+        let ok = send(Some(proof(&device, "GET", "/orders", "p-1")));
+        assert_eq!(ok.status, 200, "{alg:?}: {}", ok.text());
+        for (label, bad) in [
+            ("no proof", None),
+            ("another key", Some(proof(&other, "GET", "/orders", "p-2"))),
+            (
+                "another method",
+                Some(proof(&device, "POST", "/orders", "p-3")),
+            ),
+            ("another path", Some(proof(&device, "GET", "/admin", "p-4"))),
+        ] {
+            let refused = send(bad);
+            assert_eq!(refused.status, 401, "{alg:?} {label}: {}", refused.text());
+            assert_eq!(
+                refused.json()["error_description"],
+                "invalid_dpop_proof",
+                "{alg:?} {label}"
+            );
+        }
+    }
+}
