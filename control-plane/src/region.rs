@@ -399,25 +399,8 @@ impl Region {
             cnf,
             extra,
         };
-        let payload = serde_json::to_vec(&claims)
-            .map_err(|e| Error::InvalidRequest(format!("claims do not serialize: {e}")))?;
         let keys = self.keys();
-        let kid = keys.token_key.kid();
-        let token = jws::sign(
-            &keys.token_key,
-            TYP_ACCESS_TOKEN,
-            Some(&kid),
-            None,
-            &payload,
-        )
-        .map_err(Error::Signing)?;
-        let limit = Limits::default().max_token_len;
-        if token.len() > limit {
-            return Err(Error::InvalidRequest(format!(
-                "additional_claims make the token {} bytes, over the {limit}-byte limit",
-                token.len()
-            )));
-        }
+        let (token, kid) = self.sign_access(&claims)?;
         {
             let mut conn = self.db.lock();
             // Immediate: another process (the CLI) may append at the same time.
@@ -437,7 +420,6 @@ impl Region {
             )?;
             tx.commit()?;
         }
-        Metrics::inc(&self.metrics.tokens_issued);
         Ok(Issued {
             token,
             claims,
@@ -657,6 +639,14 @@ impl Region {
             &payload,
         )
         .map_err(Error::Signing)?;
+        // Edges refuse longer tokens: never hand one out.
+        let limit = Limits::default().max_token_len;
+        if token.len() > limit {
+            return Err(Error::InvalidRequest(format!(
+                "additional_claims make the token {} bytes, over the {limit}-byte limit",
+                token.len()
+            )));
+        }
         Metrics::inc(&self.metrics.tokens_issued);
         Ok((token, kid))
     }
