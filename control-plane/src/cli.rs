@@ -63,7 +63,7 @@ pub struct Remote {
 #[derive(Debug, Args)]
 pub struct IssueArgs {
     /// The token's subject.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub subject: String,
     /// Lifetime in minutes.
     #[arg(long)]
@@ -82,8 +82,8 @@ pub struct RevokeArgs {
     /// What to revoke: jti, sub, kid or sid.
     #[arg(long = "type", value_parser = ["jti", "sub", "kid", "sid"])]
     pub kind: String,
-    /// The identifier.
-    #[arg(long)]
+    /// The identifier (jtis are base64url and may begin with `-`).
+    #[arg(long, allow_hyphen_values = true)]
     pub value: String,
     /// How long to keep the revocation (default: until every token it can match expired).
     #[arg(long)]

@@ -123,6 +123,20 @@ async fn the_cli_talks_to_a_running_server() {
     assert_eq!(app.validate(&token).await["revoked"], true);
 }
 
+#[test]
+fn identifiers_that_begin_with_a_dash_are_values_not_flags() {
+    // Random jtis are base64url: about one in 32 begins with '-'.
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, err) = run_cli(
+        dir.path(),
+        &["revoke", "--type", "jti", "--value", "-NdashedJti"],
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("event_id"), "{stdout}");
+    let (ok, _, err) = run_cli(dir.path(), &["issue", "--subject", "-dash-user"]);
+    assert!(ok, "{err}");
+}
+
 #[tokio::test]
 async fn a_revocation_written_by_the_cli_reaches_the_running_server_and_its_feed() {
     let app = TestApp::new(Transport::Tcp).await;
