@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use shared::revocation::{TokenIds, covers};
+use shared::revocation::{TokenIds, covers, strongest};
 use shared::{Kind, RevocationEvent};
 
 /// The cache could not answer; the caller falls back to SQLite.
@@ -20,8 +20,9 @@ pub trait RevocationCache: Send + Sync + 'static {
     /// Adds an event (idempotent by `event_id`).
     fn insert(&self, event: &RevocationEvent) -> Result<(), CacheError>;
 
-    /// The live revocation of `(kind, value)` covering a token issued at `iat` (any
-    /// not-before when `iat` is `None`), if one exists at `now`.
+    /// The strongest live revocation of `(kind, value)` at `now`
+    /// ([`shared::revocation::strongest`]), if it covers a token issued at `iat` (always
+    /// when `iat` is `None`).
     fn find(
         &self,
         kind: Kind,
@@ -89,12 +90,12 @@ impl RevocationCache for MemoryCache {
         now: i64,
     ) -> Result<Option<RevocationEvent>, CacheError> {
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        Ok(map.get(&(kind, value.to_owned())).and_then(|list| {
-            list.iter()
-                .filter(|e| e.expires_at > now && iat.is_none_or(|iat| covers(e.not_before, iat)))
-                .min_by_key(|e| e.issued_at)
-                .cloned()
-        }))
+        let Some(list) = map.get(&(kind, value.to_owned())) else {
+            return Ok(None);
+        };
+        Ok(strongest(list.iter().filter(|e| e.expires_at > now))
+            .filter(|e| iat.is_none_or(|iat| covers(e.not_before, iat)))
+            .cloned())
     }
 
     fn prune(&self, now: i64) {

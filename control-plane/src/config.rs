@@ -48,6 +48,16 @@ pub struct SettingsArgs {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(long, env = "CP_LEEWAY_SECONDS", default_value_t = 30, global = true)]
     pub leeway_seconds: i64,
+    /// After `keys rotate`, how long new keys are published in the JWKS before they sign,
+    /// in seconds, so every edge knows a key before the first token it signs arrives.
+    /// Keep it above the edges' `jwks_refresh_seconds`.
+    #[arg(
+        long,
+        env = "CP_KEY_ACTIVATION_SECONDS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub key_activation_seconds: i64,
     /// Lifetime of a refresh session (a refresh-token family) when
     /// `POST /token/refresh/create` names none, in days.
     #[arg(long, env = "CP_REFRESH_DAYS", default_value_t = 30, global = true)]
@@ -70,6 +80,28 @@ pub struct ServeArgs {
     /// Longest delta the edge feed serves; a poller further behind gets a snapshot.
     #[arg(long, env = "CP_FEED_MAX_DELTA", default_value_t = 10_000)]
     pub feed_max_delta: u64,
+    /// Most connections served at once. At the cap the longest-idle connection (one with
+    /// no request in progress) is closed to admit a new one, so idle clients cannot lock
+    /// out a revocation. Lowered at start to fit the open-files limit.
+    #[arg(long, env = "CP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most edge long polls held at once (more answer 503 with `Retry-After`); at most
+    /// half of the connection cap.
+    #[arg(long, env = "CP_MAX_LONG_POLLS", default_value_t = 1024)]
+    pub max_long_polls: usize,
+    /// Seconds a client has to send a request's headers once it starts one.
+    #[arg(long, env = "CP_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no request in progress.
+    #[arg(long, env = "CP_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub idle_timeout_seconds: u64,
+    /// Holder revocations (`/revoke/token`, `/oauth2/revoke` without the admin
+    /// credential) a client address may make per minute (0: no limit).
+    #[arg(long, env = "CP_HOLDER_REVOKES_PER_MINUTE", default_value_t = 60)]
+    pub holder_revokes_per_minute: u32,
+    /// Holder revocations per minute with the tokens of one subject (0: no limit).
+    #[arg(long, env = "CP_SUBJECT_REVOKES_PER_MINUTE", default_value_t = 10)]
+    pub subject_revokes_per_minute: u32,
 }
 
 /// The settings the domain code reads (no clap types).
@@ -97,6 +129,20 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Longest edge-feed delta.
     pub feed_max_delta: u64,
+    /// Seconds new keys are published before they sign.
+    pub key_activation_secs: i64,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Cap on held long polls.
+    pub max_long_polls: usize,
+    /// Header read timeout.
+    pub header_timeout: std::time::Duration,
+    /// Idle connection timeout.
+    pub idle_timeout: std::time::Duration,
+    /// Holder revocations per minute per client address.
+    pub holder_revokes_per_minute_per_client: u32,
+    /// Holder revocations per minute per subject.
+    pub holder_revokes_per_minute_per_subject: u32,
 }
 
 impl Settings {
@@ -114,6 +160,13 @@ impl Settings {
             refresh_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
             feed_max_delta: 10_000,
+            key_activation_secs: 60,
+            max_connections: 4096,
+            max_long_polls: 1024,
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(30),
+            holder_revokes_per_minute_per_client: 60,
+            holder_revokes_per_minute_per_subject: 10,
         }
     }
 
@@ -153,8 +206,31 @@ impl Settings {
             if serve.feed_max_delta == 0 {
                 problems.push("CP_FEED_MAX_DELTA must be at least 1".to_owned());
             }
+            if serve.max_connections < 16 {
+                problems.push("CP_MAX_CONNECTIONS must be at least 16".to_owned());
+            }
+            if serve.max_long_polls == 0 || serve.max_long_polls > serve.max_connections / 2 {
+                problems.push(
+                    "CP_MAX_LONG_POLLS must be between 1 and half of CP_MAX_CONNECTIONS".to_owned(),
+                );
+            }
+            if !(1..=300).contains(&serve.header_timeout_seconds) {
+                problems.push("CP_HEADER_TIMEOUT_SECONDS must be between 1 and 300".to_owned());
+            }
+            if !(1..=3600).contains(&serve.idle_timeout_seconds) {
+                problems.push("CP_IDLE_TIMEOUT_SECONDS must be between 1 and 3600".to_owned());
+            }
             settings.max_body_bytes = serve.max_body_bytes;
             settings.feed_max_delta = serve.feed_max_delta;
+            settings.max_connections = serve.max_connections;
+            settings.max_long_polls = serve.max_long_polls;
+            settings.header_timeout = std::time::Duration::from_secs(serve.header_timeout_seconds);
+            settings.idle_timeout = std::time::Duration::from_secs(serve.idle_timeout_seconds);
+            settings.holder_revokes_per_minute_per_client = serve.holder_revokes_per_minute;
+            settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
+        }
+        if !(0..=86_400).contains(&args.key_activation_seconds) {
+            problems.push("CP_KEY_ACTIVATION_SECONDS must be between 0 and 86400".to_owned());
         }
         if !problems.is_empty() {
             return Err(problems.join("\n"));
@@ -167,6 +243,7 @@ impl Settings {
         settings.max_token_secs = args.max_token_minutes * 60;
         settings.leeway_secs = args.leeway_seconds;
         settings.refresh_secs = args.refresh_days * 24 * 3600;
+        settings.key_activation_secs = args.key_activation_seconds;
         Ok(settings)
     }
 

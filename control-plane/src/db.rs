@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS keys (
     alg        TEXT NOT NULL,
     seed       BLOB NOT NULL,
     created_at INTEGER NOT NULL,
-    retired_at INTEGER
+    retired_at INTEGER,
+    active_from INTEGER
 );
 CREATE TABLE IF NOT EXISTS revocations (
     event_id   TEXT PRIMARY KEY,
@@ -103,6 +104,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -113,6 +115,19 @@ impl Db {
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Brings a database made by an earlier version up to the current schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_active_from: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('keys') WHERE name = 'active_from'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_active_from {
+        conn.execute_batch("ALTER TABLE keys ADD COLUMN active_from INTEGER")?;
+    }
+    Ok(())
 }
 
 /// A revocation as stored and cached.
@@ -208,18 +223,93 @@ pub fn feed_range(
     Ok(out)
 }
 
-/// The newest revocation of `(kind, value)` that is still live, if any.
+/// The strongest live revocation of `(kind, value)` at `now`
+/// ([`shared::revocation::strongest`]), if any.
 pub fn find_revocation(
     conn: &Connection,
     kind: shared::Kind,
     value: &str,
     now: i64,
 ) -> rusqlite::Result<Option<RevocationEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event FROM revocations WHERE kind = ?1 AND value = ?2 AND expires_at > ?3",
+    )?;
+    let rows = stmt.query_map(params![kind.as_str(), value, now], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut live = Vec::new();
+    for json in rows {
+        match serde_json::from_str::<RevocationEvent>(&json?) {
+            Ok(event) => live.push(event),
+            Err(e) => tracing::error!(error = %e, "stored revocation event does not parse"),
+        }
+    }
+    Ok(shared::revocation::strongest(&live).cloned())
+}
+
+/// Whether an event's outbox row was handed to the event bus, and its feed sequence
+/// number (0 if it has none).
+pub fn outbox_state(conn: &Connection, event_id: &str) -> rusqlite::Result<(bool, u64)> {
+    let published: Option<bool> = conn
+        .query_row(
+            "SELECT published_at IS NOT NULL FROM outbox WHERE event_id = ?1",
+            params![event_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM feed WHERE event_id = ?1",
+            params![event_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok((
+        published.unwrap_or(false),
+        seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+    ))
+}
+
+/// Marks the refresh sessions a `sid` or `sub` revocation ends as revoked, so they stay
+/// refused after the event itself has expired from the live set.
+pub fn end_sessions(
+    tx: &rusqlite::Transaction<'_>,
+    event: &RevocationEvent,
+) -> rusqlite::Result<()> {
+    match event.kind {
+        shared::Kind::Sid => {
+            tx.execute(
+                "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3
+                 WHERE sid = ?1 AND revoked_at IS NULL",
+                params![event.value, event.issued_at, event.event_id],
+            )?;
+        }
+        shared::Kind::Sub => {
+            tx.execute(
+                "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3
+                 WHERE subject = ?1 AND revoked_at IS NULL AND created_at <= ?4",
+                params![
+                    event.value,
+                    event.issued_at,
+                    event.event_id,
+                    event.not_before.unwrap_or(i64::MAX)
+                ],
+            )?;
+        }
+        shared::Kind::Jti | shared::Kind::Kid => {}
+    }
+    Ok(())
+}
+
+/// The stored event with this id, if any.
+pub fn revocation_by_id(
+    conn: &Connection,
+    event_id: &str,
+) -> rusqlite::Result<Option<RevocationEvent>> {
     let json: Option<String> = conn
         .query_row(
-            "SELECT event FROM revocations WHERE kind = ?1 AND value = ?2 AND expires_at > ?3
-             ORDER BY issued_at DESC LIMIT 1",
-            params![kind.as_str(), value, now],
+            "SELECT event FROM revocations WHERE event_id = ?1",
+            params![event_id],
             |r| r.get(0),
         )
         .optional()?;

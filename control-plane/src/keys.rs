@@ -1,8 +1,11 @@
 //! The region's signing keys: created on first run, stored in SQLite, rotated on demand.
 //!
 //! Both an Ed25519 and an ML-DSA-65 key are always active and published; the ML-DSA-65
-//! key always signs events, edge updates and audit rows. Retired keys keep verifying
-//! (and stay in the JWKS) until every token they signed has expired.
+//! key always signs events, edge updates and audit rows. A rotation publishes the new
+//! keys first and lets them sign only after an activation delay, so every edge holds a
+//! key before the first token or update it signs arrives; until then the old keys sign.
+//! Retired keys keep verifying (and stay in the JWKS) until every token they signed has
+//! expired.
 
 use std::sync::Arc;
 
@@ -19,8 +22,10 @@ pub struct KeyInfo {
     pub alg: &'static str,
     /// Creation time.
     pub created_at: i64,
-    /// When it stopped signing, if it did.
+    /// When it stops (or stopped) signing, if it does.
     pub retired_at: Option<i64>,
+    /// When it starts (or started) signing; published in the JWKS before that.
+    pub active_from: Option<i64>,
 }
 
 /// The keys in use at one moment.
@@ -72,67 +77,80 @@ pub fn ensure_active(conn: &Connection, now: i64) -> rusqlite::Result<KeyChanges
             |r| r.get(0),
         )?;
         if active == 0 {
-            changes.created.push(create(conn, alg, now)?);
+            changes.created.push(create(conn, alg, now, None)?);
         }
     }
     Ok(changes)
 }
 
-fn create(conn: &Connection, alg: Alg, now: i64) -> rusqlite::Result<KeyInfo> {
+fn create(
+    conn: &Connection,
+    alg: Alg,
+    now: i64,
+    active_from: Option<i64>,
+) -> rusqlite::Result<KeyInfo> {
     let key = SigningKey::generate(alg);
     let kid = key.kid();
     conn.execute(
-        "INSERT INTO keys (kid, alg, seed, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![kid, alg.as_str(), key.seed().to_vec(), now],
+        "INSERT INTO keys (kid, alg, seed, created_at, active_from) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![kid, alg.as_str(), key.seed().to_vec(), now, active_from],
     )?;
     Ok(KeyInfo {
         kid,
         alg: alg.as_str(),
         created_at: now,
         retired_at: None,
+        active_from,
     })
 }
 
-/// Retires every active key and creates a fresh one per algorithm.
-pub fn rotate(conn: &Connection, now: i64) -> rusqlite::Result<KeyChanges> {
+/// Creates a fresh key per algorithm that signs from `now + activation_delay`, when the
+/// keys signing now retire. Both are published at once.
+pub fn rotate(conn: &Connection, now: i64, activation_delay: i64) -> rusqlite::Result<KeyChanges> {
+    let switch = now.saturating_add(activation_delay.max(0));
     let retired: Vec<KeyInfo> = list(conn)?
         .into_iter()
         .filter(|k| k.retired_at.is_none())
         .map(|k| KeyInfo {
-            retired_at: Some(now),
+            retired_at: Some(switch),
             ..k
         })
         .collect();
     conn.execute(
         "UPDATE keys SET retired_at = ?1 WHERE retired_at IS NULL",
-        params![now],
+        params![switch],
     )?;
-    let mut changes = ensure_active(conn, now)?;
+    let mut changes = KeyChanges::default();
+    for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        changes.created.push(create(conn, alg, now, Some(switch))?);
+    }
     changes.retired = retired;
     Ok(changes)
 }
 
 /// Every stored key, oldest first.
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
-    let mut stmt =
-        conn.prepare("SELECT kid, alg, created_at, retired_at FROM keys ORDER BY rowid")?;
+    let mut stmt = conn
+        .prepare("SELECT kid, alg, created_at, retired_at, active_from FROM keys ORDER BY rowid")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, i64>(2)?,
             r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (kid, alg, created_at, retired_at) = row?;
+        let (kid, alg, created_at, retired_at, active_from) = row?;
         if let Some(alg) = alg_of(&alg) {
             out.push(KeyInfo {
                 kid,
                 alg: alg.as_str(),
                 created_at,
                 retired_at,
+                active_from,
             });
         }
     }
@@ -142,7 +160,7 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
 /// Every ML-DSA-65 public key ever stored (audit rows stay verifiable after rotation).
 pub fn audit_keyring(conn: &Connection) -> rusqlite::Result<Keyring> {
     let mut ring = Keyring::new();
-    for (alg, seed, _, _) in load_rows(conn)? {
+    for (alg, seed, _, _, _) in load_rows(conn)? {
         if alg == Alg::MlDsa65 {
             ring.add(SigningKey::from_seed(alg, &seed).verifying_key());
         }
@@ -150,27 +168,29 @@ pub fn audit_keyring(conn: &Connection) -> rusqlite::Result<Keyring> {
     Ok(ring)
 }
 
-type KeyRow = (Alg, [u8; 32], i64, Option<i64>);
+type KeyRow = (Alg, [u8; 32], i64, Option<i64>, Option<i64>);
 
 fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<KeyRow>> {
-    let mut stmt =
-        conn.prepare("SELECT alg, seed, created_at, retired_at FROM keys ORDER BY rowid")?;
+    let mut stmt = conn.prepare(
+        "SELECT alg, seed, created_at, retired_at, active_from FROM keys ORDER BY rowid",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, Vec<u8>>(1)?,
             r.get::<_, i64>(2)?,
             r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (alg, seed, created, retired) = row?;
+        let (alg, seed, created, retired, active_from) = row?;
         let (Some(alg), Ok(seed)) = (alg_of(&alg), <[u8; 32]>::try_from(seed.as_slice())) else {
             tracing::error!("skipping a stored key with an unknown algorithm or bad seed");
             continue;
         };
-        out.push((alg, seed, created, retired));
+        out.push((alg, seed, created, retired, active_from));
     }
     Ok(out)
 }
@@ -189,20 +209,30 @@ pub fn load(
     let mut event_key = None;
     let mut version = String::new();
     let mut refresh_at: Option<i64> = None;
-    for (alg, seed, created, retired) in rows {
-        version.push_str(&format!("{}:{created}:{retired:?};", alg.as_str()));
+    let mut reload_at = |t: i64| {
+        if t > now {
+            refresh_at = Some(refresh_at.map_or(t, |r: i64| r.min(t)));
+        }
+    };
+    for (alg, seed, created, retired, active_from) in rows {
+        version.push_str(&format!(
+            "{}:{created}:{retired:?}:{active_from:?};",
+            alg.as_str()
+        ));
         let key = SigningKey::from_seed(alg, &seed);
         let public: VerifyingKey = key.verifying_key();
         let until = retired.map(|t| t.saturating_add(max_token_secs));
         let live = until.is_none_or(|t| t > now);
-        if let Some(until) = until.filter(|_| live) {
-            refresh_at = Some(refresh_at.map_or(until, |r| r.min(until)));
+        // The set changes when a key starts signing, stops signing, stops verifying.
+        for t in [until, retired, active_from].into_iter().flatten() {
+            reload_at(t);
         }
         if live {
             jwks.keys.push(public.to_jwk());
             keyring.add(public);
         }
-        if retired.is_none() {
+        let signing = retired.is_none_or(|t| t > now) && active_from.is_none_or(|t| t <= now);
+        if signing {
             let key = Arc::new(key);
             if alg == token_alg {
                 token_key = Some(key.clone());
@@ -227,13 +257,15 @@ pub fn load(
 
 /// The key table's fingerprint, compared with [`KeySet::version`].
 pub fn version(conn: &Connection) -> rusqlite::Result<String> {
-    let mut stmt = conn.prepare("SELECT alg, created_at, retired_at FROM keys ORDER BY rowid")?;
+    let mut stmt =
+        conn.prepare("SELECT alg, created_at, retired_at, active_from FROM keys ORDER BY rowid")?;
     let rows = stmt.query_map([], |r| {
         Ok(format!(
-            "{}:{}:{:?};",
+            "{}:{}:{:?}:{:?};",
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
-            r.get::<_, Option<i64>>(2)?
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<i64>>(3)?
         ))
     })?;
     rows.collect()

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod metrics;
 pub mod refresh;
 pub mod region;
+pub mod server;
 pub mod time;
 
 use std::future::Future;
@@ -51,9 +52,14 @@ pub async fn serve(
         // Held long-polls would delay the shutdown by up to a minute.
         closer.close_long_polls();
     };
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let settings = state.region.settings();
+    let limits = server::Limits {
+        max_connections: server::fit_connection_cap(settings.max_connections),
+        header_timeout: settings.header_timeout,
+        idle_timeout: settings.idle_timeout,
+    };
+    let region = state.region.clone();
+    let result = server::run(listener, app(state), limits, region, shutdown).await;
     sync.abort();
     result
 }

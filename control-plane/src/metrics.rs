@@ -26,6 +26,18 @@ pub struct Metrics {
     pub edge_heartbeats: AtomicU64,
     /// HTTP responses by status class (1xx..5xx).
     pub responses: [AtomicU64; 5],
+    /// Long polls answered 503 because every slot was taken.
+    pub long_polls_refused: AtomicU64,
+    /// Requests answered 429 by a rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections open now (a gauge).
+    pub connections_open: AtomicU64,
+    /// Idle connections closed to make room for a new one at the cap.
+    pub connections_evicted: AtomicU64,
+    /// Connections refused at the cap because none was idle.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for sending no complete request within the timeouts.
+    pub connections_timed_out: AtomicU64,
 }
 
 fn kind_index(kind: Kind) -> usize {
@@ -106,6 +118,28 @@ impl Metrics {
                 ("{type=\"heartbeat\"}", get(&self.edge_heartbeats)),
             ],
         );
+        counter(
+            "cp_long_polls_refused_total",
+            "Edge long polls answered 503 because every long-poll slot was taken.",
+            &[("", get(&self.long_polls_refused))],
+        );
+        counter(
+            "cp_rate_limited_total",
+            "Requests answered 429 by a rate limit.",
+            &[("", get(&self.rate_limited))],
+        );
+        counter(
+            "cp_connections_closed_total",
+            "Connections the server closed by reason.",
+            &[
+                ("{reason=\"evicted_idle\"}", get(&self.connections_evicted)),
+                (
+                    "{reason=\"refused_at_cap\"}",
+                    get(&self.connections_refused),
+                ),
+                ("{reason=\"timeout\"}", get(&self.connections_timed_out)),
+            ],
+        );
         let classes: Vec<(String, u64)> = (0..5)
             .map(|i| {
                 (
@@ -127,6 +161,11 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP cp_live_revocations Revocations that can still match a valid token.\n# TYPE cp_live_revocations gauge\ncp_live_revocations {live_revocations}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cp_connections_open Connections open now.\n# TYPE cp_connections_open gauge\ncp_connections_open {}",
+            get(&self.connections_open)
         );
         let _ = writeln!(
             out,

@@ -20,6 +20,7 @@ use shared::kem::{self, SealedBox};
 use shared::{AccessClaims, Jwk, Kind, b64, random, sha256};
 
 use crate::audit;
+use crate::db;
 use crate::region::{self, Issued, Region, check_value};
 use crate::time::{now, rfc3339};
 
@@ -443,12 +444,44 @@ fn proof_scheme(proof: &str) -> &'static str {
     }
 }
 
-/// Verifies the DPoP proof of a bound session and returns its `(jkt, jti)`.
+/// Checks that the presenter of a DPoP-bound access token holds its key: a proof for
+/// this request (`htm`, `htu`), bound to the token (`ath`) and to `cnf.jkt`, never seen
+/// before. A stolen bound token alone is no credential, not even to revoke with.
+pub fn check_possession(
+    region: &Region,
+    proof: Option<&str>,
+    access_token: &str,
+    jkt: &str,
+    target: &ProofTarget,
+) -> Result<(), Error> {
+    if proof.is_none() {
+        return Err(Error::InvalidProof(
+            "this access token is bound to a device key (cnf.jkt): a DPoP header with a proof \
+             of possession is required"
+                .into(),
+        ));
+    }
+    let t = now();
+    let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token))?;
+    let mut conn = region.db().lock();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !remember_proof(&tx, &jkt, &jti, t)? {
+        return Err(Error::InvalidProof(
+            "DPoP proof was already used (replay)".into(),
+        ));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Verifies the DPoP proof of a bound session (or, with `access_token`, of a bound access
+/// token) and returns its `(jkt, jti)`.
 fn verify_proof(
     proof: Option<&str>,
     jkt: &str,
     target: &ProofTarget,
     t: i64,
+    access_token: Option<&str>,
 ) -> Result<(String, String), Error> {
     let proof = proof.ok_or_else(|| {
         Error::InvalidProof(
@@ -471,7 +504,7 @@ fn verify_proof(
             uri: &uri,
             now: t,
             max_age: PROOF_MAX_AGE,
-            access_token: None,
+            access_token,
             nonce: None,
             jkt: Some(jkt),
         },
@@ -502,10 +535,14 @@ fn remember_proof(tx: &Transaction<'_>, jkt: &str, jti: &str, t: i64) -> rusqlit
 /// session's creation (the same rule as for the subject's access tokens).
 fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, Error> {
     if let Some(at) = session.revoked_at {
-        return Ok(Some(format!(
-            "refresh session was revoked at {}",
-            rfc3339(at)
-        )));
+        let event = match &session.revocation_event {
+            Some(id) => db::revocation_by_id(&region.db().lock(), id)?,
+            None => None,
+        };
+        return Ok(Some(match event {
+            Some(event) => format!("refresh session was {}", region::describe(&event)),
+            None => format!("refresh session was revoked at {}", rfc3339(at)),
+        }));
     }
     if let Some(event) = region.find(Kind::Sid, &session.sid)? {
         return Ok(Some(format!(
@@ -565,6 +602,7 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
             jkt,
             &request.target,
             t,
+            None,
         )?),
         None => None,
     };

@@ -145,6 +145,29 @@ pub fn check_value(what: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a claim string a client chose: no control characters (CR, LF, NUL, ...).
+pub fn check_text(what: &str, value: &str) -> Result<(), Error> {
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_text`] on every string inside a JSON value.
+fn check_strings(what: &str, value: &Value) -> Result<(), Error> {
+    match value {
+        Value::String(s) => check_text(what, s),
+        Value::Array(items) => items.iter().try_for_each(|v| check_strings(what, v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            check_text(what, k)?;
+            check_strings(what, v)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
 /// Creates the data directory (mode 0700) if missing.
 pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
@@ -378,6 +401,16 @@ impl Region {
         if let Some(sid) = &sid {
             check_value("sid", sid)?;
         }
+        // The edge may copy any of these into a request header upstream: a control
+        // character there would split or smuggle headers.
+        for (name, value) in [("scope", &scope), ("client_id", &client_id)] {
+            if let Some(value) = value {
+                check_text(&format!("additional_claims.{name}"), value)?;
+            }
+        }
+        for (name, value) in &extra {
+            check_strings(&format!("additional_claims.{name}"), value)?;
+        }
         let cnf = match extra.remove("cnf") {
             None => None,
             Some(v) => Some(serde_json::from_value::<Confirmation>(v).map_err(|_| {
@@ -521,6 +554,65 @@ impl Region {
         at + self.settings.max_token_secs + self.settings.leeway_secs
     }
 
+    /// When a revocation made at `at` expires: when asked (`requested`), but never after
+    /// the last token it can match has expired, so the live set at the edges only holds
+    /// entries that still matter. A `jti`, `sub` or `sid` revocation matches tokens issued
+    /// at or before `at` (sessions it ends are marked in SQLite, so they need no entry);
+    /// a `kid` revocation keeps what the admin asked, since the key may still sign.
+    pub fn revocation_expiry(&self, kind: Kind, requested: Option<i64>, at: i64) -> i64 {
+        let bound = self.default_revocation_expiry(at);
+        match (kind, requested) {
+            (_, None) => bound,
+            (Kind::Kid, Some(requested)) => requested,
+            (_, Some(requested)) => requested.min(bound),
+        }
+    }
+
+    /// Revokes one identifier of a token unless a live revocation already covers the
+    /// token; then it answers with that one and writes nothing (holder revocations are
+    /// idempotent, so repeating them cannot grow the set or the log).
+    pub fn revoke_once(
+        &self,
+        kind: Kind,
+        ids: &TokenIds<'_>,
+        expires_at: Option<i64>,
+        via: &str,
+    ) -> Result<Revoked, Error> {
+        let value = ids.value(kind).ok_or_else(|| {
+            Error::InvalidRequest(format!("the token has no {} claim", kind.as_str()))
+        })?;
+        // The cheap check first: a repeat must not cost an ML-DSA signature.
+        if let Some(existing) = self.find(kind, value)?.filter(|e| e.matches(ids)) {
+            return self.existing(existing);
+        }
+        let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
+        let feed_seq = {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Decided inside the write transaction: two concurrent repeats write one event.
+            if let Some(existing) =
+                db::find_revocation(&tx, kind, value, now())?.filter(|e| e.matches(ids))
+            {
+                drop(tx);
+                drop(conn);
+                return self.existing(existing);
+            }
+            let seq = self.record_revocation(&tx, &event, &signed, via)?;
+            tx.commit()?;
+            seq
+        };
+        Ok(self.announce_revocation(event, &signed, feed_seq, via))
+    }
+
+    fn existing(&self, event: RevocationEvent) -> Result<Revoked, Error> {
+        let (published, feed_seq) = db::outbox_state(&self.db.lock(), &event.event_id)?;
+        Ok(Revoked {
+            event,
+            published,
+            feed_seq,
+        })
+    }
+
     /// Signs, commits, caches and publishes a revocation. Answers only after the
     /// SQLite transaction has committed.
     pub fn revoke(
@@ -557,7 +649,7 @@ impl Region {
             value: value.to_owned(),
             // A subject revocation spares tokens issued after it, so new logins work.
             not_before: (kind == Kind::Sub).then_some(t),
-            expires_at: expires_at.unwrap_or_else(|| self.default_revocation_expiry(t)),
+            expires_at: self.revocation_expiry(kind, expires_at, t),
             issued_at: t,
             origin: self.settings.region.clone(),
             nonce: hex(&random::bytes::<16>()),
@@ -578,6 +670,8 @@ impl Region {
         via: &str,
     ) -> Result<u64, Error> {
         let seq = db::insert_revocation(tx, event, signed)?.unwrap_or(0);
+        // Sessions end in SQLite too: the event only has to outlive the access tokens.
+        db::end_sessions(tx, event)?;
         audit::append(
             tx,
             &self.keys().event_key,
@@ -657,14 +751,15 @@ impl Region {
         }
     }
 
-    /// Retires the active keys and creates new ones; recorded in the audit log.
+    /// Creates new keys, published at once and signing after the activation delay, when
+    /// the current ones retire; recorded in the audit log.
     pub fn rotate_keys(&self, via: &str) -> Result<KeyChanges, Error> {
         let t = now();
         let old = self.keys();
         let changes = {
             let mut conn = self.db.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let changes = keys::rotate(&tx, t)?;
+            let changes = keys::rotate(&tx, t, self.settings.key_activation_secs)?;
             // Signed by the retiring key: the chain stays verifiable by the key it knew.
             audit::append(
                 &tx,

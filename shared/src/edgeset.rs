@@ -7,7 +7,7 @@
 
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
 use crate::keys::{Keyring, SigningKey};
-use crate::revocation::{Kind, RevocationEvent, TokenIds, covers};
+use crate::revocation::{Kind, RevocationEvent, TokenIds, covers, stronger_not_before};
 use crate::{JoseError, sha256};
 
 const MAGIC: &[u8; 4] = b"PQRV";
@@ -52,11 +52,11 @@ impl Entry {
 
     fn merge(&mut self, other: &Entry) {
         self.expires_at = self.expires_at.max(other.expires_at);
-        self.not_before = if self.not_before == 0 || other.not_before == 0 {
-            0
-        } else {
-            self.not_before.max(other.not_before)
-        };
+        // 0 is "no not-before" on the wire; the rule itself lives in `revocation`.
+        let as_option = |t: u32| (t != 0).then_some(i64::from(t));
+        self.not_before =
+            stronger_not_before(as_option(self.not_before), as_option(other.not_before))
+                .map_or(0, clamp_u32);
     }
 }
 

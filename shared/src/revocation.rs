@@ -62,6 +62,32 @@ pub fn covers(not_before: Option<i64>, iat: i64) -> bool {
     not_before.is_none_or(|t| iat <= t)
 }
 
+/// The not-before that covers more tokens: `None` (every token) beats any time, a later
+/// time beats an earlier one.
+///
+/// This and [`strongest`] are the one coverage rule of the project: the control plane's
+/// caches, its SQLite fallback, refresh sessions and the edge set all decide with them
+/// which of several live revocations of one identifier counts.
+pub fn stronger_not_before(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (None, _) | (_, None) => None,
+        (Some(a), Some(b)) => Some(a.max(b)),
+    }
+}
+
+/// Among live revocations of one `(kind, value)`, the one that covers every token any of
+/// them covers: no not-before first, then the latest not-before, then the newest.
+///
+/// A subject revoked at T1 and again at T3 is covered up to T3: a token or session
+/// created at T2 between them is revoked, whichever event a lookup meets first.
+pub fn strongest<'e>(
+    events: impl IntoIterator<Item = &'e RevocationEvent>,
+) -> Option<&'e RevocationEvent> {
+    events
+        .into_iter()
+        .max_by_key(|e| (e.not_before.map_or(i64::MAX, |t| t), e.issued_at))
+}
+
 /// One revocation, as signed and broadcast.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -209,3 +209,45 @@ fn a_million_entries_stay_small_on_the_wire() {
     );
     assert_eq!(std::mem::size_of::<Entry>(), 16);
 }
+
+#[test]
+fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
+    let (t1, t2, t3) = (1_000_000, 2_000_000, 3_000_000);
+    let at = |t: i64| {
+        let mut e = event(Kind::Sub, "sam");
+        e.not_before = Some(t);
+        e.issued_at = t;
+        e.expires_at = t3 + 1_000_000;
+        Entry::from_event(&e)
+    };
+    for (first, second) in [(at(t1), at(t3)), (at(t3), at(t1))] {
+        // In one snapshot, and as two deltas.
+        let mut snapshot = RevocationSet::new();
+        snapshot
+            .apply(EdgeUpdate {
+                kind: UpdateKind::Snapshot,
+                base_seq: 0,
+                seq: 2,
+                generated_at: t3,
+                entries: vec![first, second],
+            })
+            .unwrap();
+        let mut deltas = RevocationSet::new();
+        for (seq, entry) in [(1, first), (2, second)] {
+            deltas
+                .apply(EdgeUpdate {
+                    kind: UpdateKind::Delta,
+                    base_seq: seq - 1,
+                    seq,
+                    generated_at: t3,
+                    entries: vec![entry],
+                })
+                .unwrap();
+        }
+        for set in [&snapshot, &deltas] {
+            assert_eq!(set.check(&ids("j", "sam", t2), t3), Some(Kind::Sub));
+            assert_eq!(set.check(&ids("j", "sam", t3), t3), Some(Kind::Sub));
+            assert_eq!(set.check(&ids("j", "sam", t3 + 1), t3), None);
+        }
+    }
+}

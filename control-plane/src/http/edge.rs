@@ -53,6 +53,15 @@ pub(super) async fn revocations(
     } else if head > since {
         (UpdateKind::Delta, since, head)
     } else {
+        // Held polls are capped below the connection cap, so idle pollers can never
+        // take every connection a revocation needs.
+        let Ok(_slot) = state.long_polls.clone().try_acquire_owned() else {
+            Metrics::inc(&state.region.metrics().long_polls_refused);
+            return Err(ApiError::Busy(
+                "every long-poll slot is taken; retry later".into(),
+                Duration::from_secs(1),
+            ));
+        };
         let mut closing = state.closing();
         let woke = tokio::time::timeout(wait, async {
             tokio::select! {

@@ -3,6 +3,7 @@
 
 pub mod docs;
 pub mod edge;
+pub mod limits;
 pub mod meta;
 pub mod oauth;
 pub mod refresh;
@@ -34,15 +35,25 @@ pub struct AppState {
     pub region: Arc<Region>,
     ready: Arc<AtomicBool>,
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    holder_limits: Arc<limits::HolderLimits>,
+    long_polls: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// Wraps a region; ready at once.
     pub fn new(region: Region) -> AppState {
+        let settings = region.settings();
+        let holder_limits = limits::HolderLimits::new(
+            settings.holder_revokes_per_minute_per_client,
+            settings.holder_revokes_per_minute_per_subject,
+        );
+        let long_polls = tokio::sync::Semaphore::new(settings.max_long_polls);
         AppState {
             region: Arc::new(region),
             ready: Arc::new(AtomicBool::new(true)),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            holder_limits: Arc::new(holder_limits),
+            long_polls: Arc::new(long_polls),
         }
     }
 
@@ -107,7 +118,11 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
     } else {
         next.run(request).await
     };
-    state.region.metrics().response(response.status().as_u16());
+    let metrics = state.region.metrics();
+    metrics.response(response.status().as_u16());
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        crate::metrics::Metrics::inc(&metrics.rate_limited);
+    }
     response
 }
 
@@ -151,6 +166,10 @@ pub enum ApiError {
     GrantRefused(String),
     /// 401 `invalid_dpop_proof`: the DPoP proof is missing, invalid or replayed.
     InvalidDpopProof(String),
+    /// 429: over a rate limit; `Retry-After` says when to come back.
+    TooManyRequests(String, std::time::Duration),
+    /// 503: too busy (e.g. every long-poll slot is taken); `Retry-After` as given.
+    Busy(String, std::time::Duration),
     /// 503: not ready.
     NotReady,
     /// 500: the cause is logged, never shown.
@@ -159,6 +178,12 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::TooManyRequests(_, wait) | ApiError::Busy(_, wait) => {
+                Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let (status, error, description) = match self {
             ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d),
             ApiError::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "unauthorized", d),
@@ -176,6 +201,12 @@ impl IntoResponse for ApiError {
             ApiError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, "invalid_grant", d),
             ApiError::GrantRefused(d) => (StatusCode::UNAUTHORIZED, "invalid_grant", d),
             ApiError::InvalidDpopProof(d) => (StatusCode::UNAUTHORIZED, "invalid_dpop_proof", d),
+            ApiError::TooManyRequests(d, _) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", d),
+            ApiError::Busy(d, _) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                d,
+            ),
             ApiError::NotReady => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -203,6 +234,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -321,6 +357,23 @@ impl FromRequestParts<AppState> for Admin {
                 "the admin credential is not valid".into(),
             )),
         }
+    }
+}
+
+/// The address of the peer that sent the request, when served over TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use shared::Kind;
 use utoipa::ToSchema;
 
-use super::{Admin, ApiError, AppState, ErrorBody, Form, Json, blocking};
+use super::{Admin, ApiError, AppState, ClientAddr, ErrorBody, Form, Json, blocking};
 use crate::refresh;
 use crate::time::now;
 
@@ -43,11 +43,20 @@ impl TokenForm {
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "revoked, or nothing to revoke"),
-        (status = 400, body = ErrorBody)))]
+        (status = 400, body = ErrorBody),
+        (status = 429, description = "rate limited per client address; see Retry-After", body = ErrorBody)))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Form(form): Form<TokenForm>,
 ) -> Result<StatusCode, ApiError> {
+    // Anyone may call this: it writes events, so it shares the holder revocation limit.
+    state.holder_limits.client(client).map_err(|wait| {
+        ApiError::TooManyRequests(
+            "too many revocations from this client; retry later".into(),
+            wait,
+        )
+    })?;
     let token = form.token()?;
     if refresh::is_refresh_token(&token) {
         let outcome = super::refresh::blocking(&state, move |r| {

@@ -162,7 +162,7 @@ pub struct RefreshResponse {
     pub transcript_hash: Option<String>,
 }
 
-fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut values = headers.get_all("dpop").iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -176,6 +176,21 @@ fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ApiError::InvalidDpopProof("DPoP header is not a compact JWS (non-ASCII bytes)".into())
     })?;
     Ok(Some(proof.trim().to_owned()))
+}
+
+/// What a DPoP proof for this `POST` must name: its host and path.
+pub(super) fn proof_target(headers: &HeaderMap, uri: &Uri) -> ProofTarget {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    ProofTarget {
+        method: "POST".into(),
+        host,
+        path: uri.path().to_owned(),
+    }
 }
 
 /// Rotates a refresh token: answers a new access token and the next refresh token
@@ -203,22 +218,12 @@ pub(super) async fn refresh(
             })
         })
         .transpose()?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_default();
     let request = refresh::RefreshRequest {
         refresh_token: body.refresh_token,
         kem_public_key,
         client_binding: body.client_binding,
         dpop,
-        target: ProofTarget {
-            method: "POST".into(),
-            host,
-            path: uri.path().to_owned(),
-        },
+        target: proof_target(&headers, &uri),
     };
     let done = blocking(&state, move |r| refresh::refresh(r, request)).await?;
     let (refresh_token, sealed_refresh_token, transcript_hash) = match done.delivery {

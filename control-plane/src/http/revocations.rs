@@ -2,11 +2,13 @@
 //! something is revoked.
 
 use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
 use serde::{Deserialize, Serialize};
 use shared::Kind;
+use shared::revocation::TokenIds;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Admin, ApiError, AppState, ErrorBody, Json, MaybeAdmin, Path, blocking};
+use super::{Admin, ApiError, AppState, ClientAddr, ErrorBody, Json, MaybeAdmin, Path, blocking};
 use crate::time::{now, rfc3339};
 
 /// Longest `ttl_seconds` accepted (ten years).
@@ -99,17 +101,29 @@ pub struct RevokeTokenResponse {
 }
 
 /// Revokes a token by its own identifiers. The holder of a valid token may revoke its
-/// `jti`, `sid` and `sub`; `kid` (every token of a key) and expired tokens need the
-/// admin credential.
+/// `jti`, `sid` and `sub` (with a DPoP proof when the token is bound to a key); `kid`
+/// (every token of a key) and expired tokens need the admin credential. Repeating a
+/// revocation that already covers the token answers with the same event and writes
+/// nothing; a holder's revocation never outlives what it can match. Holders are rate
+/// limited per client address and per subject (429 with `Retry-After`).
 #[utoipa::path(post, path = "/revoke/token", tag = "revocations", request_body = RevokeTokenRequest,
     security((), ("admin" = [])),
+    params(("DPoP" = Option<String>, Header,
+        description = "Proof of possession (htm POST, htu this URL, ath of the token); required when the token has cnf.jkt and no admin credential is given")),
     responses((status = 200, body = RevokeTokenResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody)))]
 pub(super) async fn revoke_token(
     State(state): State<AppState>,
     MaybeAdmin(admin): MaybeAdmin,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    uri: Uri,
     Json(body): Json<RevokeTokenRequest>,
 ) -> Result<Json<RevokeTokenResponse>, ApiError> {
+    if !admin {
+        state.holder_limits.client(client).map_err(rate_limited)?;
+    }
     let mut kinds = Vec::new();
     for scope in &body.scopes {
         let kind = Kind::parse(scope).ok_or_else(|| {
@@ -128,6 +142,10 @@ pub(super) async fn revoke_token(
         .verify(&body.token)
         .map_err(|e| ApiError::Unauthorized(format!("token is not valid: {e}")))?;
     if !admin {
+        state
+            .holder_limits
+            .subject(&claims.sub)
+            .map_err(rate_limited)?;
         if let Err(e) = claims.validate(&region.settings().validation(), now()) {
             return Err(ApiError::Unauthorized(format!("token is not valid: {e}")));
         }
@@ -136,23 +154,18 @@ pub(super) async fn revoke_token(
                 "revoking by kid needs the admin credential".into(),
             ));
         }
+        if let Some(cnf) = &claims.cnf {
+            let proof = super::refresh::dpop_header(&headers)?;
+            let target = super::refresh::proof_target(&headers, &uri);
+            let (token, jkt) = (body.token.clone(), cnf.jkt.clone());
+            super::refresh::blocking(&state, move |r| {
+                crate::refresh::check_possession(r, proof.as_deref(), &token, &jkt, &target)
+            })
+            .await?;
+        }
     }
-    let mut targets = Vec::new();
-    for kind in kinds {
-        let value = match kind {
-            Kind::Jti => claims.jti.clone(),
-            Kind::Sub => claims.sub.clone(),
-            Kind::Kid => kid.clone(),
-            Kind::Sid => claims
-                .sid
-                .clone()
-                .ok_or_else(|| ApiError::BadRequest("the token has no sid claim".into()))?,
-        };
-        // A jti revocation only has to outlive the token itself.
-        let expires_at = ttl_expiry
-            .or((kind == Kind::Jti)
-                .then(|| claims.exp.saturating_add(region.settings().leeway_secs)));
-        targets.push((kind, value, expires_at));
+    if claims.sid.is_none() && kinds.contains(&Kind::Sid) {
+        return Err(ApiError::BadRequest("the token has no sid claim".into()));
     }
     let via = if admin {
         "api:/revoke/token (admin)"
@@ -160,9 +173,25 @@ pub(super) async fn revoke_token(
         "api:/revoke/token (holder)"
     };
     let done = blocking(&state, move |r| {
-        targets
+        let ids = TokenIds {
+            jti: &claims.jti,
+            sub: &claims.sub,
+            kid: &kid,
+            sid: claims.sid.as_deref(),
+            iat: claims.iat,
+        };
+        // A jti revocation only has to outlive the token itself.
+        let jti_end = claims.exp.saturating_add(r.settings().leeway_secs);
+        kinds
             .into_iter()
-            .map(|(kind, value, expires_at)| r.revoke(kind, &value, expires_at, via))
+            .map(|kind| {
+                let expires_at = match (kind, ttl_expiry) {
+                    (Kind::Jti, Some(t)) => Some(t.min(jti_end)),
+                    (Kind::Jti, None) => Some(jti_end),
+                    (_, requested) => requested,
+                };
+                r.revoke_once(kind, &ids, expires_at, via)
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
@@ -170,6 +199,13 @@ pub(super) async fn revoke_token(
         published: done.iter().all(|d| d.published),
         event_ids: done.into_iter().map(|d| d.event.event_id).collect(),
     }))
+}
+
+fn rate_limited(wait: std::time::Duration) -> ApiError {
+    ApiError::TooManyRequests(
+        "too many revocations from this client or for this subject; retry later".into(),
+        wait,
+    )
 }
 
 /// `GET /v1/revocations/{jti}` answer.

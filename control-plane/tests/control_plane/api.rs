@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use shared::b64;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, Transport};
 
 fn decode_part(token: &str, index: usize) -> Value {
     let part = token.split('.').nth(index).expect("part");
@@ -524,7 +524,9 @@ async fn jwks_publishes_the_ed25519_and_ml_dsa_65_keys_under_their_thumbprints()
 
 #[tokio::test]
 async fn rotating_keys_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
-    for app in TestApp::both().await {
+    for transport in [Transport::InProcess, Transport::Tcp] {
+        // No activation delay: the new keys sign at once (the delay has its own test).
+        let app = TestApp::with_settings(transport, |s| s.key_activation_secs = 0).await;
         let (old, _) = app.issue("alice", json!({})).await;
         let old_kid = app.state.region.keys().token_key.kid();
         app.request("POST", "/admin/keys/rotate", &[], None)

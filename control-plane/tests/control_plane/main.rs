@@ -8,4 +8,5 @@ mod durability;
 mod edge_feed;
 mod refresh;
 mod revocation_kinds;
+mod security;
 mod support;

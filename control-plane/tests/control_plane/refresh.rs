@@ -533,7 +533,7 @@ async fn the_holder_or_the_admin_revokes_a_session() {
         let why = post_refresh(&app, &json!({ "refresh_token": token }), None)
             .await
             .error(400, "invalid_grant");
-        assert!(why.starts_with("refresh session was revoked at "), "{why}");
+        assert!(why.starts_with("refresh session was revoked"), "{why}");
         // Again: the same event, no new one.
         let again = app
             .post_json("/token/refresh/revoke", &json!({ "refresh_token": token }))
@@ -596,7 +596,7 @@ async fn oauth2_revoke_of_a_refresh_token_revokes_its_session() {
         let why = post_refresh(&app, &json!({ "refresh_token": token }), None)
             .await
             .error(400, "invalid_grant");
-        assert!(why.starts_with("refresh session was revoked at "), "{why}");
+        assert!(why.starts_with("refresh session was revoked"), "{why}");
         // Again, and an unknown refresh token: 200 with nothing to do (RFC 7009 2.2).
         let again = app
             .form("/oauth2/revoke", &format!("token={token}"), false)

@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request};
+use std::sync::Arc;
+
+use control_plane::bus::LocalBus;
+use control_plane::cache::{MemoryCache, RevocationCache};
 use control_plane::config::Settings;
 use control_plane::{AppState, Region};
 use serde_json::{Value, json};
@@ -87,10 +91,19 @@ impl TestApp {
         transport: Transport,
         tune: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        TestApp::with_cache(transport, tune, Arc::new(MemoryCache::new())).await
+    }
+
+    /// An app whose region uses `cache` (e.g. one that always fails).
+    pub(crate) async fn with_cache(
+        transport: Transport,
+        tune: impl FnOnce(&mut Settings),
+        cache: Arc<dyn RevocationCache>,
+    ) -> TestApp {
         let dir = TempDir::new().expect("temp dir");
         let mut settings = Settings::new(dir.path().join("data"));
         tune(&mut settings);
-        let region = Region::open(settings).expect("region opens");
+        let region = Region::open_with(settings, cache, Arc::new(LocalBus)).expect("region opens");
         let secret = control_plane::region::read_admin_secret(&dir.path().join("data"))
             .expect("admin secret");
         let state = AppState::new(region);
@@ -357,9 +370,33 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(data_dir: &Path) -> Server {
-        let mut child = binary()
+        Server::start_with(data_dir, &[], None)
+    }
+
+    /// Starts `serve` with extra flags and, if given, an open-files limit (soft and hard)
+    /// set by the shell before it execs the binary.
+    pub(crate) fn start_with(data_dir: &Path, flags: &[&str], open_files: Option<u64>) -> Server {
+        let binary = binary();
+        let mut command = match open_files {
+            None => binary,
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary.get_program());
+                for (key, value) in binary.get_envs() {
+                    match value {
+                        Some(value) => sh.env(key, value),
+                        None => sh.env_remove(key),
+                    };
+                }
+                sh
+            }
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,473 @@
+//! The control-plane findings of the outside attack: a session that survived a second
+//! subject revocation, holder revocations that grew the set without bound, control
+//! characters in claims, bound tokens used without their key, keys that signed before
+//! edges knew them, and connection exhaustion.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control_plane::cache::{CacheError, MemoryCache, RevocationCache};
+use control_plane::db;
+use serde_json::{Value, json};
+use shared::dpop::{self, DpopClaims};
+use shared::keys::{Alg, SigningKey};
+use shared::revocation::{TokenIds, strongest};
+use shared::{Kind, RevocationEvent, b64, random};
+
+use crate::support::{Server, TestApp, Transport, blocking_json};
+
+/// A cache that always fails, so every check falls back to SQLite.
+#[derive(Debug)]
+struct BrokenCache;
+
+impl RevocationCache for BrokenCache {
+    fn insert(&self, _: &RevocationEvent) -> Result<(), CacheError> {
+        Err(CacheError("broken on purpose".into()))
+    }
+    fn find(
+        &self,
+        _: Kind,
+        _: &str,
+        _: Option<i64>,
+        _: i64,
+    ) -> Result<Option<RevocationEvent>, CacheError> {
+        Err(CacheError("broken on purpose".into()))
+    }
+    fn prune(&self, _: i64) {}
+    fn len(&self) -> usize {
+        0
+    }
+}
+
+fn sub_event(not_before: i64) -> RevocationEvent {
+    RevocationEvent {
+        event_id: random::id(),
+        kind: Kind::Sub,
+        value: "sam".into(),
+        not_before: Some(not_before),
+        expires_at: i64::MAX / 2,
+        issued_at: not_before,
+        origin: "test".into(),
+        nonce: "00".into(),
+        kid: "k".into(),
+    }
+}
+
+fn ids(iat: i64) -> TokenIds<'static> {
+    TokenIds {
+        jti: "j",
+        sub: "sam",
+        kid: "k",
+        sid: None,
+        iat,
+    }
+}
+
+#[test]
+fn the_memory_cache_and_sqlite_both_pick_the_latest_subject_revocation() {
+    let (t1, t2, t3) = (1_000, 2_000, 3_000);
+    // Both orders of arrival: the rule must not depend on which event came first.
+    for events in [
+        [sub_event(t1), sub_event(t3)],
+        [sub_event(t3), sub_event(t1)],
+    ] {
+        assert_eq!(strongest(&events).unwrap().not_before, Some(t3));
+
+        let cache = MemoryCache::new();
+        for e in &events {
+            cache.insert(e).unwrap();
+        }
+        let any = cache.find(Kind::Sub, "sam", None, 0).unwrap().unwrap();
+        assert_eq!(any.not_before, Some(t3), "the lookup for sessions sees T3");
+        assert!(cache.find(Kind::Sub, "sam", Some(t2), 0).unwrap().is_some());
+        assert!(
+            cache
+                .find(Kind::Sub, "sam", Some(t3 + 1), 0)
+                .unwrap()
+                .is_none()
+        );
+
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = db::Db::open(&dir.path().join("cp.db")).unwrap();
+        {
+            let mut conn = store.lock();
+            let tx = conn.transaction().unwrap();
+            for e in &events {
+                db::insert_revocation(&tx, e, "signed").unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let found = db::find_revocation(&store.lock(), Kind::Sub, "sam", 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.not_before, Some(t3));
+        assert!(found.matches(&ids(t2)));
+    }
+}
+
+/// Waits until the wall clock has moved to a later second.
+async fn next_second() {
+    let start = control_plane::time::now();
+    while control_plane::time::now() == start {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_and_a_token_created_between_two_subject_revocations_are_revoked() {
+    // Once with the in-memory cache, once with a cache that fails (SQLite fallback).
+    let caches: [Arc<dyn RevocationCache>; 2] =
+        [Arc::new(MemoryCache::new()), Arc::new(BrokenCache)];
+    for cache in caches {
+        let app = TestApp::with_cache(Transport::InProcess, |_| {}, cache).await;
+        app.revoke("sub", "sam").await; // T1
+        next_second().await;
+        let created = app
+            .admin_json("/token/refresh/create", &json!({ "subject": "sam" }))
+            .await; // T2
+        assert_eq!(created.status, 200, "{}", created.text());
+        let refresh_token = created.json()["refresh_token"].as_str().unwrap().to_owned();
+        let (token, _) = app.issue("sam", json!({})).await;
+        assert_eq!(app.validate(&token).await["valid"], true);
+        next_second().await;
+        app.revoke("sub", "sam").await; // T3
+
+        let check = app.validate(&token).await;
+        assert_eq!(check["valid"], false, "{check}");
+        let why = app
+            .post_json("/token/refresh", &json!({ "refresh_token": refresh_token }))
+            .await
+            .error(400, "invalid_grant");
+        assert!(why.contains("revoked by subject"), "{why}");
+        let status = app
+            .post_json("/v1/revocations/check", &json!({ "sub": "sam" }))
+            .await
+            .json();
+        assert_eq!(status["revoked"], true);
+    }
+}
+
+fn audit_rows(app: &TestApp) -> i64 {
+    app.state
+        .region
+        .db()
+        .lock()
+        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn holder_revocations_are_idempotent_and_never_outlive_the_token() {
+    let app = TestApp::with_settings(Transport::InProcess, |s| {
+        s.holder_revokes_per_minute_per_client = 0;
+        s.holder_revokes_per_minute_per_subject = 0;
+    })
+    .await;
+    let (token, jti) = app.issue("hal", json!({ "sid": "hal-session" })).await;
+    let body = json!({
+        "token": token, "scopes": ["jti", "sid", "sub"], "ttl_seconds": 315_360_000
+    });
+    let first = app.post_json("/revoke/token", &body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let rows = audit_rows(&app);
+    for _ in 0..50 {
+        let again = app.post_json("/revoke/token", &body).await;
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(again.json()["event_ids"], first["event_ids"]);
+    }
+    assert_eq!(audit_rows(&app), rows, "repeats wrote nothing");
+    let stored: i64 = app
+        .state
+        .region
+        .db()
+        .lock()
+        .query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 3);
+
+    // Ten years were asked; each entry lives only as long as a token it covers could.
+    let settings = app.state.region.settings().clone();
+    let exp = app.validate(&token).await["claims"]["exp"]
+        .as_i64()
+        .unwrap();
+    let conn = app.state.region.db().lock();
+    let mut stmt = conn
+        .prepare("SELECT kind, value, expires_at, issued_at FROM revocations")
+        .unwrap();
+    let rows: Vec<(String, String, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (kind, value, expires_at, issued_at) in rows {
+        let bound = if kind == "jti" {
+            assert_eq!(value, jti);
+            exp + settings.leeway_secs
+        } else {
+            issued_at + settings.max_token_secs + settings.leeway_secs
+        };
+        assert!(
+            expires_at <= bound,
+            "{kind} lives until {expires_at}, over {bound}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn holder_revocations_are_rate_limited_per_client_and_per_subject() {
+    let app = TestApp::with_settings(Transport::Tcp, |s| {
+        s.holder_revokes_per_minute_per_client = 5;
+        s.holder_revokes_per_minute_per_subject = 3;
+    })
+    .await;
+    // Per subject: the fourth call with tokens of one subject is refused.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (token, _) = app.issue("rita", json!({})).await;
+        statuses.push(
+            app.post_json("/revoke/token", &json!({ "token": token }))
+                .await,
+        );
+    }
+    assert!(statuses[..3].iter().all(|r| r.status == 200));
+    let limited = &statuses[3];
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert_eq!(limited.json()["error"], "rate_limited");
+    let wait: u64 = limited.header("retry-after").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Per client address: other subjects, same client, two more pass, then 429.
+    let (a, _) = app.issue("sue", json!({})).await;
+    let (b, _) = app.issue("tom", json!({})).await;
+    let (c, _) = app.issue("uma", json!({})).await;
+    assert_eq!(
+        app.post_json("/revoke/token", &json!({ "token": a }))
+            .await
+            .status,
+        200
+    );
+    let over = app.post_json("/revoke/token", &json!({ "token": b })).await;
+    assert_eq!(over.status, 429, "{}", over.text());
+    // The admin is not limited.
+    let admin = app
+        .admin_json("/revoke/token", &json!({ "token": c }))
+        .await;
+    assert_eq!(admin.status, 200, "{}", admin.text());
+    assert!(
+        app.get("/metrics")
+            .await
+            .text()
+            .contains("cp_rate_limited_total 2")
+    );
+}
+
+#[tokio::test]
+async fn control_characters_in_claims_are_refused_at_issue_time() {
+    let app = TestApp::new(Transport::InProcess).await;
+    for claims in [
+        json!({ "scope": "read\r\nx-auth-sub: admin" }),
+        json!({ "client_id": "app\u{0}" }),
+        json!({ "role": ["ok", "bad\n"] }),
+        json!({ "nested": { "k\t": "v" } }),
+    ] {
+        let why = app
+            .admin_json(
+                "/token",
+                &json!({ "subject": "x", "additional_claims": claims }),
+            )
+            .await
+            .error(400, "invalid_request");
+        assert!(why.contains("control characters"), "{why}");
+    }
+    let fine = app
+        .admin_json(
+            "/token",
+            &json!({ "subject": "x", "additional_claims": { "scope": "read write", "client_id": "app" } }),
+        )
+        .await;
+    assert_eq!(fine.status, 200, "{}", fine.text());
+}
+
+fn proof(key: &SigningKey, url: &str, token: &str) -> String {
+    dpop::sign_proof(
+        key,
+        &DpopClaims {
+            jti: random::id(),
+            htm: "POST".into(),
+            htu: url.into(),
+            iat: control_plane::time::now(),
+            ath: Some(dpop::ath(token)),
+            nonce: None,
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_bound_token_revokes_only_with_a_proof_of_its_key() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let device = SigningKey::generate(Alg::EdDsa);
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let (token, _) = app.issue("vic", json!({ "cnf": { "jkt": jkt } })).await;
+    let url = format!("{}/revoke/token", app.base_url());
+    let body = json!({ "token": token, "scopes": ["sub"] });
+    let send = |proof: Option<String>| {
+        let body = body.to_string().into_bytes();
+        let app = &app;
+        async move {
+            let mut headers = vec![];
+            if let Some(p) = &proof {
+                headers.push(("dpop", p.as_str()));
+            }
+            app.request(
+                "POST",
+                "/revoke/token",
+                &headers,
+                Some(("application/json", body)),
+            )
+            .await
+        }
+    };
+    // A thief with the token only.
+    let why = send(None).await.error(401, "invalid_dpop_proof");
+    assert!(why.contains("bound to a device key"), "{why}");
+    // A proof by another key, or for another token.
+    let other = SigningKey::generate(Alg::EdDsa);
+    send(Some(proof(&other, &url, &token)))
+        .await
+        .error(401, "invalid_dpop_proof");
+    send(Some(proof(&device, &url, "another-token")))
+        .await
+        .error(401, "invalid_dpop_proof");
+    assert_eq!(
+        app.validate(&token).await["valid"],
+        true,
+        "nothing was revoked"
+    );
+    // The owner.
+    let good = proof(&device, &url, &token);
+    let done = send(Some(good.clone())).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(app.validate(&token).await["valid"], false);
+    // The same proof again is a replay.
+    send(Some(good)).await.error(401, "invalid_dpop_proof");
+}
+
+#[tokio::test]
+async fn rotated_keys_are_published_before_they_sign() {
+    let app = TestApp::with_settings(Transport::InProcess, |s| s.key_activation_secs = 2).await;
+    let old_kid = app.state.region.keys().token_key.kid();
+    let reply = app.admin_json("/admin/keys/rotate", &json!({})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let created = reply.json()["created"].as_array().unwrap().clone();
+    let new_kids: Vec<&str> = created.iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    // Published at once...
+    let jwks = app.get("/.well-known/jwks.json").await.json();
+    let published: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    for kid in &new_kids {
+        assert!(published.contains(kid), "{kid} not in {published:?}");
+    }
+    // ...but the old key still signs until the activation time.
+    let (token, _) = app.issue("wes", json!({})).await;
+    assert_eq!(header_kid(&token), old_kid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        app.state.region.sync().unwrap();
+        let (token, _) = app.issue("wes", json!({})).await;
+        if new_kids.contains(&header_kid(&token).as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new key never started signing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn header_kid(token: &str) -> String {
+    let header: Value =
+        serde_json::from_slice(&b64::decode(token.split('.').next().unwrap(), "h").unwrap())
+            .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn idle_and_half_open_connections_cannot_lock_out_a_revocation() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    // 256 open files for the server; the attacker opens 400 connections and sends nothing
+    // (or half a request line).
+    let server = Server::start_with(
+        &data,
+        &[
+            "--header-timeout-seconds",
+            "2",
+            "--idle-timeout-seconds",
+            "5",
+        ],
+        Some(256),
+    );
+    let secret = control_plane::region::read_admin_secret(&data).unwrap();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for i in 0..400 {
+        match TcpStream::connect(&addr) {
+            Ok(mut s) => {
+                if i % 2 == 0 {
+                    let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n");
+                }
+                idle.push(s);
+            }
+            Err(e) => panic!("connect {i}: {e}"),
+        }
+    }
+    // The service still answers and still takes revocations, promptly.
+    let started = Instant::now();
+    let (status, body) =
+        blocking_json("GET", &format!("{}/health", server.url), None, &Value::Null);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = blocking_json(
+        "POST",
+        &format!("{}/revoke", server.url),
+        Some(&secret),
+        &json!({ "type": "revoke_jti", "value": "under-siege" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("cp_connections_closed_total{reason=\"evicted_idle\"}"),
+        "{metrics}"
+    );
+
+    // A half-sent request is cut off by the header timeout, long before 70 s.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let cut = Instant::now();
+    let mut buf = [0u8; 512];
+    let _ = slow.read(&mut buf);
+    assert!(
+        cut.elapsed() < Duration::from_secs(8),
+        "open for {:?}",
+        cut.elapsed()
+    );
+    drop(idle);
+}
