@@ -1,18 +1,39 @@
-//! The event bus that carries signed revocation events to other regions.
+//! The event bus that carries signed events to other regions.
 //!
 //! The embedded default has no broker: the region's own edge feed is the only consumer
-//! and it is fed straight from the SQLite commit. A Kafka bus plugs in behind the same
-//! trait; the outbox table keeps events it could not publish yet.
+//! and it is fed straight from the SQLite commit. With `KAFKA_BOOTSTRAP` set, events go
+//! to Kafka. Nothing calls the bus inside a request: the outbox relay (`outbox`) hands it
+//! committed rows in order and retries until the broker takes them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 /// Publishing failed; the event stays in the outbox.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("event bus unavailable: {0}")]
 pub struct BusError(pub String);
 
+/// The future a publish returns.
+pub type Publish<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
+
+/// Which stream an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// Signed revocation events.
+    Revocations,
+    /// Signed token lifecycle events (issued, rotated, reused, revoked).
+    TokenEvents,
+}
+
 /// Broadcasts signed events.
 pub trait EventBus: Send + Sync + 'static {
-    /// Hands a signed revocation event (compact JWS) to the bus, keyed by its value.
-    fn publish(&self, key: &str, signed_event: &str) -> Result<(), BusError>;
+    /// Hands a signed event (compact JWS) to the bus under `key`; resolves once the
+    /// broker acknowledged it (all in-sync replicas).
+    fn publish<'a>(&'a self, topic: Topic, key: &'a str, signed_event: &'a str) -> Publish<'a>;
 
     /// A short name for logs and `/ready`.
     fn name(&self) -> &'static str;
@@ -23,11 +44,102 @@ pub trait EventBus: Send + Sync + 'static {
 pub struct LocalBus;
 
 impl EventBus for LocalBus {
-    fn publish(&self, _key: &str, _signed_event: &str) -> Result<(), BusError> {
-        Ok(())
+    fn publish<'a>(&'a self, _: Topic, _: &'a str, _: &'a str) -> Publish<'a> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn name(&self) -> &'static str {
         "local"
+    }
+}
+
+/// Settings of the Kafka bus and consumer.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// Topic of revocation events.
+    pub revocations_topic: String,
+    /// Topic of token lifecycle events.
+    pub token_events_topic: String,
+    /// Consumer group of this region.
+    pub group: String,
+    /// `fetch.wait.max.ms` of the consumer (the broker may hold a fetch this long).
+    pub fetch_wait_ms: u32,
+}
+
+impl KafkaSettings {
+    /// The topic name of `topic`.
+    pub fn topic(&self, topic: Topic) -> &str {
+        match topic {
+            Topic::Revocations => &self.revocations_topic,
+            Topic::TokenEvents => &self.token_events_topic,
+        }
+    }
+}
+
+/// Kafka through librdkafka: an idempotent producer with `acks=all`, keyed by the revoked
+/// value so one value's events stay in order.
+pub struct KafkaBus {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("bootstrap", &self.settings.bootstrap)
+            .finish()
+    }
+}
+
+impl KafkaBus {
+    /// Connects and checks the broker answers within `wait` (a start-up check: an
+    /// unreachable broker at start is a configuration error).
+    pub fn connect(settings: KafkaSettings, wait: Duration) -> Result<KafkaBus, BusError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "10000")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(|e| BusError(format!("cannot create a Kafka producer: {e}")))?;
+        producer.client().fetch_metadata(None, wait).map_err(|e| {
+            BusError(format!(
+                "Kafka at {} does not answer: {e}",
+                settings.bootstrap
+            ))
+        })?;
+        Ok(KafkaBus { producer, settings })
+    }
+
+    /// True when the broker answers a metadata request within `wait`.
+    pub fn healthy(&self, wait: Duration) -> bool {
+        self.producer.client().fetch_metadata(None, wait).is_ok()
+    }
+}
+
+impl EventBus for KafkaBus {
+    fn publish<'a>(&'a self, topic: Topic, key: &'a str, signed_event: &'a str) -> Publish<'a> {
+        // Queued now, not when first polled, so a caller can queue a batch and then
+        // await the acknowledgements in order.
+        let record = FutureRecord::to(self.settings.topic(topic))
+            .key(key)
+            .payload(signed_event);
+        let queued = self.producer.send_result(record);
+        Box::pin(async move {
+            let delivery = queued.map_err(|(e, _)| BusError(e.to_string()))?;
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(BusError(e.to_string())),
+                Err(_) => Err(BusError("the producer dropped the message".into())),
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
     }
 }

@@ -1,8 +1,8 @@
 //! The revocation cache consulted on every check.
 //!
 //! The embedded default keeps every live revocation in memory, loaded from SQLite at
-//! start. A shared cache (Redis) plugs in behind the same trait; when it fails, checks
-//! fall back to SQLite.
+//! start. With `REDIS_URL` set, the region's revocations live in Redis (`redis_cache`)
+//! behind the same trait; when it fails, checks fall back to SQLite.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -31,6 +31,20 @@ pub trait RevocationCache: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<RevocationEvent>, CacheError>;
 
+    /// [`RevocationCache::find`] for several identifiers at once (one round trip for a
+    /// remote cache); answers in the order asked.
+    fn find_many(
+        &self,
+        asked: &[(Kind, &str)],
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<Vec<Option<RevocationEvent>>, CacheError> {
+        asked
+            .iter()
+            .map(|(kind, value)| self.find(*kind, value, iat, now))
+            .collect()
+    }
+
     /// Drops revocations that can no longer match a valid token.
     fn prune(&self, now: i64);
 
@@ -49,14 +63,15 @@ pub fn check(
     ids: &TokenIds<'_>,
     now: i64,
 ) -> Result<Option<RevocationEvent>, CacheError> {
-    for kind in Kind::ALL {
-        if let Some(value) = ids.value(kind)
-            && let Some(hit) = cache.find(kind, value, Some(ids.iat), now)?
-        {
-            return Ok(Some(hit));
-        }
-    }
-    Ok(None)
+    let asked: Vec<(Kind, &str)> = Kind::ALL
+        .into_iter()
+        .filter_map(|kind| ids.value(kind).map(|v| (kind, v)))
+        .collect();
+    Ok(cache
+        .find_many(&asked, Some(ids.iat), now)?
+        .into_iter()
+        .flatten()
+        .next())
 }
 
 /// In-process cache: the embedded default.

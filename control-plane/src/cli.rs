@@ -45,6 +45,10 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Runs only the Kafka consumer (and the Redis rebuilder, the outbox relay): applies
+    /// the other regions' revocations to this data dir and keeps `REDIS_URL` current for
+    /// services that only read Redis. Needs `KAFKA_BOOTSTRAP`.
+    Consume,
 }
 
 /// Where a command runs: on the data directory, or against a server.
@@ -143,6 +147,7 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Keys(KeysCommand::List) => list_keys(&settings_args.data_dir),
         Command::Audit(AuditCommand::Verify) => return audit_verify(&settings_args.data_dir),
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
+        Command::Consume => consume(settings_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,6 +156,24 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn consume(args: &SettingsArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_args(args, None).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        settings.kafka.is_some(),
+        "consume needs KAFKA_BOOTSTRAP (the broker to consume from)"
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (region, backends) =
+            tokio::task::spawn_blocking(move || crate::backends::open(settings)).await??;
+        let region = std::sync::Arc::new(region);
+        let _tasks = crate::backends::spawn(&region, &backends, true)?;
+        tracing::info!(region = %region.settings().region, "consuming; Ctrl-C stops");
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
+    })
 }
 
 fn open_region(args: &SettingsArgs) -> anyhow::Result<Region> {

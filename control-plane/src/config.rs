@@ -25,7 +25,8 @@ pub struct SettingsArgs {
     /// Algorithm that signs access tokens: `EdDSA` or `ML-DSA-65` (events are always ML-DSA-65).
     #[arg(long, env = "CP_SIGNING_ALG", default_value = "EdDSA", value_parser = parse_alg, global = true)]
     pub signing_alg: Alg,
-    /// Name of this region, recorded as `origin` of its revocation events.
+    /// Name of this region, recorded as `origin` of its revocation events (`REGION` is
+    /// read too when `CP_REGION` is unset).
     #[arg(long, env = "CP_REGION", default_value = "local", global = true)]
     pub region: String,
     /// Lifetime of a token when the request names none, in minutes.
@@ -58,6 +59,54 @@ pub struct SettingsArgs {
         global = true
     )]
     pub key_activation_seconds: i64,
+    /// Redis of this region (e.g. `redis://127.0.0.1:6379/0`): revocations are cached
+    /// there under `revoked:{kind}:{value}` for every service of the region. Unset: an
+    /// in-memory cache.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+    /// Milliseconds a Redis operation may take before a check falls back to SQLite.
+    #[arg(long, env = "CP_REDIS_TIMEOUT_MS", default_value_t = 50, global = true)]
+    pub redis_timeout_ms: u64,
+    /// Kafka bootstrap servers (e.g. `127.0.0.1:9092`): revocations are published to and
+    /// consumed from the other regions through it. Unset: this region stands alone.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", global = true)]
+    pub kafka_bootstrap: Option<String>,
+    /// Topic of signed revocation events.
+    #[arg(
+        long,
+        env = "CP_KAFKA_REVOCATIONS_TOPIC",
+        default_value = "revocations",
+        global = true
+    )]
+    pub kafka_revocations_topic: String,
+    /// Topic of signed token lifecycle events.
+    #[arg(
+        long,
+        env = "CP_KAFKA_TOKEN_EVENTS_TOPIC",
+        default_value = "token-events",
+        global = true
+    )]
+    pub kafka_token_events_topic: String,
+    /// Consumer group of this region (default `cp-<region>`).
+    #[arg(long, env = "CP_KAFKA_GROUP", global = true)]
+    pub kafka_group: Option<String>,
+    /// Longest time the broker may hold a fetch, in milliseconds (lower: faster
+    /// cross-region delivery on brokers that do not answer a fetch early).
+    #[arg(
+        long,
+        env = "CP_KAFKA_FETCH_WAIT_MS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub kafka_fetch_wait_ms: u32,
+    /// The other regions' JWKS: comma-separated URLs or files. Their ML-DSA-65 keys (and
+    /// this region's own) are the only ones whose events this region applies.
+    #[arg(long, env = "PEER_JWKS", global = true, value_delimiter = ',')]
+    pub peer_jwks: Vec<String>,
+    /// Milliseconds a revocation answer waits for the broker to take the event, so that
+    /// `published` says whether it did (the revocation is committed either way).
+    #[arg(long, env = "CP_PUBLISH_WAIT_MS", default_value_t = 200, global = true)]
+    pub publish_wait_ms: u64,
     /// Lifetime of a refresh session (a refresh-token family) when
     /// `POST /token/refresh/create` names none, in days.
     #[arg(long, env = "CP_REFRESH_DAYS", default_value_t = 30, global = true)]
@@ -143,6 +192,16 @@ pub struct Settings {
     pub holder_revokes_per_minute_per_client: u32,
     /// Holder revocations per minute per subject.
     pub holder_revokes_per_minute_per_subject: u32,
+    /// Redis URL, if any.
+    pub redis_url: Option<String>,
+    /// Redis operation timeout.
+    pub redis_timeout: std::time::Duration,
+    /// Kafka, if any.
+    pub kafka: Option<crate::bus::KafkaSettings>,
+    /// Peer JWKS sources.
+    pub peer_jwks: Vec<String>,
+    /// How long a revocation answer waits for the broker.
+    pub publish_wait: std::time::Duration,
 }
 
 impl Settings {
@@ -167,6 +226,11 @@ impl Settings {
             idle_timeout: std::time::Duration::from_secs(30),
             holder_revokes_per_minute_per_client: 60,
             holder_revokes_per_minute_per_subject: 10,
+            redis_url: None,
+            redis_timeout: std::time::Duration::from_millis(50),
+            kafka: None,
+            peer_jwks: Vec::new(),
+            publish_wait: std::time::Duration::from_millis(200),
         }
     }
 
@@ -179,7 +243,12 @@ impl Settings {
         if args.audience.trim().is_empty() {
             problems.push("CP_AUDIENCE must not be empty".to_owned());
         }
-        if args.region.trim().is_empty() {
+        // `REGION` (the name the deployment files use) when `CP_REGION` and the flag are unset.
+        let region = match std::env::var("REGION") {
+            Ok(r) if std::env::var_os("CP_REGION").is_none() && args.region == "local" => r,
+            _ => args.region.clone(),
+        };
+        if region.trim().is_empty() {
             problems.push("CP_REGION must not be empty".to_owned());
         }
         if args.max_token_minutes < 1 || args.max_token_minutes > 366 * 24 * 60 {
@@ -229,6 +298,37 @@ impl Settings {
             settings.holder_revokes_per_minute_per_client = serve.holder_revokes_per_minute;
             settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
         }
+        if let Some(url) = &args.redis_url
+            && let Err(e) = redis::Client::open(url.as_str())
+        {
+            problems.push(format!("REDIS_URL {url:?} is not a Redis URL: {e}"));
+        }
+        if !(1..=10_000).contains(&args.redis_timeout_ms) {
+            problems.push("CP_REDIS_TIMEOUT_MS must be between 1 and 10000".to_owned());
+        }
+        if args
+            .kafka_bootstrap
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
+            problems.push("KAFKA_BOOTSTRAP must not be empty when set".to_owned());
+        }
+        if !(1..=10_000).contains(&args.kafka_fetch_wait_ms) {
+            problems.push("CP_KAFKA_FETCH_WAIT_MS must be between 1 and 10000".to_owned());
+        }
+        if args.publish_wait_ms > 10_000 {
+            problems.push("CP_PUBLISH_WAIT_MS must be at most 10000".to_owned());
+        }
+        let peer_jwks = match crate::peers::parse_sources(&args.peer_jwks.join(",")) {
+            Ok(sources) => sources,
+            Err(found) => {
+                problems.extend(found);
+                Vec::new()
+            }
+        };
+        if !peer_jwks.is_empty() && args.kafka_bootstrap.is_none() {
+            problems.push("PEER_JWKS needs KAFKA_BOOTSTRAP (peers' events come through it)".into());
+        }
         if !(0..=86_400).contains(&args.key_activation_seconds) {
             problems.push("CP_KEY_ACTIVATION_SECONDS must be between 0 and 86400".to_owned());
         }
@@ -238,12 +338,29 @@ impl Settings {
         settings.issuer = args.issuer.clone();
         settings.audience = args.audience.clone();
         settings.signing_alg = args.signing_alg;
-        settings.region = args.region.clone();
+        settings.region = region.clone();
         settings.default_token_secs = args.default_token_minutes * 60;
         settings.max_token_secs = args.max_token_minutes * 60;
         settings.leeway_secs = args.leeway_seconds;
         settings.refresh_secs = args.refresh_days * 24 * 3600;
         settings.key_activation_secs = args.key_activation_seconds;
+        settings.redis_url = args.redis_url.clone();
+        settings.redis_timeout = std::time::Duration::from_millis(args.redis_timeout_ms);
+        settings.kafka = args
+            .kafka_bootstrap
+            .as_ref()
+            .map(|bootstrap| crate::bus::KafkaSettings {
+                bootstrap: bootstrap.clone(),
+                revocations_topic: args.kafka_revocations_topic.clone(),
+                token_events_topic: args.kafka_token_events_topic.clone(),
+                group: args
+                    .kafka_group
+                    .clone()
+                    .unwrap_or_else(|| format!("cp-{region}")),
+                fetch_wait_ms: args.kafka_fetch_wait_ms,
+            });
+        settings.peer_jwks = peer_jwks;
+        settings.publish_wait = std::time::Duration::from_millis(args.publish_wait_ms);
         Ok(settings)
     }
 

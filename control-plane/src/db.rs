@@ -139,13 +139,34 @@ pub struct Revocation {
     pub event: RevocationEvent,
 }
 
-/// Stores a signed event, its feed row and its outbox row, unless the event id is
-/// already known. Returns the feed sequence number if it was new.
+/// What happens to a stored event on the way to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbox {
+    /// A peer's event: never published again by this region.
+    Skip,
+    /// Queued for the outbox relay.
+    Queue,
+    /// No broker (the embedded default): recorded as published at once.
+    Local,
+}
+
+/// Where a new event went: its feed sequence number and its outbox row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// Edge feed sequence number.
+    pub feed_seq: u64,
+    /// `rowid` of its outbox row (rows are relayed in this order), if it has one.
+    pub outbox_id: Option<i64>,
+}
+
+/// Stores a signed event, its feed row and (unless it is a peer's) its outbox row,
+/// unless the event id is already known: then `None`.
 pub fn insert_revocation(
     tx: &rusqlite::Transaction<'_>,
     event: &RevocationEvent,
     signed: &str,
-) -> rusqlite::Result<Option<u64>> {
+    outbox: Outbox,
+) -> rusqlite::Result<Option<Inserted>> {
     let json = String::from_utf8_lossy(&event.canonical_bytes()).into_owned();
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO revocations
@@ -169,21 +190,72 @@ pub fn insert_revocation(
         "INSERT INTO feed (event_id) VALUES (?1)",
         params![event.event_id],
     )?;
-    let seq = tx.last_insert_rowid();
-    tx.execute(
-        "INSERT INTO outbox (event_id, created_at) VALUES (?1, ?2)",
-        params![event.event_id, event.issued_at],
-    )?;
-    Ok(Some(u64::try_from(seq).unwrap_or(0)))
+    let feed_seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+    let outbox_id = match outbox {
+        Outbox::Skip => None,
+        Outbox::Queue | Outbox::Local => {
+            let published = (outbox == Outbox::Local).then_some(event.issued_at);
+            tx.execute(
+                "INSERT INTO outbox (event_id, created_at, published_at) VALUES (?1, ?2, ?3)",
+                params![event.event_id, event.issued_at, published],
+            )?;
+            Some(tx.last_insert_rowid())
+        }
+    };
+    Ok(Some(Inserted {
+        feed_seq,
+        outbox_id,
+    }))
 }
 
-/// Marks an outbox row as handed to the event bus.
-pub fn mark_published(conn: &Connection, event_id: &str, at: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE outbox SET published_at = ?2 WHERE event_id = ?1",
-        params![event_id, at],
+/// A committed event the relay has not handed to the broker yet.
+#[derive(Debug, Clone)]
+pub struct Unpublished {
+    /// Outbox `rowid`: the relay order.
+    pub id: i64,
+    /// The revoked value (the message key).
+    pub key: String,
+    /// The signed event.
+    pub signed: String,
+}
+
+/// The oldest unpublished outbox rows, at most `limit`, in commit order.
+pub fn unpublished(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Unpublished>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.rowid, r.value, r.signed FROM outbox o JOIN revocations r USING (event_id)
+         WHERE o.published_at IS NULL ORDER BY o.rowid LIMIT ?1",
     )?;
-    Ok(())
+    let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(Unpublished {
+            id: r.get(0)?,
+            key: r.get(1)?,
+            signed: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Number of outbox rows not yet handed to the broker.
+pub fn outbox_depth(conn: &Connection) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Marks outbox rows (by `rowid`) as handed to the broker.
+pub fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<()> {
+    // One transaction: one fsync for the whole batch.
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("UPDATE outbox SET published_at = ?2 WHERE rowid = ?1")?;
+        for id in ids {
+            stmt.execute(params![id, at])?;
+        }
+    }
+    tx.commit()
 }
 
 /// The highest feed sequence number (0 when empty).
@@ -314,4 +386,23 @@ pub fn revocation_by_id(
         )
         .optional()?;
     Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+/// Every live revocation with its signed form, for rebuilding a cache.
+pub fn live_signed(
+    conn: &Connection,
+    now: i64,
+) -> rusqlite::Result<Vec<(RevocationEvent, Option<String>)>> {
+    let mut stmt = conn.prepare("SELECT event, signed FROM revocations WHERE expires_at > ?1")?;
+    let rows = stmt.query_map(params![now], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (json, signed) = row?;
+        if let Ok(event) = serde_json::from_str::<RevocationEvent>(&json) {
+            out.push((event, Some(signed)));
+        }
+    }
+    Ok(out)
 }

@@ -5,14 +5,19 @@
 //! background sync task. `main.rs` only parses the command line.
 
 pub mod audit;
+pub mod backends;
 pub mod bus;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod outbox;
+pub mod peers;
+pub mod redis_cache;
 pub mod refresh;
 pub mod region;
 pub mod server;
@@ -33,6 +38,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let _background = backends::spawn(&state.region, &state.backends, true)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let region = state.region.clone();
     let sync = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SYNC_INTERVAL);

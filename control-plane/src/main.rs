@@ -5,9 +5,9 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use control_plane::AppState;
 use control_plane::cli::{Cli, Command};
 use control_plane::config::Settings;
-use control_plane::{AppState, Region};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let region = tokio::task::spawn_blocking(move || Region::open(settings)).await??;
+        let (region, backends) =
+            tokio::task::spawn_blocking(move || control_plane::backends::open(settings)).await??;
         let keys = region.keys();
         tracing::info!(
             data_dir = %region.settings().data_dir.display(),
@@ -48,6 +49,7 @@ fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Resul
             token_kid = %keys.token_key.kid(),
             event_kid = %keys.event_key.kid(),
             bus = region.bus_name(),
+            redis = backends.redis.is_some(),
             "region opened"
         );
         tracing::info!(
@@ -57,7 +59,12 @@ fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Resul
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
-        control_plane::serve(listener, AppState::new(region), shutdown()).await?;
+        control_plane::serve(
+            listener,
+            AppState::with_backends(region, backends),
+            shutdown(),
+        )
+        .await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -727,14 +727,14 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
 /// A session revocation committed but not yet cached, fed to the edges or published.
 struct PendingRevocation {
     session_id: String,
-    committed: Option<(shared::RevocationEvent, String, u64, &'static str)>,
+    committed: Option<(shared::RevocationEvent, crate::db::Inserted, &'static str)>,
     event_id: String,
 }
 
 impl PendingRevocation {
     fn announce(self, region: &Region) -> SessionRevoked {
-        if let Some((event, signed, seq, via)) = self.committed {
-            region.announce_revocation(event, &signed, seq, via);
+        if let Some((event, inserted, via)) = self.committed {
+            region.announce_revocation(event, inserted, via);
         }
         SessionRevoked {
             session_id: self.session_id,
@@ -768,7 +768,7 @@ fn revoke_session_in(
         "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
         params![session.sid],
     )?;
-    let seq = region.record_revocation(&tx, &event, &signed, via)?;
+    let inserted = region.record_revocation(&tx, &event, &signed, via)?;
     audit::append(
         &tx,
         &region.keys().event_key,
@@ -781,7 +781,7 @@ fn revoke_session_in(
     Ok(PendingRevocation {
         session_id: session.sid.clone(),
         event_id: event.event_id.clone(),
-        committed: Some((event, signed, seq, via)),
+        committed: Some((event, inserted, via)),
     })
 }
 

@@ -105,10 +105,13 @@ pub struct TokenCheck {
 pub struct Revoked {
     /// The signed event.
     pub event: RevocationEvent,
-    /// True when the event bus accepted it.
+    /// True when the event bus has accepted it (at once with no broker; with Kafka when
+    /// the outbox relay has handed it over, see [`Region::wait_published`]).
     pub published: bool,
     /// Its edge feed sequence number.
     pub feed_seq: u64,
+    /// Its outbox row, relayed in this order.
+    pub outbox_id: Option<i64>,
 }
 
 /// Describes a revocation in a sentence fragment: "revoked by subject at ...".
@@ -216,6 +219,10 @@ pub struct Region {
     cache: Arc<dyn RevocationCache>,
     bus: Arc<dyn EventBus>,
     feed: watch::Sender<u64>,
+    /// Wakes the outbox relay after a commit.
+    outbox_wake: tokio::sync::Notify,
+    /// The highest outbox row the relay has handed to the broker.
+    outbox_published: watch::Sender<i64>,
     admin_hash: [u8; 32],
     admin_path: PathBuf,
     metrics: Metrics,
@@ -309,6 +316,8 @@ impl Region {
             cache,
             bus,
             feed: watch::Sender::new(head),
+            outbox_wake: tokio::sync::Notify::new(),
+            outbox_published: watch::Sender::new(0),
             admin_hash: sha256(secret.as_bytes()),
             admin_path,
             metrics: Metrics::default(),
@@ -338,6 +347,44 @@ impl Region {
     /// The event bus name.
     pub fn bus_name(&self) -> &'static str {
         self.bus.name()
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// With a broker configured every event waits in the outbox for the relay (also when
+    /// written by the CLI, which has no relay: the server's relay sends it).
+    fn outbox_mode(&self) -> db::Outbox {
+        if self.settings.kafka.is_some() {
+            db::Outbox::Queue
+        } else {
+            db::Outbox::Local
+        }
+    }
+
+    /// Resolves when the relay should look at the outbox again.
+    pub async fn outbox_woken(&self) {
+        self.outbox_wake.notified().await;
+    }
+
+    /// Called by the relay: rows up to `id` are with the broker.
+    pub fn outbox_published_through(&self, id: i64) {
+        self.outbox_published.send_if_modified(|through| {
+            let moved = id > *through;
+            *through = (*through).max(id);
+            moved
+        });
+    }
+
+    /// Waits up to `limit` for the relay to hand the outbox row `id` to the broker;
+    /// true if it did.
+    pub async fn wait_published(&self, id: i64, limit: std::time::Duration) -> bool {
+        let mut through = self.outbox_published.subscribe();
+        tokio::time::timeout(limit, through.wait_for(|t| *t >= id))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Where the admin credential is stored.
@@ -586,7 +633,7 @@ impl Region {
             return self.existing(existing);
         }
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let feed_seq = {
+        let inserted = {
             let mut conn = self.db.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Decided inside the write transaction: two concurrent repeats write one event.
@@ -597,11 +644,11 @@ impl Region {
                 drop(conn);
                 return self.existing(existing);
             }
-            let seq = self.record_revocation(&tx, &event, &signed, via)?;
+            let inserted = self.record_revocation(&tx, &event, &signed, via)?;
             tx.commit()?;
-            seq
+            inserted
         };
-        Ok(self.announce_revocation(event, &signed, feed_seq, via))
+        Ok(self.announce_revocation(event, inserted, via))
     }
 
     fn existing(&self, event: RevocationEvent) -> Result<Revoked, Error> {
@@ -610,6 +657,7 @@ impl Region {
             event,
             published,
             feed_seq,
+            outbox_id: None,
         })
     }
 
@@ -623,14 +671,14 @@ impl Region {
         via: &str,
     ) -> Result<Revoked, Error> {
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let feed_seq = {
+        let inserted = {
             let mut conn = self.db.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let seq = self.record_revocation(&tx, &event, &signed, via)?;
+            let inserted = self.record_revocation(&tx, &event, &signed, via)?;
             tx.commit()?;
-            seq
+            inserted
         };
-        Ok(self.announce_revocation(event, &signed, feed_seq, via))
+        Ok(self.announce_revocation(event, inserted, via))
     }
 
     /// Builds and signs a revocation event (nothing stored yet).
@@ -660,16 +708,20 @@ impl Region {
     }
 
     /// Writes a signed event, its feed and outbox rows and its audit row inside the
-    /// caller's transaction, so other state can change in the same commit. Returns the
-    /// feed sequence number; call [`Region::announce_revocation`] after the commit.
+    /// caller's transaction, so other state can change in the same commit. Call
+    /// [`Region::announce_revocation`] after the commit.
     pub(crate) fn record_revocation(
         &self,
         tx: &rusqlite::Transaction<'_>,
         event: &RevocationEvent,
         signed: &str,
         via: &str,
-    ) -> Result<u64, Error> {
-        let seq = db::insert_revocation(tx, event, signed)?.unwrap_or(0);
+    ) -> Result<db::Inserted, Error> {
+        let inserted =
+            db::insert_revocation(tx, event, signed, self.outbox_mode())?.unwrap_or(db::Inserted {
+                feed_seq: 0,
+                outbox_id: None,
+            });
         // Sessions end in SQLite too: the event only has to outlive the access tokens.
         db::end_sessions(tx, event)?;
         audit::append(
@@ -678,44 +730,68 @@ impl Region {
             event.issued_at,
             &self.settings.region,
             "revocation",
-            json!({ "event": event, "feed_seq": seq, "via": via }),
+            json!({ "event": event, "feed_seq": inserted.feed_seq, "via": via }),
         )?;
-        Ok(seq)
+        Ok(inserted)
     }
 
-    /// After the commit: caches the event, advances the edge feed and publishes it.
+    /// After the commit: caches the event, advances the edge feed and wakes the outbox
+    /// relay (with no broker the event counts as published at once).
     pub(crate) fn announce_revocation(
         &self,
         event: RevocationEvent,
-        signed: &str,
-        feed_seq: u64,
+        inserted: db::Inserted,
         via: &str,
     ) -> Revoked {
         self.apply_local(&event);
-        self.advance_feed(feed_seq);
+        self.advance_feed(inserted.feed_seq);
         self.metrics.revoked(event.kind);
-        let published = match self.bus.publish(&event.value, signed) {
-            Ok(()) => {
-                if let Err(e) = db::mark_published(&self.db.lock(), &event.event_id, now()) {
-                    tracing::warn!(error = %e, "could not mark an outbox row published");
-                }
-                true
-            }
-            Err(e) => {
-                Metrics::inc(&self.metrics.publish_failures);
-                tracing::warn!(error = %e, event_id = %event.event_id, "event kept in the outbox");
-                false
-            }
-        };
+        let published = self.outbox_mode() == db::Outbox::Local;
+        if !published {
+            self.outbox_wake.notify_one();
+        }
         tracing::info!(
-            event_id = %event.event_id, kind = event.kind.as_str(), feed_seq, via,
-            "revocation committed"
+            event_id = %event.event_id, kind = event.kind.as_str(), feed_seq = inserted.feed_seq,
+            via, "revocation committed"
         );
         Revoked {
             event,
             published,
-            feed_seq,
+            feed_seq: inserted.feed_seq,
+            outbox_id: inserted.outbox_id,
         }
+    }
+
+    /// Applies a verified event of another region: stored once (by `event_id`) with an
+    /// audit row, never queued for publication again, then cached and fed to the edges.
+    /// False when it was already applied.
+    pub fn ingest(&self, event: &RevocationEvent, signed: &str) -> Result<bool, Error> {
+        let inserted = {
+            let mut conn = self.db.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(inserted) = db::insert_revocation(&tx, event, signed, db::Outbox::Skip)?
+            else {
+                return Ok(false);
+            };
+            db::end_sessions(&tx, event)?;
+            audit::append(
+                &tx,
+                &self.keys().event_key,
+                now(),
+                &self.settings.region,
+                "revocation.applied",
+                json!({ "event": event, "feed_seq": inserted.feed_seq }),
+            )?;
+            tx.commit()?;
+            inserted
+        };
+        self.apply_local(event);
+        self.advance_feed(inserted.feed_seq);
+        tracing::info!(
+            event_id = %event.event_id, origin = %event.origin, kind = event.kind.as_str(),
+            feed_seq = inserted.feed_seq, "peer revocation applied"
+        );
+        Ok(true)
     }
 
     /// Signs access-token claims with the current token key; the caller writes the

@@ -15,6 +15,11 @@ use crate::keys::KeyChanges;
 pub struct Status {
     /// `ok` or `ready`.
     pub status: String,
+    /// For `/ready`: the state of each part (`sqlite`, `redis`, `kafka`, `outbox_depth`,
+    /// `consumer_lag`). Redis or Kafka being down does not make the service unready:
+    /// checks fall back to SQLite and the outbox keeps events until the broker is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Value>,
 }
 
 /// Liveness: the process answers.
@@ -22,48 +27,148 @@ pub struct Status {
 pub(super) async fn health() -> Json<Status> {
     Json(Status {
         status: "ok".into(),
+        checks: None,
     })
 }
 
-/// Readiness: the database answers and the service accepts traffic.
+/// What `/ready` and `/metrics` report about the region's parts.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    sqlite: bool,
+    outbox_depth: u64,
+    /// `(answers, holds the whole set)`.
+    redis: Option<(bool, bool)>,
+    kafka: Option<bool>,
+    live_revocations: usize,
+}
+
+async fn parts(state: &AppState) -> Result<Parts, ApiError> {
+    let backends = state.backends.clone();
+    blocking(state, move |r| {
+        let conn = r.db().lock();
+        let sqlite = conn
+            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+            .is_ok();
+        let outbox_depth = crate::db::outbox_depth(&conn).unwrap_or(0);
+        drop(conn);
+        let redis = backends.redis.as_ref().map(|redis| {
+            let up = redis.marker_present();
+            (up.is_ok(), up.unwrap_or(false) && redis.is_trusted())
+        });
+        let kafka = backends
+            .kafka
+            .as_ref()
+            .map(|k| k.healthy(std::time::Duration::from_millis(500)));
+        Ok(Parts {
+            sqlite,
+            outbox_depth,
+            redis,
+            kafka,
+            live_revocations: r.cache().len(),
+        })
+    })
+    .await
+}
+
+/// Readiness: the database answers and the service accepts traffic; also reports Redis,
+/// the broker, the outbox depth and the consumer lag.
 #[utoipa::path(get, path = "/ready", tag = "meta",
     responses((status = 200, body = Status), (status = 503, body = ErrorBody)))]
 pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::NotReady);
     }
-    let db_ok = blocking(&state, |r| {
-        Ok(r.db()
-            .lock()
-            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
-            .is_ok())
-    })
-    .await?;
-    if !db_ok {
+    let parts = parts(&state).await?;
+    if !parts.sqlite {
         return Err(ApiError::NotReady);
     }
+    let word = |up: bool| if up { "ok" } else { "down" };
+    let consumer = &state.backends.consumer;
     Ok(Json(Status {
         status: "ready".into(),
+        checks: Some(json!({
+            "sqlite": "ok",
+            "redis": parts.redis.map_or("not configured", |(up, whole)| match (up, whole) {
+                (true, true) => "ok",
+                (true, false) => "rebuilding",
+                (false, _) => "down",
+            }),
+            "kafka": parts.kafka.map_or("not configured", word),
+            "outbox_depth": parts.outbox_depth,
+            "consumer_lag": consumer.lag.load(std::sync::atomic::Ordering::Relaxed),
+        })),
     }))
 }
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, content_type = "text/plain", body = String)))]
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    let parts = parts(&state).await?;
     let region = &state.region;
-    let body = region.metrics().render(
+    let mut body = region.metrics().render(
         *region.feed().borrow(),
-        region.cache().len(),
+        parts.live_revocations,
         state.is_ready(),
     );
-    (
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            body,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "cp_outbox_depth",
+        "Committed events not yet handed to the broker.",
+        parts.outbox_depth,
+    );
+    if let Some((up, whole)) = parts.redis {
+        gauge("cp_redis_up", "1 when Redis answers.", u64::from(up));
+        gauge(
+            "cp_redis_trusted",
+            "1 when Redis holds every live revocation (checks use it); 0 while rebuilding.",
+            u64::from(whole),
+        );
+    }
+    if let Some(up) = parts.kafka {
+        gauge("cp_kafka_up", "1 when the broker answers.", u64::from(up));
+        let consumer = &state.backends.consumer;
+        gauge(
+            "cp_consumer_lag",
+            "Messages of the revocations topic not yet applied by this region.",
+            consumer.lag.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            body,
+            "# HELP cp_consumer_events_total Peer events applied, and own events seen back.\n\
+             # TYPE cp_consumer_events_total counter\n\
+             cp_consumer_events_total{{result=\"applied\"}} {}\n\
+             cp_consumer_events_total{{result=\"own\"}} {}",
+            consumer.applied.load(Ordering::Relaxed),
+            consumer.own.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            body,
+            "# HELP cp_consumer_rejected_total Messages not applied, by reason.\n\
+             # TYPE cp_consumer_rejected_total counter"
+        );
+        for (reason, n) in consumer.rejected() {
+            let _ = writeln!(
+                body,
+                "cp_consumer_rejected_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
+        }
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         body,
-    )
+    ))
 }
 
 /// The public keys: OKP Ed25519 and AKP ML-DSA-65 (RFC 9964), `kid` = RFC 7638 thumbprint.

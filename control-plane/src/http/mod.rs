@@ -37,11 +37,18 @@ pub struct AppState {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     holder_limits: Arc<limits::HolderLimits>,
     long_polls: Arc<tokio::sync::Semaphore>,
+    /// Redis, Kafka and the peers, when configured.
+    pub backends: crate::backends::Backends,
 }
 
 impl AppState {
-    /// Wraps a region; ready at once.
+    /// Wraps a region with no optional services; ready at once.
     pub fn new(region: Region) -> AppState {
+        AppState::with_backends(region, crate::backends::Backends::default())
+    }
+
+    /// Wraps a region and the services it was opened with; ready at once.
+    pub fn with_backends(region: Region, backends: crate::backends::Backends) -> AppState {
         let settings = region.settings();
         let holder_limits = limits::HolderLimits::new(
             settings.holder_revokes_per_minute_per_client,
@@ -54,6 +61,7 @@ impl AppState {
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             holder_limits: Arc::new(holder_limits),
             long_polls: Arc::new(long_polls),
+            backends,
         }
     }
 

@@ -52,7 +52,8 @@ pub struct RevokeRequest {
 pub struct RevokeResponse {
     /// Id of the signed revocation event.
     pub event_id: String,
-    /// True when the event bus accepted the event (it is committed either way).
+    /// True when the broker took the event within `CP_PUBLISH_WAIT_MS` (always with no
+    /// broker); it is committed and will be published either way.
     pub published: bool,
 }
 
@@ -72,9 +73,10 @@ pub(super) async fn revoke(
         r.revoke(kind, &body.value, expires_at, "api:/revoke")
     })
     .await?;
+    let published = published(&state, &done).await;
     Ok(Json(RevokeResponse {
         event_id: done.event.event_id,
-        published: done.published,
+        published,
     }))
 }
 
@@ -195,10 +197,27 @@ pub(super) async fn revoke_token(
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
+    let mut all_published = true;
+    for revoked in &done {
+        all_published &= published(&state, revoked).await;
+    }
     Ok(Json(RevokeTokenResponse {
-        published: done.iter().all(|d| d.published),
+        published: all_published,
         event_ids: done.into_iter().map(|d| d.event.event_id).collect(),
     }))
+}
+
+/// Whether the broker has the event, waiting a short bounded time for the outbox relay
+/// (`CP_PUBLISH_WAIT_MS`) so the answer can say so; committed either way.
+pub(super) async fn published(state: &AppState, revoked: &crate::region::Revoked) -> bool {
+    match (revoked.published, revoked.outbox_id) {
+        (true, _) => true,
+        (false, None) => false,
+        (false, Some(id)) => {
+            let wait = state.region.settings().publish_wait;
+            state.region.wait_published(id, wait).await
+        }
+    }
 }
 
 fn rate_limited(wait: std::time::Duration) -> ApiError {

@@ -95,7 +95,7 @@ fn the_memory_cache_and_sqlite_both_pick_the_latest_subject_revocation() {
             let mut conn = store.lock();
             let tx = conn.transaction().unwrap();
             for e in &events {
-                db::insert_revocation(&tx, e, "signed").unwrap();
+                db::insert_revocation(&tx, e, "signed", db::Outbox::Local).unwrap();
             }
             tx.commit().unwrap();
         }

@@ -1,0 +1,255 @@
+//! The Kafka consumer of a region: verifies each signed revocation event from the
+//! `revocations` topic against this region's keys and `PEER_JWKS`, applies it once
+//! (`event_id`) to SQLite, the cache and the edge feed, and only then commits the offset.
+//!
+//! Forged, malformed, expired or unknown-key messages are logged, counted by reason in
+//! `/metrics` and skipped (their offset is committed, so a poison message never stalls
+//! its partition). A region ignores its own events coming back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use shared::{JoseError, Keyring, RevocationEvent};
+
+use crate::Region;
+use crate::bus::KafkaSettings;
+use crate::peers::{self, Peers};
+use crate::time::now;
+
+/// Why a message was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a compact JWS of a revocation event (bad bytes, JSON, typ, size).
+    Malformed,
+    /// The signature does not verify under the key it names.
+    BadSignature,
+    /// Signed by a key neither this region nor any peer publishes.
+    UnknownKey,
+    /// It can no longer match a valid token.
+    Expired,
+    /// Already applied (a replay or a redelivery).
+    Duplicate,
+}
+
+impl Rejection {
+    /// Every reason, in `/metrics` order.
+    pub const ALL: [Rejection; 5] = [
+        Rejection::Malformed,
+        Rejection::BadSignature,
+        Rejection::UnknownKey,
+        Rejection::Expired,
+        Rejection::Duplicate,
+    ];
+
+    /// The label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::Expired => "expired",
+            Rejection::Duplicate => "duplicate",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Rejection::Malformed => 0,
+            Rejection::BadSignature => 1,
+            Rejection::UnknownKey => 2,
+            Rejection::Expired => 3,
+            Rejection::Duplicate => 4,
+        }
+    }
+}
+
+/// What the consumer did, for `/metrics` and `/ready`.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Events applied.
+    pub applied: AtomicU64,
+    /// This region's own events seen coming back (skipped).
+    pub own: AtomicU64,
+    /// Messages not applied, by [`Rejection`].
+    pub rejected: [AtomicU64; 5],
+    /// Messages behind the end of the topic at the last check (all partitions).
+    pub lag: AtomicU64,
+    /// 1 while the consumer is subscribed and receiving.
+    pub running: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn reject(&self, why: Rejection) {
+        self.rejected[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rejections by reason.
+    pub fn rejected(&self) -> Vec<(Rejection, u64)> {
+        Rejection::ALL
+            .iter()
+            .map(|r| (*r, self.rejected[r.index()].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// Checks one message and applies it. `Ok(true)` applied, `Ok(false)` own event.
+pub async fn handle(
+    region: &Arc<Region>,
+    peers: &Peers,
+    payload: Option<&[u8]>,
+) -> Result<bool, Rejection> {
+    let signed = payload
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .ok_or(Rejection::Malformed)?
+        .to_owned();
+    let event = match verify(region, peers, &signed) {
+        Err(JoseError::UnknownKey(_)) if peers.refresh_soon().await => {
+            verify(region, peers, &signed)
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
+        JoseError::UnknownKey(_) => Rejection::UnknownKey,
+        JoseError::BadSignature => Rejection::BadSignature,
+        _ => Rejection::Malformed,
+    })?;
+    if event.origin == region.settings().region {
+        return Ok(false);
+    }
+    if event.expires_at <= now() {
+        return Err(Rejection::Expired);
+    }
+    let event = Arc::new((event, signed));
+    loop {
+        let (writer, job) = (region.clone(), event.clone());
+        match tokio::task::spawn_blocking(move || writer.ingest(&job.0, &job.1)).await {
+            Ok(Ok(true)) => return Ok(true),
+            Ok(Ok(false)) => return Err(Rejection::Duplicate),
+            // Storage failed: not the message's fault. Its offset stays uncommitted and
+            // the partition waits, so a verified event is never skipped.
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot apply a peer event; retrying"),
+            Err(e) => tracing::error!(error = %e, "ingest task failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<RevocationEvent, JoseError> {
+    let mut trusted: Keyring = (*peers.keyring()).clone();
+    for (kid, key) in region.keys().keyring.iter() {
+        trusted.insert(kid.to_owned(), key.clone());
+    }
+    RevocationEvent::verify(signed, &trusted)
+}
+
+/// Creates the region's consumer (its own group), subscribed to the revocations topic.
+pub fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.bootstrap)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
+        .set("topic.metadata.refresh.interval.ms", "2000")
+        .create()
+        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+    consumer
+        .subscribe(&[&settings.revocations_topic])
+        .map_err(|e| format!("cannot subscribe to {}: {e}", settings.revocations_topic))?;
+    Ok(consumer)
+}
+
+/// Consumes until the task is dropped.
+pub async fn run(
+    region: Arc<Region>,
+    peers: Arc<Peers>,
+    consumer: StreamConsumer,
+    stats: Arc<ConsumerStats>,
+) {
+    let _refresher = AbortOnDrop({
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            loop {
+                peers.refresh().await;
+                tokio::time::sleep(peers::REFRESH_INTERVAL).await;
+            }
+        })
+    });
+    let consumer = Arc::new(consumer);
+    let _lag = AbortOnDrop({
+        let (consumer, stats) = (consumer.clone(), stats.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let c = consumer.clone();
+                if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag_of(&c)).await {
+                    stats.lag.store(lag, Ordering::Relaxed);
+                }
+            }
+        })
+    });
+    loop {
+        let message = match consumer.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                // Before the topic exists, or while the broker is away: transient.
+                stats.running.store(0, Ordering::Relaxed);
+                tracing::debug!(error = %e, "Kafka consumer error (retrying)");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        stats.running.store(1, Ordering::Relaxed);
+        match handle(&region, &peers, message.payload()).await {
+            Ok(true) => {
+                stats.applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {
+                stats.own.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(why) => {
+                stats.reject(why);
+                tracing::warn!(
+                    reason = why.as_str(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "event from the broker not applied"
+                );
+            }
+        }
+        // Only after the event is in SQLite: a crash before this redelivers it, and
+        // applying it again is a no-op.
+        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+            tracing::warn!(error = %e, "cannot commit a consumer offset");
+        }
+    }
+}
+
+/// Messages between the committed position and the end of each assigned partition.
+fn lag_of(consumer: &StreamConsumer) -> Option<u64> {
+    let position = consumer.position().ok()?;
+    let mut total = 0u64;
+    for element in position.elements() {
+        let (_, high) = consumer
+            .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+            .ok()?;
+        let at = element.offset().to_raw().unwrap_or(0).max(0);
+        total += u64::try_from(high.saturating_sub(at)).unwrap_or(0);
+    }
+    Some(total)
+}

@@ -1,0 +1,144 @@
+//! The other regions' public keys (`PEER_JWKS`): the only keys, besides this region's
+//! own, whose signed events the consumer applies. Refreshed in the background and at
+//! once (rate limited) when an event names a `kid` nobody knows yet, so a peer's key
+//! rotation never stalls its events here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use shared::Keyring;
+use shared::jwk::JwkSet;
+
+/// How often the peer JWKS are fetched when nothing asks earlier.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest time between two fetches triggered by unknown keys.
+pub const MIN_REFETCH: Duration = Duration::from_secs(2);
+
+/// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths. Returns every
+/// problem at once.
+pub fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item.starts_with("http://") || item.starts_with("https://") {
+            match reqwest::Url::parse(item) {
+                Ok(_) => sources.push(item.to_owned()),
+                Err(e) => problems.push(format!("PEER_JWKS: {item:?} is not a valid URL: {e}")),
+            }
+        } else if item.contains("://") {
+            problems.push(format!(
+                "PEER_JWKS: {item:?}: only http(s) URLs and file paths are supported"
+            ));
+        } else if std::path::Path::new(item).is_file() {
+            sources.push(item.to_owned());
+        } else {
+            problems.push(format!(
+                "PEER_JWKS: {item:?} is neither a URL nor a readable file"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(sources)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The peer keys and where they come from.
+#[derive(Debug)]
+pub struct Peers {
+    sources: Vec<String>,
+    by_source: Mutex<HashMap<String, JwkSet>>,
+    keyring: RwLock<Arc<Keyring>>,
+    last_fetch: Mutex<Option<Instant>>,
+    http: reqwest::Client,
+}
+
+impl Peers {
+    /// Peers read from `sources` (none fetched yet).
+    pub fn new(sources: Vec<String>) -> Peers {
+        Peers {
+            sources,
+            by_source: Mutex::new(HashMap::new()),
+            keyring: RwLock::new(Arc::new(Keyring::new())),
+            last_fetch: Mutex::new(None),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The keys known now.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Fetches every source; a source that fails keeps the keys it gave last time.
+    pub async fn refresh(&self) {
+        *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        for source in &self.sources {
+            match self.fetch(source).await {
+                Ok(set) => {
+                    self.by_source
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(source.clone(), set);
+                }
+                Err(e) => tracing::warn!(source, error = %e, "cannot fetch a peer JWKS"),
+            }
+        }
+        let mut ring = Keyring::new();
+        for set in self
+            .by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            match Keyring::from_jwks(set) {
+                Ok(keys) => {
+                    for (kid, key) in keys.iter() {
+                        ring.insert(kid.to_owned(), key.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a peer JWKS holds an invalid key"),
+            }
+        }
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+
+    /// Refreshes unless the last fetch was less than [`MIN_REFETCH`] ago; true if it did.
+    pub async fn refresh_soon(&self) -> bool {
+        let due = self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() >= MIN_REFETCH);
+        if due {
+            self.refresh().await;
+        }
+        due
+    }
+
+    async fn fetch(&self, source: &str) -> Result<JwkSet, String> {
+        let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+            let response = self
+                .http
+                .get(source)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("HTTP {}", response.status()));
+            }
+            response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+        } else {
+            tokio::fs::read(source).await.map_err(|e| e.to_string())?
+        };
+        JwkSet::parse(&bytes).map_err(|e| e.to_string())
+    }
+}

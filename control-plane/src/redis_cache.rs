@@ -1,0 +1,367 @@
+//! The Redis revocation cache of a region (`REDIS_URL`).
+//!
+//! Keys are the original service's: `revoked:{jti|sub|kid|sid}:{value}`, with a TTL of
+//! the time the revocation can still match a valid token, so services that read that
+//! Redis keep working. The value is JSON: `event_id`, `not_before`, `expires_at`, the
+//! event and the signed event. Several revocations of one key merge by the project's
+//! coverage rule (stronger not-before, later expiry), atomically in a Lua script.
+//!
+//! Redis is a cache, never the truth: every check reads a marker key along with the
+//! revocation keys, and answers "unavailable" (so the caller falls back to SQLite) when
+//! Redis errs, is slower than its timeout, lost the marker (restarted empty or flushed),
+//! or missed a write of this process. A background task then rewrites every live
+//! revocation from SQLite, pipelined, and sets the marker again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use shared::{Kind, RevocationEvent};
+
+use crate::cache::{CacheError, RevocationCache};
+use crate::time::now;
+
+/// The marker key: present while Redis holds every live revocation of the region.
+pub const EPOCH_KEY: &str = "revoked-cache-epoch";
+
+/// The Redis key of a revocation.
+pub fn key(kind: Kind, value: &str) -> String {
+    format!("revoked:{}:{value}", kind.as_str())
+}
+
+/// The value stored under a revocation key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    /// The strongest event's id.
+    pub event_id: String,
+    /// Its not-before (`sub`), if any.
+    #[serde(default)]
+    pub not_before: Option<i64>,
+    /// When the merged entry stops mattering.
+    pub expires_at: i64,
+    /// The strongest event.
+    pub event: RevocationEvent,
+    /// That event, signed (compact JWS), when known.
+    #[serde(default)]
+    pub signed: Option<String>,
+}
+
+/// Sets the key unless the stored revocation is stronger; keeps the later expiry.
+const MERGE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+local ttl = tonumber(ARGV[3])
+if cur then
+  local ok, c = pcall(cjson.decode, cur)
+  if ok and type(c) == 'table' then
+    local nb = c['not_before']
+    local keep = (nb == nil or nb == cjson.null) or (ARGV[2] ~= '' and tonumber(ARGV[2]) <= nb)
+    local left = redis.call('TTL', KEYS[1])
+    if left > ttl then ttl = left end
+    if keep then
+      redis.call('EXPIRE', KEYS[1], ttl)
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+return 1
+";
+
+/// The cache, with its own I/O thread so it can be called from any thread.
+pub struct RedisCache {
+    io: tokio::runtime::Handle,
+    conn: ConnectionManager,
+    timeout: Duration,
+    /// False when this process may have missed a write: checks fall back until rebuilt.
+    trusted: Arc<AtomicBool>,
+    merge: Arc<redis::Script>,
+    _stop: std::sync::mpsc::SyncSender<()>,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisCache {
+    /// Connects to `url` (checked at start: an unreachable Redis is a configuration
+    /// error) with `timeout` for every operation.
+    pub fn connect(url: &str, timeout: Duration) -> Result<RedisCache, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL {url:?}: {e}"))?;
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("redis-io".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                // Runs the spawned Redis work until the cache is dropped.
+                runtime.block_on(async move {
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                });
+            })
+            .map_err(|e| format!("cannot start the Redis I/O thread: {e}"))?;
+        let io = handle_rx
+            .recv()
+            .map_err(|_| "the Redis I/O thread died".to_owned())??;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(timeout.max(Duration::from_millis(20))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let (conn_tx, conn_rx) = std::sync::mpsc::sync_channel(1);
+        io.spawn(async move {
+            let conn = ConnectionManager::new_with_config(client, config).await;
+            let _ = conn_tx.send(conn);
+        });
+        let conn = conn_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| format!("Redis at {url} did not answer within 5 s"))?
+            .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+        let (ping_tx, ping_rx) = std::sync::mpsc::sync_channel(1);
+        let mut pinger = conn.clone();
+        io.spawn(async move {
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut pinger).await;
+            let _ = ping_tx.send(pong);
+        });
+        ping_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| format!("Redis at {url} did not answer PING"))?
+            .map_err(|e| format!("Redis at {url}: {e}"))?;
+        Ok(RedisCache {
+            io,
+            conn,
+            timeout,
+            trusted: Arc::new(AtomicBool::new(false)),
+            merge: Arc::new(redis::Script::new(MERGE)),
+            _stop: stop_tx,
+        })
+    }
+
+    /// Runs `work` on the I/O thread, waiting at most the timeout.
+    fn run<T, F, Fut>(&self, limit: Duration, work: F) -> Result<T, CacheError>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let conn = self.conn.clone();
+        self.io.spawn(async move {
+            let result = tokio::time::timeout(limit, work(conn)).await;
+            let _ = tx.send(result);
+        });
+        match rx.recv_timeout(limit + Duration::from_millis(50)) {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(e))) => Err(CacheError(format!("redis: {e}"))),
+            Ok(Err(_)) | Err(_) => Err(CacheError(format!(
+                "redis did not answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// True while checks may trust Redis.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::SeqCst)
+    }
+
+    /// True when the marker is present (Redis holds the region's set), answered within
+    /// the timeout.
+    pub fn marker_present(&self) -> Result<bool, CacheError> {
+        self.run(
+            self.timeout.max(Duration::from_millis(200)),
+            |mut conn| async move {
+                redis::cmd("EXISTS")
+                    .arg(EPOCH_KEY)
+                    .query_async::<bool>(&mut conn)
+                    .await
+            },
+        )
+    }
+
+    /// Rewrites every live revocation (`events`, from SQLite) pipelined, then sets the
+    /// marker; checks trust Redis again afterwards. Returns how many keys were written.
+    pub fn rebuild(
+        &self,
+        events: &[(RevocationEvent, Option<String>)],
+    ) -> Result<usize, CacheError> {
+        let t = now();
+        let mut merged: std::collections::HashMap<String, Stored> =
+            std::collections::HashMap::new();
+        for (event, signed) in events {
+            if event.expires_at <= t {
+                continue;
+            }
+            let entry = merged.entry(key(event.kind, &event.value));
+            match entry {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(stored(event, signed.clone()));
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let cur = o.get_mut();
+                    let expires_at = cur.expires_at.max(event.expires_at);
+                    if shared::revocation::strongest([&cur.event, event])
+                        .is_some_and(|s| s.event_id == event.event_id)
+                    {
+                        *cur = stored(event, signed.clone());
+                    }
+                    cur.expires_at = expires_at;
+                }
+            }
+        }
+        let count = merged.len();
+        let mut pipe = redis::pipe();
+        for (k, v) in &merged {
+            let ttl = (v.expires_at - t).max(1);
+            let json = serde_json::to_string(v).unwrap_or_default();
+            pipe.cmd("SET").arg(k).arg(json).arg("EX").arg(ttl).ignore();
+        }
+        pipe.cmd("SET")
+            .arg(EPOCH_KEY)
+            .arg(shared::random::id())
+            .ignore();
+        self.run(Duration::from_secs(30), move |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })?;
+        self.trusted.store(true, Ordering::SeqCst);
+        Ok(count)
+    }
+}
+
+fn stored(event: &RevocationEvent, signed: Option<String>) -> Stored {
+    Stored {
+        event_id: event.event_id.clone(),
+        not_before: event.not_before,
+        expires_at: event.expires_at,
+        event: event.clone(),
+        signed,
+    }
+}
+
+impl RevocationCache for RedisCache {
+    fn insert(&self, event: &RevocationEvent) -> Result<(), CacheError> {
+        let ttl = event.expires_at - now();
+        if ttl <= 0 {
+            return Ok(());
+        }
+        let value =
+            serde_json::to_string(&stored(event, None)).map_err(|e| CacheError(e.to_string()))?;
+        let k = key(event.kind, &event.value);
+        let not_before = event.not_before.map_or_else(String::new, |t| t.to_string());
+        let merge = self.merge.clone();
+        let result = self.run(self.timeout, move |mut conn| async move {
+            merge
+                .key(k)
+                .arg(value)
+                .arg(not_before)
+                .arg(ttl)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        });
+        if result.is_err() {
+            // Redis may now lack a committed revocation: never trust it until rebuilt.
+            self.trusted.store(false, Ordering::SeqCst);
+        }
+        result.map(|_| ())
+    }
+
+    fn find(
+        &self,
+        kind: Kind,
+        value: &str,
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<Option<RevocationEvent>, CacheError> {
+        Ok(self
+            .find_many(&[(kind, value)], iat, now)?
+            .into_iter()
+            .next()
+            .flatten())
+    }
+
+    fn find_many(
+        &self,
+        asked: &[(Kind, &str)],
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<Vec<Option<RevocationEvent>>, CacheError> {
+        if !self.is_trusted() {
+            return Err(CacheError("redis is being rebuilt".into()));
+        }
+        let mut keys = vec![EPOCH_KEY.to_owned()];
+        keys.extend(asked.iter().map(|(kind, value)| key(*kind, value)));
+        let values: Vec<Option<String>> = self.run(self.timeout, move |mut conn| async move {
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+        })?;
+        let Some((marker, found)) = values.split_first() else {
+            return Err(CacheError("redis answered nothing".into()));
+        };
+        if marker.is_none() {
+            // Restarted empty or flushed: its silence means nothing until rebuilt.
+            self.trusted.store(false, Ordering::SeqCst);
+            return Err(CacheError("redis lost the revocation set".into()));
+        }
+        Ok(found
+            .iter()
+            .map(|v| {
+                let stored: Stored = serde_json::from_str(v.as_deref()?).ok()?;
+                // The merged entry covers what its strongest event covers, until the
+                // latest expiry of the events merged into it.
+                let live = stored.expires_at > now;
+                let covers =
+                    iat.is_none_or(|iat| shared::revocation::covers(stored.not_before, iat));
+                (live && covers).then_some(stored.event)
+            })
+            .collect())
+    }
+
+    fn prune(&self, _now: i64) {
+        // Redis expires keys by their TTL.
+    }
+
+    fn len(&self) -> usize {
+        self.run(self.timeout, |mut conn| async move {
+            redis::cmd("DBSIZE").query_async::<usize>(&mut conn).await
+        })
+        .unwrap_or(0)
+    }
+}
+
+/// Keeps Redis current: rebuilds it from SQLite when it lost the set or this process
+/// missed a write; checks every `every` until the task is dropped.
+pub async fn keep_current(region: Arc<crate::Region>, cache: Arc<RedisCache>, every: Duration) {
+    loop {
+        let needed = !cache.is_trusted() || matches!(cache.marker_present(), Ok(false));
+        if needed {
+            let (region, cache) = (region.clone(), cache.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let events = crate::db::live_signed(&region.db().lock(), now())
+                    .map_err(|e| CacheError(e.to_string()))?;
+                cache.rebuild(&events)
+            })
+            .await;
+            match done {
+                Ok(Ok(n)) => tracing::info!(keys = n, "redis rebuilt from SQLite"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "redis rebuild failed; retrying"),
+                Err(e) => tracing::error!(error = %e, "redis rebuild task failed"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
