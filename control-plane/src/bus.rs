@@ -10,6 +10,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 /// Publishing failed; the event stays in the outbox.
@@ -37,6 +40,10 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// A short name for logs and `/ready`.
     fn name(&self) -> &'static str;
+
+    /// After a failed publish: repairs what it can before the retry (e.g. recreates
+    /// topics a restarted broker lost). Blocking.
+    fn recover(&self) {}
 }
 
 /// No broker: events only reach this region's edge feed.
@@ -81,7 +88,7 @@ impl KafkaSettings {
 /// Kafka through librdkafka: an idempotent producer with `acks=all`, keyed by the revoked
 /// value so one value's events stay in order.
 pub struct KafkaBus {
-    producer: FutureProducer,
+    producer: std::sync::RwLock<FutureProducer>,
     settings: KafkaSettings,
 }
 
@@ -97,28 +104,83 @@ impl KafkaBus {
     /// Connects and checks the broker answers within `wait` (a start-up check: an
     /// unreachable broker at start is a configuration error).
     pub fn connect(settings: KafkaSettings, wait: Duration) -> Result<KafkaBus, BusError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "10000")
-            .set("compression.type", "lz4")
-            .create()
-            .map_err(|e| BusError(format!("cannot create a Kafka producer: {e}")))?;
+        let producer = producer(&settings)?;
         producer.client().fetch_metadata(None, wait).map_err(|e| {
             BusError(format!(
                 "Kafka at {} does not answer: {e}",
                 settings.bootstrap
             ))
         })?;
-        Ok(KafkaBus { producer, settings })
+        let bus = KafkaBus {
+            producer: std::sync::RwLock::new(producer),
+            settings,
+        };
+        bus.ensure_topics(wait)?;
+        Ok(bus)
+    }
+
+    /// Creates the topics if they are missing (brokers may not create topics on first
+    /// produce, and a consumer waits for its topic to exist).
+    pub fn ensure_topics(&self, wait: Duration) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.bootstrap)
+            .create()
+            .map_err(|e| BusError(format!("cannot create a Kafka admin client: {e}")))?;
+        let topics = [
+            NewTopic::new(
+                &self.settings.revocations_topic,
+                1,
+                TopicReplication::Fixed(1),
+            ),
+            NewTopic::new(
+                &self.settings.token_events_topic,
+                1,
+                TopicReplication::Fixed(1),
+            ),
+        ];
+        let options = AdminOptions::new().operation_timeout(Some(wait));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| BusError(e.to_string()))?;
+        let results = runtime
+            .block_on(admin.create_topics(&topics, &options))
+            .map_err(|e| BusError(format!("cannot create topics: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError(format!("cannot create topic {topic}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True when the broker answers a metadata request within `wait`.
     pub fn healthy(&self, wait: Duration) -> bool {
-        self.producer.client().fetch_metadata(None, wait).is_ok()
+        self.producer().client().fetch_metadata(None, wait).is_ok()
     }
+}
+
+fn producer(settings: &KafkaSettings) -> Result<FutureProducer, BusError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        // A send fails after this long, and the relay retries: keep it short so a broker
+        // that comes back is used again within seconds.
+        .set("message.timeout.ms", "5000")
+        .create()
+        .map_err(|e| BusError(format!("cannot create a Kafka producer: {e}")))
 }
 
 impl EventBus for KafkaBus {
@@ -128,7 +190,7 @@ impl EventBus for KafkaBus {
         let record = FutureRecord::to(self.settings.topic(topic))
             .key(key)
             .payload(signed_event);
-        let queued = self.producer.send_result(record);
+        let queued = self.producer().send_result(record);
         Box::pin(async move {
             let delivery = queued.map_err(|(e, _)| BusError(e.to_string()))?;
             match delivery.await {
@@ -141,5 +203,18 @@ impl EventBus for KafkaBus {
 
     fn name(&self) -> &'static str {
         "kafka"
+    }
+
+    fn recover(&self) {
+        if let Err(e) = self.ensure_topics(Duration::from_secs(2)) {
+            tracing::debug!(error = %e, "topics not ensured yet");
+        }
+        // A restarted broker may have forgotten this producer's id: the idempotent
+        // producer then fails for good. A fresh one starts a new sequence (the relay
+        // awaited every earlier send, so nothing is in flight).
+        match producer(&self.settings) {
+            Ok(fresh) => *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh,
+            Err(e) => tracing::warn!(error = %e, "cannot recreate the Kafka producer"),
+        }
     }
 }

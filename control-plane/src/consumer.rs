@@ -108,6 +108,7 @@ pub async fn handle(
         .to_owned();
     let event = match verify(region, peers, &signed) {
         Err(JoseError::UnknownKey(_)) if peers.refresh_soon().await => {
+            peers.hand_to(region);
             verify(region, peers, &signed)
         }
         other => other,
@@ -182,11 +183,15 @@ pub async fn run(
     stats: Arc<ConsumerStats>,
 ) {
     let _refresher = AbortOnDrop({
-        let peers = peers.clone();
+        let (peers, region) = (peers.clone(), region.clone());
         tokio::spawn(async move {
             loop {
-                peers.refresh().await;
-                tokio::time::sleep(peers::REFRESH_INTERVAL).await;
+                let every = if peers.refresh_into(&region).await {
+                    peers::REFRESH_INTERVAL
+                } else {
+                    peers::RETRY_INTERVAL
+                };
+                tokio::time::sleep(every).await;
             }
         })
     });

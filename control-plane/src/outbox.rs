@@ -83,6 +83,7 @@ pub async fn run(region: Arc<Region>) {
                 Err(e) => tracing::error!(error = %e, "outbox mark task failed"),
             }
         }
+        region.set_relay_healthy(failure.is_none());
         match failure {
             None => backoff = Duration::from_millis(100),
             Some(e) => {
@@ -91,6 +92,8 @@ pub async fn run(region: Arc<Region>) {
                     error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "the broker refused an event; it stays in the outbox"
                 );
+                let bus = region.bus().clone();
+                let _ = tokio::task::spawn_blocking(move || bus.recover()).await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

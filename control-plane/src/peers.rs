@@ -12,6 +12,8 @@ use shared::jwk::JwkSet;
 
 /// How often the peer JWKS are fetched when nothing asks earlier.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// How soon a fetch is retried when a peer did not answer (it may be starting).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// The shortest time between two fetches triggered by unknown keys.
 pub const MIN_REFETCH: Duration = Duration::from_secs(2);
 
@@ -51,6 +53,7 @@ pub struct Peers {
     sources: Vec<String>,
     by_source: Mutex<HashMap<String, JwkSet>>,
     keyring: RwLock<Arc<Keyring>>,
+    jwks: RwLock<Arc<JwkSet>>,
     last_fetch: Mutex<Option<Instant>>,
     http: reqwest::Client,
 }
@@ -62,6 +65,7 @@ impl Peers {
             sources,
             by_source: Mutex::new(HashMap::new()),
             keyring: RwLock::new(Arc::new(Keyring::new())),
+            jwks: RwLock::new(Arc::new(JwkSet::default())),
             last_fetch: Mutex::new(None),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -78,9 +82,16 @@ impl Peers {
             .clone()
     }
 
+    /// Every peer key as one JWKS.
+    pub fn jwks(&self) -> Arc<JwkSet> {
+        self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Fetches every source; a source that fails keeps the keys it gave last time.
-    pub async fn refresh(&self) {
+    /// True when every source answered.
+    pub async fn refresh(&self) -> bool {
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let mut all = true;
         for source in &self.sources {
             match self.fetch(source).await {
                 Ok(set) => {
@@ -89,18 +100,25 @@ impl Peers {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(source.clone(), set);
                 }
-                Err(e) => tracing::warn!(source, error = %e, "cannot fetch a peer JWKS"),
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(source, error = %e, "cannot fetch a peer JWKS");
+                }
             }
         }
         let mut ring = Keyring::new();
-        for set in self
+        let mut merged = JwkSet::default();
+        let sets: Vec<JwkSet> = self
             .by_source
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-        {
+            .cloned()
+            .collect();
+        for set in &sets {
             match Keyring::from_jwks(set) {
                 Ok(keys) => {
+                    merged.keys.extend(set.keys.iter().cloned());
                     for (kid, key) in keys.iter() {
                         ring.insert(kid.to_owned(), key.clone());
                     }
@@ -109,6 +127,8 @@ impl Peers {
             }
         }
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
+        all
     }
 
     /// Refreshes unless the last fetch was less than [`MIN_REFETCH`] ago; true if it did.
@@ -122,6 +142,18 @@ impl Peers {
             self.refresh().await;
         }
         due
+    }
+
+    /// Refreshes now and hands the keys to the region (tokens of peers verify there).
+    pub async fn refresh_into(&self, region: &crate::Region) -> bool {
+        let all = self.refresh().await;
+        self.hand_to(region);
+        all
+    }
+
+    /// Gives the region the keys known now.
+    pub fn hand_to(&self, region: &crate::Region) {
+        region.set_peer_keys((*self.jwks()).clone(), (*self.keyring()).clone());
     }
 
     async fn fetch(&self, source: &str) -> Result<JwkSet, String> {

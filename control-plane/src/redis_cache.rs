@@ -13,8 +13,8 @@
 //! revocation from SQLite, pipelined, and sets the marker again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,9 @@ use shared::{Kind, RevocationEvent};
 
 use crate::cache::{CacheError, RevocationCache};
 use crate::time::now;
+
+/// How long checks skip Redis after it failed one.
+const RETRY_AFTER_FAILURE_MS: u64 = 1000;
 
 /// The marker key: present while Redis holds every live revocation of the region.
 pub const EPOCH_KEY: &str = "revoked-cache-epoch";
@@ -76,6 +79,10 @@ pub struct RedisCache {
     timeout: Duration,
     /// False when this process may have missed a write: checks fall back until rebuilt.
     trusted: Arc<AtomicBool>,
+    /// After a failed read, checks go straight to SQLite until this instant (ms since
+    /// `epoch`), so a Redis outage costs one timeout a second, not one per check.
+    down_until_ms: AtomicU64,
+    epoch: Instant,
     merge: Arc<redis::Script>,
     _stop: std::sync::mpsc::SyncSender<()>,
 }
@@ -148,6 +155,8 @@ impl RedisCache {
             conn,
             timeout,
             trusted: Arc::new(AtomicBool::new(false)),
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             merge: Arc::new(redis::Script::new(MERGE)),
             _stop: stop_tx,
         })
@@ -304,11 +313,20 @@ impl RevocationCache for RedisCache {
         if !self.is_trusted() {
             return Err(CacheError("redis is being rebuilt".into()));
         }
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now_ms < self.down_until_ms.load(Ordering::Relaxed) {
+            return Err(CacheError("redis failed a moment ago".into()));
+        }
         let mut keys = vec![EPOCH_KEY.to_owned()];
         keys.extend(asked.iter().map(|(kind, value)| key(*kind, value)));
-        let values: Vec<Option<String>> = self.run(self.timeout, move |mut conn| async move {
-            redis::cmd("MGET").arg(keys).query_async(&mut conn).await
-        })?;
+        let values: Vec<Option<String>> = self
+            .run(self.timeout, move |mut conn| async move {
+                redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+            })
+            .inspect_err(|_| {
+                self.down_until_ms
+                    .store(now_ms + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+            })?;
         let Some((marker, found)) = values.split_first() else {
             return Err(CacheError("redis answered nothing".into()));
         };

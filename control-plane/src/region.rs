@@ -14,7 +14,10 @@ use serde_json::{Map, Value, json};
 use shared::claims::{Audience, Confirmation, TYP_ACCESS_TOKEN};
 use shared::jws::{self, Limits};
 use shared::revocation::TokenIds;
-use shared::{AccessClaims, ClaimsError, JoseError, Kind, RevocationEvent, b64, random, sha256};
+use shared::{
+    AccessClaims, ClaimsError, JoseError, JwkSet, Keyring, Kind, RevocationEvent, b64, random,
+    sha256,
+};
 use tokio::sync::watch;
 
 use crate::audit::{self, AppendError};
@@ -216,6 +219,8 @@ pub struct Region {
     settings: Settings,
     db: Db,
     keys: RwLock<Arc<KeySet>>,
+    /// The other regions' keys (`PEER_JWKS`): their tokens are valid here too.
+    peer_keys: RwLock<Arc<(JwkSet, Keyring)>>,
     cache: Arc<dyn RevocationCache>,
     bus: Arc<dyn EventBus>,
     feed: watch::Sender<u64>,
@@ -223,6 +228,8 @@ pub struct Region {
     outbox_wake: tokio::sync::Notify,
     /// The highest outbox row the relay has handed to the broker.
     outbox_published: watch::Sender<i64>,
+    /// False while the broker refuses events.
+    relay_healthy: std::sync::atomic::AtomicBool,
     admin_hash: [u8; 32],
     admin_path: PathBuf,
     metrics: Metrics,
@@ -313,11 +320,13 @@ impl Region {
             settings,
             db,
             keys: RwLock::new(Arc::new(keyset)),
+            peer_keys: RwLock::new(Arc::new((JwkSet::default(), Keyring::new()))),
             cache,
             bus,
             feed: watch::Sender::new(head),
             outbox_wake: tokio::sync::Notify::new(),
             outbox_published: watch::Sender::new(0),
+            relay_healthy: std::sync::atomic::AtomicBool::new(true),
             admin_hash: sha256(secret.as_bytes()),
             admin_path,
             metrics: Metrics::default(),
@@ -369,6 +378,13 @@ impl Region {
         self.outbox_wake.notified().await;
     }
 
+    /// Called by the relay after each round: false while the broker refuses events, so
+    /// answers stop waiting for it.
+    pub fn set_relay_healthy(&self, healthy: bool) {
+        self.relay_healthy
+            .store(healthy, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Called by the relay: rows up to `id` are with the broker.
     pub fn outbox_published_through(&self, id: i64) {
         self.outbox_published.send_if_modified(|through| {
@@ -382,6 +398,12 @@ impl Region {
     /// true if it did.
     pub async fn wait_published(&self, id: i64, limit: std::time::Duration) -> bool {
         let mut through = self.outbox_published.subscribe();
+        if !self
+            .relay_healthy
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return *through.borrow_and_update() >= id;
+        }
         tokio::time::timeout(limit, through.wait_for(|t| *t >= id))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -541,9 +563,43 @@ impl Region {
         }
     }
 
-    /// Verifies a token's signature against the region's keys.
+    /// Verifies a token's signature against the region's keys, then the peers'.
     pub fn verify(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
-        AccessClaims::verify(token, &self.keys().keyring, &Limits::default())
+        match AccessClaims::verify(token, &self.keys().keyring, &Limits::default()) {
+            Err(JoseError::UnknownKey(kid)) => {
+                let peers = self.peer_keys();
+                if peers.1.get(&kid).is_none() {
+                    return Err(JoseError::UnknownKey(kid));
+                }
+                AccessClaims::verify(token, &peers.1, &Limits::default())
+            }
+            other => other,
+        }
+    }
+
+    /// The other regions' keys, as last fetched from `PEER_JWKS`.
+    pub fn peer_keys(&self) -> Arc<(JwkSet, Keyring)> {
+        self.peer_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the peers' keys (after a fetch of `PEER_JWKS`).
+    pub fn set_peer_keys(&self, jwks: JwkSet, keyring: Keyring) {
+        *self.peer_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((jwks, keyring));
+    }
+
+    /// What `/.well-known/jwks.json` serves: this region's keys, then the peers' keys
+    /// (so edges and clients of this region accept tokens of every region).
+    pub fn published_jwks(&self) -> JwkSet {
+        let mut set = self.keys().jwks.clone();
+        for jwk in &self.peer_keys().0.keys {
+            if !set.keys.iter().any(|k| k.kid.is_some() && k.kid == jwk.kid) {
+                set.keys.push(jwk.clone());
+            }
+        }
+        set
     }
 
     /// Checks a token completely: signature, claims and (if asked) revocation.

@@ -17,19 +17,31 @@ pub struct ControlPlane {
     pub dir: TempDir,
     admin: String,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl ControlPlane {
     /// Starts a control plane on a fresh data dir and waits until it answers.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(free_port(), Vec::new())
+    }
+
+    /// Starts a control plane on `port` with extra environment (e.g. `REDIS_URL`).
+    pub fn start_with(port: u16, env: Vec<(String, String)>) -> ControlPlane {
         let mut cp = ControlPlane {
-            port: free_port(),
+            port,
             dir: TempDir::new("control-plane"),
             admin: String::new(),
             child: None,
+            env,
         };
         cp.resume();
         cp
+    }
+
+    /// The admin credential.
+    pub fn admin_secret(&self) -> &str {
+        &self.admin
     }
 
     /// Starts the process again on the same port and data dir.
@@ -50,6 +62,7 @@ impl ControlPlane {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(&data)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log("stdout.log"))
             .stderr(log("stderr.log"))
             .spawn()

@@ -5,6 +5,7 @@ pub mod control_plane;
 pub mod envoy;
 pub mod http;
 pub mod paths;
+pub mod services;
 pub mod tokens;
 pub mod upstream;
 

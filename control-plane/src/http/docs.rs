@@ -18,7 +18,7 @@ use super::{edge, meta, oauth, refresh, revocations, tokens};
         refresh::create, refresh::refresh, refresh::revoke,
         revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
         oauth::revoke, oauth::introspect, edge::revocations,
-        meta::jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
+        meta::jwks, meta::region_jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
         meta::openapi, meta::docs,
     ),
     components(schemas(super::ErrorBody)),

@@ -171,14 +171,25 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
     ))
 }
 
-/// The public keys: OKP Ed25519 and AKP ML-DSA-65 (RFC 9964), `kid` = RFC 7638 thumbprint.
+/// The public keys that verify tokens here: OKP Ed25519 and AKP ML-DSA-65 (RFC 9964),
+/// `kid` = RFC 7638 thumbprint; this region's, then the other regions' (`PEER_JWKS`).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta",
     responses((status = 200, body = Object, description = "JWK Set")))]
 pub(super) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
-    let keys = state.region.keys();
     (
         [(header::CACHE_CONTROL, "max-age=60")],
-        Json(keys.jwks.clone()),
+        Json(state.region.published_jwks()),
+    )
+}
+
+/// This region's own public keys only: what the other regions list in `PEER_JWKS`
+/// (`/.well-known/jwks.json` also carries the peers' keys, and trust must not pass on).
+#[utoipa::path(get, path = "/v1/region/jwks", tag = "meta",
+    responses((status = 200, body = Object, description = "JWK Set")))]
+pub(super) async fn region_jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "max-age=60")],
+        Json(state.region.keys().jwks.clone()),
     )
 }
 

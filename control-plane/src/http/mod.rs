@@ -105,6 +105,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/edge/revocations", get(edge::revocations))
         .route("/admin/keys/rotate", post(meta::rotate_keys))
         .route("/.well-known/jwks.json", get(meta::jwks))
+        .route("/v1/region/jwks", get(meta::region_jwks))
         .route("/health", get(meta::health))
         .route("/ready", get(meta::ready))
         .route("/metrics", get(meta::metrics))

@@ -1,0 +1,581 @@
+//! Several regions as one system, against real services: a Kafka-protocol broker, Redis,
+//! two control planes and, where the edge matters, an Envoy with the filter per region.
+//!
+//! Each test starts its own broker and Redis on free ports (so topics, groups and keys
+//! never mix) and prints the figures it measures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use serde_json::{Value, json};
+use shared::keys::{Alg, SigningKey};
+use shared::{Kind, RevocationEvent};
+use tests::control_plane::ControlPlane;
+use tests::envoy::{Envoy, filter_config};
+use tests::services::{Broker, Redis};
+use tests::upstream::Upstream;
+use tests::{eventually, free_port, http};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn turn() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Two regions `a` and `b` on one broker, each with its own Redis database.
+struct Regions {
+    a: ControlPlane,
+    b: ControlPlane,
+    broker: Broker,
+    redis: Redis,
+}
+
+fn region_env(
+    name: &str,
+    broker: &Broker,
+    redis: &Redis,
+    db: u8,
+    peers: &[u16],
+) -> Vec<(String, String)> {
+    let peer_jwks: Vec<String> = peers
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/v1/region/jwks"))
+        .collect();
+    let mut env = vec![
+        ("REGION".to_owned(), name.to_owned()),
+        ("KAFKA_BOOTSTRAP".to_owned(), broker.bootstrap()),
+        ("REDIS_URL".to_owned(), redis.url(db)),
+        ("CP_KAFKA_FETCH_WAIT_MS".to_owned(), "10".to_owned()),
+        ("CP_KEY_ACTIVATION_SECONDS".to_owned(), "1".to_owned()),
+        ("CP_HOLDER_REVOKES_PER_MINUTE".to_owned(), "0".to_owned()),
+    ];
+    if !peer_jwks.is_empty() {
+        env.push(("PEER_JWKS".to_owned(), peer_jwks.join(",")));
+    }
+    env
+}
+
+impl Regions {
+    fn start() -> Regions {
+        let broker = Broker::start();
+        let redis = Redis::start();
+        let (pa, pb) = (free_port(), free_port());
+        let a = ControlPlane::start_with(pa, region_env("a", &broker, &redis, 0, &[pb]));
+        let b = ControlPlane::start_with(pb, region_env("b", &broker, &redis, 1, &[pa]));
+        Regions {
+            a,
+            b,
+            broker,
+            redis,
+        }
+    }
+}
+
+fn admin(cp: &ControlPlane) -> String {
+    format!("Bearer {}", cp.admin_secret())
+}
+
+/// Revokes through the API; the event id when it was acknowledged.
+fn revoke(cp: &ControlPlane, kind: &str, value: &str) -> Option<String> {
+    let reply = http::post_json(
+        cp.port,
+        "/revoke",
+        &[("authorization", &admin(cp))],
+        &json!({ "type": format!("revoke_{kind}"), "value": value }),
+    )
+    .ok()?;
+    (reply.status == 200).then(|| reply.json()["event_id"].as_str().map(str::to_owned))?
+}
+
+fn is_revoked(cp: &ControlPlane, kind: &str, value: &str) -> bool {
+    http::post_json(
+        cp.port,
+        "/v1/revocations/check",
+        &[],
+        &json!({ kind: value }),
+    )
+    .map(|r| r.json()["revoked"] == true)
+    .unwrap_or(false)
+}
+
+fn metrics(cp: &ControlPlane) -> String {
+    http::get(cp.port, "/metrics", &[])
+        .map(|r| r.text())
+        .unwrap_or_default()
+}
+
+fn metric(cp: &ControlPlane, series: &str) -> u64 {
+    metrics(cp)
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The audit log of a stopped or running region, via the CLI on its data dir.
+fn audit_rows(cp: &ControlPlane) -> Vec<Value> {
+    let out = std::process::Command::new(tests::paths::control_plane_bin())
+        .args(["audit", "tail", "--limit", "1000000", "--data-dir"])
+        .arg(cp.dir.0.join("data"))
+        .output()
+        .expect("run audit tail");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("audit tail prints JSON rows")
+}
+
+/// How many times each event id was applied at a region (from its audit log).
+fn applied_counts(cp: &ControlPlane) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for row in audit_rows(cp) {
+        let entry: Value = match &row["entry"] {
+            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+            other => other.clone(),
+        };
+        if entry["action"] == "revocation.applied"
+            && let Some(id) = entry["data"]["event"]["event_id"].as_str()
+        {
+            *counts.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[test]
+fn a_token_revoked_at_a_is_refused_at_both_edges_within_milliseconds() {
+    let _turn = turn();
+    let regions = Regions::start();
+    let upstream = Upstream::start();
+    let mut filter = filter_config();
+    filter["control_plane"]["jwks_refresh_seconds"] = json!(1);
+    let edge_a = Envoy::start(regions.a.port, upstream.port, &filter);
+    let edge_b = Envoy::start(regions.b.port, upstream.port, &filter);
+
+    let first = regions.a.issue("alice");
+    edge_a.wait_until_serving(&first);
+    edge_b.wait_until_serving(&first);
+
+    let status = |edge: &Envoy, token: &str| {
+        http::get_with_token(edge.port, "/api", token).map_or(0, |r| r.status)
+    };
+    let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let token = regions.a.issue(&format!("user-{i}"));
+        assert_eq!(status(&edge_a, &token), 200);
+        assert_eq!(status(&edge_b, &token), 200, "B accepts A's tokens");
+        let jti = tests::tokens::payload(&token)["jti"]
+            .as_str()
+            .expect("jti")
+            .to_owned();
+        // The call runs beside the polling: the clock starts when the call is sent.
+        let start = Instant::now();
+        let (port, auth) = (regions.a.port, admin(&regions.a));
+        let call = std::thread::spawn(move || {
+            http::post_json(
+                port,
+                "/revoke",
+                &[("authorization", &auth)],
+                &json!({ "type": "revoke_jti", "value": jti }),
+            )
+            .map(|r| r.status)
+        });
+        let (mut done_a, mut done_b) = (None, None);
+        while done_a.is_none() || done_b.is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "revocation {i} never arrived"
+            );
+            if done_a.is_none() && status(&edge_a, &token) == 401 {
+                done_a = Some(start.elapsed());
+            }
+            if done_b.is_none() && status(&edge_b, &token) == 401 {
+                done_b = Some(start.elapsed());
+            }
+        }
+        assert_eq!(call.join().expect("revoke thread").ok(), Some(200));
+        at_a.push(done_a.expect("a").as_secs_f64() * 1000.0);
+        at_b.push(done_b.expect("b").as_secs_f64() * 1000.0);
+    }
+    at_a.sort_by(f64::total_cmp);
+    at_b.sort_by(f64::total_cmp);
+    println!(
+        "revoke call at A -> first 401, over {} revocations: same region (A's Envoy) p50 {:.1} ms p99 {:.1} ms; \
+         cross region (B's Envoy) p50 {:.1} ms p99 {:.1} ms",
+        at_a.len(),
+        percentile(&at_a, 0.5),
+        percentile(&at_a, 0.99),
+        percentile(&at_b, 0.5),
+        percentile(&at_b, 0.99),
+    );
+}
+
+#[test]
+fn revocations_acknowledged_while_the_broker_is_down_all_reach_b_once() {
+    let _turn = turn();
+    let mut regions = Regions::start();
+    // B is subscribed and working before the outage.
+    let warm = revoke(&regions.a, "jti", "before-the-outage").expect("revoke");
+    assert!(
+        eventually(Duration::from_secs(30), || is_revoked(
+            &regions.b,
+            "jti",
+            "before-the-outage"
+        )
+        .then_some(()))
+        .is_some(),
+        "B never applied {warm}"
+    );
+    regions.broker.stop();
+    let mut acked = Vec::new();
+    for i in 0..1000 {
+        let value = format!("outage-{i}");
+        let id = revoke(&regions.a, "jti", &value).expect("A acknowledges with the broker down");
+        acked.push((id, value));
+    }
+    let depth = metric(&regions.a, "cp_outbox_depth ");
+    println!("outbox depth at A with the broker down: {depth}");
+    assert!(depth >= 1000, "{depth}");
+    let stopped_at = Instant::now();
+    regions.broker.resume();
+    let all = eventually(Duration::from_secs(120), || {
+        (metric(&regions.b, "cp_consumer_events_total{result=\"applied\"} ") >= 1001).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "B applied {} of 1001",
+        metric(&regions.b, "cp_consumer_events_total{result=\"applied\"} ")
+    );
+    println!(
+        "1000 revocations made during the outage applied at B {:.1} s after the broker came back",
+        stopped_at.elapsed().as_secs_f64()
+    );
+    for (_, value) in acked.iter().step_by(97) {
+        assert!(
+            is_revoked(&regions.b, "jti", value),
+            "{value} not revoked at B"
+        );
+    }
+    let counts = applied_counts(&regions.b);
+    for (id, value) in &acked {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{value} ({id}) applied {:?} times at B",
+            counts.get(id)
+        );
+    }
+    assert_eq!(metric(&regions.a, "cp_outbox_depth "), 0);
+}
+
+#[test]
+fn every_revocation_a_acknowledged_before_kill_9_reaches_b() {
+    let _turn = turn();
+    let mut regions = Regions::start();
+    let port = regions.a.port;
+    let secret = regions.a.admin_secret().to_owned();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            for i in 0..100_000 {
+                let value = format!("crash-{i}");
+                let reply = http::post_json(
+                    port,
+                    "/revoke",
+                    &[("authorization", &format!("Bearer {secret}"))],
+                    &json!({ "type": "revoke_jti", "value": value }),
+                );
+                match reply {
+                    Ok(r) if r.status == 200 => acked.lock().unwrap().push(value),
+                    _ => break,
+                }
+            }
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || (acked.lock().unwrap().len()
+            >= 150)
+            .then_some(()))
+        .is_some()
+    );
+    regions.a.stop(); // SIGKILL
+    load.join().expect("load thread");
+    let acked = acked.lock().unwrap().clone();
+    println!("A acknowledged {} revocations before kill -9", acked.len());
+    regions.a.resume();
+    let last = acked.last().expect("some acknowledged").clone();
+    let all = eventually(Duration::from_secs(60), || {
+        acked
+            .iter()
+            .all(|v| is_revoked(&regions.b, "jti", v))
+            .then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "not every acknowledged revocation reached B (last: {last})"
+    );
+}
+
+#[test]
+fn validation_survives_redis_going_away_and_redis_is_rebuilt_when_it_returns_empty() {
+    let _turn = turn();
+    let mut regions = Regions::start();
+    let token = regions.a.issue("rosa");
+    let jti = tests::tokens::payload(&token)["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    revoke(&regions.a, "jti", &jti).expect("revoke");
+    let key = format!("revoked:jti:{jti}");
+    assert!(
+        eventually(Duration::from_secs(10), || regions
+            .redis
+            .command(0, &["EXISTS", &key])
+            .starts_with(":1")
+            .then_some(()))
+        .is_some(),
+        "the revocation never reached Redis"
+    );
+    let validate = |token: &str| {
+        let start = Instant::now();
+        let r = http::post_json(
+            regions.a.port,
+            "/token/validate",
+            &[],
+            &json!({ "token": token }),
+        )
+        .expect("validate");
+        (r.json(), start.elapsed())
+    };
+    let fresh = regions.a.issue("rosa-2");
+    let mut normal = Vec::new();
+    for _ in 0..50 {
+        normal.push(validate(&fresh).1.as_secs_f64() * 1000.0);
+    }
+    regions.redis.stop();
+    let mut degraded = Vec::new();
+    for _ in 0..50 {
+        let (revoked, took) = validate(&token);
+        assert_eq!(revoked["valid"], false, "{revoked}");
+        assert_eq!(revoked["revoked"], true, "{revoked}");
+        let (valid, _) = validate(&fresh);
+        assert_eq!(valid["valid"], true, "{valid}");
+        degraded.push(took.as_secs_f64() * 1000.0);
+    }
+    normal.sort_by(f64::total_cmp);
+    degraded.sort_by(f64::total_cmp);
+    println!(
+        "POST /token/validate at A: Redis up p50 {:.1} ms p99 {:.1} ms; Redis down (SQLite) p50 {:.1} ms p99 {:.1} ms",
+        percentile(&normal, 0.5),
+        percentile(&normal, 0.99),
+        percentile(&degraded, 0.5),
+        percentile(&degraded, 0.99)
+    );
+    assert!(
+        percentile(&degraded, 0.99) < 250.0,
+        "validation stalled without Redis"
+    );
+
+    // Back, but empty: the region rewrites every live revocation, with its TTL.
+    regions.redis.resume();
+    let rebuilt = eventually(Duration::from_secs(20), || {
+        regions
+            .redis
+            .command(0, &["EXISTS", &key])
+            .starts_with(":1")
+            .then_some(())
+    });
+    assert!(rebuilt.is_some(), "Redis was not rebuilt");
+    let ttl: i64 = regions
+        .redis
+        .command(0, &["TTL", &key])
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "rebuilt key has no TTL ({ttl})");
+    let (still, _) = validate(&token);
+    assert_eq!(still["revoked"], true);
+}
+
+fn producer(broker: &Broker) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer")
+}
+
+fn publish(producer: &ThreadedProducer<DefaultProducerContext>, payload: &[u8]) {
+    producer
+        .send(BaseRecord::to("revocations").key("test").payload(payload))
+        .map_err(|(e, _)| e)
+        .expect("queue");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// One signed event of region A, read from the topic.
+fn an_event_from_a(broker: &Broker) -> String {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", format!("test-reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["revocations"]).expect("subscribe");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+            && let Some(p) = m.payload()
+        {
+            return String::from_utf8(p.to_vec()).expect("utf-8");
+        }
+    }
+    panic!("no event on the topic");
+}
+
+#[test]
+fn forged_malformed_replayed_and_foreign_events_are_counted_and_never_applied() {
+    let _turn = turn();
+    let regions = Regions::start();
+    revoke(&regions.a, "jti", "genuine-1").expect("revoke");
+    assert!(
+        eventually(Duration::from_secs(30), || is_revoked(
+            &regions.b,
+            "jti",
+            "genuine-1"
+        )
+        .then_some(()))
+        .is_some()
+    );
+    let genuine = an_event_from_a(&regions.broker);
+    let producer = producer(&regions.broker);
+
+    // Garbage bytes.
+    publish(&producer, b"\x00\xffnot a jws at all");
+    // A's event with one signature byte flipped, about another value.
+    let mut parts: Vec<String> = genuine.split('.').map(str::to_owned).collect();
+    let mut sig = shared::b64::decode(&parts[2], "sig").unwrap();
+    sig[10] ^= 0x01;
+    parts[2] = shared::b64::encode(&sig);
+    publish(&producer, parts.join(".").as_bytes());
+    // The genuine event again (a replay).
+    publish(&producer, genuine.as_bytes());
+    // An event signed by a key no region trusts.
+    let stranger = SigningKey::generate(Alg::MlDsa65);
+    let forged = RevocationEvent {
+        event_id: "forged-1".into(),
+        kind: Kind::Sub,
+        value: "everyone".into(),
+        not_before: Some(tests::tokens::now()),
+        expires_at: tests::tokens::now() + 3600,
+        issued_at: tests::tokens::now(),
+        origin: "a".into(),
+        nonce: "00".into(),
+        kid: stranger.kid(),
+    };
+    publish(&producer, forged.sign(&stranger).unwrap().as_bytes());
+    // A real region C that B does not list in PEER_JWKS.
+    let c = ControlPlane::start_with(
+        free_port(),
+        region_env("c", &regions.broker, &regions.redis, 2, &[]),
+    );
+    revoke(&c, "jti", "from-c").expect("revoke at C");
+
+    // The next good event is applied.
+    revoke(&regions.a, "jti", "genuine-2").expect("revoke");
+    assert!(
+        eventually(Duration::from_secs(30), || is_revoked(
+            &regions.b,
+            "jti",
+            "genuine-2"
+        )
+        .then_some(()))
+        .is_some(),
+        "a good event after the poison was not applied"
+    );
+    let reasons = eventually(Duration::from_secs(15), || {
+        let m = metrics(&regions.b);
+        let count = |reason: &str| {
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "cp_consumer_rejected_total{{reason=\"{reason}\"}} "
+                    ))
+                    .and_then(|v| v.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let got = (
+            count("malformed"),
+            count("bad_signature"),
+            count("unknown_key"),
+            count("duplicate"),
+        );
+        (got.0 >= 1 && got.1 >= 1 && got.2 >= 2 && got.3 >= 1).then_some(got)
+    });
+    let (malformed, bad_signature, unknown_key, duplicate) =
+        reasons.unwrap_or_else(|| panic!("rejections not counted:\n{}", metrics(&regions.b)));
+    println!(
+        "rejected at B: malformed {malformed}, bad_signature {bad_signature}, unknown_key {unknown_key}, duplicate {duplicate}"
+    );
+    assert!(!is_revoked(&regions.b, "sub", "everyone"));
+    assert!(!is_revoked(&regions.b, "jti", "from-c"));
+    assert_eq!(applied_counts(&regions.b).get("forged-1"), None);
+}
+
+#[test]
+fn b_keeps_applying_a_s_events_after_a_rotates_its_keys() {
+    let _turn = turn();
+    let regions = Regions::start();
+    revoke(&regions.a, "jti", "before-rotation").expect("revoke");
+    assert!(
+        eventually(Duration::from_secs(30), || is_revoked(
+            &regions.b,
+            "jti",
+            "before-rotation"
+        )
+        .then_some(()))
+        .is_some()
+    );
+    let rotated = http::post_json(
+        regions.a.port,
+        "/admin/keys/rotate",
+        &[("authorization", &admin(&regions.a))],
+        &json!({}),
+    )
+    .expect("rotate");
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    // CP_KEY_ACTIVATION_SECONDS=1 here: the new keys sign after a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    revoke(&regions.a, "jti", "after-rotation").expect("revoke");
+    assert!(
+        eventually(Duration::from_secs(30), || is_revoked(
+            &regions.b,
+            "jti",
+            "after-rotation"
+        )
+        .then_some(()))
+        .is_some(),
+        "B stopped applying A's events after the rotation"
+    );
+    let region_keys = http::get(regions.a.port, "/v1/region/jwks", &[])
+        .unwrap()
+        .json();
+    assert_eq!(
+        region_keys["keys"].as_array().map(Vec::len),
+        Some(4),
+        "old and new keys"
+    );
+}
