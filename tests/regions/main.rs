@@ -135,12 +135,8 @@ fn audit_rows(cp: &ControlPlane) -> Vec<Value> {
 fn applied_counts(cp: &ControlPlane) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for row in audit_rows(cp) {
-        let entry: Value = match &row["entry"] {
-            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
-            other => other.clone(),
-        };
-        if entry["action"] == "revocation.applied"
-            && let Some(id) = entry["data"]["event"]["event_id"].as_str()
+        if row["action"] == "revocation.applied"
+            && let Some(id) = row["data"]["event"]["event_id"].as_str()
         {
             *counts.entry(id.to_owned()).or_default() += 1;
         }
