@@ -34,8 +34,12 @@ pub fn filter_wasm() -> PathBuf {
     )
 }
 
-/// The control-plane binary built by `cargo build -p control-plane`.
+/// The control-plane binary: `$CONTROL_PLANE_BIN` (e.g. a release build, for the
+/// latency figures), else the one built by `cargo build -p control-plane`.
 pub fn control_plane_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CONTROL_PLANE_BIN") {
+        return must_exist(PathBuf::from(bin), "cargo build --release -p control-plane");
+    }
     must_exist(
         target_dir().join("debug/control-plane"),
         "cargo build -p control-plane",
