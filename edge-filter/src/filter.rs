@@ -12,11 +12,16 @@ use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet};
 use shared::{JoseError, JwkSet, Keyring};
 
 use crate::authz::{Authorizer, Freshness, Outcome, Reason, Request, Rules};
-use crate::config::{Config, KeySource, OnStale};
-use crate::request::{challenge, error_body, is_bypassed, is_cors_preflight};
+use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS};
+use crate::replay::{self, ReplayGuard, Verdict};
+use crate::request::{
+    Preflight, challenge, error_body, fold_header_name, is_bypassed, is_claim_header_alias,
+    is_cors_preflight,
+};
 use crate::sync::{self, Keys, Lease, Refused, StateRecord};
 
-const TICK: Duration = Duration::from_millis(200);
+const TICK_MS: u64 = 200;
+const TICK: Duration = Duration::from_millis(TICK_MS);
 const LEASE_TTL_MS: u64 = 2_000;
 
 proxy_wasm::main! {{
@@ -48,6 +53,9 @@ struct Metrics {
     cache_misses: Option<u32>,
     sync_updates: Option<u32>,
     sync_errors: Option<u32>,
+    sync_refused: Vec<(&'static str, Option<u32>)>,
+    jwks_refetches: Option<u32>,
+    dpop_replay_full: Option<u32>,
     set_size: Option<u32>,
     set_seq: Option<u32>,
     staleness: Option<u32>,
@@ -69,6 +77,12 @@ impl Metrics {
             cache_misses: counter("cache_misses"),
             sync_updates: counter("sync_updates"),
             sync_errors: counter("sync_errors"),
+            sync_refused: SyncRefusal::ALL
+                .iter()
+                .map(|r| (r.as_str(), counter(&format!("sync_refused.{}", r.as_str()))))
+                .collect(),
+            jwks_refetches: counter("jwks_unknown_kid_refetches"),
+            dpop_replay_full: counter("dpop_replay_cache_full"),
             set_size: gauge("set_size"),
             set_seq: gauge("set_seq"),
             staleness: gauge("staleness_seconds"),
@@ -92,6 +106,109 @@ impl Metrics {
             Metrics::inc(*id);
         }
     }
+
+    fn refused(&self, why: SyncRefusal) {
+        if let Some((_, id)) = self.sync_refused.iter().find(|(r, _)| *r == why.as_str()) {
+            Metrics::inc(*id);
+        }
+    }
+}
+
+/// Why the poller did not take a feed answer, as counted in `sync_refused.<why>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncRefusal {
+    /// No answer, an error status or a body that is not text.
+    Unreachable,
+    /// The set would exceed `max_revocations`.
+    TooLarge,
+    /// Signed by a key not in the JWKS.
+    UnknownKey,
+    /// Signature, envelope or payload invalid.
+    BadUpdate,
+    /// A delta that does not start at our `seq`.
+    Gap,
+    /// Older than the set (a replay).
+    Rollback,
+    /// Shared data refused the write.
+    Publish,
+}
+
+impl SyncRefusal {
+    const ALL: [SyncRefusal; 7] = [
+        SyncRefusal::Unreachable,
+        SyncRefusal::TooLarge,
+        SyncRefusal::UnknownKey,
+        SyncRefusal::BadUpdate,
+        SyncRefusal::Gap,
+        SyncRefusal::Rollback,
+        SyncRefusal::Publish,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SyncRefusal::Unreachable => "unreachable",
+            SyncRefusal::TooLarge => "too_large",
+            SyncRefusal::UnknownKey => "unknown_key",
+            SyncRefusal::BadUpdate => "bad_update",
+            SyncRefusal::Gap => "gap",
+            SyncRefusal::Rollback => "rollback",
+            SyncRefusal::Publish => "publish",
+        }
+    }
+}
+
+/// The DPoP replay cache in shared data: one compare-and-swap per proof.
+struct SharedReplay<'a> {
+    prefix: &'a str,
+    buckets: u32,
+    full: Option<u32>,
+}
+
+impl SharedReplay<'_> {
+    /// Creates missing buckets empty, so that every later write can compare-and-swap
+    /// (a write to a missing key cannot, and two workers could both record a proof).
+    fn create_buckets(prefix: &str, buckets: u32) {
+        for b in 0..buckets {
+            let key = format!("{prefix}{b}");
+            if let (None, None) = shared_get(&key) {
+                let _ = proxy_wasm::hostcalls::set_shared_data(&key, Some(&[]), None);
+            }
+        }
+    }
+}
+
+impl ReplayGuard for SharedReplay<'_> {
+    fn first_use(&mut self, id: [u8; 16], expires_at: i64, now: i64) -> bool {
+        let key = format!("{}{}", self.prefix, replay::bucket_of(&id, self.buckets));
+        for _ in 0..8 {
+            let (bytes, cas) = shared_get(&key);
+            if cas.is_none() {
+                // The bucket vanished (never created): no safe way to record, fail closed.
+                return false;
+            }
+            let verdict = replay::check_and_record(
+                bytes.as_deref().unwrap_or_default(),
+                &id,
+                replay::seconds_u32(expires_at),
+                replay::seconds_u32(now),
+            );
+            match verdict {
+                Verdict::Fresh(next) => {
+                    match proxy_wasm::hostcalls::set_shared_data(&key, Some(&next), cas) {
+                        Ok(()) => return true,
+                        Err(Status::CasMismatch) => continue,
+                        Err(_) => return false,
+                    }
+                }
+                Verdict::Replayed => return false,
+                Verdict::Full => {
+                    Metrics::inc(self.full);
+                    return false;
+                }
+            }
+        }
+        false
+    }
 }
 
 /// Everything one VM knows: shared by its root context and its HTTP contexts.
@@ -104,6 +221,12 @@ struct Vm {
     jwks_version: u64,
     state: StateRecord,
     metrics: Metrics,
+    /// Claim header names folded with [`fold_header_name`].
+    folded_claim_headers: Vec<String>,
+    /// A published set version this VM could not decode: not retried per request.
+    failed_set_version: Option<u64>,
+    /// When this VM last asked the poller for the JWKS (unknown `kid`), in ms.
+    last_kid_signal_ms: u64,
 }
 
 impl Vm {
@@ -134,15 +257,30 @@ impl Vm {
                 ),
             }
         }
-        if state.set_version != self.set_version {
-            self.set_version = state.set_version;
-            if let Some(blob) = shared_get(&self.keys.set).0 {
-                match sync::decode_set(&blob, self.config.max_revocations) {
-                    Ok((version, set)) => {
-                        self.set_version = version;
-                        self.set = set;
-                    }
-                    Err(e) => warn!("edge-filter: published set unusable: {e}"),
+        // The version is adopted only with a set decoded within the limits: a VM that
+        // cannot load what was published stays behind and reads as stale (`is_stale`).
+        if state.set_version != self.set_version
+            && self.failed_set_version != Some(state.set_version)
+        {
+            match shared_get(&self.keys.set)
+                .0
+                .ok_or(EdgeSetError::Malformed("no set blob"))
+                .and_then(|blob| sync::decode_set(&blob, self.config.max_revocations))
+            {
+                Ok((version, set)) if version == state.set_version => {
+                    self.set_version = version;
+                    self.set = set;
+                    self.failed_set_version = None;
+                }
+                // Published between our two reads: the next request catches up.
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(
+                        "edge-filter: published set version {} unusable, the set is STALE \
+                         here: {e}",
+                        state.set_version
+                    );
+                    self.failed_set_version = Some(state.set_version);
                 }
             }
         }
@@ -150,8 +288,26 @@ impl Vm {
     }
 
     fn is_stale(&self, now: i64) -> bool {
-        self.state
-            .is_stale(now, self.config.staleness_bound_seconds)
+        self.set_version != self.state.set_version
+            || self
+                .state
+                .is_stale(now, self.config.staleness_bound_seconds)
+    }
+
+    /// Asks the poller to refetch the JWKS: a token named a `kid` we do not know, maybe a
+    /// key that was just rotated in. Each VM writes at most once per tick period.
+    fn want_jwks(&mut self, now: u64) {
+        if !matches!(self.config.keys, KeySource::Fetched)
+            || now < self.last_kid_signal_ms.saturating_add(TICK_MS)
+        {
+            return;
+        }
+        self.last_kid_signal_ms = now;
+        let _ = proxy_wasm::hostcalls::set_shared_data(
+            &self.keys.jwks_wanted,
+            Some(&now.to_le_bytes()),
+            None,
+        );
     }
 
     /// Writes the state record with the given change, retrying on concurrent writes.
@@ -191,6 +347,11 @@ struct Root {
     want_snapshot: bool,
     /// This VM's poller has applied an update since it took the lease.
     synced: bool,
+    /// Feed calls that failed in a row: the pause before the next one doubles with each.
+    failures: u32,
+    /// Last `jwks_wanted` value acted on, and when the last such refetch started (ms).
+    jwks_wanted_seen: u64,
+    last_refetch_ms: u64,
 }
 
 impl Root {
@@ -248,6 +409,22 @@ impl Root {
         let cp = vm.config.control_plane.clone();
         let fetch_keys = matches!(vm.config.keys, KeySource::Fetched);
         let jwks_busy = self.in_flight.iter().any(|c| matches!(c, Call::Jwks(_)));
+        if fetch_keys && !jwks_busy {
+            // A request met an unknown `kid`: refetch now, at most once per interval.
+            let wanted = shared_get(&vm.keys.jwks_wanted)
+                .0
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            let interval = cp.jwks_min_refetch_seconds.saturating_mul(1000);
+            if wanted > self.jwks_wanted_seen
+                && now >= self.last_refetch_ms.saturating_add(interval)
+            {
+                self.jwks_wanted_seen = wanted;
+                self.last_refetch_ms = now;
+                self.next_jwks_ms = 0;
+                Metrics::inc(vm.metrics.jwks_refetches);
+            }
+        }
         if fetch_keys && !jwks_busy && now >= self.next_jwks_ms {
             match self.dispatch(&vm, &cp.jwks_path, Duration::from_secs(10)) {
                 Ok(id) => self.in_flight.push(Call::Jwks(id)),
@@ -304,55 +481,69 @@ impl Root {
     }
 
     /// Verifies, applies and publishes a feed answer; returns when to poll next.
-    fn on_feed(&mut self, vm: &mut Vm, body: Option<Vec<u8>>, now: u64) -> Result<u64, String> {
-        let body = body.ok_or("no usable response")?;
-        let token = std::str::from_utf8(&body).map_err(|_| "response is not text")?;
-        let update = match EdgeUpdate::open(
-            token.trim(),
-            vm.authorizer.keys(),
-            vm.config.max_revocations,
-        ) {
+    fn on_feed(
+        &mut self,
+        vm: &mut Vm,
+        body: Option<Vec<u8>>,
+        now: u64,
+    ) -> Result<u64, (SyncRefusal, String)> {
+        let unreachable = |e: &str| (SyncRefusal::Unreachable, e.to_owned());
+        let body = body.ok_or_else(|| unreachable("no usable response"))?;
+        let token = std::str::from_utf8(&body).map_err(|_| unreachable("response is not text"))?;
+        let max = vm.config.max_revocations;
+        let update = match EdgeUpdate::open(token.trim(), vm.authorizer.keys(), max) {
             Ok(u) => u,
+            Err(EdgeSetError::TooManyEntries(n)) => return Err(self.too_large(vm, n, now)),
             Err(e) => {
                 if matches!(e, EdgeSetError::Envelope(JoseError::UnknownKey(_))) {
                     // The feed key may have rotated: fetch the JWKS now.
                     self.next_jwks_ms = 0;
+                    return Err((SyncRefusal::UnknownKey, format!("update refused: {e}")));
                 }
-                return Err(format!("update refused: {e}"));
+                return Err((SyncRefusal::BadUpdate, format!("update refused: {e}")));
             }
         };
         vm.refresh();
         let mut set = vm.set.clone();
-        let changed = match sync::accept(&mut set, update, secs(now)) {
+        let changed = match sync::accept(&mut set, update, secs(now), max) {
             Ok(changed) => changed,
             Err(Refused::Gap(e)) => {
                 self.want_snapshot = true;
-                return Err(format!("asking for a snapshot: {e}"));
+                return Err((SyncRefusal::Gap, format!("asking for a snapshot: {e}")));
             }
-            Err(Refused::Rollback) => return Err("update older than the set: refused".into()),
+            Err(Refused::Rollback) => {
+                return Err((
+                    SyncRefusal::Rollback,
+                    "update older than the set: refused".into(),
+                ));
+            }
+            Err(Refused::TooLarge(n)) => return Err(self.too_large(vm, n, now)),
         };
         self.want_snapshot = false;
+        let publish = |e: String| (SyncRefusal::Publish, e);
         let version = if changed {
             let version = vm.state.set_version.wrapping_add(1).max(1);
             let blob = sync::encode_set(version, &set);
             proxy_wasm::hostcalls::set_shared_data(&vm.keys.set, Some(&blob), None)
-                .map_err(|e| format!("cannot publish the set: {e:?}"))?;
+                .map_err(|e| publish(format!("cannot publish the set: {e:?}")))?;
             version
         } else {
             vm.state.set_version
         };
         let (seq, generated_at) = (set.seq(), set.generated_at());
+        let was_refused = vm.state.refused_at != 0;
         let published = vm.publish_state(|s| {
             s.set_version = version;
             s.seq = seq;
             s.generated_at = generated_at;
             s.verified_at = secs(now);
+            s.refused_at = 0;
         });
         if !published {
-            return Err("cannot publish the state".into());
+            return Err(publish("cannot publish the state".into()));
         }
         Metrics::inc(vm.metrics.sync_updates);
-        if changed {
+        if changed || was_refused {
             info!(
                 "edge-filter: revocation set at seq {seq} with {} entries published",
                 set.len()
@@ -361,6 +552,37 @@ impl Root {
         vm.refresh();
         self.synced = true;
         Ok(now)
+    }
+
+    /// An update this edge cannot hold: the set is marked stale at once (revocations
+    /// exist that it would not enforce) and the next poll asks for a snapshot, which
+    /// fits again once the control plane's live set shrinks or the limit is raised.
+    fn too_large(&mut self, vm: &mut Vm, entries: u64, now: u64) -> (SyncRefusal, String) {
+        self.want_snapshot = true;
+        self.synced = false;
+        let marked = vm.publish_state(|s| {
+            if s.refused_at == 0 {
+                s.refused_at = secs(now).max(1);
+            }
+        });
+        vm.refresh();
+        let policy = match vm.config.on_stale {
+            OnStale::Deny => "valid tokens get 503",
+            OnStale::Allow => "served with the last complete set",
+        };
+        (
+            SyncRefusal::TooLarge,
+            format!(
+                "the revocation set would hold {entries} entries, over max_revocations = {}: \
+                 the set is STALE (on_stale: {policy}){}",
+                vm.config.max_revocations,
+                if marked {
+                    ""
+                } else {
+                    "; cannot publish the state"
+                }
+            ),
+        )
     }
 
     fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {
@@ -422,11 +644,22 @@ impl Context for Root {
         match call {
             Call::Feed(_) => match self.on_feed(&mut vm, body, now) {
                 // Usually at once: the next long poll is what carries the next revocation.
-                Ok(next) => self.next_poll_ms = next,
-                Err(e) => {
-                    warn!("edge-filter: revocation sync failed: {e}");
+                Ok(next) => {
+                    self.failures = 0;
+                    self.next_poll_ms = next;
+                }
+                Err((why, e)) => {
+                    // Never at once: a feed that answers at once with something we refuse
+                    // would otherwise be polled in a hot loop.
+                    let pause = sync::backoff_millis(retry, self.failures, RETRY_CAP_MILLIS);
+                    self.failures = self.failures.saturating_add(1);
+                    warn!(
+                        "edge-filter: revocation update refused ({}): {e}; next poll in {pause} ms",
+                        why.as_str()
+                    );
                     Metrics::inc(vm.metrics.sync_errors);
-                    self.next_poll_ms = now.saturating_add(retry);
+                    vm.metrics.refused(why);
+                    self.next_poll_ms = now.saturating_add(pause);
                 }
             },
             Call::Jwks(_) => match self.on_jwks(&mut vm, body) {
@@ -473,6 +706,11 @@ impl RootContext for Root {
             },
         );
         self.vm_number = Root::allocate_vm_number(&keys);
+        let folded_claim_headers = config
+            .claim_headers
+            .iter()
+            .map(|(_, h)| fold_header_name(h))
+            .collect();
         let mut vm = Vm {
             config,
             keys,
@@ -482,7 +720,11 @@ impl RootContext for Root {
             jwks_version: 0,
             state: StateRecord::default(),
             metrics: Metrics::define(),
+            folded_claim_headers,
+            failed_set_version: None,
+            last_kid_signal_ms: 0,
         };
+        SharedReplay::create_buckets(&vm.keys.dpop_replay, vm.config.dpop_replay_buckets);
         vm.refresh();
         self.vm = Some(Rc::new(RefCell::new(vm)));
         self.in_flight.clear();
@@ -527,69 +769,105 @@ struct Filter {
     vm: Option<Rc<RefCell<Vm>>>,
 }
 
-impl Filter {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.get_http_request_header_bytes(name)
-    }
-
-    fn text(&self, name: &str) -> String {
-        self.header(name)
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_default()
-    }
-
-    fn refuse(&self, status: u32, headers: Vec<(&str, &str)>, body: &str) -> Action {
-        self.send_http_response(status, headers, Some(body.as_bytes()));
-        Action::Pause
-    }
+/// What to do with a request, decided while the VM state is borrowed and acted on after
+/// the borrow ends (a local reply runs host code that may call back into the VM).
+enum Reply {
+    Forward,
+    Refuse {
+        status: u32,
+        headers: &'static [(&'static str, &'static str)],
+        challenge: Option<&'static str>,
+        body: &'static str,
+    },
 }
 
-impl Context for Filter {}
+const DENY_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("cache-control", "no-store"),
+];
+const STALE_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("retry-after", "1"),
+    ("cache-control", "no-store"),
+];
+const STALE_BODY: &str =
+    "{\"error\":\"temporarily_unavailable\",\"error_description\":\"revocation set is stale\"}\n";
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(vm_rc) = self.vm.clone() else {
-            return self.refuse(500, vec![], "edge filter not configured\n");
-        };
-        let mut vm = vm_rc.borrow_mut();
-        // Claim headers are ours alone: a client never gets to set them.
-        for (_, header) in &vm.config.claim_headers {
-            self.set_http_request_header(header, None);
+type Headers = [(String, Vec<u8>)];
+
+fn header<'h>(headers: &'h Headers, name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+fn text<'h>(headers: &'h Headers, name: &str) -> &'h str {
+    header(headers, name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or_default()
+}
+
+impl Filter {
+    fn decide(&self, vm: &mut Vm, headers: &Headers, end_of_stream: bool) -> Reply {
+        // Claim headers are ours alone: a client never gets to set them, under any
+        // spelling an upstream could read as the same name (`x_auth_sub`, `X-Auth_Sub`).
+        if !vm.folded_claim_headers.is_empty() {
+            for (name, _) in headers {
+                if is_claim_header_alias(name, &vm.folded_claim_headers) {
+                    self.set_http_request_header(name, None);
+                }
+            }
         }
-        let path = self.text(":path");
-        let method = self.text(":method");
-        if is_bypassed(&vm.config.bypass_paths, &path)
-            || (vm.config.cors_preflight_bypass
-                && is_cors_preflight(
-                    &method,
-                    self.header("access-control-request-method").is_some(),
-                ))
+        let path = text(headers, ":path");
+        let method = text(headers, ":method");
+        let preflight = || Preflight {
+            method,
+            origin: header(headers, "origin"),
+            request_method: header(headers, "access-control-request-method"),
+            content_length: header(headers, "content-length"),
+            transfer_encoding: header(headers, "transfer-encoding").is_some(),
+            end_of_stream,
+        };
+        if is_bypassed(&vm.config.bypass_paths, path)
+            || (vm.config.cors_preflight_bypass && is_cors_preflight(&preflight()))
         {
-            return Action::Continue;
+            return Reply::Forward;
         }
         vm.refresh();
-        let now = now_ms();
-        let freshness = if vm.is_stale(secs(now)) {
+        let now_ms = now_ms();
+        let now = secs(now_ms);
+        let freshness = if vm.is_stale(now) {
             Freshness::Stale
         } else {
             Freshness::Fresh
         };
-        let authorization = self.header("authorization");
-        let dpop = self.header("dpop");
-        let scheme = self.text(":scheme");
-        let authority = self.text(":authority");
         let req = Request {
-            authorization: authorization.as_deref(),
-            dpop: dpop.as_deref(),
-            method: &method,
-            scheme: &scheme,
-            authority: &authority,
-            path: &path,
+            authorization: header(headers, "authorization"),
+            dpop: header(headers, "dpop"),
+            dpop_headers: headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("dpop"))
+                .count(),
+            method,
+            scheme: text(headers, ":scheme"),
+            authority: text(headers, ":authority"),
+            path,
         };
         let Vm {
-            authorizer, set, ..
+            authorizer,
+            set,
+            keys,
+            config,
+            metrics,
+            ..
         } = &mut *vm;
-        let outcome = authorizer.authorize(&req, set, freshness, secs(now));
+        let mut replay = SharedReplay {
+            prefix: &keys.dpop_replay,
+            buckets: config.dpop_replay_buckets,
+            full: metrics.dpop_replay_full,
+        };
+        let outcome = authorizer.authorize(&req, set, freshness, now, &mut replay);
         let hit = |h: bool| {
             Metrics::inc(if h {
                 vm.metrics.cache_hits
@@ -608,36 +886,69 @@ impl HttpContext for Filter {
                     self.set_http_request_header("authorization", None);
                     self.set_http_request_header("dpop", None);
                 }
-                Action::Continue
+                Reply::Forward
             }
             Outcome::Deny { reason, cache_hit } => {
                 if reason != Reason::Missing {
                     hit(cache_hit);
                 }
                 vm.metrics.denied(reason);
-                let challenge = challenge(reason);
-                self.refuse(
-                    401,
-                    vec![
-                        ("www-authenticate", &challenge),
-                        ("content-type", "application/json"),
-                        ("cache-control", "no-store"),
-                    ],
-                    &error_body(reason),
-                )
+                if reason == Reason::UnknownKey {
+                    vm.want_jwks(now_ms);
+                }
+                Reply::Refuse {
+                    status: 401,
+                    headers: DENY_HEADERS,
+                    challenge: Some(challenge(reason)),
+                    body: error_body(reason),
+                }
             }
             Outcome::Unavailable => {
                 Metrics::inc(vm.metrics.unavailable);
-                self.refuse(
-                    503,
-                    vec![
-                        ("content-type", "application/json"),
-                        ("retry-after", "1"),
-                        ("cache-control", "no-store"),
-                    ],
-                    "{\"error\":\"temporarily_unavailable\",\"error_description\":\"revocation set is stale\"}\n",
-                )
+                Reply::Refuse {
+                    status: 503,
+                    headers: STALE_HEADERS,
+                    challenge: None,
+                    body: STALE_BODY,
+                }
             }
+        }
+    }
+
+    fn refuse(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        challenge: Option<&str>,
+        body: &str,
+    ) -> Action {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(c) = challenge {
+            all.push(("www-authenticate", c));
+        }
+        self.send_http_response(status, all, Some(body.as_bytes()));
+        Action::Pause
+    }
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let Some(vm_rc) = self.vm.clone() else {
+            return self.refuse(500, &[], None, "edge filter not configured\n");
+        };
+        // One host call for every header the decision needs.
+        let headers = self.get_http_request_headers_bytes();
+        let reply = self.decide(&mut vm_rc.borrow_mut(), &headers, end_of_stream);
+        match reply {
+            Reply::Forward => Action::Continue,
+            Reply::Refuse {
+                status,
+                headers,
+                challenge,
+                body,
+            } => self.refuse(status, headers, challenge, body),
         }
     }
 }
