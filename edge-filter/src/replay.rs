@@ -86,6 +86,16 @@ pub struct MemoryGuard {
     pub bucket_count: u32,
 }
 
+impl MemoryGuard {
+    /// An empty guard with `bucket_count` buckets.
+    pub fn new(bucket_count: u32) -> MemoryGuard {
+        MemoryGuard {
+            bucket_count,
+            ..MemoryGuard::default()
+        }
+    }
+}
+
 fn clamp_u32(t: i64) -> u32 {
     u32::try_from(t.max(0)).unwrap_or(u32::MAX)
 }
