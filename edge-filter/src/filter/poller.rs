@@ -1,0 +1,453 @@
+//! The root context of each VM: configuration, the poller lease, and the feed and JWKS
+//! calls of the VM that holds it, published to every VM through shared data.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, Status};
+use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet};
+use shared::{JoseError, JwkSet, Keyring};
+
+use super::http::{Filter, SharedReplay};
+use super::metrics::{Metrics, SyncRefusal};
+use super::{LEASE_TTL_MS, TICK, Vm, now_ms, secs, shared_get};
+use crate::authz::{Authorizer, Rules};
+use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS};
+use crate::request::fold_header_name;
+use crate::sync::{self, Keys, Lease, Refused, StateRecord};
+
+/// A call the poller has in flight.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Feed(u32),
+    Jwks(u32),
+}
+
+#[derive(Default)]
+pub(super) struct Root {
+    vm: Option<Rc<RefCell<Vm>>>,
+    vm_number: u64,
+    in_flight: Vec<Call>,
+    next_poll_ms: u64,
+    next_jwks_ms: u64,
+    want_snapshot: bool,
+    /// This VM's poller has applied an update since it took the lease.
+    synced: bool,
+    /// Feed calls that failed in a row: the pause before the next one doubles with each.
+    failures: u32,
+    /// Last `jwks_wanted` value acted on, and when the last such refetch started (ms).
+    jwks_wanted_seen: u64,
+    last_refetch_ms: u64,
+}
+
+impl Root {
+    fn allocate_vm_number(keys: &Keys) -> u64 {
+        for _ in 0..16 {
+            let (bytes, cas) = shared_get(&keys.vm_counter);
+            let n = bytes
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes)
+                .wrapping_add(1);
+            if proxy_wasm::hostcalls::set_shared_data(&keys.vm_counter, Some(&n.to_le_bytes()), cas)
+                .is_ok()
+            {
+                return n;
+            }
+        }
+        // Contention that never settles: the clock is distinct enough to break ties.
+        now_ms() | (1 << 63)
+    }
+
+    fn holds_lease(&self, keys: &Keys, now: u64) -> bool {
+        let (bytes, cas) = shared_get(&keys.lease);
+        let current = bytes.as_deref().and_then(Lease::decode);
+        match Lease::claim(current, self.vm_number, now, LEASE_TTL_MS) {
+            Some(lease) => {
+                proxy_wasm::hostcalls::set_shared_data(&keys.lease, Some(&lease.encode()), cas)
+                    .is_ok()
+            }
+            None => false,
+        }
+    }
+
+    fn dispatch(&self, vm: &Vm, path: &str, timeout: Duration) -> Result<u32, Status> {
+        let cp = &vm.config.control_plane;
+        proxy_wasm::hostcalls::dispatch_http_call(
+            &cp.cluster,
+            vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", &cp.authority),
+                ("accept", "application/jose, application/json"),
+            ],
+            None,
+            vec![],
+            timeout,
+        )
+    }
+
+    /// The poller's step: fetch keys when due, keep one long poll running.
+    fn drive(&mut self, now: u64) {
+        let Some(vm_rc) = self.vm.clone() else {
+            return;
+        };
+        let vm = vm_rc.borrow();
+        let cp = vm.config.control_plane.clone();
+        let fetch_keys = matches!(vm.config.keys, KeySource::Fetched);
+        let jwks_busy = self.in_flight.iter().any(|c| matches!(c, Call::Jwks(_)));
+        if fetch_keys && !jwks_busy {
+            // A request met an unknown `kid`: refetch now, at most once per interval.
+            let wanted = shared_get(&vm.keys.jwks_wanted)
+                .0
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            let interval = cp.jwks_min_refetch_seconds.saturating_mul(1000);
+            if wanted > self.jwks_wanted_seen
+                && now >= self.last_refetch_ms.saturating_add(interval)
+            {
+                self.jwks_wanted_seen = wanted;
+                self.last_refetch_ms = now;
+                self.next_jwks_ms = 0;
+                Metrics::inc(vm.metrics.jwks_refetches);
+            }
+        }
+        if fetch_keys && !jwks_busy && now >= self.next_jwks_ms {
+            match self.dispatch(&vm, &cp.jwks_path, Duration::from_secs(10)) {
+                Ok(id) => self.in_flight.push(Call::Jwks(id)),
+                Err(e) => {
+                    warn!(
+                        "edge-filter: cannot call {} for the JWKS: {e:?}",
+                        cp.cluster
+                    );
+                    Metrics::inc(vm.metrics.sync_errors);
+                    self.next_jwks_ms = now.saturating_add(cp.retry_millis);
+                }
+            }
+        }
+        let feed_busy = self.in_flight.iter().any(|c| matches!(c, Call::Feed(_)));
+        if feed_busy || now < self.next_poll_ms || vm.authorizer.keys().is_empty() {
+            return;
+        }
+        // Without a set (or after a gap) ask for a snapshot, answered at once; with one,
+        // long-poll from its seq (seq 0 included: the feed holds it like any other).
+        let path = if self.want_snapshot || !self.synced {
+            format!("{}?wait={}", cp.feed_path, cp.poll_wait_seconds)
+        } else {
+            format!(
+                "{}?since={}&wait={}",
+                cp.feed_path,
+                vm.set.seq(),
+                cp.poll_wait_seconds
+            )
+        };
+        let timeout = Duration::from_secs(cp.poll_wait_seconds.saturating_add(5));
+        match self.dispatch(&vm, &path, timeout) {
+            Ok(id) => self.in_flight.push(Call::Feed(id)),
+            Err(e) => {
+                warn!(
+                    "edge-filter: cannot call {} for revocations: {e:?}",
+                    cp.cluster
+                );
+                Metrics::inc(vm.metrics.sync_errors);
+                self.next_poll_ms = now.saturating_add(cp.retry_millis);
+            }
+        }
+    }
+
+    fn response_body(&self, body_size: usize) -> Option<Vec<u8>> {
+        let status = self.get_http_call_response_header_bytes(":status")?;
+        if status != b"200" {
+            warn!(
+                "edge-filter: control plane answered {}",
+                String::from_utf8_lossy(&status)
+            );
+            return None;
+        }
+        self.get_http_call_response_body(0, body_size)
+    }
+
+    /// Verifies, applies and publishes a feed answer; returns when to poll next.
+    fn on_feed(
+        &mut self,
+        vm: &mut Vm,
+        body: Option<Vec<u8>>,
+        now: u64,
+    ) -> Result<u64, (SyncRefusal, String)> {
+        let unreachable = |e: &str| (SyncRefusal::Unreachable, e.to_owned());
+        let body = body.ok_or_else(|| unreachable("no usable response"))?;
+        let token = std::str::from_utf8(&body).map_err(|_| unreachable("response is not text"))?;
+        let max = vm.config.max_revocations;
+        let update = match EdgeUpdate::open(token.trim(), vm.authorizer.keys(), max) {
+            Ok(u) => u,
+            Err(EdgeSetError::TooManyEntries(n)) => return Err(self.too_large(vm, n, now)),
+            Err(e) => {
+                if matches!(e, EdgeSetError::Envelope(JoseError::UnknownKey(_))) {
+                    // The feed key may have rotated: fetch the JWKS now.
+                    self.next_jwks_ms = 0;
+                    return Err((SyncRefusal::UnknownKey, format!("update refused: {e}")));
+                }
+                return Err((SyncRefusal::BadUpdate, format!("update refused: {e}")));
+            }
+        };
+        vm.refresh();
+        let mut set = vm.set.clone();
+        let changed = match sync::accept(&mut set, update, secs(now), max) {
+            Ok(changed) => changed,
+            Err(Refused::Gap(e)) => {
+                self.want_snapshot = true;
+                return Err((SyncRefusal::Gap, format!("asking for a snapshot: {e}")));
+            }
+            Err(Refused::Rollback) => {
+                return Err((
+                    SyncRefusal::Rollback,
+                    "update older than the set: refused".into(),
+                ));
+            }
+            Err(Refused::TooLarge(n)) => return Err(self.too_large(vm, n, now)),
+        };
+        self.want_snapshot = false;
+        let publish = |e: String| (SyncRefusal::Publish, e);
+        let version = if changed {
+            let version = vm.state.set_version.wrapping_add(1).max(1);
+            let blob = sync::encode_set(version, &set);
+            proxy_wasm::hostcalls::set_shared_data(&vm.keys.set, Some(&blob), None)
+                .map_err(|e| publish(format!("cannot publish the set: {e:?}")))?;
+            version
+        } else {
+            vm.state.set_version
+        };
+        let (seq, generated_at) = (set.seq(), set.generated_at());
+        let was_refused = vm.state.refused_at != 0;
+        let published = vm.publish_state(|s| {
+            s.set_version = version;
+            s.seq = seq;
+            s.generated_at = generated_at;
+            s.verified_at = secs(now);
+            s.refused_at = 0;
+        });
+        if !published {
+            return Err(publish("cannot publish the state".into()));
+        }
+        Metrics::inc(vm.metrics.sync_updates);
+        if changed || was_refused {
+            info!(
+                "edge-filter: revocation set at seq {seq} with {} entries published",
+                set.len()
+            );
+        }
+        vm.refresh();
+        self.synced = true;
+        Ok(now)
+    }
+
+    /// An update this edge cannot hold: the set is marked stale at once (revocations
+    /// exist that it would not enforce) and the next poll asks for a snapshot, which
+    /// fits again once the control plane's live set shrinks or the limit is raised.
+    fn too_large(&mut self, vm: &mut Vm, entries: u64, now: u64) -> (SyncRefusal, String) {
+        self.want_snapshot = true;
+        self.synced = false;
+        let marked = vm.publish_state(|s| {
+            if s.refused_at == 0 {
+                s.refused_at = secs(now).max(1);
+            }
+        });
+        vm.refresh();
+        let policy = match vm.config.on_stale {
+            OnStale::Deny => "valid tokens get 503",
+            OnStale::Allow => "served with the last complete set",
+        };
+        (
+            SyncRefusal::TooLarge,
+            format!(
+                "the revocation set would hold {entries} entries, over max_revocations = {}: \
+                 the set is STALE (on_stale: {policy}){}",
+                vm.config.max_revocations,
+                if marked {
+                    ""
+                } else {
+                    "; cannot publish the state"
+                }
+            ),
+        )
+    }
+
+    fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {
+        let body = body.ok_or("no usable response")?;
+        let ring = JwkSet::parse(&body)
+            .and_then(|set| Keyring::from_jwks(&set))
+            .map_err(|e| format!("JWKS refused: {e}"))?;
+        if ring.is_empty() {
+            return Err("JWKS has no usable key".into());
+        }
+        let current = shared_get(&vm.keys.jwks).0;
+        if current
+            .as_deref()
+            .and_then(sync::unversioned)
+            .map(|(_, j)| j)
+            == Some(&body[..])
+        {
+            return Ok(());
+        }
+        let version = vm.state.jwks_version.wrapping_add(1).max(1);
+        proxy_wasm::hostcalls::set_shared_data(
+            &vm.keys.jwks,
+            Some(&sync::versioned(version, &body)),
+            None,
+        )
+        .map_err(|e| format!("cannot publish the JWKS: {e:?}"))?;
+        if !vm.publish_state(|s| s.jwks_version = version) {
+            return Err("cannot publish the state".into());
+        }
+        info!("edge-filter: JWKS with {} keys published", ring.len());
+        vm.refresh();
+        Ok(())
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Some(pos) = self
+            .in_flight
+            .iter()
+            .position(|c| matches!(c, Call::Feed(id) | Call::Jwks(id) if *id == token_id))
+        else {
+            return;
+        };
+        let call = self.in_flight.swap_remove(pos);
+        let Some(vm_rc) = self.vm.clone() else {
+            return;
+        };
+        let now = now_ms();
+        let body = self.response_body(body_size);
+        let mut vm = vm_rc.borrow_mut();
+        let retry = vm.config.control_plane.retry_millis;
+        match call {
+            Call::Feed(_) => match self.on_feed(&mut vm, body, now) {
+                // Usually at once: the next long poll is what carries the next revocation.
+                Ok(next) => {
+                    self.failures = 0;
+                    self.next_poll_ms = next;
+                }
+                Err((why, e)) => {
+                    // Never at once: a feed that answers at once with something we refuse
+                    // would otherwise be polled in a hot loop.
+                    let pause = sync::backoff_millis(retry, self.failures, RETRY_CAP_MILLIS);
+                    self.failures = self.failures.saturating_add(1);
+                    warn!(
+                        "edge-filter: revocation update refused ({}): {e}; next poll in {pause} ms",
+                        why.as_str()
+                    );
+                    Metrics::inc(vm.metrics.sync_errors);
+                    vm.metrics.refused(why);
+                    self.next_poll_ms = now.saturating_add(pause);
+                }
+            },
+            Call::Jwks(_) => match self.on_jwks(&mut vm, body) {
+                Ok(()) => {
+                    let refresh = vm.config.control_plane.jwks_refresh_seconds;
+                    self.next_jwks_ms = now.saturating_add(refresh.saturating_mul(1000));
+                }
+                Err(e) => {
+                    warn!("edge-filter: JWKS fetch failed: {e}");
+                    Metrics::inc(vm.metrics.sync_errors);
+                    self.next_jwks_ms = now.saturating_add(retry);
+                }
+            },
+        }
+        drop(vm);
+        self.drive(now);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("edge-filter: {e}");
+                return false;
+            }
+        };
+        let keys = Keys::for_cluster(&config.control_plane.cluster);
+        let ring = match &config.keys {
+            KeySource::Inline(ring) => ring.clone(),
+            KeySource::Fetched => Keyring::new(),
+        };
+        let authorizer = Authorizer::new(
+            ring,
+            Rules {
+                validation: config.validation.clone(),
+                limits: config.limits,
+                claim_headers: config.claim_headers.clone(),
+                dpop_max_age: config.dpop_max_age_seconds,
+                fail_open: config.on_stale == OnStale::Allow,
+                cache_max_entries: config.cache_max_entries,
+            },
+        );
+        self.vm_number = Root::allocate_vm_number(&keys);
+        let folded_claim_headers = config
+            .claim_headers
+            .iter()
+            .map(|(_, h)| fold_header_name(h))
+            .collect();
+        let mut vm = Vm {
+            config,
+            keys,
+            authorizer,
+            set: RevocationSet::new(),
+            set_version: 0,
+            jwks_version: 0,
+            state: StateRecord::default(),
+            metrics: Metrics::define(),
+            folded_claim_headers,
+            failed_set_version: None,
+            last_kid_signal_ms: 0,
+        };
+        SharedReplay::create_buckets(&vm.keys.dpop_replay, vm.config.dpop_replay_buckets);
+        vm.refresh();
+        self.vm = Some(Rc::new(RefCell::new(vm)));
+        self.in_flight.clear();
+        self.next_poll_ms = 0;
+        self.next_jwks_ms = 0;
+        self.set_tick_period(TICK);
+        info!("edge-filter: configured (vm {})", self.vm_number);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(vm_rc) = self.vm.clone() else {
+            return;
+        };
+        let now = now_ms();
+        {
+            let mut vm = vm_rc.borrow_mut();
+            vm.refresh();
+            let age = vm.state.staleness(secs(now)).unwrap_or(i64::MAX);
+            Metrics::set(vm.metrics.staleness, u64::try_from(age).unwrap_or(0));
+            Metrics::set(vm.metrics.set_size, vm.set.len() as u64);
+            Metrics::set(vm.metrics.set_seq, vm.set.seq());
+        }
+        let keys = vm_rc.borrow().keys.clone();
+        if self.holds_lease(&keys, now) {
+            self.drive(now);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter::new(self.vm.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
