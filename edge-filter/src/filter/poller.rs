@@ -182,7 +182,15 @@ impl Root {
         let max = vm.config.max_revocations;
         let update = match EdgeUpdate::open(token.trim(), vm.authorizer.keys(), max) {
             Ok(u) => u,
-            Err(EdgeSetError::TooManyEntries(n)) => return Err(self.too_large(vm, n, now)),
+            Err(EdgeSetError::TooManyEntries(n)) => {
+                return Err(self.too_large(vm, &format!("would hold {n} entries"), now));
+            }
+            // An answer too long to hold the limit's worth of entries is a set over the
+            // limit too (the control plane sends nothing else that large); treating it as
+            // a mere bad update would keep the set fresh until the staleness bound.
+            Err(EdgeSetError::Envelope(JoseError::TooLarge { len, .. })) => {
+                return Err(self.too_large(vm, &format!("came as {len} bytes"), now));
+            }
             Err(e) => {
                 if matches!(e, EdgeSetError::Envelope(JoseError::UnknownKey(_))) {
                     // The feed key may have rotated: fetch the JWKS now.
@@ -206,7 +214,9 @@ impl Root {
                     "update older than the set: refused".into(),
                 ));
             }
-            Err(Refused::TooLarge(n)) => return Err(self.too_large(vm, n, now)),
+            Err(Refused::TooLarge(n)) => {
+                return Err(self.too_large(vm, &format!("would hold {n} entries"), now));
+            }
         };
         self.want_snapshot = false;
         let publish = |e: String| (SyncRefusal::Publish, e);
@@ -246,7 +256,7 @@ impl Root {
     /// An update this edge cannot hold: the set is marked stale at once (revocations
     /// exist that it would not enforce) and the next poll asks for a snapshot, which
     /// fits again once the control plane's live set shrinks or the limit is raised.
-    fn too_large(&mut self, vm: &mut Vm, entries: u64, now: u64) -> (SyncRefusal, String) {
+    fn too_large(&mut self, vm: &mut Vm, what: &str, now: u64) -> (SyncRefusal, String) {
         self.want_snapshot = true;
         self.synced = false;
         let marked = vm.publish_state(|s| {
@@ -262,7 +272,7 @@ impl Root {
         (
             SyncRefusal::TooLarge,
             format!(
-                "the revocation set would hold {entries} entries, over max_revocations = {}: \
+                "the revocation set {what}, over max_revocations = {}: \
                  the set is STALE (on_stale: {policy}){}",
                 vm.config.max_revocations,
                 if marked {
