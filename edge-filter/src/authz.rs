@@ -11,6 +11,7 @@ use shared::revocation::TokenIds;
 use shared::{AccessClaims, JoseError, Keyring, Validation, sha256};
 
 use crate::cache::TokenCache;
+use crate::replay::{ReplayGuard, proof_id};
 use crate::request::{claim_at, claim_header_value, extract_token};
 
 /// Why a request was refused, as reported in `error_description` and the metrics.
@@ -108,6 +109,8 @@ pub struct Request<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The `DPoP` header value.
     pub dpop: Option<&'a [u8]>,
+    /// How many `DPoP` headers came (RFC 9449 allows one).
+    pub dpop_headers: usize,
     /// `:method`.
     pub method: &'a str,
     /// `:scheme`.
@@ -207,13 +210,15 @@ impl Authorizer {
         self.cache.len()
     }
 
-    /// Decides one request against the revocation set at `now`.
+    /// Decides one request against the revocation set at `now`; DPoP proofs are recorded
+    /// in `replay` so that each is used once.
     pub fn authorize(
         &mut self,
         req: &Request<'_>,
         set: &RevocationSet,
         freshness: Freshness,
         now: i64,
+        replay: &mut dyn ReplayGuard,
     ) -> Outcome {
         // Either scheme may carry either kind of token: what binds a token to a key is
         // its `cnf.jkt`, checked below, not the scheme it was sent with.
@@ -226,6 +231,14 @@ impl Authorizer {
                 };
             }
         };
+        // RFC 9449 section 4.3: exactly one proof. Two headers (or one value joined with a
+        // comma by a proxy) would let the upstream read a proof we never checked.
+        if req.dpop_headers > 1 || req.dpop.is_some_and(|p| p.contains(&b',')) {
+            return Outcome::Deny {
+                reason: Reason::InvalidDpopProof,
+                cache_hit: false,
+            };
+        }
         let hash = sha256(token.as_bytes());
         let (verified, cache_hit) = match self.cache.get(&hash) {
             Some(v) => (v, true),
@@ -254,7 +267,7 @@ impl Authorizer {
             return deny(Reason::NotYetValid);
         }
         if let Some(jkt) = verified.jkt.as_deref()
-            && !self.dpop_ok(req, token, jkt, now)
+            && !self.dpop_ok(req, token, jkt, now, replay)
         {
             return deny(Reason::InvalidDpopProof);
         }
@@ -277,7 +290,14 @@ impl Authorizer {
         }
     }
 
-    fn dpop_ok(&self, req: &Request<'_>, token: &str, jkt: &str, now: i64) -> bool {
+    fn dpop_ok(
+        &self,
+        req: &Request<'_>,
+        token: &str,
+        jkt: &str,
+        now: i64,
+        replay: &mut dyn ReplayGuard,
+    ) -> bool {
         let Some(proof) = req.dpop.and_then(|p| std::str::from_utf8(p).ok()) else {
             return false;
         };
@@ -294,7 +314,16 @@ impl Authorizer {
                 jkt: Some(jkt),
             },
         )
-        .is_ok()
+        // Only a proof that verified is recorded: unsigned garbage cannot fill the cache.
+        // It is kept as long as its `iat` window lasts, after which it is stale anyway.
+        .is_ok_and(|proof| {
+            let until = proof
+                .claims
+                .iat
+                .saturating_add(self.dpop_max_age)
+                .saturating_add(1);
+            replay.first_use(proof_id(jkt, &proof.claims.jti), until, now)
+        })
     }
 
     /// Full verification of a token not in the cache.

@@ -31,9 +31,15 @@ pub struct ControlPlane {
     pub poll_wait_seconds: u64,
     /// How often a fetched JWKS is refreshed, in seconds.
     pub jwks_refresh_seconds: u64,
-    /// Pause after a failed call before the next one, in milliseconds.
+    /// Pause after a failed call before the next one, in milliseconds; doubled per
+    /// failure in a row up to [`RETRY_CAP_MILLIS`] (or this value, if larger).
     pub retry_millis: u64,
+    /// Least time between two JWKS fetches triggered by tokens with an unknown `kid`.
+    pub jwks_min_refetch_seconds: u64,
 }
+
+/// Longest pause between calls after failures in a row, unless `retry_millis` is longer.
+pub const RETRY_CAP_MILLIS: u64 = 5_000;
 
 /// What to do with requests while the revocation set is older than the bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -75,6 +81,8 @@ pub struct Config {
     pub max_revocations: u64,
     /// Largest distance between a DPoP proof's `iat` and now, in seconds.
     pub dpop_max_age_seconds: i64,
+    /// Buckets of the DPoP replay cache (each holds up to 16 live proofs).
+    pub dpop_replay_buckets: u32,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +100,8 @@ struct RawControlPlane {
     jwks_refresh_seconds: u64,
     #[serde(default = "default_retry")]
     retry_millis: u64,
+    #[serde(default = "default_min_refetch")]
+    jwks_min_refetch_seconds: u64,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +133,8 @@ struct RawConfig {
     max_revocations: u64,
     #[serde(default = "default_dpop_age")]
     dpop_max_age_seconds: i64,
+    #[serde(default = "default_replay_buckets")]
+    dpop_replay_buckets: u32,
 }
 
 fn default_feed_path() -> String {
@@ -160,6 +172,12 @@ fn default_max_revocations() -> u64 {
 }
 fn default_dpop_age() -> i64 {
     60
+}
+fn default_min_refetch() -> u64 {
+    1
+}
+fn default_replay_buckets() -> u32 {
+    1024
 }
 
 /// Headers the mapping may not overwrite: pseudo-headers, routing and credentials.
@@ -212,6 +230,12 @@ impl Config {
         }
         if cp.jwks_refresh_seconds == 0 {
             problems.push("control_plane.jwks_refresh_seconds: must be positive".into());
+        }
+        if cp.jwks_min_refetch_seconds == 0 || cp.jwks_min_refetch_seconds > 3600 {
+            problems.push("control_plane.jwks_min_refetch_seconds: must be 1..=3600".into());
+        }
+        if !(1..=65_536).contains(&raw.dpop_replay_buckets) {
+            problems.push("dpop_replay_buckets: must be 1..=65536".into());
         }
         if cp.retry_millis == 0 || cp.retry_millis > 600_000 {
             problems.push("control_plane.retry_millis: must be 1..=600000".into());
@@ -285,6 +309,7 @@ impl Config {
                 poll_wait_seconds: cp.poll_wait_seconds,
                 jwks_refresh_seconds: cp.jwks_refresh_seconds,
                 retry_millis: cp.retry_millis,
+                jwks_min_refetch_seconds: cp.jwks_min_refetch_seconds,
             },
             staleness_bound_seconds: raw.staleness_bound_seconds,
             on_stale: raw.on_stale,
@@ -295,6 +320,7 @@ impl Config {
             cache_max_entries: raw.cache_max_entries,
             max_revocations: raw.max_revocations,
             dpop_max_age_seconds: raw.dpop_max_age_seconds,
+            dpop_replay_buckets: raw.dpop_replay_buckets,
         })
     }
 }
@@ -313,6 +339,8 @@ mod tests {
         assert_eq!(c.on_stale, OnStale::Deny);
         assert!(c.cors_preflight_bypass);
         assert!(!c.strip_authorization);
+        assert_eq!(c.control_plane.jwks_min_refetch_seconds, 1);
+        assert_eq!(c.dpop_replay_buckets, 1024);
     }
 
     #[test]

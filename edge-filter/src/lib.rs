@@ -2,12 +2,13 @@
 //! revocation set that the control plane pushes, within one long poll of a revocation.
 //!
 //! The decision logic lives in plain modules ([`authz`], [`request`], [`sync`],
-//! [`cache`], [`config`]) that compile and are tested natively; only [`filter`]
+//! [`cache`], [`config`], [`replay`]) that compile and are tested natively; only [`filter`]
 //! (wasm32 only) talks to the proxy-wasm host.
 
 pub mod authz;
 pub mod cache;
 pub mod config;
+pub mod replay;
 pub mod request;
 pub mod sync;
 

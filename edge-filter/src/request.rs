@@ -39,34 +39,180 @@ pub fn path_only(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
 
-/// True when `path` matches a bypass rule: exact, or a prefix for rules ending in `*`.
+/// The path as bypass rules see it, or `None` when it has no single meaning.
+///
+/// Query and fragment are dropped, percent-encoded unreserved characters (RFC 3986
+/// section 2.3) decoded, duplicate slashes merged and dot segments resolved (a `..` above
+/// the root stays at the root, as Envoy's `normalize_path` does). A path that upstreams
+/// could read differently from us is refused: an encoded `/`, `\` or `%`, a raw `\`,
+/// a NUL or control byte, non-ASCII bytes or a broken escape. Other escapes are kept,
+/// with upper-case hex.
+pub fn normalize_path(raw: &str) -> Option<String> {
+    let path = path_only(raw);
+    if !path.starts_with('/') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+                decoded.push(char::from(value));
+            } else if b"/\\%".contains(&value) || !(0x20..0x7f).contains(&value) {
+                return None;
+            } else {
+                decoded.push('%');
+                decoded.push_str(&format!("{value:02X}"));
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' || !(0x21..0x7f).contains(&b) {
+            return None;
+        }
+        decoded.push(char::from(b));
+        i += 1;
+    }
+    // Segments after merging slashes; dot segments resolved against the stack.
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (n, segment) in segments.iter().enumerate() {
+        match *segment {
+            "" | "." => trailing_slash = n == last,
+            ".." => {
+                out.pop();
+                trailing_slash = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for s in &out {
+        normal.push('/');
+        normal.push_str(s);
+    }
+    if trailing_slash || normal.is_empty() {
+        normal.push('/');
+    }
+    Some(normal)
+}
+
+/// True when `path` matches a bypass rule: exact, or a prefix for rules ending in `*`,
+/// compared on the [normalised](normalize_path) path; a path without a single meaning is
+/// never bypassed.
 pub fn is_bypassed(rules: &[String], path: &str) -> bool {
-    let path = path_only(path);
+    if rules.is_empty() {
+        return false;
+    }
+    let Some(path) = normalize_path(path) else {
+        return false;
+    };
     rules.iter().any(|rule| match rule.strip_suffix('*') {
         Some(prefix) => path.starts_with(prefix),
-        None => path == rule,
+        None => path == *rule,
     })
 }
 
-/// True for a CORS preflight: `OPTIONS` with `Access-Control-Request-Method`.
-pub fn is_cors_preflight(method: &str, has_request_method_header: bool) -> bool {
-    method == "OPTIONS" && has_request_method_header
+/// True for an RFC 9110 token (a method name, a header name): non-empty, `tchar` only.
+pub fn is_token(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
-/// The `WWW-Authenticate` value for a refusal (RFC 6750 section 3).
-pub fn challenge(reason: Reason) -> String {
-    format!(
-        "Bearer error=\"invalid_token\", error_description=\"{}\"",
-        reason.as_str()
-    )
+/// The request facts a CORS preflight is recognised by.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Preflight<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `Origin`.
+    pub origin: Option<&'a [u8]>,
+    /// `Access-Control-Request-Method`.
+    pub request_method: Option<&'a [u8]>,
+    /// `Content-Length`.
+    pub content_length: Option<&'a [u8]>,
+    /// A `Transfer-Encoding` header is present.
+    pub transfer_encoding: bool,
+    /// The headers end the stream: no body follows.
+    pub end_of_stream: bool,
 }
 
-/// The JSON body sent with a refusal.
-pub fn error_body(reason: Reason) -> String {
-    format!(
-        "{{\"error\":\"invalid_token\",\"error_description\":\"{}\"}}\n",
-        reason.as_str()
-    )
+/// True for a CORS preflight (Fetch standard): `OPTIONS` with an `Origin`, an
+/// `Access-Control-Request-Method` that is a method token, and no body. Anything else is
+/// an ordinary request and needs a token.
+pub fn is_cors_preflight(req: &Preflight<'_>) -> bool {
+    req.method == "OPTIONS"
+        && req.origin.is_some_and(|o| !o.is_empty())
+        && req.request_method.is_some_and(is_token)
+        && req
+            .content_length
+            .is_none_or(|l| l.iter().all(|b| *b == b'0'))
+        && !req.transfer_encoding
+        && req.end_of_stream
+}
+
+/// A header name folded for comparison: lower case, `_` read as `-` (CGI and WSGI
+/// servers turn both into the same `HTTP_X_AUTH_SUB` variable).
+pub fn fold_header_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => char::from(b.to_ascii_lowercase()),
+        })
+        .collect()
+}
+
+/// True when an incoming header called `name` could reach the upstream as one of the
+/// (already [folded](fold_header_name)) claim headers.
+pub fn is_claim_header_alias(name: &str, folded_claim_headers: &[String]) -> bool {
+    let folded = fold_header_name(name);
+    folded_claim_headers.contains(&folded)
+}
+
+macro_rules! per_reason {
+    ($($reason:ident => $name:literal),* $(,)?) => {
+        /// The `WWW-Authenticate` value for a refusal (RFC 6750 section 3).
+        pub fn challenge(reason: Reason) -> &'static str {
+            match reason {
+                $(Reason::$reason => concat!(
+                    "Bearer error=\"invalid_token\", error_description=\"", $name, "\""
+                ),)*
+            }
+        }
+
+        /// The JSON body sent with a refusal.
+        pub fn error_body(reason: Reason) -> &'static str {
+            match reason {
+                $(Reason::$reason => concat!(
+                    "{\"error\":\"invalid_token\",\"error_description\":\"", $name, "\"}\n"
+                ),)*
+            }
+        }
+    };
+}
+
+// Static strings: a refusal allocates nothing. A test checks they agree with `as_str`.
+per_reason! {
+    Missing => "missing",
+    Malformed => "malformed",
+    UnknownKey => "unknown_key",
+    BadSignature => "bad_signature",
+    Expired => "expired",
+    NotYetValid => "not_yet_valid",
+    WrongIssuer => "wrong_issuer",
+    WrongAudience => "wrong_audience",
+    Revoked => "revoked",
+    InvalidDpopProof => "invalid_dpop_proof",
 }
 
 /// The `htu` of a request for DPoP: scheme, authority and path, without query.
@@ -141,9 +287,159 @@ mod tests {
         assert!(!is_bypassed(&rules, "/healthz"));
         assert!(is_bypassed(&rules, "/public/logo.png"));
         assert!(!is_bypassed(&rules, "/private"));
-        assert!(is_cors_preflight("OPTIONS", true));
-        assert!(!is_cors_preflight("OPTIONS", false));
-        assert!(!is_cors_preflight("GET", true));
+    }
+
+    #[test]
+    fn bypass_prefixes_match_the_normalised_path_only() {
+        let rules = vec!["/public/*".to_owned(), "/health".to_owned()];
+        for path in [
+            "/public/logo.png",
+            "/public/a/../b",
+            "//public//x",
+            "/public/%61bc",
+            "/%70ublic/x",
+            "/public/x?../../admin",
+            "/public/a%20b",
+            "/./health",
+        ] {
+            assert!(is_bypassed(&rules, path), "{path} should bypass");
+        }
+        for path in [
+            "/public/../admin/secret",
+            "/public/%2e%2e/admin/secret",
+            "/public/%2E%2E/admin",
+            "/public/.%2e/admin",
+            "/public/..",
+            "/public/x/../../admin",
+            "/public%2f../admin",
+            "/public/%2fadmin",
+            "/public/%5c..%5cadmin",
+            "/public\\..\\admin",
+            "/public/%25",
+            "/public/%zz",
+            "/public/%2",
+            "/public/\u{e9}",
+            "/publicity",
+            "public/x",
+            "*",
+            "/health/x",
+        ] {
+            assert!(!is_bypassed(&rules, path), "{path} must not bypass");
+        }
+        assert_eq!(
+            normalize_path("/a//b/./c/../d/").as_deref(),
+            Some("/a/b/d/")
+        );
+        assert_eq!(normalize_path("/../..").as_deref(), Some("/"));
+        assert_eq!(normalize_path("/a/%7euser").as_deref(), Some("/a/~user"));
+        assert_eq!(normalize_path("/a%3fb").as_deref(), Some("/a%3Fb"));
+        assert_eq!(normalize_path("/a%2Fb"), None);
+    }
+
+    #[test]
+    fn a_preflight_has_an_origin_a_method_token_and_no_body() {
+        let ok = Preflight {
+            method: "OPTIONS",
+            origin: Some(b"https://app.example"),
+            request_method: Some(b"POST"),
+            content_length: None,
+            transfer_encoding: false,
+            end_of_stream: true,
+        };
+        assert!(is_cors_preflight(&ok));
+        assert!(is_cors_preflight(&Preflight {
+            content_length: Some(b"0"),
+            ..ok
+        }));
+        for (label, bad) in [
+            (
+                "GET",
+                Preflight {
+                    method: "GET",
+                    ..ok
+                },
+            ),
+            ("no origin", Preflight { origin: None, ..ok }),
+            (
+                "empty origin",
+                Preflight {
+                    origin: Some(b""),
+                    ..ok
+                },
+            ),
+            (
+                "no method",
+                Preflight {
+                    request_method: None,
+                    ..ok
+                },
+            ),
+            (
+                "empty method",
+                Preflight {
+                    request_method: Some(b""),
+                    ..ok
+                },
+            ),
+            (
+                "bad method",
+                Preflight {
+                    request_method: Some(b"PO ST"),
+                    ..ok
+                },
+            ),
+            (
+                "method list",
+                Preflight {
+                    request_method: Some(b"GET,POST"),
+                    ..ok
+                },
+            ),
+            (
+                "body",
+                Preflight {
+                    content_length: Some(b"5"),
+                    ..ok
+                },
+            ),
+            (
+                "chunked",
+                Preflight {
+                    transfer_encoding: true,
+                    ..ok
+                },
+            ),
+            (
+                "stream open",
+                Preflight {
+                    end_of_stream: false,
+                    ..ok
+                },
+            ),
+        ] {
+            assert!(!is_cors_preflight(&bad), "{label}");
+        }
+    }
+
+    #[test]
+    fn claim_headers_are_matched_with_underscores_and_case_folded() {
+        let claims = vec![
+            fold_header_name("x-auth-sub"),
+            fold_header_name("x_auth_scope"),
+        ];
+        for name in [
+            "x-auth-sub",
+            "X-Auth-Sub",
+            "x_auth_sub",
+            "X_AUTH-SUB",
+            "x-auth-scope",
+            "X_Auth-Scope",
+        ] {
+            assert!(is_claim_header_alias(name, &claims), "{name}");
+        }
+        for name in ["x-auth-subject", "xauthsub", "x-auth", "x.auth.sub"] {
+            assert!(!is_claim_header_alias(name, &claims), "{name}");
+        }
     }
 
     #[test]
@@ -153,6 +449,17 @@ mod tests {
             "Bearer error=\"invalid_token\", error_description=\"expired\""
         );
         assert!(error_body(Reason::Revoked).contains("\"revoked\""));
+        for reason in Reason::ALL {
+            assert_eq!(
+                challenge(reason),
+                format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    reason.as_str()
+                )
+            );
+            let body: serde_json::Value = serde_json::from_str(error_body(reason)).unwrap();
+            assert_eq!(body["error_description"], reason.as_str());
+        }
     }
 
     #[test]

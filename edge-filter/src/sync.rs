@@ -3,7 +3,7 @@
 //!
 //! Shared data (namespaced by `vm_id`) holds three values per feed:
 //! - `lease`: which VM polls, renewed by compare-and-swap on every tick;
-//! - `state`: a 40-byte [`StateRecord`] every request reads to see if anything changed;
+//! - `state`: a 48-byte [`StateRecord`] every request reads to see if anything changed;
 //! - `set` and `jwks`: the verified set and the JWKS, each prefixed by its version, read
 //!   by a VM only when the version in `state` differs from the one it holds.
 
@@ -22,6 +22,11 @@ pub struct Keys {
     pub jwks: String,
     /// Counter that hands each VM a distinct id.
     pub vm_counter: String,
+    /// When a request last met a well-formed token with an unknown `kid` (ms): the
+    /// poller refetches the JWKS when this moves, at most once per minimum interval.
+    pub jwks_wanted: String,
+    /// Prefix of the DPoP replay-cache buckets (`<prefix><n>`).
+    pub dpop_replay: String,
 }
 
 impl Keys {
@@ -34,6 +39,8 @@ impl Keys {
             set: k("set"),
             jwks: k("jwks"),
             vm_counter: k("vm_counter"),
+            jwks_wanted: k("jwks_wanted"),
+            dpop_replay: k("dpop_jti/"),
         }
     }
 }
@@ -51,23 +58,28 @@ pub struct StateRecord {
     pub verified_at: i64,
     /// Version of the JWKS blob (0 while none was fetched).
     pub jwks_version: u64,
+    /// Local time the poller verified an update it could not hold (over
+    /// `max_revocations`); 0 while the published set is complete. Non-zero makes the set
+    /// stale at once: revocations exist that this edge does not enforce.
+    pub refused_at: i64,
 }
 
 impl StateRecord {
-    /// The 40-byte encoding.
-    pub fn encode(&self) -> [u8; 40] {
-        let mut out = [0u8; 40];
+    /// The 48-byte encoding.
+    pub fn encode(&self) -> [u8; 48] {
+        let mut out = [0u8; 48];
         out[0..8].copy_from_slice(&self.set_version.to_le_bytes());
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
         out[16..24].copy_from_slice(&self.generated_at.to_le_bytes());
         out[24..32].copy_from_slice(&self.verified_at.to_le_bytes());
         out[32..40].copy_from_slice(&self.jwks_version.to_le_bytes());
+        out[40..48].copy_from_slice(&self.refused_at.to_le_bytes());
         out
     }
 
-    /// Decodes; anything but 40 bytes reads as "nothing published yet".
+    /// Decodes; anything but 48 bytes reads as "nothing published yet".
     pub fn decode(bytes: &[u8]) -> StateRecord {
-        let Ok(b) = <&[u8; 40]>::try_from(bytes) else {
+        let Ok(b) = <&[u8; 48]>::try_from(bytes) else {
             return StateRecord::default();
         };
         let word = |i: usize| {
@@ -81,6 +93,7 @@ impl StateRecord {
             generated_at: i64::from_le_bytes(word(16)),
             verified_at: i64::from_le_bytes(word(24)),
             jwks_version: u64::from_le_bytes(word(32)),
+            refused_at: i64::from_le_bytes(word(40)),
         }
     }
 
@@ -96,9 +109,10 @@ impl StateRecord {
         })
     }
 
-    /// True when the set is older than `bound` seconds (or was never synced).
+    /// True when the set is older than `bound` seconds, was never synced, or the poller
+    /// refused an update it could not hold.
     pub fn is_stale(&self, now: i64, bound: i64) -> bool {
-        self.staleness(now).is_none_or(|age| age > bound)
+        self.refused_at != 0 || self.staleness(now).is_none_or(|age| age > bound)
     }
 }
 
@@ -176,21 +190,42 @@ pub enum Refused {
     Rollback,
     /// A delta that does not start at our sequence number: ask for a snapshot.
     Gap(EdgeSetError),
+    /// The set would hold more than `max_revocations` entries: this edge cannot hold it.
+    TooLarge(u64),
 }
 
 /// Applies a verified update to the poller's set; returns true when the entries changed.
-pub fn accept(set: &mut RevocationSet, update: EdgeUpdate, now: i64) -> Result<bool, Refused> {
+/// On error the set keeps its entries (bar pruned ones) and its `seq`, so the next poll
+/// asks again from there.
+pub fn accept(
+    set: &mut RevocationSet,
+    update: EdgeUpdate,
+    now: i64,
+    max_entries: u64,
+) -> Result<bool, Refused> {
     if update.generated_at < set.generated_at() {
         return Err(Refused::Rollback);
     }
     let changed = update.kind == UpdateKind::Snapshot
         || !update.entries.is_empty()
         || update.seq != set.seq();
-    set.apply(update).map_err(Refused::Gap)?;
-    if changed {
-        set.prune(now);
-    }
+    // Entries that can match no valid token any more do not count against the limit.
+    set.prune(now);
+    let mut update = update;
+    let now_u32 = u32::try_from(now.max(0)).unwrap_or(u32::MAX);
+    update.entries.retain(|e| e.expires_at > now_u32);
+    set.apply_within(update, max_entries).map_err(|e| match e {
+        EdgeSetError::TooManyEntries(n) => Refused::TooLarge(n),
+        other => Refused::Gap(other),
+    })?;
     Ok(changed)
+}
+
+/// The pause before the next call after `failures` failed ones in a row: `base` doubled
+/// per failure up to `cap`, so a feed that keeps failing is never polled in a hot loop.
+pub fn backoff_millis(base: u64, failures: u32, cap: u64) -> u64 {
+    base.saturating_mul(1u64 << failures.min(16))
+        .min(cap.max(base))
 }
 
 #[cfg(test)]
@@ -238,6 +273,7 @@ mod tests {
             generated_at: NOW,
             verified_at: NOW + 1,
             jwks_version: 2,
+            refused_at: 7,
         };
         assert_eq!(StateRecord::decode(&rec.encode()), rec);
         assert_eq!(StateRecord::decode(b"short"), StateRecord::default());
@@ -287,17 +323,20 @@ mod tests {
     fn snapshots_deltas_and_heartbeats_are_applied_in_order() {
         let mut set = RevocationSet::new();
         let snap = update(UpdateKind::Snapshot, 0, 5, NOW, vec![entry("a")]);
-        assert_eq!(accept(&mut set, snap, NOW), Ok(true));
+        assert_eq!(accept(&mut set, snap, NOW, 100), Ok(true));
         let delta = update(UpdateKind::Delta, 5, 6, NOW + 1, vec![entry("b")]);
-        assert_eq!(accept(&mut set, delta, NOW), Ok(true));
+        assert_eq!(accept(&mut set, delta, NOW, 100), Ok(true));
         assert!(set.check(&ids("b"), NOW).is_some());
         let heartbeat = update(UpdateKind::Delta, 6, 6, NOW + 2, vec![]);
-        assert_eq!(accept(&mut set, heartbeat, NOW), Ok(false));
+        assert_eq!(accept(&mut set, heartbeat, NOW, 100), Ok(false));
         assert_eq!(set.generated_at(), NOW + 2);
         let gap = update(UpdateKind::Delta, 9, 10, NOW + 3, vec![entry("c")]);
-        assert!(matches!(accept(&mut set, gap, NOW), Err(Refused::Gap(_))));
+        assert!(matches!(
+            accept(&mut set, gap, NOW, 100),
+            Err(Refused::Gap(_))
+        ));
         let replay = update(UpdateKind::Delta, 6, 7, NOW - 100, vec![]);
-        assert_eq!(accept(&mut set, replay, NOW), Err(Refused::Rollback));
+        assert_eq!(accept(&mut set, replay, NOW, 100), Err(Refused::Rollback));
         assert_eq!(set.seq(), 6);
     }
 
@@ -314,6 +353,7 @@ mod tests {
                 vec![entry("a"), entry("b")],
             ),
             NOW,
+            100,
         )
         .unwrap();
         let (version, copy) = decode_set(&encode_set(8, &set), 100).unwrap();
@@ -338,5 +378,66 @@ mod tests {
         let mut tampered = signed.clone();
         tampered.insert(tampered.len() / 2, 'A');
         assert!(EdgeUpdate::open(&tampered, &ring, 100).is_err());
+    }
+
+    #[test]
+    fn an_update_over_the_limit_is_refused_and_leaves_the_set_as_it_was() {
+        let mut set = RevocationSet::new();
+        let snap = update(
+            UpdateKind::Snapshot,
+            0,
+            5,
+            NOW,
+            vec![entry("a"), entry("b")],
+        );
+        assert_eq!(accept(&mut set, snap, NOW, 3), Ok(true));
+        let delta = update(
+            UpdateKind::Delta,
+            5,
+            6,
+            NOW + 1,
+            vec![entry("c"), entry("d")],
+        );
+        assert_eq!(accept(&mut set, delta, NOW, 3), Err(Refused::TooLarge(4)));
+        assert_eq!((set.seq(), set.len(), set.generated_at()), (5, 2, NOW));
+        let big = update(
+            UpdateKind::Snapshot,
+            0,
+            7,
+            NOW + 2,
+            vec![entry("a"), entry("b"), entry("c"), entry("d")],
+        );
+        assert_eq!(accept(&mut set, big, NOW, 3), Err(Refused::TooLarge(4)));
+        assert_eq!(set.seq(), 5);
+        // Expired entries do not count: the same delta fits once they are gone.
+        let mut expired = entry("old");
+        expired.expires_at = (NOW - 1) as u32;
+        let delta = update(UpdateKind::Delta, 5, 6, NOW + 3, vec![entry("c"), expired]);
+        assert_eq!(accept(&mut set, delta, NOW, 3), Ok(true));
+        assert_eq!((set.seq(), set.len()), (6, 3));
+    }
+
+    #[test]
+    fn a_refused_update_makes_the_state_stale_at_once() {
+        let fresh = StateRecord {
+            generated_at: NOW,
+            verified_at: NOW,
+            ..StateRecord::default()
+        };
+        assert!(!fresh.is_stale(NOW, 30));
+        let refused = StateRecord {
+            refused_at: NOW,
+            ..fresh
+        };
+        assert!(refused.is_stale(NOW, 30));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap() {
+        assert_eq!(backoff_millis(200, 0, 30_000), 200);
+        assert_eq!(backoff_millis(200, 1, 30_000), 400);
+        assert_eq!(backoff_millis(200, 5, 30_000), 6_400);
+        assert_eq!(backoff_millis(200, 40, 30_000), 30_000);
+        assert_eq!(backoff_millis(60_000, 3, 30_000), 60_000);
     }
 }

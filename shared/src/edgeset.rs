@@ -338,10 +338,22 @@ impl RevocationSet {
 
     /// Applies a snapshot (replaces the set) or a delta (must start at the current `seq`).
     pub fn apply(&mut self, update: EdgeUpdate) -> Result<(), EdgeSetError> {
-        match update.kind {
+        self.apply_within(update, u64::MAX)
+    }
+
+    /// Like [`apply`](Self::apply), but refuses an update after which the set would hold
+    /// more than `max_entries`; a refused update leaves the set, its `seq` included,
+    /// exactly as it was, so the caller never takes a partial set for a current one.
+    pub fn apply_within(
+        &mut self,
+        update: EdgeUpdate,
+        max_entries: u64,
+    ) -> Result<(), EdgeSetError> {
+        let entries = match update.kind {
             UpdateKind::Snapshot => {
-                self.entries = update.entries;
-                sort_and_merge(&mut self.entries);
+                let mut entries = update.entries;
+                sort_and_merge(&mut entries);
+                entries
             }
             UpdateKind::Delta => {
                 if update.base_seq != self.seq {
@@ -350,19 +362,25 @@ impl RevocationSet {
                         current: self.seq,
                     });
                 }
+                let mut entries = self.entries.clone();
                 if update.entries.len() > 64 {
-                    self.entries.extend(update.entries);
-                    sort_and_merge(&mut self.entries);
+                    entries.extend(update.entries);
+                    sort_and_merge(&mut entries);
                 } else {
                     for e in update.entries {
-                        match self.entries.binary_search_by_key(&e.key, |x| x.key) {
-                            Ok(i) => self.entries[i].merge(&e),
-                            Err(i) => self.entries.insert(i, e),
+                        match entries.binary_search_by_key(&e.key, |x| x.key) {
+                            Ok(i) => entries[i].merge(&e),
+                            Err(i) => entries.insert(i, e),
                         }
                     }
                 }
+                entries
             }
+        };
+        if entries.len() as u64 > max_entries {
+            return Err(EdgeSetError::TooManyEntries(entries.len() as u64));
         }
+        self.entries = entries;
         self.seq = update.seq;
         self.generated_at = update.generated_at;
         Ok(())

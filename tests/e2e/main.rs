@@ -5,6 +5,7 @@
 //! propagation times mean more without neighbours.
 
 mod auth;
+mod hardening;
 mod revocation;
 mod robustness;
 mod staleness;
@@ -13,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 use tests::control_plane::ControlPlane;
-use tests::envoy::{Envoy, filter_config};
+use tests::envoy::{Envoy, filter_config, shipped_hcm_options};
 use tests::tokens;
 use tests::upstream::Upstream;
 
@@ -32,6 +33,11 @@ impl Stack {
     /// Starts everything; `configure` adjusts the filter configuration, given the control
     /// plane's JWKS for tests that want it inline.
     fn start(configure: impl FnOnce(&mut Value, &Value)) -> Stack {
+        Stack::start_with(configure, &shipped_hcm_options())
+    }
+
+    /// Like [`start`](Stack::start) with other connection manager options for Envoy.
+    fn start_with(configure: impl FnOnce(&mut Value, &Value), hcm_options: &Value) -> Stack {
         let turn = ONE_STACK_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -39,7 +45,7 @@ impl Stack {
         let upstream = Upstream::start();
         let mut filter = filter_config();
         configure(&mut filter, &cp.jwks());
-        let envoy = Envoy::start(cp.port, upstream.port, &filter);
+        let envoy = Envoy::start_with(cp.port, upstream.port, &filter, hcm_options);
         Stack {
             envoy,
             cp,

@@ -162,6 +162,12 @@ fn a_corpus_of_malformed_requests_and_tokens_never_fails_a_vm() {
         b"GET http://other/path HTTP/1.1\r\nhost: x\r\nauthorization: Bearer a.b.c\r\nconnection: close\r\n\r\n",
         b"GARBAGE\r\n\r\n",
         b"GET /health?\xff HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        // The filter reads every header name (claim-header spellings, DPoP count): names
+        // that are not UTF-8 or not tokens must never reach it as such.
+        b"GET /orders HTTP/1.1\r\nhost: x\r\nx-\xff\xfe: 1\r\nconnection: close\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nhost: x\r\nx-\xc3\xa9: 1\r\nconnection: close\r\n\r\n",
+        b"GET /orders HTTP/1.1\r\nhost: x\r\nx auth: 1\r\nconnection: close\r\n\r\n",
+        b"GET /orders HTTP/1.1\r\nhost: x\r\ndpop: a\r\nDPoP: b\r\nDPOP: c\r\nconnection: close\r\n\r\n",
     ] {
         let _ = http::raw(port, raw);
     }

@@ -124,6 +124,18 @@ impl ControlPlane {
             .expect("no access_token in the /token answer")
     }
 
+    /// Rotates the signing keys (`POST /admin/keys/rotate`).
+    pub fn rotate_keys(&self) {
+        let r = http::post_json(
+            self.port,
+            "/admin/keys/rotate",
+            &[("authorization", &self.admin_header())],
+            &json!({}),
+        )
+        .expect("POST /admin/keys/rotate");
+        assert_eq!(r.status, 200, "rotate: {}", r.text());
+    }
+
     /// Revokes `value` of `kind` (`jti`, `sub`, `kid`, `sid`).
     pub fn revoke(&self, kind: &str, value: &str) {
         let r = http::post_json(

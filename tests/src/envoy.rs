@@ -44,9 +44,36 @@ fn cluster(name: &str, port: u16) -> Value {
     })
 }
 
+/// The HTTP connection manager options the shipped configs (`envoy/*.yaml`) set for the
+/// filter: normalised paths, merged slashes, header names with `_` refused.
+pub fn shipped_hcm_options() -> Value {
+    json!({
+        "normalize_path": true,
+        "merge_slashes": true,
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"}
+    })
+}
+
 impl Envoy {
-    /// Starts Envoy in front of `upstream_port`, its filter polling `control_plane_port`.
+    /// Starts Envoy in front of `upstream_port`, its filter polling `control_plane_port`,
+    /// with the [shipped](shipped_hcm_options) connection manager options.
     pub fn start(control_plane_port: u16, upstream_port: u16, filter: &Value) -> Envoy {
+        Envoy::start_with(
+            control_plane_port,
+            upstream_port,
+            filter,
+            &shipped_hcm_options(),
+        )
+    }
+
+    /// Like [`start`](Envoy::start) with other connection manager options (`{}`: Envoy's
+    /// defaults, to show what the filter does on its own).
+    pub fn start_with(
+        control_plane_port: u16,
+        upstream_port: u16,
+        filter: &Value,
+        hcm_options: &Value,
+    ) -> Envoy {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let base_id = (std::process::id() % 100_000) * 16 + n % 16;
@@ -70,6 +97,21 @@ impl Envoy {
                 }
             }
         });
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "edge",
+            "route_config": {"virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+            }]},
+            "http_filters": [wasm, {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+            }]
+        });
+        for (k, v) in hcm_options.as_object().into_iter().flatten() {
+            hcm[k] = v.clone();
+        }
         let config = json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "static_resources": {
@@ -78,18 +120,7 @@ impl Envoy {
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "edge",
-                            "route_config": {"virtual_hosts": [{
-                                "name": "all", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
-                            }]},
-                            "http_filters": [wasm, {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-                            }]
-                        }
+                        "typed_config": hcm
                     }]}]
                 }],
                 "clusters": [cluster("upstream", upstream_port), cluster("control_plane", control_plane_port)]

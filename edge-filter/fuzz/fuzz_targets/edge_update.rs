@@ -10,7 +10,7 @@ use shared::edgeset::{EdgeUpdate, RevocationSet};
 fuzz_target!(|data: &[u8]| {
     if let Ok(update) = EdgeUpdate::decode(data, 10_000) {
         let mut set = RevocationSet::new();
-        let _ = sync::accept(&mut set, update, 1_700_000_000);
+        let _ = sync::accept(&mut set, update, 1_700_000_000, 10_000);
     }
     let _ = sync::decode_set(data, 10_000);
     let _ = StateRecord::decode(data).staleness(1_700_000_000);

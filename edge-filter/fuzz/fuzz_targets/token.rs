@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use edge_filter::authz::{Authorizer, Freshness, Request, Rules};
+use edge_filter::replay::MemoryGuard;
 use libfuzzer_sys::fuzz_target;
 use shared::edgeset::RevocationSet;
 use shared::jws::{Jws, Limits};
@@ -49,13 +50,15 @@ fuzz_target!(|data: &[u8]| {
     let req = Request {
         authorization: Some(authorization),
         dpop: Some(dpop),
+        dpop_headers: 1,
         method: "GET",
         scheme: "https",
         authority: "api.test",
         path: "/x",
     };
     let set = RevocationSet::new();
+    let mut replay = MemoryGuard::new(4);
     for _ in 0..2 {
-        let _ = authorizer.authorize(&req, &set, Freshness::Fresh, 1_700_000_000);
+        let _ = authorizer.authorize(&req, &set, Freshness::Fresh, 1_700_000_000, &mut replay);
     }
 });

@@ -5,6 +5,7 @@ use shared::jws::sign;
 use shared::{Alg, Kind, SigningKey};
 
 use super::*;
+use crate::replay::MemoryGuard;
 
 const NOW: i64 = 1_700_000_000;
 
@@ -69,6 +70,7 @@ fn request(authorization: &str) -> Request<'_> {
     Request {
         authorization: Some(authorization.as_bytes()),
         dpop: None,
+        dpop_headers: 0,
         method: "GET",
         scheme: "https",
         authority: "api.test",
@@ -77,7 +79,13 @@ fn request(authorization: &str) -> Request<'_> {
 }
 
 fn decide(az: &mut Authorizer, authorization: &str, set: &RevocationSet) -> Outcome {
-    az.authorize(&request(authorization), set, Freshness::Fresh, NOW)
+    az.authorize(
+        &request(authorization),
+        set,
+        Freshness::Fresh,
+        NOW,
+        &mut MemoryGuard::default(),
+    )
 }
 
 fn reason(outcome: Outcome) -> Option<Reason> {
@@ -202,7 +210,8 @@ fn each_rejection_reason_is_produced() {
             },
             &set,
             Freshness::Fresh,
-            NOW
+            NOW,
+            &mut MemoryGuard::default()
         )),
         Some(Reason::Missing)
     );
@@ -261,7 +270,13 @@ fn a_cached_token_expires_on_time() {
         decide(&mut az, &bearer, &set),
         Outcome::Allow { .. }
     ));
-    let later = az.authorize(&request(&bearer), &set, Freshness::Fresh, NOW + 400);
+    let later = az.authorize(
+        &request(&bearer),
+        &set,
+        Freshness::Fresh,
+        NOW + 400,
+        &mut MemoryGuard::default(),
+    );
     assert_eq!(reason(later), Some(Reason::Expired));
     assert_eq!(az.cached(), 0);
 }
@@ -272,7 +287,13 @@ fn a_stale_set_fails_closed_by_default_and_open_when_configured() {
     let set = set_with(&[(Kind::Jti, "jti-1", 0)]);
     let mut closed = Authorizer::new(keyring(), rules());
     assert_eq!(
-        closed.authorize(&request(&bearer), &set, Freshness::Stale, NOW),
+        closed.authorize(
+            &request(&bearer),
+            &set,
+            Freshness::Stale,
+            NOW,
+            &mut MemoryGuard::default()
+        ),
         Outcome::Unavailable
     );
     let mut open = Authorizer::new(
@@ -283,7 +304,13 @@ fn a_stale_set_fails_closed_by_default_and_open_when_configured() {
         },
     );
     assert_eq!(
-        reason(open.authorize(&request(&bearer), &set, Freshness::Stale, NOW)),
+        reason(open.authorize(
+            &request(&bearer),
+            &set,
+            Freshness::Stale,
+            NOW,
+            &mut MemoryGuard::default()
+        )),
         Some(Reason::Revoked),
         "failing open still enforces the last known set"
     );
@@ -292,13 +319,20 @@ fn a_stale_set_fails_closed_by_default_and_open_when_configured() {
             &request(&bearer),
             &RevocationSet::new(),
             Freshness::Stale,
-            NOW
+            NOW,
+            &mut MemoryGuard::default()
         ),
         Outcome::Allow { .. }
     ));
     // Invalid tokens stay 401 whatever the set's freshness.
     assert_eq!(
-        reason(closed.authorize(&request("Bearer x"), &set, Freshness::Stale, NOW)),
+        reason(closed.authorize(
+            &request("Bearer x"),
+            &set,
+            Freshness::Stale,
+            NOW,
+            &mut MemoryGuard::default()
+        )),
         Some(Reason::Malformed)
     );
 }
@@ -332,7 +366,13 @@ fn a_bound_token_needs_a_matching_dpop_proof() {
             dpop: dpop.map(str::as_bytes),
             ..request(&bearer)
         };
-        az.authorize(&req, &set, Freshness::Fresh, NOW)
+        az.authorize(
+            &req,
+            &set,
+            Freshness::Fresh,
+            NOW,
+            &mut MemoryGuard::default(),
+        )
     };
     assert!(matches!(run(&mut az, Some(&good)), Outcome::Allow { .. }));
     let other = SigningKey::from_seed(Alg::EdDsa, &[4; 32]);
@@ -374,6 +414,57 @@ fn a_bound_token_needs_a_matching_dpop_proof() {
             Some(Reason::InvalidDpopProof)
         );
     }
+}
+
+#[test]
+fn a_dpop_proof_is_used_once_and_only_one_proof_may_come() {
+    let device = SigningKey::from_seed(Alg::EdDsa, &[3; 32]);
+    let mut c = claims();
+    c["cnf"] = json!({"jkt": device.kid()});
+    let access = token(&c);
+    let bearer = format!("DPoP {access}");
+    let proof = |jti: &str| {
+        sign_proof(
+            &device,
+            &DpopClaims {
+                jti: jti.into(),
+                htm: "GET".into(),
+                htu: "https://api.test/things".into(),
+                iat: NOW,
+                ath: Some(ath(&access)),
+                nonce: None,
+            },
+        )
+        .unwrap()
+    };
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = RevocationSet::new();
+    let mut guard = MemoryGuard::default();
+    let mut run = |dpop: &str, count: usize, now: i64| {
+        let req = Request {
+            dpop: Some(dpop.as_bytes()),
+            dpop_headers: count,
+            ..request(&bearer)
+        };
+        az.authorize(&req, &set, Freshness::Fresh, now, &mut guard)
+    };
+    let first = proof("once");
+    assert!(matches!(run(&first, 1, NOW), Outcome::Allow { .. }));
+    assert_eq!(
+        reason(run(&first, 1, NOW + 1)),
+        Some(Reason::InvalidDpopProof),
+        "a replayed proof is refused"
+    );
+    assert!(matches!(
+        run(&proof("twice"), 1, NOW + 1),
+        Outcome::Allow { .. }
+    ));
+    let two = proof("two");
+    assert_eq!(reason(run(&two, 2, NOW)), Some(Reason::InvalidDpopProof));
+    let joined = format!("{two}, {}", proof("three"));
+    assert_eq!(reason(run(&joined, 1, NOW)), Some(Reason::InvalidDpopProof));
+    // The refused duplicates did not burn the proof: it was never checked.
+    assert!(matches!(run(&two, 1, NOW), Outcome::Allow { .. }));
 }
 
 #[test]

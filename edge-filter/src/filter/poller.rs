@@ -1,178 +1,23 @@
-//! The proxy-wasm glue: one root context per VM (configuration, poller, shared data)
-//! and one HTTP context per request, both over a per-VM [`Vm`] state.
+//! The root context of each VM: configuration, the poller lease, and the feed and JWKS
+//! calls of the VM that holds it, published to every VM through shared data.
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{ContextType, Status};
 use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet};
 use shared::{JoseError, JwkSet, Keyring};
 
-use crate::authz::{Authorizer, Freshness, Outcome, Reason, Request, Rules};
-use crate::config::{Config, KeySource, OnStale};
-use crate::request::{challenge, error_body, is_bypassed, is_cors_preflight};
+use super::http::{Filter, SharedReplay};
+use super::metrics::{Metrics, SyncRefusal};
+use super::{LEASE_TTL_MS, TICK, Vm, now_ms, secs, shared_get};
+use crate::authz::{Authorizer, Rules};
+use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS};
+use crate::request::fold_header_name;
 use crate::sync::{self, Keys, Lease, Refused, StateRecord};
-
-const TICK: Duration = Duration::from_millis(200);
-const LEASE_TTL_MS: u64 = 2_000;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
-
-fn now_ms() -> u64 {
-    proxy_wasm::hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn secs(ms: u64) -> i64 {
-    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
-}
-
-fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-    proxy_wasm::hostcalls::get_shared_data(key).unwrap_or((None, None))
-}
-
-/// Metric ids; `None` where the host refused to define one.
-struct Metrics {
-    allowed: Option<u32>,
-    denied: Vec<(Reason, Option<u32>)>,
-    unavailable: Option<u32>,
-    cache_hits: Option<u32>,
-    cache_misses: Option<u32>,
-    sync_updates: Option<u32>,
-    sync_errors: Option<u32>,
-    set_size: Option<u32>,
-    set_seq: Option<u32>,
-    staleness: Option<u32>,
-}
-
-impl Metrics {
-    fn define() -> Metrics {
-        let def = |t, name: &str| proxy_wasm::hostcalls::define_metric(t, name).ok();
-        let counter = |name: &str| def(MetricType::Counter, &format!("edge_filter.{name}"));
-        let gauge = |name: &str| def(MetricType::Gauge, &format!("edge_filter.{name}"));
-        Metrics {
-            allowed: counter("allowed"),
-            denied: Reason::ALL
-                .iter()
-                .map(|r| (*r, counter(&format!("denied.{}", r.as_str()))))
-                .collect(),
-            unavailable: counter("denied.stale_set"),
-            cache_hits: counter("cache_hits"),
-            cache_misses: counter("cache_misses"),
-            sync_updates: counter("sync_updates"),
-            sync_errors: counter("sync_errors"),
-            set_size: gauge("set_size"),
-            set_seq: gauge("set_seq"),
-            staleness: gauge("staleness_seconds"),
-        }
-    }
-
-    fn inc(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
-        }
-    }
-
-    fn set(id: Option<u32>, value: u64) {
-        if let Some(id) = id {
-            let _ = proxy_wasm::hostcalls::record_metric(id, value);
-        }
-    }
-
-    fn denied(&self, reason: Reason) {
-        if let Some((_, id)) = self.denied.iter().find(|(r, _)| *r == reason) {
-            Metrics::inc(*id);
-        }
-    }
-}
-
-/// Everything one VM knows: shared by its root context and its HTTP contexts.
-struct Vm {
-    config: Config,
-    keys: Keys,
-    authorizer: Authorizer,
-    set: RevocationSet,
-    set_version: u64,
-    jwks_version: u64,
-    state: StateRecord,
-    metrics: Metrics,
-}
-
-impl Vm {
-    /// Catches up with what the poller published; cheap when nothing changed.
-    fn refresh(&mut self) {
-        let state = match shared_get(&self.keys.state) {
-            (Some(bytes), _) => StateRecord::decode(&bytes),
-            _ => StateRecord::default(),
-        };
-        if matches!(self.config.keys, KeySource::Fetched) && state.jwks_version != self.jwks_version
-        {
-            self.jwks_version = state.jwks_version;
-            match shared_get(&self.keys.jwks)
-                .0
-                .as_deref()
-                .and_then(sync::unversioned)
-            {
-                Some((version, json)) => {
-                    self.jwks_version = version;
-                    match JwkSet::parse(json).and_then(|set| Keyring::from_jwks(&set)) {
-                        Ok(ring) => self.authorizer.set_keys(ring),
-                        Err(e) => warn!("edge-filter: published JWKS unusable: {e}"),
-                    }
-                }
-                None => warn!(
-                    "edge-filter: JWKS version {} has no blob",
-                    state.jwks_version
-                ),
-            }
-        }
-        if state.set_version != self.set_version {
-            self.set_version = state.set_version;
-            if let Some(blob) = shared_get(&self.keys.set).0 {
-                match sync::decode_set(&blob, self.config.max_revocations) {
-                    Ok((version, set)) => {
-                        self.set_version = version;
-                        self.set = set;
-                    }
-                    Err(e) => warn!("edge-filter: published set unusable: {e}"),
-                }
-            }
-        }
-        self.state = state;
-    }
-
-    fn is_stale(&self, now: i64) -> bool {
-        self.state
-            .is_stale(now, self.config.staleness_bound_seconds)
-    }
-
-    /// Writes the state record with the given change, retrying on concurrent writes.
-    fn publish_state(&self, change: impl Fn(&mut StateRecord)) -> bool {
-        for _ in 0..8 {
-            let (bytes, cas) = shared_get(&self.keys.state);
-            let mut state = bytes.map(|b| StateRecord::decode(&b)).unwrap_or_default();
-            change(&mut state);
-            match proxy_wasm::hostcalls::set_shared_data(
-                &self.keys.state,
-                Some(&state.encode()),
-                cas,
-            ) {
-                Ok(()) => return true,
-                Err(Status::CasMismatch) => continue,
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-}
 
 /// A call the poller has in flight.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -182,7 +27,7 @@ enum Call {
 }
 
 #[derive(Default)]
-struct Root {
+pub(super) struct Root {
     vm: Option<Rc<RefCell<Vm>>>,
     vm_number: u64,
     in_flight: Vec<Call>,
@@ -191,6 +36,11 @@ struct Root {
     want_snapshot: bool,
     /// This VM's poller has applied an update since it took the lease.
     synced: bool,
+    /// Feed calls that failed in a row: the pause before the next one doubles with each.
+    failures: u32,
+    /// Last `jwks_wanted` value acted on, and when the last such refetch started (ms).
+    jwks_wanted_seen: u64,
+    last_refetch_ms: u64,
 }
 
 impl Root {
@@ -248,6 +98,22 @@ impl Root {
         let cp = vm.config.control_plane.clone();
         let fetch_keys = matches!(vm.config.keys, KeySource::Fetched);
         let jwks_busy = self.in_flight.iter().any(|c| matches!(c, Call::Jwks(_)));
+        if fetch_keys && !jwks_busy {
+            // A request met an unknown `kid`: refetch now, at most once per interval.
+            let wanted = shared_get(&vm.keys.jwks_wanted)
+                .0
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            let interval = cp.jwks_min_refetch_seconds.saturating_mul(1000);
+            if wanted > self.jwks_wanted_seen
+                && now >= self.last_refetch_ms.saturating_add(interval)
+            {
+                self.jwks_wanted_seen = wanted;
+                self.last_refetch_ms = now;
+                self.next_jwks_ms = 0;
+                Metrics::inc(vm.metrics.jwks_refetches);
+            }
+        }
         if fetch_keys && !jwks_busy && now >= self.next_jwks_ms {
             match self.dispatch(&vm, &cp.jwks_path, Duration::from_secs(10)) {
                 Ok(id) => self.in_flight.push(Call::Jwks(id)),
@@ -304,55 +170,79 @@ impl Root {
     }
 
     /// Verifies, applies and publishes a feed answer; returns when to poll next.
-    fn on_feed(&mut self, vm: &mut Vm, body: Option<Vec<u8>>, now: u64) -> Result<u64, String> {
-        let body = body.ok_or("no usable response")?;
-        let token = std::str::from_utf8(&body).map_err(|_| "response is not text")?;
-        let update = match EdgeUpdate::open(
-            token.trim(),
-            vm.authorizer.keys(),
-            vm.config.max_revocations,
-        ) {
+    fn on_feed(
+        &mut self,
+        vm: &mut Vm,
+        body: Option<Vec<u8>>,
+        now: u64,
+    ) -> Result<u64, (SyncRefusal, String)> {
+        let unreachable = |e: &str| (SyncRefusal::Unreachable, e.to_owned());
+        let body = body.ok_or_else(|| unreachable("no usable response"))?;
+        let token = std::str::from_utf8(&body).map_err(|_| unreachable("response is not text"))?;
+        let max = vm.config.max_revocations;
+        let update = match EdgeUpdate::open(token.trim(), vm.authorizer.keys(), max) {
             Ok(u) => u,
+            Err(EdgeSetError::TooManyEntries(n)) => {
+                return Err(self.too_large(vm, &format!("would hold {n} entries"), now));
+            }
+            // An answer too long to hold the limit's worth of entries is a set over the
+            // limit too (the control plane sends nothing else that large); treating it as
+            // a mere bad update would keep the set fresh until the staleness bound.
+            Err(EdgeSetError::Envelope(JoseError::TooLarge { len, .. })) => {
+                return Err(self.too_large(vm, &format!("came as {len} bytes"), now));
+            }
             Err(e) => {
                 if matches!(e, EdgeSetError::Envelope(JoseError::UnknownKey(_))) {
                     // The feed key may have rotated: fetch the JWKS now.
                     self.next_jwks_ms = 0;
+                    return Err((SyncRefusal::UnknownKey, format!("update refused: {e}")));
                 }
-                return Err(format!("update refused: {e}"));
+                return Err((SyncRefusal::BadUpdate, format!("update refused: {e}")));
             }
         };
         vm.refresh();
         let mut set = vm.set.clone();
-        let changed = match sync::accept(&mut set, update, secs(now)) {
+        let changed = match sync::accept(&mut set, update, secs(now), max) {
             Ok(changed) => changed,
             Err(Refused::Gap(e)) => {
                 self.want_snapshot = true;
-                return Err(format!("asking for a snapshot: {e}"));
+                return Err((SyncRefusal::Gap, format!("asking for a snapshot: {e}")));
             }
-            Err(Refused::Rollback) => return Err("update older than the set: refused".into()),
+            Err(Refused::Rollback) => {
+                return Err((
+                    SyncRefusal::Rollback,
+                    "update older than the set: refused".into(),
+                ));
+            }
+            Err(Refused::TooLarge(n)) => {
+                return Err(self.too_large(vm, &format!("would hold {n} entries"), now));
+            }
         };
         self.want_snapshot = false;
+        let publish = |e: String| (SyncRefusal::Publish, e);
         let version = if changed {
             let version = vm.state.set_version.wrapping_add(1).max(1);
             let blob = sync::encode_set(version, &set);
             proxy_wasm::hostcalls::set_shared_data(&vm.keys.set, Some(&blob), None)
-                .map_err(|e| format!("cannot publish the set: {e:?}"))?;
+                .map_err(|e| publish(format!("cannot publish the set: {e:?}")))?;
             version
         } else {
             vm.state.set_version
         };
         let (seq, generated_at) = (set.seq(), set.generated_at());
+        let was_refused = vm.state.refused_at != 0;
         let published = vm.publish_state(|s| {
             s.set_version = version;
             s.seq = seq;
             s.generated_at = generated_at;
             s.verified_at = secs(now);
+            s.refused_at = 0;
         });
         if !published {
-            return Err("cannot publish the state".into());
+            return Err(publish("cannot publish the state".into()));
         }
         Metrics::inc(vm.metrics.sync_updates);
-        if changed {
+        if changed || was_refused {
             info!(
                 "edge-filter: revocation set at seq {seq} with {} entries published",
                 set.len()
@@ -361,6 +251,37 @@ impl Root {
         vm.refresh();
         self.synced = true;
         Ok(now)
+    }
+
+    /// An update this edge cannot hold: the set is marked stale at once (revocations
+    /// exist that it would not enforce) and the next poll asks for a snapshot, which
+    /// fits again once the control plane's live set shrinks or the limit is raised.
+    fn too_large(&mut self, vm: &mut Vm, what: &str, now: u64) -> (SyncRefusal, String) {
+        self.want_snapshot = true;
+        self.synced = false;
+        let marked = vm.publish_state(|s| {
+            if s.refused_at == 0 {
+                s.refused_at = secs(now).max(1);
+            }
+        });
+        vm.refresh();
+        let policy = match vm.config.on_stale {
+            OnStale::Deny => "valid tokens get 503",
+            OnStale::Allow => "served with the last complete set",
+        };
+        (
+            SyncRefusal::TooLarge,
+            format!(
+                "the revocation set {what}, over max_revocations = {}: \
+                 the set is STALE (on_stale: {policy}){}",
+                vm.config.max_revocations,
+                if marked {
+                    ""
+                } else {
+                    "; cannot publish the state"
+                }
+            ),
+        )
     }
 
     fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {
@@ -422,11 +343,22 @@ impl Context for Root {
         match call {
             Call::Feed(_) => match self.on_feed(&mut vm, body, now) {
                 // Usually at once: the next long poll is what carries the next revocation.
-                Ok(next) => self.next_poll_ms = next,
-                Err(e) => {
-                    warn!("edge-filter: revocation sync failed: {e}");
+                Ok(next) => {
+                    self.failures = 0;
+                    self.next_poll_ms = next;
+                }
+                Err((why, e)) => {
+                    // Never at once: a feed that answers at once with something we refuse
+                    // would otherwise be polled in a hot loop.
+                    let pause = sync::backoff_millis(retry, self.failures, RETRY_CAP_MILLIS);
+                    self.failures = self.failures.saturating_add(1);
+                    warn!(
+                        "edge-filter: revocation update refused ({}): {e}; next poll in {pause} ms",
+                        why.as_str()
+                    );
                     Metrics::inc(vm.metrics.sync_errors);
-                    self.next_poll_ms = now.saturating_add(retry);
+                    vm.metrics.refused(why);
+                    self.next_poll_ms = now.saturating_add(pause);
                 }
             },
             Call::Jwks(_) => match self.on_jwks(&mut vm, body) {
@@ -473,6 +405,11 @@ impl RootContext for Root {
             },
         );
         self.vm_number = Root::allocate_vm_number(&keys);
+        let folded_claim_headers = config
+            .claim_headers
+            .iter()
+            .map(|(_, h)| fold_header_name(h))
+            .collect();
         let mut vm = Vm {
             config,
             keys,
@@ -482,7 +419,11 @@ impl RootContext for Root {
             jwks_version: 0,
             state: StateRecord::default(),
             metrics: Metrics::define(),
+            folded_claim_headers,
+            failed_set_version: None,
+            last_kid_signal_ms: 0,
         };
+        SharedReplay::create_buckets(&vm.keys.dpop_replay, vm.config.dpop_replay_buckets);
         vm.refresh();
         self.vm = Some(Rc::new(RefCell::new(vm)));
         self.in_flight.clear();
@@ -513,131 +454,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter {
-            vm: self.vm.clone(),
-        }))
+        Some(Box::new(Filter::new(self.vm.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
-    }
-}
-
-struct Filter {
-    vm: Option<Rc<RefCell<Vm>>>,
-}
-
-impl Filter {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.get_http_request_header_bytes(name)
-    }
-
-    fn text(&self, name: &str) -> String {
-        self.header(name)
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_default()
-    }
-
-    fn refuse(&self, status: u32, headers: Vec<(&str, &str)>, body: &str) -> Action {
-        self.send_http_response(status, headers, Some(body.as_bytes()));
-        Action::Pause
-    }
-}
-
-impl Context for Filter {}
-
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let Some(vm_rc) = self.vm.clone() else {
-            return self.refuse(500, vec![], "edge filter not configured\n");
-        };
-        let mut vm = vm_rc.borrow_mut();
-        // Claim headers are ours alone: a client never gets to set them.
-        for (_, header) in &vm.config.claim_headers {
-            self.set_http_request_header(header, None);
-        }
-        let path = self.text(":path");
-        let method = self.text(":method");
-        if is_bypassed(&vm.config.bypass_paths, &path)
-            || (vm.config.cors_preflight_bypass
-                && is_cors_preflight(
-                    &method,
-                    self.header("access-control-request-method").is_some(),
-                ))
-        {
-            return Action::Continue;
-        }
-        vm.refresh();
-        let now = now_ms();
-        let freshness = if vm.is_stale(secs(now)) {
-            Freshness::Stale
-        } else {
-            Freshness::Fresh
-        };
-        let authorization = self.header("authorization");
-        let dpop = self.header("dpop");
-        let scheme = self.text(":scheme");
-        let authority = self.text(":authority");
-        let req = Request {
-            authorization: authorization.as_deref(),
-            dpop: dpop.as_deref(),
-            method: &method,
-            scheme: &scheme,
-            authority: &authority,
-            path: &path,
-        };
-        let Vm {
-            authorizer, set, ..
-        } = &mut *vm;
-        let outcome = authorizer.authorize(&req, set, freshness, secs(now));
-        let hit = |h: bool| {
-            Metrics::inc(if h {
-                vm.metrics.cache_hits
-            } else {
-                vm.metrics.cache_misses
-            })
-        };
-        match outcome {
-            Outcome::Allow { token, cache_hit } => {
-                hit(cache_hit);
-                Metrics::inc(vm.metrics.allowed);
-                for (name, value) in &token.headers {
-                    self.set_http_request_header(name, Some(value));
-                }
-                if vm.config.strip_authorization {
-                    self.set_http_request_header("authorization", None);
-                    self.set_http_request_header("dpop", None);
-                }
-                Action::Continue
-            }
-            Outcome::Deny { reason, cache_hit } => {
-                if reason != Reason::Missing {
-                    hit(cache_hit);
-                }
-                vm.metrics.denied(reason);
-                let challenge = challenge(reason);
-                self.refuse(
-                    401,
-                    vec![
-                        ("www-authenticate", &challenge),
-                        ("content-type", "application/json"),
-                        ("cache-control", "no-store"),
-                    ],
-                    &error_body(reason),
-                )
-            }
-            Outcome::Unavailable => {
-                Metrics::inc(vm.metrics.unavailable);
-                self.refuse(
-                    503,
-                    vec![
-                        ("content-type", "application/json"),
-                        ("retry-after", "1"),
-                        ("cache-control", "no-store"),
-                    ],
-                    "{\"error\":\"temporarily_unavailable\",\"error_description\":\"revocation set is stale\"}\n",
-                )
-            }
-        }
     }
 }

@@ -1,0 +1,166 @@
+//! The proxy-wasm glue: one root context per VM (configuration, poller, shared data)
+//! and one HTTP context per request, both over a per-VM [`Vm`] state.
+//!
+//! By role: [`poller`] (the root context: lease, feed and JWKS calls), [`http`] (the
+//! per-request path), [`metrics`] (what Envoy shows under `wasmcustom.edge_filter.`).
+
+mod http;
+mod metrics;
+mod poller;
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use log::warn;
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::{LogLevel, Status};
+use shared::edgeset::{EdgeSetError, RevocationSet};
+use shared::{JwkSet, Keyring};
+
+use crate::authz::Authorizer;
+use crate::config::{Config, KeySource};
+use crate::sync::{self, Keys, StateRecord};
+use metrics::Metrics;
+use poller::Root;
+
+const TICK_MS: u64 = 200;
+const TICK: Duration = Duration::from_millis(TICK_MS);
+const LEASE_TTL_MS: u64 = 2_000;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+fn now_ms() -> u64 {
+    proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn secs(ms: u64) -> i64 {
+    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
+}
+
+fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    proxy_wasm::hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// Everything one VM knows: shared by its root context and its HTTP contexts.
+struct Vm {
+    config: Config,
+    keys: Keys,
+    authorizer: Authorizer,
+    set: RevocationSet,
+    set_version: u64,
+    jwks_version: u64,
+    state: StateRecord,
+    metrics: Metrics,
+    /// Claim header names folded with [`fold_header_name`].
+    folded_claim_headers: Vec<String>,
+    /// A published set version this VM could not decode: not retried per request.
+    failed_set_version: Option<u64>,
+    /// When this VM last asked the poller for the JWKS (unknown `kid`), in ms.
+    last_kid_signal_ms: u64,
+}
+
+impl Vm {
+    /// Catches up with what the poller published; cheap when nothing changed.
+    fn refresh(&mut self) {
+        let state = match shared_get(&self.keys.state) {
+            (Some(bytes), _) => StateRecord::decode(&bytes),
+            _ => StateRecord::default(),
+        };
+        if matches!(self.config.keys, KeySource::Fetched) && state.jwks_version != self.jwks_version
+        {
+            self.jwks_version = state.jwks_version;
+            match shared_get(&self.keys.jwks)
+                .0
+                .as_deref()
+                .and_then(sync::unversioned)
+            {
+                Some((version, json)) => {
+                    self.jwks_version = version;
+                    match JwkSet::parse(json).and_then(|set| Keyring::from_jwks(&set)) {
+                        Ok(ring) => self.authorizer.set_keys(ring),
+                        Err(e) => warn!("edge-filter: published JWKS unusable: {e}"),
+                    }
+                }
+                None => warn!(
+                    "edge-filter: JWKS version {} has no blob",
+                    state.jwks_version
+                ),
+            }
+        }
+        // The version is adopted only with a set decoded within the limits: a VM that
+        // cannot load what was published stays behind and reads as stale (`is_stale`).
+        if state.set_version != self.set_version
+            && self.failed_set_version != Some(state.set_version)
+        {
+            match shared_get(&self.keys.set)
+                .0
+                .ok_or(EdgeSetError::Malformed("no set blob"))
+                .and_then(|blob| sync::decode_set(&blob, self.config.max_revocations))
+            {
+                Ok((version, set)) if version == state.set_version => {
+                    self.set_version = version;
+                    self.set = set;
+                    self.failed_set_version = None;
+                }
+                // Published between our two reads: the next request catches up.
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(
+                        "edge-filter: published set version {} unusable, the set is STALE \
+                         here: {e}",
+                        state.set_version
+                    );
+                    self.failed_set_version = Some(state.set_version);
+                }
+            }
+        }
+        self.state = state;
+    }
+
+    fn is_stale(&self, now: i64) -> bool {
+        self.set_version != self.state.set_version
+            || self
+                .state
+                .is_stale(now, self.config.staleness_bound_seconds)
+    }
+
+    /// Asks the poller to refetch the JWKS: a token named a `kid` we do not know, maybe a
+    /// key that was just rotated in. Each VM writes at most once per tick period.
+    fn want_jwks(&mut self, now: u64) {
+        if !matches!(self.config.keys, KeySource::Fetched)
+            || now < self.last_kid_signal_ms.saturating_add(TICK_MS)
+        {
+            return;
+        }
+        self.last_kid_signal_ms = now;
+        let _ = proxy_wasm::hostcalls::set_shared_data(
+            &self.keys.jwks_wanted,
+            Some(&now.to_le_bytes()),
+            None,
+        );
+    }
+
+    /// Writes the state record with the given change, retrying on concurrent writes.
+    fn publish_state(&self, change: impl Fn(&mut StateRecord)) -> bool {
+        for _ in 0..8 {
+            let (bytes, cas) = shared_get(&self.keys.state);
+            let mut state = bytes.map(|b| StateRecord::decode(&b)).unwrap_or_default();
+            change(&mut state);
+            match proxy_wasm::hostcalls::set_shared_data(
+                &self.keys.state,
+                Some(&state.encode()),
+                cas,
+            ) {
+                Ok(()) => return true,
+                Err(Status::CasMismatch) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
