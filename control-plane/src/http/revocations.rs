@@ -33,6 +33,7 @@ fn ttl_expiry(ttl_seconds: Option<i64>) -> Result<Option<i64>, ApiError> {
 
 /// `POST /revoke` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// `revoke_jti`, `revoke_sub`, `revoke_kid` or `revoke_sid`.
     #[serde(rename = "type")]
@@ -78,6 +79,7 @@ pub(super) async fn revoke(
 
 /// `POST /revoke/token` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeTokenRequest {
     /// The token whose identifiers are revoked.
     pub token: String,
@@ -210,6 +212,7 @@ pub(super) async fn status(
 
 /// `POST /v1/revocations/check` body: at least one identifier.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// Token id.
     #[serde(default)]
