@@ -42,7 +42,7 @@ pub struct CreateSessionRequest {
     pub subject: String,
     /// The device's public JWK: OKP Ed25519 (`crv`, `x`) or AKP ML-DSA-65 (`alg`,
     /// `pub`). Its RFC 7638 thumbprint becomes `cnf.jkt`; every refresh then needs a
-    /// DPoP proof signed by it and a `kem_public_key`.
+    /// DPoP proof signed by it and a `kem_public_key` (or `client_public_key`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub device_jwk: Option<Value>,
@@ -234,14 +234,16 @@ fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Rotates a refresh token: answers a new access token and the next refresh token
-/// (sealed when `kem_public_key` is given). Presenting a rotated token again revokes
+/// (sealed when `kem_public_key` or `client_public_key` is given; never in clear then). Presenting a rotated token again revokes
 /// the whole session.
 #[utoipa::path(post, path = "/token/refresh", tag = "refresh", request_body = RefreshRequest,
     params(("DPoP" = Option<String>, Header,
         description = "Proof signed by the device key (htm POST, htu this URL); required for device-bound sessions")),
     responses((status = 200, body = RefreshResponse),
-        (status = 400, description = "`invalid_request`, or `invalid_grant`: unknown, expired or revoked refresh token", body = ErrorBody),
-        (status = 401, description = "`invalid_dpop_proof`, or `invalid_grant`: reuse detected (session revoked) or wrong client_binding", body = ErrorBody)))]
+        (status = 400, description = "`invalid_request` (malformed input, unknown field, bad KEM key), \
+            `invalid_grant` (unknown, expired, revoked or reused refresh token: reuse revokes the \
+            session; wrong client_binding) or `invalid_dpop_proof` (missing, invalid or replayed \
+            proof); RFC 6749 5.2, RFC 9449 5", body = ErrorBody)))]
 pub(super) async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -568,6 +568,7 @@ async fn probes_metrics_openapi_and_docs_answer() {
             "/oauth2/revoke",
             "/oauth2/introspect",
             "/v1/edge/revocations",
+            "/v1/events",
             "/.well-known/jwks.json",
             "/health",
             "/ready",
