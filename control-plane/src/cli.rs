@@ -1,5 +1,6 @@
-//! The operator command line: `serve` plus `issue`, `revoke`, `inspect`, `keys` and
-//! `audit`, working on a data directory or (`--server`) against a running service.
+//! The operator command line: `serve` plus `issue`, `revoke`, `inspect`, `keys`,
+//! `audit` and `events`, working on a data directory or (`--server`) against a running
+//! service.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ pub enum Command {
     /// the other regions' revocations to this data dir and keeps `REDIS_URL` current for
     /// services that only read Redis. Needs `KAFKA_BOOTSTRAP`.
     Consume,
+    /// The signed revocation events.
+    #[command(subcommand)]
+    Events(EventsCommand),
 }
 
 /// Where a command runs: on the data directory, or against a server.
@@ -129,6 +133,18 @@ pub enum AuditCommand {
     },
 }
 
+/// `events` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Prints the signed revocation events of the feed as JSON lines
+    /// (`{"seq","event_id","jws"}`, feed order), read from the database.
+    Export {
+        /// Only events with a sequence number greater than this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
 fn print(value: &Value) {
     println!(
         "{}",
@@ -148,6 +164,9 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Audit(AuditCommand::Verify) => return audit_verify(&settings_args.data_dir),
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
         Command::Consume => consume(settings_args),
+        Command::Events(EventsCommand::Export { since }) => {
+            events_export(&settings_args.data_dir, since)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -314,6 +333,26 @@ fn audit_tail(data_dir: &Path, limit: i64) -> anyhow::Result<()> {
     let db = open_existing(data_dir)?;
     let rows = audit::tail(&db.lock(), limit)?;
     print(&serde_json::to_value(rows)?);
+    Ok(())
+}
+
+fn events_export(data_dir: &Path, since: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let db = open_existing(data_dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after = since;
+    loop {
+        // Pages, so the lock is never held for the whole export.
+        let page = db::signed_events(&db.lock(), after, 1000)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.seq;
+        for event in &page {
+            writeln!(out, "{}", serde_json::to_string(event)?)?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -406,3 +406,36 @@ pub fn live_signed(
     }
     Ok(out)
 }
+
+/// One signed event as stored: its feed sequence number, id and compact JWS.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SignedEvent {
+    /// Feed sequence number (this region's order; remote events get one when applied).
+    pub seq: u64,
+    /// The event's id.
+    pub event_id: String,
+    /// The event as signed by its origin region: compact JWS, `typ`
+    /// `revocation-event+jwt`, ML-DSA-65; verify it with that region's JWKS.
+    pub jws: String,
+}
+
+/// Up to `limit` signed events of feed rows after `after`, in feed order, expired ones
+/// included (they are history).
+pub fn signed_events(
+    conn: &Connection,
+    after: u64,
+    limit: u32,
+) -> rusqlite::Result<Vec<SignedEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.seq, r.event_id, r.signed FROM feed f JOIN revocations r USING (event_id)
+         WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![seq_param(after), limit], |r| {
+        Ok(SignedEvent {
+            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+            event_id: r.get(1)?,
+            jws: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}

@@ -337,7 +337,8 @@ impl Authorizer {
             .validate(&self.validation, now)
             .map_err(|e| match e.reason() {
                 "expired" => Reason::Expired,
-                "not_yet_valid" => Reason::NotYetValid,
+                // A token dated ahead is not valid yet either.
+                "not_yet_valid" | "issued_in_future" => Reason::NotYetValid,
                 "wrong_issuer" => Reason::WrongIssuer,
                 _ => Reason::WrongAudience,
             })?;

@@ -106,6 +106,13 @@ pub enum ClaimsError {
         /// Seconds until `nbf`.
         wait: i64,
     },
+    /// `iat` is in the future (beyond the leeway): a token dated ahead would escape a
+    /// subject's not-before (`revoke_sub` compares it with `iat`).
+    #[error("token issued {ahead} s in the future")]
+    IssuedInFuture {
+        /// Seconds `iat` is ahead of now.
+        ahead: i64,
+    },
     /// `iss` is not the configured issuer.
     #[error("issuer {0:?} is not accepted")]
     WrongIssuer(String),
@@ -120,6 +127,7 @@ impl ClaimsError {
         match self {
             ClaimsError::Expired { .. } => "expired",
             ClaimsError::NotYetValid { .. } => "not_yet_valid",
+            ClaimsError::IssuedInFuture { .. } => "issued_in_future",
             ClaimsError::WrongIssuer(_) => "wrong_issuer",
             ClaimsError::WrongAudience(_) => "wrong_audience",
         }
@@ -127,7 +135,8 @@ impl ClaimsError {
 }
 
 impl AccessClaims {
-    /// Checks time (with leeway), issuer and audience at `now`.
+    /// Checks time (with leeway: `exp`, `nbf`, and `iat` not in the future), issuer and
+    /// audience at `now`.
     pub fn validate(&self, rules: &Validation, now: i64) -> Result<(), ClaimsError> {
         if now >= self.exp.saturating_add(rules.leeway) {
             return Err(ClaimsError::Expired {
@@ -137,6 +146,11 @@ impl AccessClaims {
         if self.nbf > now.saturating_add(rules.leeway) {
             return Err(ClaimsError::NotYetValid {
                 wait: self.nbf.saturating_sub(now),
+            });
+        }
+        if self.iat > now.saturating_add(rules.leeway) {
+            return Err(ClaimsError::IssuedInFuture {
+                ahead: self.iat.saturating_sub(now),
             });
         }
         if rules.issuer.as_ref().is_some_and(|iss| *iss != self.iss) {

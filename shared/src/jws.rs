@@ -86,10 +86,12 @@ impl<'a> Jws<'a> {
         })
     }
 
-    /// Requires the header `typ` to be `expected` (compared case-insensitively, RFC 7515 4.1.9).
+    /// Requires the header `typ` to be the media type `expected`: compared
+    /// case-insensitively, with or without its `application/` prefix (RFC 7515 4.1.9; RFC
+    /// 9068 section 4 names `at+jwt` and `application/at+jwt` alike).
     pub fn expect_typ(&self, expected: &'static str) -> Result<(), JoseError> {
         match &self.header.typ {
-            Some(t) if t.eq_ignore_ascii_case(expected) => Ok(()),
+            Some(t) if same_media_type(t, expected) => Ok(()),
             found => Err(JoseError::WrongType {
                 found: found.clone(),
                 expected,
@@ -121,6 +123,20 @@ impl<'a> Jws<'a> {
     pub fn claims<T: serde::de::DeserializeOwned>(&self) -> Result<T, JoseError> {
         json::from_slice(&self.payload, "payload")
     }
+}
+
+/// True when the `typ` values `a` and `b` name the same media type: RFC 7515 4.1.9 says a
+/// value without `/` stands for `application/` + it, and media types compare
+/// case-insensitively (RFC 2045).
+pub fn same_media_type(a: &str, b: &str) -> bool {
+    fn full(t: &str) -> std::borrow::Cow<'_, str> {
+        if t.contains('/') {
+            t.into()
+        } else {
+            format!("application/{t}").into()
+        }
+    }
+    full(a).eq_ignore_ascii_case(&full(b))
 }
 
 /// Signs `payload` as a compact JWS with `alg` from the key and the given `typ` and `kid`.

@@ -92,6 +92,13 @@ pub struct SealedBox {
     pub sealed: Vec<u8>,
 }
 
+/// Checks that `public_key` is an X-Wing encapsulation key, without encapsulating.
+pub fn check_public_key(public_key: &[u8]) -> Result<(), KemError> {
+    x_wing::EncapsulationKey::try_from(public_key)
+        .map(|_| ())
+        .map_err(|_| KemError::BadPublicKey)
+}
+
 /// X-Wing encapsulation with caller-supplied randomness: `(ciphertext, shared secret)`.
 pub fn encapsulate(
     public_key: &[u8],

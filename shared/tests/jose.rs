@@ -245,6 +245,58 @@ fn access_tokens_need_the_at_jwt_type() {
 }
 
 #[test]
+fn the_access_token_type_may_carry_its_media_type_prefix_in_any_case() {
+    let k = key(Alg::EdDsa, 1);
+    let payload = serde_json::to_vec(&claims()).unwrap();
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/AT+JWT",
+    ] {
+        let t = jws::sign(&k, typ, Some(&k.kid()), None, &payload).unwrap();
+        AccessClaims::verify(&t, &ring(&[&k]), &Limits::default())
+            .unwrap_or_else(|e| panic!("typ {typ:?} refused: {e}"));
+    }
+    for typ in [
+        "application/jwt",
+        "text/at+jwt",
+        "application/at+jwt+x",
+        "at",
+    ] {
+        let t = jws::sign(&k, typ, Some(&k.kid()), None, &payload).unwrap();
+        assert!(
+            matches!(
+                AccessClaims::verify(&t, &ring(&[&k]), &Limits::default()),
+                Err(JoseError::WrongType { .. })
+            ),
+            "typ {typ:?} accepted"
+        );
+    }
+}
+
+#[test]
+fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+    let mut c = claims();
+    // Valid nbf and exp, but dated ten years ahead: it would escape a subject's
+    // not-before, which is compared with iat.
+    c.iat = 1_000 + 10 * 365 * 86_400;
+    let rules = Validation {
+        leeway: 10,
+        ..Validation::default()
+    };
+    let err = c.validate(&rules, 1_500).unwrap_err();
+    assert_eq!(err.reason(), "issued_in_future");
+    c.iat = 1_510;
+    c.validate(&rules, 1_500).unwrap();
+    c.iat = 1_511;
+    assert_eq!(
+        c.validate(&rules, 1_500),
+        Err(ClaimsError::IssuedInFuture { ahead: 11 })
+    );
+}
+
+#[test]
 fn time_issuer_and_audience_are_checked_with_leeway() {
     let c = claims();
     let rules = Validation {

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{edge, meta, oauth, refresh, revocations, tokens};
+use super::{edge, events, meta, oauth, refresh, revocations, tokens};
 
 /// The API description served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -17,7 +17,7 @@ use super::{edge, meta, oauth, refresh, revocations, tokens};
         tokens::issue, tokens::validate, tokens::inspect,
         refresh::create, refresh::refresh, refresh::revoke,
         revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
-        oauth::revoke, oauth::introspect, edge::revocations,
+        oauth::revoke, oauth::introspect, edge::revocations, events::list,
         meta::jwks, meta::region_jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
         meta::openapi, meta::docs,
     ),

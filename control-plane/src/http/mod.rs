@@ -4,6 +4,7 @@
 pub mod docs;
 pub mod edge;
 pub mod limits;
+pub mod events;
 pub mod meta;
 pub mod oauth;
 pub mod refresh;
@@ -103,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/v1/edge/revocations", get(edge::revocations))
+        .route("/v1/events", get(events::list))
         .route("/admin/keys/rotate", post(meta::rotate_keys))
         .route("/.well-known/jwks.json", get(meta::jwks))
         .route("/v1/region/jwks", get(meta::region_jwks))
@@ -169,12 +171,15 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// 415: wrong content type.
     UnsupportedMediaType(String),
-    /// 400 `invalid_grant`: the refresh token is unknown, expired or revoked.
+    /// 400 `invalid_grant` (RFC 6749 5.2): the refresh token is unknown, expired,
+    /// revoked or reused, or the client binding does not match.
     InvalidGrant(String),
-    /// 401 `invalid_grant`: the grant was refused for who presented it (reuse, binding).
-    GrantRefused(String),
-    /// 401 `invalid_dpop_proof`: the DPoP proof is missing, invalid or replayed.
+    /// 400 `invalid_dpop_proof` (RFC 9449 5): the DPoP proof at a token endpoint is
+    /// missing, invalid or replayed.
     InvalidDpopProof(String),
+    /// 401 `invalid_dpop_proof` with a `DPoP` challenge: a DPoP-bound token used as a
+    /// credential came without a valid proof of its key (RFC 9449 section 7).
+    InvalidDpopCredential(String),
     /// 429: over a rate limit; `Retry-After` says when to come back.
     TooManyRequests(String, std::time::Duration),
     /// 503: too busy (e.g. every long-poll slot is taken); `Retry-After` as given.
@@ -207,9 +212,13 @@ impl IntoResponse for ApiError {
                 "unsupported_media_type",
                 d,
             ),
+            // Token endpoint errors are 400 (RFC 6749 5.2, RFC 9449 5): a 401 with a
+            // challenge is for protected resources.
             ApiError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, "invalid_grant", d),
-            ApiError::GrantRefused(d) => (StatusCode::UNAUTHORIZED, "invalid_grant", d),
-            ApiError::InvalidDpopProof(d) => (StatusCode::UNAUTHORIZED, "invalid_dpop_proof", d),
+            ApiError::InvalidDpopProof(d) => (StatusCode::BAD_REQUEST, "invalid_dpop_proof", d),
+            ApiError::InvalidDpopCredential(d) => {
+                (StatusCode::UNAUTHORIZED, "invalid_dpop_proof", d)
+            }
             ApiError::TooManyRequests(d, _) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", d),
             ApiError::Busy(d, _) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -230,11 +239,6 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let challenge = if error == "invalid_dpop_proof" {
-            r#"DPoP realm="control-plane", error="invalid_dpop_proof", algs="EdDSA ML-DSA-65""#
-        } else {
-            r#"Bearer realm="control-plane""#
-        };
         let mut response = (
             status,
             axum::Json(ErrorBody {
@@ -249,6 +253,11 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if status == StatusCode::UNAUTHORIZED {
+            let challenge = if error == "invalid_dpop_proof" {
+                r#"DPoP realm="control-plane", error="invalid_dpop_proof", algs="EdDSA ML-DSA-65""#
+            } else {
+                r#"Bearer realm="control-plane""#
+            };
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
@@ -275,8 +284,11 @@ impl From<crate::refresh::Error> for ApiError {
         let text = e.to_string();
         match e {
             E::InvalidRequest(_) => ApiError::BadRequest(text),
-            E::UnknownToken | E::Expired(_) | E::Revoked(_) => ApiError::InvalidGrant(text),
-            E::ReusedRefreshToken { .. } | E::BindingMismatch(_) => ApiError::GrantRefused(text),
+            E::UnknownToken
+            | E::Expired(_)
+            | E::Revoked(_)
+            | E::ReusedRefreshToken { .. }
+            | E::BindingMismatch(_) => ApiError::InvalidGrant(text),
             E::InvalidProof(_) => ApiError::InvalidDpopProof(text),
             E::UnknownSession(_) => ApiError::NotFound(text),
             E::Region(e) => ApiError::from(e),

@@ -93,7 +93,8 @@ pub(super) async fn revoke(
 pub struct IntrospectResponse {
     /// True when the token is valid and not revoked.
     active: bool,
-    /// `access_token` when active.
+    /// When active: `DPoP` for a token bound to a key (`cnf.jkt`), else `Bearer`
+    /// (RFC 7662 2.2: an RFC 6749 token type).
     token_type: Option<String>,
     /// Subject.
     sub: Option<String>,
@@ -124,6 +125,12 @@ pub(super) async fn introspect(
         _ => return Err(ApiError::Internal("claims do not serialize".into())),
     };
     body.insert("active".into(), Value::Bool(true));
-    body.insert("token_type".into(), Value::String("access_token".into()));
+    // RFC 7662 2.2: an RFC 6749 token type, i.e. how the token must be presented.
+    let token_type = if claims.cnf.is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    };
+    body.insert("token_type".into(), Value::String(token_type.into()));
     Ok(Json(Value::Object(body)))
 }

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::b64;
+use shared::{b64, kem};
 use utoipa::ToSchema;
 
 use super::{Admin, ApiError, AppState, ErrorBody, Json, MaybeAdmin};
@@ -36,12 +36,13 @@ fn token_type(issued: &Issued) -> String {
 
 /// `POST /token/refresh/create` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     /// `sub` of the session's access tokens.
     pub subject: String,
     /// The device's public JWK: OKP Ed25519 (`crv`, `x`) or AKP ML-DSA-65 (`alg`,
     /// `pub`). Its RFC 7638 thumbprint becomes `cnf.jkt`; every refresh then needs a
-    /// DPoP proof signed by it and a `kem_public_key`.
+    /// DPoP proof signed by it and a `kem_public_key` (or `client_public_key`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub device_jwk: Option<Value>,
@@ -113,15 +114,24 @@ pub(super) async fn create(
     }))
 }
 
-/// `POST /token/refresh` body.
+/// `POST /token/refresh` body. Unknown fields are refused (400), so a misspelt key
+/// name can never turn a sealed delivery into a clear one.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The current refresh token of the session.
     pub refresh_token: String,
     /// A fresh ephemeral X-Wing public key, base64url (1216 bytes). Required for
-    /// device-bound sessions; when given, the rotated token comes back sealed to it.
+    /// device-bound sessions (or `client_public_key`); when given, the rotated token
+    /// comes back sealed to it in `sealed_refresh_token`.
     #[serde(default)]
     pub kem_public_key: Option<String>,
+    /// The original service's name for the same key: a fresh ephemeral X-Wing public
+    /// key, base64url (1216 bytes). When given, the rotated token comes back sealed in
+    /// the original shape: top-level `kem_ciphertext` and `encrypted_session_key`.
+    /// At most one of `kem_public_key` and `client_public_key`.
+    #[serde(default)]
+    pub client_public_key: Option<String>,
     /// The session's client binding (binding mode only).
     #[serde(default)]
     pub client_binding: Option<String>,
@@ -151,15 +161,60 @@ pub struct RefreshResponse {
     pub session_id: String,
     /// Seconds until the session expires.
     pub refresh_expires_in: i64,
-    /// The rotated refresh token in clear (only when no `kem_public_key` was sent).
+    /// The rotated refresh token in clear (only when no KEM key was sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     /// The rotated refresh token, sealed (when `kem_public_key` was sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_refresh_token: Option<SealedRefreshToken>,
+    /// X-Wing ciphertext, base64url (1120 bytes), when `client_public_key` was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kem_ciphertext: Option<String>,
+    /// The rotated refresh token (UTF-8) encrypted with ChaCha20-Poly1305 (ciphertext
+    /// and 16-byte tag), base64url, when `client_public_key` was sent: the same seal as
+    /// `sealed_refresh_token.sealed` (key from HKDF-SHA256 over the X-Wing shared
+    /// secret and the transcript, transcript as associated data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_session_key: Option<String>,
     /// base64url SHA-256 of the transcript the seal is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript_hash: Option<String>,
+}
+
+/// Which field carried the client's KEM key, so the answer uses the same vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SealShape {
+    /// `kem_public_key` -> `sealed_refresh_token {kem_ciphertext, sealed}`.
+    Nested,
+    /// `client_public_key` (the original service) -> top-level `kem_ciphertext` and
+    /// `encrypted_session_key`.
+    Original,
+}
+
+/// Decodes and checks the client's KEM public key; a key that was sent but is unusable
+/// is a 400 naming its field, never a clear-text answer.
+fn client_kem_key(body: &RefreshRequest) -> Result<Option<(Vec<u8>, SealShape)>, ApiError> {
+    let (field, value, shape) = match (&body.kem_public_key, &body.client_public_key) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give at most one of kem_public_key, client_public_key".into(),
+            ));
+        }
+        (Some(k), None) => ("kem_public_key", k, SealShape::Nested),
+        (None, Some(k)) => ("client_public_key", k, SealShape::Original),
+        (None, None) => return Ok(None),
+    };
+    let key = b64::decode(value, field)
+        .map_err(|_| ApiError::BadRequest(format!("{field} must be unpadded base64url")))?;
+    if key.len() != kem::PUBLIC_KEY_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be {} bytes (an X-Wing public key), got {}",
+            kem::PUBLIC_KEY_LEN,
+            key.len()
+        )));
+    }
+    kem::check_public_key(&key).map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))?;
+    Ok(Some((key, shape)))
 }
 
 pub(super) fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -194,14 +249,16 @@ pub(super) fn proof_target(headers: &HeaderMap, uri: &Uri) -> ProofTarget {
 }
 
 /// Rotates a refresh token: answers a new access token and the next refresh token
-/// (sealed when `kem_public_key` is given). Presenting a rotated token again revokes
+/// (sealed when `kem_public_key` or `client_public_key` is given; never in clear then). Presenting a rotated token again revokes
 /// the whole session.
 #[utoipa::path(post, path = "/token/refresh", tag = "refresh", request_body = RefreshRequest,
     params(("DPoP" = Option<String>, Header,
         description = "Proof signed by the device key (htm POST, htu this URL); required for device-bound sessions")),
     responses((status = 200, body = RefreshResponse),
-        (status = 400, description = "`invalid_request`, or `invalid_grant`: unknown, expired or revoked refresh token", body = ErrorBody),
-        (status = 401, description = "`invalid_dpop_proof`, or `invalid_grant`: reuse detected (session revoked) or wrong client_binding", body = ErrorBody)))]
+        (status = 400, description = "`invalid_request` (malformed input, unknown field, bad KEM key), \
+            `invalid_grant` (unknown, expired, revoked or reused refresh token: reuse revokes the \
+            session; wrong client_binding) or `invalid_dpop_proof` (missing, invalid or replayed \
+            proof); RFC 6749 5.2, RFC 9449 5", body = ErrorBody)))]
 pub(super) async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -209,15 +266,10 @@ pub(super) async fn refresh(
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<RefreshResponse>, ApiError> {
     let dpop = dpop_header(&headers)?;
-    let kem_public_key = body
-        .kem_public_key
-        .as_deref()
-        .map(|k| {
-            b64::decode(k, "kem_public_key").map_err(|_| {
-                ApiError::BadRequest("kem_public_key must be unpadded base64url".into())
-            })
-        })
-        .transpose()?;
+    let (kem_public_key, shape) = match client_kem_key(&body)? {
+        Some((key, shape)) => (Some(key), shape),
+        None => (None, SealShape::Nested),
+    };
     let request = refresh::RefreshRequest {
         refresh_token: body.refresh_token,
         kem_public_key,
@@ -226,35 +278,48 @@ pub(super) async fn refresh(
         target: proof_target(&headers, &uri),
     };
     let done = blocking(&state, move |r| refresh::refresh(r, request)).await?;
-    let (refresh_token, sealed_refresh_token, transcript_hash) = match done.delivery {
-        Delivery::Clear(token) => (Some(token), None, None),
-        Delivery::Sealed {
-            sealed,
-            transcript_hash,
-        } => (
-            None,
-            Some(SealedRefreshToken {
-                kem_ciphertext: b64::encode(&sealed.kem_ciphertext),
-                sealed: b64::encode(&sealed.sealed),
-            }),
-            Some(transcript_hash),
-        ),
-    };
-    Ok(Json(RefreshResponse {
+    let mut answer = RefreshResponse {
         token_type: token_type(&done.access),
         access_token: done.access.token,
         expires_in: done.access.expires_in,
         jti: done.access.claims.jti,
         session_id: done.session_id,
         refresh_expires_in: done.refresh_expires_in,
-        refresh_token,
-        sealed_refresh_token,
-        transcript_hash,
-    }))
+        refresh_token: None,
+        sealed_refresh_token: None,
+        kem_ciphertext: None,
+        encrypted_session_key: None,
+        transcript_hash: None,
+    };
+    match done.delivery {
+        Delivery::Clear(token) => answer.refresh_token = Some(token),
+        Delivery::Sealed {
+            sealed,
+            transcript_hash,
+        } => {
+            let kem_ciphertext = b64::encode(&sealed.kem_ciphertext);
+            let boxed = b64::encode(&sealed.sealed);
+            match shape {
+                SealShape::Nested => {
+                    answer.sealed_refresh_token = Some(SealedRefreshToken {
+                        kem_ciphertext,
+                        sealed: boxed,
+                    });
+                }
+                SealShape::Original => {
+                    answer.kem_ciphertext = Some(kem_ciphertext);
+                    answer.encrypted_session_key = Some(boxed);
+                }
+            }
+            answer.transcript_hash = Some(transcript_hash);
+        }
+    }
+    Ok(Json(answer))
 }
 
 /// `POST /token/refresh/revoke` body: exactly one of the two.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeSessionRequest {
     /// Any refresh token of the session (the holder revokes its own session).
     #[serde(default)]

@@ -35,6 +35,7 @@ fn ttl_expiry(ttl_seconds: Option<i64>) -> Result<Option<i64>, ApiError> {
 
 /// `POST /revoke` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// `revoke_jti`, `revoke_sub`, `revoke_kid` or `revoke_sid`.
     #[serde(rename = "type")]
@@ -82,6 +83,7 @@ pub(super) async fn revoke(
 
 /// `POST /revoke/token` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeTokenRequest {
     /// The token whose identifiers are revoked.
     pub token: String,
@@ -163,7 +165,12 @@ pub(super) async fn revoke_token(
             super::refresh::blocking(&state, move |r| {
                 crate::refresh::check_possession(r, proof.as_deref(), &token, &jkt, &target)
             })
-            .await?;
+            .await
+            // Here the bound token is the credential: a protected-resource 401.
+            .map_err(|e| match e {
+                ApiError::InvalidDpopProof(d) => ApiError::InvalidDpopCredential(d),
+                other => other,
+            })?;
         }
     }
     if claims.sid.is_none() && kinds.contains(&Kind::Sid) {
@@ -265,6 +272,7 @@ pub(super) async fn status(
 
 /// `POST /v1/revocations/check` body: at least one identifier.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     /// Token id.
     #[serde(default)]

@@ -13,6 +13,7 @@ use crate::region::{IssueRequest, describe};
 
 /// `POST /token` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The `sub` of the token.
     pub subject: String,
@@ -77,6 +78,7 @@ fn yes() -> bool {
 
 /// `POST /token/validate` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ValidateRequest {
     /// The compact JWS.
     pub token: String,

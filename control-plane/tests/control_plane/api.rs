@@ -484,7 +484,7 @@ async fn oauth2_introspect_needs_a_credential_and_reports_activity() {
         assert_eq!(body["active"], true);
         assert_eq!(body["sub"], "alice");
         assert_eq!(body["scope"], "read");
-        assert_eq!(body["token_type"], "access_token");
+        assert_eq!(body["token_type"], "Bearer");
         app.revoke("jti", &jti).await;
         let body = app
             .form("/oauth2/introspect", &format!("token={token}"), true)
@@ -570,6 +570,7 @@ async fn probes_metrics_openapi_and_docs_answer() {
             "/oauth2/revoke",
             "/oauth2/introspect",
             "/v1/edge/revocations",
+            "/v1/events",
             "/.well-known/jwks.json",
             "/health",
             "/ready",
@@ -613,5 +614,139 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_the_same_json_shape() {
             .await
             .error(405, "method_not_allowed");
         app.get("/token").await.error(405, "method_not_allowed");
+    }
+}
+
+#[tokio::test]
+async fn introspection_answers_the_rfc_6749_token_type_bearer_or_dpop() {
+    for app in TestApp::both().await {
+        let (token, _) = app.issue("alice", json!({})).await;
+        let body = app
+            .form("/oauth2/introspect", &format!("token={token}"), true)
+            .await
+            .json();
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        let device = shared::SigningKey::generate(shared::Alg::EdDsa);
+        let created = app
+            .admin_json(
+                "/token/refresh/create",
+                &json!({ "subject": "alice",
+                         "device_jwk": serde_json::to_value(device.verifying_key().to_jwk()).unwrap() }),
+            )
+            .await
+            .json();
+        let bound = created["access_token"].as_str().expect("bound token");
+        let body = app
+            .form("/oauth2/introspect", &format!("token={bound}"), true)
+            .await
+            .json();
+        assert_eq!(body["active"], true, "{body}");
+        assert_eq!(body["cnf"]["jkt"], device.kid());
+        assert_eq!(body["token_type"], "DPoP", "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_refused_so_it_cannot_escape_revoke_sub() {
+    for app in TestApp::both().await {
+        let now = control_plane::time::now();
+        // A valid nbf and exp, but iat ten years ahead: a subject revocation (a
+        // not-before compared with iat) would never cover it.
+        let ahead = app.forge(|c| {
+            c.sub = "mallory".into();
+            c.iat = now + 10 * 365 * 86_400;
+        });
+        let body = app.validate(&ahead).await;
+        assert_eq!(body["valid"], false, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("future"),
+            "{body}"
+        );
+        app.revoke("sub", "mallory").await;
+        assert_eq!(app.validate(&ahead).await["valid"], false);
+        let body = app
+            .form("/oauth2/introspect", &format!("token={ahead}"), true)
+            .await
+            .json();
+        assert_eq!(body, json!({ "active": false }));
+        // A few seconds of clock difference between regions stay within the leeway.
+        let skewed = app.forge(|c| c.iat = now + 5);
+        assert_eq!(app.validate(&skewed).await["valid"], true);
+    }
+}
+
+#[tokio::test]
+async fn the_application_at_jwt_media_type_is_accepted_as_at_jwt() {
+    for app in TestApp::both().await {
+        for typ in ["application/at+jwt", "Application/AT+JWT", "AT+JWT"] {
+            let token = app.forge_typed(typ, |_| {});
+            let body = app.validate(&token).await;
+            assert_eq!(body["valid"], true, "{typ}: {body}");
+        }
+        let body = app
+            .validate(&app.forge_typed("application/jwt", |_| {}))
+            .await;
+        assert_eq!(body["valid"], false, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_json_field_is_a_400_naming_it_on_every_json_route() {
+    for app in TestApp::both().await {
+        let (token, _) = app.issue("alice", json!({})).await;
+        let routes = [
+            (
+                "/token",
+                json!({ "subject": "a", "expires_minute": 5 }),
+                "expires_minute",
+            ),
+            (
+                "/token/validate",
+                json!({ "token": token, "check_revocations": false }),
+                "check_revocations",
+            ),
+            (
+                "/token/refresh/create",
+                json!({ "subject": "a", "device_jkw": {} }),
+                "device_jkw",
+            ),
+            (
+                "/token/refresh",
+                json!({ "refresh_token": "rt_x", "kem_publickey": "AAAA" }),
+                "kem_publickey",
+            ),
+            (
+                "/token/refresh/revoke",
+                json!({ "refresh_token": "rt_x", "sid": "s" }),
+                "sid",
+            ),
+            (
+                "/revoke",
+                json!({ "type": "revoke_jti", "value": "j", "ttl": 5 }),
+                "ttl",
+            ),
+            (
+                "/revoke/token",
+                json!({ "token": token, "scope": ["sub"] }),
+                "scope",
+            ),
+            (
+                "/v1/revocations/check",
+                json!({ "subject": "alice" }),
+                "subject",
+            ),
+        ];
+        for (path, body, unknown) in routes {
+            let why = app
+                .admin_json(path, &body)
+                .await
+                .error(400, "invalid_request");
+            assert!(
+                why.contains(&format!("unknown field `{unknown}`")),
+                "{path}: {why}"
+            );
+        }
+        // Nothing was done on the way: the token is still valid.
+        assert_eq!(app.validate(&token).await["valid"], true);
     }
 }

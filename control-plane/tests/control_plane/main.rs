@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod durability;
 mod edge_feed;
+mod events;
 mod refresh;
 mod revocation_kinds;
 mod security;

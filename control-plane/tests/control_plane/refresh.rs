@@ -209,7 +209,7 @@ async fn a_bound_session_refuses_a_missing_or_wrong_dpop_proof_without_burning_t
         });
         let why = post_refresh(&app, &body, None)
             .await
-            .error(401, "invalid_dpop_proof");
+            .error(400, "invalid_dpop_proof");
         assert!(why.contains("DPoP header"), "{why}");
 
         let now = control_plane::time::now();
@@ -244,9 +244,11 @@ async fn a_bound_session_refuses_a_missing_or_wrong_dpop_proof_without_burning_t
         ];
         for (p, expected) in cases {
             let reply = post_refresh(&app, &body, Some(&p)).await;
-            let why = reply.error(401, "invalid_dpop_proof");
+            let why = reply.error(400, "invalid_dpop_proof");
             assert!(why.contains(expected), "{expected}: {why}");
-            assert!(reply.header("www-authenticate").starts_with("DPoP"));
+            // A token endpoint answers 400 without a challenge (RFC 9449 5, RFC 6749
+            // 5.2); a 401 with WWW-Authenticate: DPoP is for protected resources.
+            assert_eq!(reply.header("www-authenticate"), "", "no challenge");
         }
         // Without a KEM key a bound session never gets its token in clear.
         let p = proof(&app, &device.key);
@@ -280,7 +282,7 @@ async fn a_replayed_dpop_proof_is_refused() {
         let why = device
             .refresh_with(&app, &p)
             .await
-            .error(401, "invalid_dpop_proof");
+            .error(400, "invalid_dpop_proof");
         assert!(why.contains("replayed"), "{why}");
         // The replay neither burned the token nor revoked the session.
         assert_eq!(device.refresh(&app).await.status, 200);
@@ -345,7 +347,7 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
             refresh_token: stolen,
             access_token: String::new(),
         };
-        let why = thief.refresh(&app).await.error(401, "invalid_grant");
+        let why = thief.refresh(&app).await.error(400, "invalid_grant");
         assert_eq!(why, "refresh token reuse detected; session revoked");
 
         for token in [&first_access, &second_access] {
@@ -419,14 +421,14 @@ async fn two_concurrent_refreshes_of_one_token_give_one_success_and_the_loser_re
     let (ra, rb) = tokio::join!(a.refresh(&app), b.refresh(&app));
     let mut statuses = [ra.status, rb.status];
     statuses.sort_unstable();
-    assert_eq!(statuses, [200, 401], "{} / {}", ra.text(), rb.text());
+    assert_eq!(statuses, [200, 400], "{} / {}", ra.text(), rb.text());
     let (winner, loser) = if ra.status == 200 {
         (&mut a, rb)
     } else {
         (&mut b, ra)
     };
     assert_eq!(
-        loser.error(401, "invalid_grant"),
+        loser.error(400, "invalid_grant"),
         "refresh token reuse detected; session revoked"
     );
     let why = winner.refresh(&app).await.error(400, "invalid_grant");
@@ -463,7 +465,7 @@ async fn client_binding_mode_rotates_in_clear_and_refuses_a_wrong_binding() {
                 None,
             )
             .await
-            .error(401, "invalid_grant");
+            .error(400, "invalid_grant");
             assert!(why.contains(expected), "{why}");
         }
         for _ in 0..2 {
@@ -754,4 +756,142 @@ async fn the_openapi_document_lists_the_refresh_routes() {
         assert!(spec["paths"][path]["post"].is_object(), "{path}");
     }
     assert!(spec["components"]["schemas"]["RefreshResponse"].is_object());
+}
+
+#[tokio::test]
+async fn the_original_services_client_public_key_gets_a_sealed_answer_never_clear_text() {
+    for app in TestApp::both().await {
+        let reply = app
+            .admin_json(
+                "/token/refresh/create",
+                &json!({ "subject": "dave", "client_binding": "fp-1" }),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let created = reply.json();
+        let sid = created["session_id"].as_str().unwrap().to_owned();
+        let token = created["refresh_token"].as_str().unwrap().to_owned();
+
+        // A key that is not an X-Wing public key is a 400 naming the field; the token
+        // is not burned and nothing comes back in clear.
+        let (_, good) = EphemeralSecret::generate();
+        let mut not_a_key = good.clone();
+        not_a_key.truncate(1000);
+        for (bad, expected) in [
+            (
+                "!!".to_owned(),
+                "client_public_key must be unpadded base64url",
+            ),
+            (
+                b64::encode(&not_a_key),
+                "client_public_key must be 1216 bytes",
+            ),
+        ] {
+            let reply = post_refresh(
+                &app,
+                &json!({ "refresh_token": token, "client_binding": "fp-1",
+                         "client_public_key": bad }),
+                None,
+            )
+            .await;
+            let why = reply.error(400, "invalid_request");
+            assert!(why.contains(expected), "{why}");
+        }
+        let why = post_refresh(
+            &app,
+            &json!({ "refresh_token": token, "client_binding": "fp-1",
+                     "client_public_key": b64::encode(&good),
+                     "kem_public_key": b64::encode(&good) }),
+            None,
+        )
+        .await
+        .error(400, "invalid_request");
+        assert!(why.contains("at most one"), "{why}");
+
+        // The original shape: {refresh_token, client_binding, client_public_key}.
+        let (secret, public) = EphemeralSecret::generate();
+        let reply = post_refresh(
+            &app,
+            &json!({ "refresh_token": token, "client_binding": "fp-1",
+                     "client_public_key": b64::encode(&public) }),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        assert!(
+            body.get("refresh_token").is_none(),
+            "never in clear: {body}"
+        );
+        assert!(body.get("sealed_refresh_token").is_none(), "{body}");
+        let t = transcript(&sid, &token, None, &public);
+        assert_eq!(body["transcript_hash"], b64::encode(&sha256(t.as_bytes())));
+        let ct = b64::decode(body["kem_ciphertext"].as_str().unwrap(), "ct").unwrap();
+        assert_eq!(ct.len(), 1120);
+        let boxed = b64::decode(body["encrypted_session_key"].as_str().unwrap(), "esk").unwrap();
+        let next = String::from_utf8(secret.open(&ct, t.as_bytes(), &boxed).expect("opens"))
+            .expect("utf-8");
+        assert!(next.starts_with("rt_") && next != token);
+
+        // The opened token is the session's next refresh token.
+        let reply = post_refresh(
+            &app,
+            &json!({ "refresh_token": next, "client_binding": "fp-1" }),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn token_endpoint_errors_are_400_with_an_oauth_error_code_and_no_challenge() {
+    for app in TestApp::both().await {
+        // invalid_dpop_proof: missing proof on a bound session.
+        let mut device = Device::create(&app, Alg::EdDsa).await;
+        let (_, public) = EphemeralSecret::generate();
+        let reply = post_refresh(
+            &app,
+            &json!({ "refresh_token": device.refresh_token, "kem_public_key": b64::encode(&public) }),
+            None,
+        )
+        .await;
+        reply.error(400, "invalid_dpop_proof");
+        assert_eq!(reply.header("www-authenticate"), "");
+
+        // invalid_grant: reuse of a rotated token.
+        let rotated = device.refresh_token.clone();
+        assert_eq!(device.refresh(&app).await.status, 200);
+        let mut thief = Device {
+            key: SigningKey::from_seed(device.key.alg(), &device.key.seed()),
+            sid: device.sid.clone(),
+            refresh_token: rotated,
+            access_token: String::new(),
+        };
+        let reply = thief.refresh(&app).await;
+        reply.error(400, "invalid_grant");
+        assert_eq!(reply.header("www-authenticate"), "");
+
+        // invalid_grant: binding mismatch.
+        let created = app
+            .admin_json(
+                "/token/refresh/create",
+                &json!({ "subject": "erin", "client_binding": "fp-1" }),
+            )
+            .await
+            .json();
+        let reply = post_refresh(
+            &app,
+            &json!({ "refresh_token": created["refresh_token"], "client_binding": "fp-2" }),
+            None,
+        )
+        .await;
+        reply.error(400, "invalid_grant");
+        assert_eq!(reply.header("www-authenticate"), "");
+
+        // invalid_request: malformed input.
+        post_refresh(&app, &json!({ "refresh_token": 5 }), None)
+            .await
+            .error(400, "invalid_request");
+    }
 }

@@ -305,6 +305,11 @@ impl TestApp {
     /// Signs arbitrary claims with the region's token key (for expired, future, foreign
     /// tokens that the API would never mint).
     pub(crate) fn forge(&self, edit: impl FnOnce(&mut AccessClaims)) -> String {
+        self.forge_typed(TYP_ACCESS_TOKEN, edit)
+    }
+
+    /// [`TestApp::forge`] with another header `typ`.
+    pub(crate) fn forge_typed(&self, typ: &str, edit: impl FnOnce(&mut AccessClaims)) -> String {
         let keys = self.state.region.keys();
         let now = control_plane::time::now();
         let mut claims = AccessClaims {
@@ -325,7 +330,7 @@ impl TestApp {
         let kid = keys.token_key.kid();
         shared::jws::sign(
             &keys.token_key,
-            TYP_ACCESS_TOKEN,
+            typ,
             Some(&kid),
             None,
             &serde_json::to_vec(&claims).expect("claims"),

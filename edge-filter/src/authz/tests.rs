@@ -483,3 +483,31 @@ fn new_keys_flush_the_cache() {
         Some(Reason::UnknownKey)
     );
 }
+
+#[test]
+fn a_token_dated_in_the_future_is_refused_at_the_edge() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = RevocationSet::new();
+    let mut c = claims();
+    c["iat"] = json!(NOW + 10 * 365 * 86_400);
+    c["jti"] = json!("jti-future");
+    let authorization = format!("Bearer {}", token(&c));
+    assert_eq!(
+        reason(decide(&mut az, &authorization, &set)),
+        Some(Reason::NotYetValid)
+    );
+    // Within the leeway (30 s) it is still a clock difference, not a forgery.
+    c["iat"] = json!(NOW + 20);
+    let authorization = format!("Bearer {}", token(&c));
+    assert_eq!(reason(decide(&mut az, &authorization, &set)), None);
+}
+
+#[test]
+fn the_application_at_jwt_media_type_is_accepted_at_the_edge() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = RevocationSet::new();
+    for typ in ["application/at+jwt", "Application/AT+JWT"] {
+        let authorization = format!("Bearer {}", token_with(&ed_key(), typ, &claims()));
+        assert_eq!(reason(decide(&mut az, &authorization, &set)), None, "{typ}");
+    }
+}
