@@ -3,8 +3,8 @@
 
 pub mod docs;
 pub mod edge;
-pub mod limits;
 pub mod events;
+pub mod limits;
 pub mod meta;
 pub mod oauth;
 pub mod refresh;
