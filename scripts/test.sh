@@ -15,6 +15,7 @@ missing_debs=()
 command -v node >/dev/null || missing_debs+=(nodejs)
 command -v python3 >/dev/null || missing_debs+=(python3 python3-pip)
 command -v cc >/dev/null || missing_debs+=(build-essential)
+command -v redis-server >/dev/null || missing_debs+=(redis-server)
 if [ ${#missing_debs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}"
@@ -28,6 +29,8 @@ rustup component list --installed | grep -q '^rustfmt' || rustup component add r
 if ! wasm-bindgen --version 2>/dev/null | grep -q ' 0.2.130'; then
   cargo install wasm-bindgen-cli --version 0.2.130
 fi
+# The Kafka-protocol broker of the regions tests (about 15 minutes to build, once).
+command -v tansu >/dev/null || cargo install tansu --version 0.6.0 --locked --features dynostore
 ENVOY_BIN="$(scripts/envoy-bin.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version | tr -s ' \n' ' '; echo
@@ -50,7 +53,7 @@ rm -rf shared/js/pkg
 wasm-bindgen --target nodejs --out-dir shared/js/pkg \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/shared.wasm"
 
-step "native tests (unit, control plane, end-to-end with Envoy)"
+step "native tests (unit, control plane, end-to-end with Envoy, regions with Redis and a broker)"
 cargo build -p control-plane
 cargo test --workspace --all-features
 
