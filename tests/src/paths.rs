@@ -11,7 +11,8 @@ pub fn workspace() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn target_dir() -> PathBuf {
+/// The cargo target directory (`$CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))

