@@ -4,7 +4,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use tests::{TempDir, free_port, paths};
@@ -12,8 +12,12 @@ use tests::{TempDir, free_port, paths};
 /// The shell block between the README's walk-through markers.
 fn walkthrough() -> String {
     let readme = std::fs::read_to_string(paths::workspace().join("README.md")).expect("README");
-    let start = readme.find("<!-- walkthrough -->").expect("walk-through start marker");
-    let end = readme.find("<!-- /walkthrough -->").expect("walk-through end marker");
+    let start = readme
+        .find("<!-- walkthrough -->")
+        .expect("walk-through start marker");
+    let end = readme
+        .find("<!-- /walkthrough -->")
+        .expect("walk-through end marker");
     let block = &readme[start..end];
     let code = block
         .split_once("```sh\n")
@@ -104,7 +108,11 @@ fn closed(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
 }
 
+/// One launcher at a time: its Envoys use fixed base ids.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn run_walkthrough(regions: u8) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let data = TempDir::new("launcher-data");
     let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     // Region b takes each base port + 1: keep those free too.
@@ -159,13 +167,20 @@ fn run_walkthrough(regions: u8) {
         .expect("run the walk-through");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("walk-through ({regions} region(s)):\n{stdout}");
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(r#""x-auth-sub": "alice""#), "{stdout}");
     assert!(stdout.contains(r#""published":true"#), "{stdout}");
     assert_eq!(stdout.lines().last(), Some("401"), "{stdout}");
     assert!(launched.terminate(), "the launcher did not stop on SIGTERM");
     for port in [base(0), base(1), base(3)] {
-        assert!(closed(port), "port {port} still open after the launcher stopped");
+        assert!(
+            closed(port),
+            "port {port} still open after the launcher stopped"
+        );
     }
     assert!(admin_file.exists(), "the data dir is kept");
 }
@@ -196,7 +211,8 @@ fn a_port_in_use_is_a_clear_error_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("port {port} is already in use")) && stderr.contains("--upstream-port"),
+        stderr.contains(&format!("port {port} is already in use"))
+            && stderr.contains("--upstream-port"),
         "{stderr}"
     );
 }
