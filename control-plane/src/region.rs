@@ -437,12 +437,9 @@ impl Region {
 
     /// True when `presented` is the admin secret (compared in constant time).
     pub fn is_admin(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
         let digest = sha256(presented.trim().as_bytes());
-        digest
-            .iter()
-            .zip(self.admin_hash.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        digest.ct_eq(&self.admin_hash).into()
     }
 
     /// Issues an access token and records it in the audit log.

@@ -8,7 +8,7 @@ use shared::dpop::{ProofRequirements, verify_proof};
 use shared::edgeset::RevocationSet;
 use shared::jws::{Jws, Limits};
 use shared::revocation::TokenIds;
-use shared::{AccessClaims, JoseError, Keyring, Validation, sha256};
+use shared::{AccessClaims, ClaimsError, JoseError, Keyring, Validation, sha256};
 
 use crate::cache::TokenCache;
 use crate::replay::{ReplayGuard, proof_id};
@@ -71,10 +71,23 @@ impl Reason {
     }
 
     fn from_jose(e: &JoseError) -> Reason {
-        match e.reason() {
-            "unknown_key" => Reason::UnknownKey,
-            "bad_signature" => Reason::BadSignature,
+        match e {
+            JoseError::UnknownKey(_) => Reason::UnknownKey,
+            JoseError::BadSignature => Reason::BadSignature,
             _ => Reason::Malformed,
+        }
+    }
+
+    fn from_claims(e: &ClaimsError) -> Reason {
+        // Enum to enum: a renamed variant is a compile error, never another reason.
+        match e {
+            ClaimsError::Expired { .. } => Reason::Expired,
+            // A token dated ahead is not valid yet either.
+            ClaimsError::NotYetValid { .. } | ClaimsError::IssuedInFuture { .. } => {
+                Reason::NotYetValid
+            }
+            ClaimsError::WrongIssuer(_) => Reason::WrongIssuer,
+            ClaimsError::WrongAudience(_) => Reason::WrongAudience,
         }
     }
 }
@@ -335,13 +348,7 @@ impl Authorizer {
         let claims: AccessClaims = jws.claims().map_err(|_| Reason::Malformed)?;
         claims
             .validate(&self.validation, now)
-            .map_err(|e| match e.reason() {
-                "expired" => Reason::Expired,
-                // A token dated ahead is not valid yet either.
-                "not_yet_valid" | "issued_in_future" => Reason::NotYetValid,
-                "wrong_issuer" => Reason::WrongIssuer,
-                _ => Reason::WrongAudience,
-            })?;
+            .map_err(|e| Reason::from_claims(&e))?;
         let headers = if self.claim_headers.is_empty() {
             Vec::new()
         } else {
