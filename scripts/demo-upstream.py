@@ -2,7 +2,7 @@
 """The demo upstream: answers every request with JSON naming the claim headers the edge
 filter forwarded (x-auth-*), so a walk-through can see who Envoy let through.
 
-Usage: demo-upstream.py PORT
+Usage: demo-upstream.py PORT [HOST]   (HOST defaults to 127.0.0.1; 0.0.0.0 in a container)
 """
 import json
 import sys
@@ -29,4 +29,5 @@ class Echo(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8081
-    ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    ThreadingHTTPServer((host, port), Echo).serve_forever()

@@ -46,6 +46,11 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Exits 0 when `url` answers 2xx within 3 s (container health checks need no curl).
+    Probe {
+        /// e.g. http://127.0.0.1:8000/ready
+        url: String,
+    },
     /// Runs only the Kafka consumer (and the Redis rebuilder, the outbox relay): applies
     /// the other regions' revocations to this data dir and keeps `REDIS_URL` current for
     /// services that only read Redis. Needs `KAFKA_BOOTSTRAP`.
@@ -164,6 +169,7 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Audit(AuditCommand::Verify) => return audit_verify(&settings_args.data_dir),
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
         Command::Consume => consume(settings_args),
+        Command::Probe { url } => probe(&url),
         Command::Events(EventsCommand::Export { since }) => {
             events_export(&settings_args.data_dir, since)
         }
@@ -175,6 +181,20 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn probe(url: &str) -> anyhow::Result<()> {
+    let response = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?
+        .get(url)
+        .send()?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    Ok(())
 }
 
 fn consume(args: &SettingsArgs) -> anyhow::Result<()> {

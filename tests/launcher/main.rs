@@ -216,3 +216,76 @@ fn a_port_in_use_is_a_clear_error_naming_the_flag() {
         "{stderr}"
     );
 }
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(paths::workspace().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn docker_compose_uses_the_names_ports_and_paths_of_the_code_and_the_launcher() {
+    let compose = read("docker-compose.yml");
+    let launcher = read("scripts/run.sh");
+    let env_example = read("control-plane/.env.example");
+    let config = read("control-plane/src/config.rs");
+    let dockerfile = read("Dockerfile");
+    let envoy = read("envoy/compose.yaml");
+    let routes = read("control-plane/src/http/mod.rs");
+    // Every variable compose sets is one the code reads, the launcher sets, and
+    // .env.example documents.
+    for var in [
+        "REGION",
+        "KAFKA_BOOTSTRAP",
+        "REDIS_URL",
+        "PEER_JWKS",
+        "CP_KAFKA_FETCH_WAIT_MS",
+    ] {
+        assert!(
+            compose.contains(&format!("{var}: ")),
+            "compose does not set {var}"
+        );
+        assert!(
+            launcher.contains(&format!("{var}=")),
+            "the launcher does not set {var}"
+        );
+        assert!(
+            env_example.contains(var),
+            ".env.example does not document {var}"
+        );
+        assert!(
+            config.contains(&format!("\"{var}\"")),
+            "the code does not read {var}"
+        );
+    }
+    // The launcher's default ports are compose's host ports.
+    for (default, published) in [
+        ("CP_PORT=8000", "127.0.0.1:8000:8000"),
+        ("CP_PORT=8000", "127.0.0.1:8001:8000"),
+        ("ENVOY_PORT=10000", "127.0.0.1:10000:10000"),
+        ("ENVOY_PORT=10000", "127.0.0.1:10001:10000"),
+        ("ADMIN_PORT=9901", "127.0.0.1:9901:9901"),
+        ("ADMIN_PORT=9901", "127.0.0.1:9902:9901"),
+        ("UPSTREAM_PORT=8081", "127.0.0.1:8081:8081"),
+    ] {
+        assert!(launcher.contains(default), "launcher default {default}");
+        assert!(compose.contains(published), "compose publishes {published}");
+    }
+    // Paths: the peers' key route exists, the data volume is where the image keeps its
+    // data, the Envoy config loads the wasm where the image puts it.
+    assert!(compose.contains("/v1/region/jwks") && routes.contains("\"/v1/region/jwks\""));
+    assert!(compose.contains(":/data]") && dockerfile.contains("\"--data-dir\", \"/data\""));
+    assert!(
+        dockerfile.contains("/etc/envoy/edge_filter.wasm")
+            && envoy.contains("filename: /etc/envoy/edge_filter.wasm")
+    );
+    assert!(compose.contains("http://127.0.0.1:8000/ready") && routes.contains("\"/ready\""));
+    for target in ["control-plane", "envoy", "demo-upstream"] {
+        assert!(
+            dockerfile.contains(&format!("AS {target}")),
+            "Dockerfile target {target}"
+        );
+        assert!(
+            compose.contains(&format!("target: {target}")),
+            "compose builds {target}"
+        );
+    }
+}
