@@ -2,7 +2,7 @@
 //! `audit` and `events`, working on a data directory or (`--server`) against a running
 //! service.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -58,6 +58,13 @@ pub enum Command {
     /// The signed revocation events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Copies the region's database to a new file while it runs (SQLite `VACUUM INTO`:
+    /// one consistent snapshot). The copy holds the signing keys: it is created mode 0600.
+    Backup {
+        /// The file to create (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// Where a command runs: on the data directory, or against a server.
@@ -170,6 +177,7 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
         Command::Consume => consume(settings_args),
         Command::Probe { url } => probe(&url),
+        Command::Backup { to } => backup(&settings_args.data_dir, &to),
         Command::Events(EventsCommand::Export { since }) => {
             events_export(&settings_args.data_dir, since)
         }
@@ -181,6 +189,37 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(!to.exists(), "{} exists; give a new file", to.display());
+    let db = open_existing(data_dir)?;
+    // Created empty with 0600 first (VACUUM INTO fills an empty file), so the keys in
+    // the copy are never readable by others, not even while it is written.
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        options
+            .open(to)
+            .with_context(|| format!("cannot create {}", to.display()))?;
+    }
+    let target = to.to_string_lossy().into_owned();
+    db.lock()
+        .execute("VACUUM INTO ?1", [&target])
+        .with_context(|| format!("cannot write {}", to.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let bytes = std::fs::metadata(to)?.len();
+    print(&serde_json::json!({ "backup": target, "bytes": bytes }));
+    Ok(())
 }
 
 fn probe(url: &str) -> anyhow::Result<()> {

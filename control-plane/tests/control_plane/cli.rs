@@ -162,3 +162,34 @@ async fn a_revocation_written_by_the_cli_reaches_the_running_server_and_its_feed
     assert_eq!(seq, 1);
     assert_eq!(app.validate(&token).await["revoked"], true);
 }
+
+#[tokio::test]
+async fn an_online_backup_restores_into_a_working_region() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let (token, jti) = app.issue("bea", serde_json::json!({})).await;
+    app.revoke("jti", &jti).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let copy = dir.path().join("backup.db");
+    // While the server runs.
+    let (ok, out, err) = run_cli(&app.data_dir(), &["backup", "--to", copy.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(json_of(&out)["bytes"].as_u64().unwrap() > 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (ok, _, err) = run_cli(&app.data_dir(), &["backup", "--to", copy.to_str().unwrap()]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    // Restore: the copy becomes the database of a fresh data dir.
+    let restored = dir.path().join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    std::fs::copy(&copy, restored.join("control-plane.db")).unwrap();
+    let (ok, out, err) = run_cli(&restored, &["audit", "verify"]);
+    assert!(ok, "{out} {err}");
+    let check = json_of(&run_cli(&restored, &["inspect", &token]).1);
+    assert_eq!(check["revoked"], true, "{check}");
+}
