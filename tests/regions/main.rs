@@ -575,3 +575,66 @@ fn b_keeps_applying_a_s_events_after_a_rotates_its_keys() {
         "old and new keys"
     );
 }
+
+/// Kills a child process when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn control_plane_consume_keeps_a_redis_current_for_services_that_only_read_redis() {
+    let _turn = turn();
+    let regions = Regions::start();
+    let data = tests::TempDir::new("consume");
+    // A third region that only consumes, into Redis database 3.
+    let consumer = Reaped(
+        std::process::Command::new(tests::paths::control_plane_bin())
+            .arg("consume")
+            .arg("--data-dir")
+            .arg(data.0.join("data"))
+            .envs(region_env(
+                "reader",
+                &regions.broker,
+                &regions.redis,
+                3,
+                &[regions.a.port],
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(data.0.join("consume.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane consume"),
+    );
+    let token = regions.a.issue("uma");
+    let jti = tests::tokens::payload(&token)["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    revoke(&regions.a, "jti", &jti).expect("revoke");
+    let key = format!("revoked:jti:{jti}");
+    let seen = eventually(Duration::from_secs(30), || {
+        regions
+            .redis
+            .command(3, &["EXISTS", &key])
+            .starts_with(":1")
+            .then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "consume never wrote {key} (log in {})",
+        data.0.display()
+    );
+    let ttl: i64 = regions
+        .redis
+        .command(3, &["TTL", &key])
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+    drop(consumer);
+}
