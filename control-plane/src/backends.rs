@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::consumer::{self, ConsumerStats};
 use crate::peers::Peers;
 use crate::redis_cache::{self, RedisCache};
-use crate::{Region, outbox};
+use crate::{Region, outbox, token_events};
 
 /// How long start-up waits for Redis and the broker to answer.
 const START_WAIT: Duration = Duration::from_secs(5);
@@ -103,6 +103,7 @@ pub fn spawn(region: &Arc<Region>, backends: &Backends, consume: bool) -> anyhow
     }
     if backends.kafka.is_some() {
         tasks.push(tokio::spawn(outbox::run(region.clone())));
+        tasks.push(tokio::spawn(token_events::run(region.clone())));
     }
     if consume && let (Some(kafka), Some(peers)) = (&region.settings().kafka, &backends.peers) {
         let consumer = consumer::subscribe(kafka).map_err(anyhow::Error::msg)?;

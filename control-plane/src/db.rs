@@ -439,3 +439,44 @@ pub fn signed_events(
     })?;
     rows.collect()
 }
+
+/// Audit rows after `seq` (at most `limit`), as `(seq, entry JSON)`: what the token-event
+/// relay turns into lifecycle events.
+pub fn audit_after(
+    conn: &Connection,
+    seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, entry FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(
+        params![seq, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    rows.collect()
+}
+
+/// Where a relay of this database stopped (0 before its first run).
+pub fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS relay_state (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    )?;
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM relay_state WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Records where a relay got to.
+pub fn set_relay_position(conn: &Connection, name: &str, seq: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO relay_state (name, seq) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+        params![name, seq],
+    )?;
+    Ok(())
+}

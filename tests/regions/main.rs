@@ -638,3 +638,60 @@ fn control_plane_consume_keeps_a_redis_current_for_services_that_only_read_redis
     assert!(ttl > 0, "{ttl}");
     drop(consumer);
 }
+
+#[test]
+fn lifecycle_events_are_signed_on_the_token_events_topic() {
+    let _turn = turn();
+    let regions = Regions::start();
+    let token = regions.a.issue("tess");
+    let jti = tests::tokens::payload(&token)["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    revoke(&regions.a, "jti", &jti).expect("revoke");
+    let keys = http::get(regions.a.port, "/v1/region/jwks", &[])
+        .unwrap()
+        .json();
+    let keys = shared::Keyring::from_jwks(
+        &shared::JwkSet::parse(keys.to_string().as_bytes()).expect("jwks"),
+    )
+    .expect("keyring");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", regions.broker.bootstrap())
+        .set(
+            "group.id",
+            format!("token-events-reader-{}", std::process::id()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["token-events"]).expect("subscribe");
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30)
+        && !(seen.contains(&"issued".to_owned()) && seen.contains(&"revoked".to_owned()))
+    {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+            && let Some(p) = m.payload()
+        {
+            let jws = std::str::from_utf8(p).expect("utf-8");
+            let (_, payload) = shared::envelope::open(jws, &["token-event+jwt"], &keys, 16 * 1024)
+                .expect("each token event verifies with the region's keys");
+            let event: Value = serde_json::from_slice(&payload).expect("json");
+            assert_eq!(event["region"], "a");
+            assert!(
+                !String::from_utf8_lossy(p).contains(&token),
+                "no token secret in events"
+            );
+            if event["type"] == "issued" {
+                assert_eq!(event["data"]["jti"], jti.as_str());
+            }
+            seen.push(event["type"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    println!("token events seen: {seen:?}");
+    assert!(
+        seen.contains(&"issued".to_owned()) && seen.contains(&"revoked".to_owned()),
+        "{seen:?}"
+    );
+}

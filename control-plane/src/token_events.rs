@@ -1,0 +1,125 @@
+//! The `token-events` topic: signed lifecycle events (issued, session created, rotated,
+//! reused, revoked) for services that follow what happens to tokens, without any token
+//! secret.
+//!
+//! The audit log is the outbox: every lifecycle change already commits an audit row in
+//! the transaction that makes it, so this relay reads audit rows in order, turns the
+//! relevant ones into events, signs each (ML-DSA-65, `typ` `token-event+jwt`, verifiable
+//! with the region's JWKS) and publishes it keyed by subject or session, then records how
+//! far it got. Nothing is lost across broker outages or restarts; delivery is at least
+//! once (`event_id` = `<region>:<audit seq>` identifies duplicates).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::envelope::{self, TYP_TOKEN_EVENT};
+
+use crate::Region;
+use crate::bus::Topic;
+use crate::db;
+
+const RELAY: &str = "token-events";
+const BATCH: usize = 200;
+
+/// The lifecycle event an audit row stands for, if any: `(type, key, event)`.
+pub fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(String, Value)> {
+    let data = &entry["data"];
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let (kind, key) = match entry["action"].as_str()? {
+        "token.issued" => ("issued", text(&data["sub"])?),
+        "refresh.created" => ("session_created", text(&data["sid"])?),
+        "refresh.rotated" => ("rotated", text(&data["sid"])?),
+        "refresh.revoked" if data["via"] == "refresh token reuse" => {
+            ("reused", text(&data["sid"])?)
+        }
+        "refresh.revoked" => ("session_revoked", text(&data["sid"])?),
+        "revocation" | "revocation.applied" => ("revoked", text(&data["event"]["value"])?),
+        _ => return None,
+    };
+    let event = json!({
+        "event_id": format!("{region}:{seq}"),
+        "type": kind,
+        "region": region,
+        "at": entry["at"],
+        "data": data,
+    });
+    Some((key, event))
+}
+
+/// Relays until the task is dropped.
+pub async fn run(region: Arc<Region>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let reader = region.clone();
+        let batch = tokio::task::spawn_blocking(move || {
+            let conn = reader.db().lock();
+            let from = db::relay_position(&conn, RELAY)?;
+            db::audit_after(&conn, from, BATCH)
+        })
+        .await;
+        let rows = match batch {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "token-event relay cannot read the audit log");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token-event relay task failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(&(last, _)) = rows.last() else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let origin = region.settings().region.clone();
+        let keys = region.keys();
+        let mut signed = Vec::new();
+        for (seq, entry) in &rows {
+            let Ok(entry) = serde_json::from_str::<Value>(entry) else {
+                continue;
+            };
+            if let Some((key, event)) = lifecycle_event(&origin, *seq, &entry) {
+                match envelope::seal(
+                    &keys.event_key,
+                    TYP_TOKEN_EVENT,
+                    event.to_string().as_bytes(),
+                ) {
+                    Ok(jws) => signed.push((key, jws)),
+                    Err(e) => tracing::error!(error = %e, "cannot sign a token event"),
+                }
+            }
+        }
+        let bus = region.bus().clone();
+        let sends: Vec<_> = signed
+            .iter()
+            .map(|(key, jws)| bus.publish(Topic::TokenEvents, key, jws))
+            .collect();
+        let mut failed = None;
+        for send in sends {
+            if let Err(e) = send.await {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "token events not published; retrying the batch");
+            let bus = region.bus().clone();
+            let _ = tokio::task::spawn_blocking(move || bus.recover()).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        backoff = Duration::from_millis(200);
+        let writer = region.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            db::set_relay_position(&writer.db().lock(), RELAY, last)
+        })
+        .await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::warn!("token-event relay could not record its position");
+        }
+    }
+}
