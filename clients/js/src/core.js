@@ -27,7 +27,7 @@ const nowSecs = () => Math.floor(Date.now() / 1000);
 
 /** The `htu` of a URL: no query, no fragment (RFC 9449 4.2). */
 export function htuOf(url) {
-  const u = new URL(url);
+  const u = new URL(url, globalThis.location?.href);
   return `${u.origin}${u.pathname}`;
 }
 
@@ -160,7 +160,7 @@ export function makeClient(getWasm, store) {
 
     rememberNonce(url, response) {
       const nonce = response.headers.get('dpop-nonce');
-      if (nonce) this.nonces.set(new URL(url).origin, nonce);
+      if (nonce) this.nonces.set(new URL(url, globalThis.location?.href).origin, nonce);
       return nonce;
     }
 
@@ -179,7 +179,7 @@ export function makeClient(getWasm, store) {
           const headers = { 'content-type': 'application/x-www-form-urlencoded' };
           let proof = null;
           if (this.deviceKey) {
-            const nonce = this.nonces.get(new URL(this.tokenEndpoint).origin);
+            const nonce = this.nonces.get(new URL(this.tokenEndpoint, globalThis.location?.href).origin);
             proof = await this.deviceKey.signProof('POST', this.tokenEndpoint, { nonce });
             headers.dpop = proof;
           }
@@ -237,7 +237,7 @@ export function makeClient(getWasm, store) {
       const method = (init.method ?? 'GET').toUpperCase();
       if (this.deviceKey) {
         headers.set('authorization', `DPoP ${this.accessToken}`);
-        const nonce = this.nonces.get(new URL(url).origin);
+        const nonce = this.nonces.get(new URL(url, globalThis.location?.href).origin);
         headers.set('dpop', await this.deviceKey.signProof(method, url, { accessToken: this.accessToken, nonce }));
       } else {
         headers.set('authorization', `Bearer ${this.accessToken}`);
@@ -253,7 +253,8 @@ export function makeClient(getWasm, store) {
      * re-sendable body (string, bytes), not a stream.
      */
     async fetch(url, init = {}) {
-      url = String(url);
+      // Absolute, so the proof's htu names the URL the request really goes to.
+      url = new URL(String(url), globalThis.location?.href).href;
       let refreshed = false;
       if (this.accessTokenExpired()) {
         await this.refresh();
