@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (only what is missing), then runs every check of the
 # project: format, clippy, wasm builds, native unit, end-to-end, regions and launcher
-# tests, the Node tests of the JS bindings, and a bounded fuzz run of the filter.
+# tests, the Node tests of the JS bindings and of the JS client package (with real Envoy,
+# and its example page in headless Chromium), and a bounded fuzz run of the filter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -13,9 +14,12 @@ step "install what is missing"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing_debs=()
 command -v node >/dev/null || missing_debs+=(nodejs)
+command -v npm >/dev/null || missing_debs+=(npm)
 command -v python3 >/dev/null || missing_debs+=(python3 python3-pip)
 command -v cc >/dev/null || missing_debs+=(build-essential)
 command -v redis-server >/dev/null || missing_debs+=(redis-server)
+# Debian's chromium, driven by playwright-core for the example page's test.
+[ -n "${CHROMIUM_BIN:-}" ] || command -v chromium >/dev/null || missing_debs+=(chromium)
 if [ ${#missing_debs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}"
@@ -32,6 +36,9 @@ fi
 # The Kafka-protocol broker of the regions tests (about 15 minutes to build, once).
 command -v tansu >/dev/null || cargo install tansu --version 0.6.0 --locked --features dynostore
 ENVOY_BIN="$(scripts/envoy-bin.sh)"
+# The client package's npm dependencies (playwright-core), from its lock file.
+(cd clients/js && npm ls --depth=0 >/dev/null 2>&1) ||
+  (cd clients/js && npm ci --no-audit --no-fund)
 export ENVOY_BIN
 "$ENVOY_BIN" --version | tr -s ' \n' ' '; echo
 # Fuzzing needs a nightly toolchain (libFuzzer instrumentation): say so now, not at the end.
@@ -56,6 +63,7 @@ cargo build -p shared --features js --target wasm32-unknown-unknown --release
 rm -rf shared/js/pkg
 wasm-bindgen --target nodejs --out-dir shared/js/pkg \
   "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/shared.wasm"
+clients/js/build.sh
 
 step "native tests (unit, control plane, end-to-end with Envoy, regions with Redis and a broker)"
 cargo build -p control-plane
@@ -63,6 +71,9 @@ cargo test --workspace --all-features
 
 step "JS bindings under Node (alone, and against the control plane)"
 node --test shared/js/test/ tests/js/
+
+step "JS client package (Node, real Envoy) and its example page (headless Chromium)"
+node --test clients/js/test/*.test.mjs clients/js/example/*.test.mjs
 
 step "fuzz the filter for ${FUZZ_SECONDS}s per target"
 (cd edge-filter/fuzz && for target in $(cargo +nightly fuzz list); do

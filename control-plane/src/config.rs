@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// Holder revocations per minute with the tokens of one subject (0: no limit).
     #[arg(long, env = "CP_SUBJECT_REVOKES_PER_MINUTE", default_value_t = 10)]
     pub subject_revokes_per_minute: u32,
+    /// Whether `POST /oauth2/token` requires DPoP server nonces (RFC 9449 section 8):
+    /// `true` (default) or `false`.
+    #[arg(long, env = "CP_DPOP_NONCE", default_value_t = true,
+        action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub dpop_nonce: bool,
 }
 
 /// The settings the domain code reads (no clap types).
@@ -202,6 +207,8 @@ pub struct Settings {
     pub peer_jwks: Vec<String>,
     /// How long a revocation answer waits for the broker.
     pub publish_wait: std::time::Duration,
+    /// DPoP proofs at `/oauth2/token` must carry a server nonce.
+    pub dpop_nonce: bool,
 }
 
 impl Settings {
@@ -231,6 +238,7 @@ impl Settings {
             kafka: None,
             peer_jwks: Vec::new(),
             publish_wait: std::time::Duration::from_millis(200),
+            dpop_nonce: true,
         }
     }
 
@@ -297,6 +305,7 @@ impl Settings {
             settings.idle_timeout = std::time::Duration::from_secs(serve.idle_timeout_seconds);
             settings.holder_revokes_per_minute_per_client = serve.holder_revokes_per_minute;
             settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
+            settings.dpop_nonce = serve.dpop_nonce;
         }
         if let Some(url) = &args.redis_url
             && let Err(e) = redis::Client::open(url.as_str())

@@ -15,6 +15,7 @@ pub mod db;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod nonce;
 pub mod outbox;
 pub mod peers;
 pub mod redis_cache;

@@ -76,6 +76,12 @@ pub enum Error {
     /// The DPoP proof is missing, invalid, replayed or signed by another key.
     #[error("{0}")]
     InvalidProof(String),
+    /// The DPoP proof is valid but lacks the server's current nonce (RFC 9449 8).
+    #[error("{0}")]
+    UseDpopNonce(String),
+    /// The requested scope is not the session's (RFC 6749 6: never more than granted).
+    #[error("{0}")]
+    InvalidScope(String),
     /// The `client_binding` is missing or does not match the session.
     #[error("{0}")]
     BindingMismatch(String),
@@ -151,6 +157,14 @@ pub struct RefreshRequest {
     pub dpop: Option<String>,
     /// What the proof must be for.
     pub target: ProofTarget,
+    /// When set, a bound session's proof must carry one of these server nonces.
+    pub accepted_nonces: Option<Vec<String>>,
+    /// When false, a bound session without `kem_public_key` gets the rotated token in
+    /// clear (RFC 9449 token endpoint: the refresh token is useless without the device
+    /// key); when true (`/token/refresh`) it must be sealed.
+    pub seal_bound: bool,
+    /// The `scope` the client asks for (RFC 6749 6); it must be the session's.
+    pub scope: Option<String>,
 }
 
 /// How the rotated refresh token is delivered.
@@ -463,7 +477,7 @@ pub fn check_possession(
         ));
     }
     let t = now();
-    let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token))?;
+    let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token), None)?;
     let mut conn = region.db().lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !remember_proof(&tx, &jkt, &jti, t)? {
@@ -483,6 +497,7 @@ fn verify_proof(
     target: &ProofTarget,
     t: i64,
     access_token: Option<&str>,
+    accepted_nonces: Option<&[String]>,
 ) -> Result<(String, String), Error> {
     let proof = proof.ok_or_else(|| {
         Error::InvalidProof(
@@ -511,6 +526,24 @@ fn verify_proof(
         },
     )
     .map_err(|e| Error::InvalidProof(e.to_string()))?;
+    // The shared check takes one nonce; the server accepts two (current and previous
+    // window), so the nonce is compared here, after every other check passed.
+    if let Some(accepted) = accepted_nonces {
+        let fresh = verified
+            .claims
+            .nonce
+            .as_ref()
+            .is_some_and(|n| accepted.iter().any(|a| a == n));
+        if !fresh {
+            return Err(Error::UseDpopNonce(
+                match verified.claims.nonce {
+                    Some(_) => "DPoP proof nonce is stale or unknown: use the nonce in the DPoP-Nonce header",
+                    None => "DPoP proof must carry the server nonce given in the DPoP-Nonce header",
+                }
+                .into(),
+            ));
+        }
+    }
     let jti = verified.claims.jti;
     if jti.is_empty() || jti.len() > MAX_PROOF_JTI_LEN {
         return Err(Error::InvalidProof(format!(
@@ -604,6 +637,7 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
             &request.target,
             t,
             None,
+            request.accepted_nonces.as_deref(),
         )?),
         None => None,
     };
@@ -617,7 +651,23 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
             ));
         }
     }
-    if session.device_jkt.is_some() && request.kem_public_key.is_none() {
+    if let Some(asked) = &request.scope {
+        let granted: Vec<&str> = session.scope.as_deref().unwrap_or("").split(' ').collect();
+        let mut asked_set: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
+        let mut granted_set: Vec<&str> = granted.into_iter().filter(|s| !s.is_empty()).collect();
+        asked_set.sort_unstable();
+        asked_set.dedup();
+        granted_set.sort_unstable();
+        granted_set.dedup();
+        if asked_set != granted_set {
+            return Err(Error::InvalidScope(format!(
+                "scope {asked:?} is not the session's scope {:?}; narrowing is not supported, \
+                 omit scope to keep it",
+                session.scope.as_deref().unwrap_or("")
+            )));
+        }
+    }
+    if request.seal_bound && session.device_jkt.is_some() && request.kem_public_key.is_none() {
         return Err(Error::InvalidRequest(
             "this session is bound to a device key: kem_public_key is required, the rotated \
              refresh token is only delivered sealed"

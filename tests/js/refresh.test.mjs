@@ -97,7 +97,8 @@ for (const alg of ['EdDSA', 'ML-DSA-65']) {
     const proof = device.signProof('POST', `${base}/token/refresh`, now(), undefined, undefined);
     const reuse = await post('/token/refresh',
       { refresh_token: first, kem_public_key: new pq.EphemeralKem().publicKey() }, { dpop: proof });
-    assert.equal(reuse.status, 401, JSON.stringify(reuse.body));
+    assert.equal(reuse.status, 400, JSON.stringify(reuse.body));
+    assert.equal(reuse.body.error, 'invalid_grant');
     assert.match(reuse.body.error_description, /reuse detected/);
     const check = await post('/token/validate', { token: accessToken });
     assert.equal(check.body.revoked, true);

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{edge, events, meta, oauth, refresh, revocations, tokens};
+use super::{edge, events, meta, oauth, refresh, revocations, token_endpoint, tokens};
 
 /// The API description served at `/openapi.json`.
 #[derive(OpenApi)]
@@ -17,7 +17,8 @@ use super::{edge, events, meta, oauth, refresh, revocations, tokens};
         tokens::issue, tokens::validate, tokens::inspect,
         refresh::create, refresh::refresh, refresh::revoke,
         revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
-        oauth::revoke, oauth::introspect, edge::revocations, events::list,
+        oauth::revoke, oauth::introspect, token_endpoint::token, token_endpoint::metadata,
+        edge::revocations, events::list,
         meta::jwks, meta::region_jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
         meta::openapi, meta::docs,
     ),
@@ -28,7 +29,8 @@ use super::{edge, events, meta, oauth, refresh, revocations, tokens};
         (name = "refresh", description = "Refresh sessions: device-bound rotation with \
             forward-secret delivery and reuse detection"),
         (name = "revocations", description = "Revoke and look up revocations"),
-        (name = "oauth2", description = "RFC 7009 revocation and RFC 7662 introspection"),
+        (name = "oauth2", description = "RFC 6749 token endpoint with RFC 9449 DPoP, RFC 7009 \
+            revocation, RFC 7662 introspection and RFC 8414 metadata"),
         (name = "edge", description = "Signed revocation feed for the Envoy filter"),
         (name = "meta", description = "Probes, metrics, keys and docs"),
     )

@@ -9,6 +9,7 @@ pub mod meta;
 pub mod oauth;
 pub mod refresh;
 pub mod revocations;
+pub mod token_endpoint;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     long_polls: Arc<tokio::sync::Semaphore>,
     /// Redis, Kafka and the peers, when configured.
     pub backends: crate::backends::Backends,
+    /// DPoP server nonces of `/oauth2/token`, unless turned off (`CP_DPOP_NONCE`).
+    nonces: Option<Arc<crate::nonce::DpopNonces>>,
 }
 
 impl AppState {
@@ -56,6 +59,13 @@ impl AppState {
             settings.holder_revokes_per_minute_per_subject,
         );
         let long_polls = tokio::sync::Semaphore::new(settings.max_long_polls);
+        let nonces = settings.dpop_nonce.then(|| {
+            crate::nonce::DpopNonces::load(&settings.data_dir).unwrap_or_else(|e| {
+                // Nonces still work, only not across restarts or processes.
+                tracing::warn!(error = %e, "DPoP nonce secret unavailable; using a per-process one");
+                crate::nonce::DpopNonces::new(shared::random::bytes::<32>())
+            })
+        });
         AppState {
             region: Arc::new(region),
             ready: Arc::new(AtomicBool::new(true)),
@@ -63,6 +73,7 @@ impl AppState {
             holder_limits: Arc::new(holder_limits),
             long_polls: Arc::new(long_polls),
             backends,
+            nonces: nonces.map(Arc::new),
         }
     }
 
@@ -103,6 +114,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/revocations/{jti}", get(revocations::status))
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/token", post(token_endpoint::token))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(token_endpoint::metadata),
+        )
         .route("/v1/edge/revocations", get(edge::revocations))
         .route("/v1/events", get(events::list))
         .route("/admin/keys/rotate", post(meta::rotate_keys))
@@ -177,6 +193,13 @@ pub enum ApiError {
     /// 400 `invalid_dpop_proof` (RFC 9449 5): the DPoP proof at a token endpoint is
     /// missing, invalid or replayed.
     InvalidDpopProof(String),
+    /// 400 `use_dpop_nonce` (RFC 9449 8): the proof lacks the server's current nonce;
+    /// the answer's `DPoP-Nonce` header carries it.
+    UseDpopNonce(String),
+    /// 400 `unsupported_grant_type` (RFC 6749 5.2).
+    UnsupportedGrantType(String),
+    /// 400 `invalid_scope` (RFC 6749 5.2): more or other scope than the grant's.
+    InvalidScope(String),
     /// 401 `invalid_dpop_proof` with a `DPoP` challenge: a DPoP-bound token used as a
     /// credential came without a valid proof of its key (RFC 9449 section 7).
     InvalidDpopCredential(String),
@@ -216,6 +239,11 @@ impl IntoResponse for ApiError {
             // challenge is for protected resources.
             ApiError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, "invalid_grant", d),
             ApiError::InvalidDpopProof(d) => (StatusCode::BAD_REQUEST, "invalid_dpop_proof", d),
+            ApiError::UseDpopNonce(d) => (StatusCode::BAD_REQUEST, "use_dpop_nonce", d),
+            ApiError::UnsupportedGrantType(d) => {
+                (StatusCode::BAD_REQUEST, "unsupported_grant_type", d)
+            }
+            ApiError::InvalidScope(d) => (StatusCode::BAD_REQUEST, "invalid_scope", d),
             ApiError::InvalidDpopCredential(d) => {
                 (StatusCode::UNAUTHORIZED, "invalid_dpop_proof", d)
             }
@@ -290,6 +318,8 @@ impl From<crate::refresh::Error> for ApiError {
             | E::ReusedRefreshToken { .. }
             | E::BindingMismatch(_) => ApiError::InvalidGrant(text),
             E::InvalidProof(_) => ApiError::InvalidDpopProof(text),
+            E::UseDpopNonce(_) => ApiError::UseDpopNonce(text),
+            E::InvalidScope(_) => ApiError::InvalidScope(text),
             E::UnknownSession(_) => ApiError::NotFound(text),
             E::Region(e) => ApiError::from(e),
         }

@@ -204,6 +204,11 @@ fn client_kem_key(body: &RefreshRequest) -> Result<Option<(Vec<u8>, SealShape)>,
         (None, Some(k)) => ("client_public_key", k, SealShape::Original),
         (None, None) => return Ok(None),
     };
+    Ok(Some((decode_kem_key(field, value)?, shape)))
+}
+
+/// Decodes an X-Wing public key sent in `field`; anything unusable is a 400 naming it.
+pub(super) fn decode_kem_key(field: &'static str, value: &str) -> Result<Vec<u8>, ApiError> {
     let key = b64::decode(value, field)
         .map_err(|_| ApiError::BadRequest(format!("{field} must be unpadded base64url")))?;
     if key.len() != kem::PUBLIC_KEY_LEN {
@@ -214,7 +219,7 @@ fn client_kem_key(body: &RefreshRequest) -> Result<Option<(Vec<u8>, SealShape)>,
         )));
     }
     kem::check_public_key(&key).map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))?;
-    Ok(Some((key, shape)))
+    Ok(key)
 }
 
 pub(super) fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -276,6 +281,9 @@ pub(super) async fn refresh(
         client_binding: body.client_binding,
         dpop,
         target: proof_target(&headers, &uri),
+        accepted_nonces: None,
+        seal_bound: true,
+        scope: None,
     };
     let done = blocking(&state, move |r| refresh::refresh(r, request)).await?;
     let mut answer = RefreshResponse {

@@ -7,6 +7,7 @@ mod cli;
 mod durability;
 mod edge_feed;
 mod events;
+mod oauth_token;
 mod refresh;
 mod revocation_kinds;
 mod security;

@@ -1,0 +1,528 @@
+//! `POST /oauth2/token` (RFC 6749 refresh grant with RFC 9449 DPoP and server nonces)
+//! and the RFC 8414 metadata, in-process and over TCP.
+
+use serde_json::{Value, json};
+use shared::dpop::{self, DpopClaims};
+use shared::kem::EphemeralSecret;
+use shared::keys::{Alg, SigningKey};
+use shared::{b64, random, sha256};
+
+use crate::support::{Reply, TestApp, Transport};
+
+/// Host the in-process requests claim (TCP requests carry the real one).
+const HOST: &str = "cp.test";
+
+fn token_url(app: &TestApp) -> String {
+    if app.is_tcp() {
+        format!("{}/oauth2/token", app.base_url())
+    } else {
+        format!("http://{HOST}/oauth2/token")
+    }
+}
+
+fn proof_with(key: &SigningKey, htu: &str, nonce: Option<&str>) -> String {
+    dpop::sign_proof(
+        key,
+        &DpopClaims {
+            jti: random::id(),
+            htm: "POST".into(),
+            htu: htu.into(),
+            iat: control_plane::time::now(),
+            ath: None,
+            nonce: nonce.map(str::to_owned),
+        },
+    )
+    .expect("proof")
+}
+
+fn form_encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let escape = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+async fn post_token(app: &TestApp, pairs: &[(&str, &str)], dpop: Option<&str>) -> Reply {
+    let mut headers = Vec::new();
+    if !app.is_tcp() {
+        headers.push(("host", HOST));
+    }
+    if let Some(p) = dpop {
+        headers.push(("dpop", p));
+    }
+    app.request(
+        "POST",
+        "/oauth2/token",
+        &headers,
+        Some(("application/x-www-form-urlencoded", form_encode(pairs))),
+    )
+    .await
+}
+
+/// Any answer of the endpoint: not cacheable, and (nonces on) the current nonce.
+fn nonce_of(reply: &Reply) -> String {
+    assert_eq!(reply.header("cache-control"), "no-store", "{reply:?}");
+    let nonce = reply.header("dpop-nonce");
+    assert!(nonce.len() >= 32, "DPoP-Nonce header: {reply:?}");
+    nonce.to_owned()
+}
+
+struct Session {
+    key: SigningKey,
+    sid: String,
+    refresh_token: String,
+}
+
+async fn bound_session(app: &TestApp, alg: Alg) -> Session {
+    let key = SigningKey::generate(alg);
+    let jwk = serde_json::to_value(key.verifying_key().to_jwk()).expect("jwk");
+    let reply = app
+        .admin_json(
+            "/token/refresh/create",
+            &json!({ "subject": "alice", "device_jwk": jwk, "scope": "read write" }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    Session {
+        key,
+        sid: body["session_id"].as_str().unwrap().to_owned(),
+        refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A first request without a nonce, to learn it (as an RFC 9449 client does).
+async fn learn_nonce(app: &TestApp, session: &Session) -> String {
+    let proof = proof_with(&session.key, &token_url(app), None);
+    let reply = post_token(
+        app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &session.refresh_token),
+        ],
+        Some(&proof),
+    )
+    .await;
+    let why = reply.error(400, "use_dpop_nonce");
+    assert!(why.contains("nonce"), "{why}");
+    nonce_of(&reply)
+}
+
+fn claims(token: &str) -> Value {
+    let part = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&b64::decode(part, "payload").unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_bound_session_refreshes_with_dpop_after_the_nonce_retry() {
+    for app in TestApp::both().await {
+        for alg in [Alg::EdDsa, Alg::MlDsa65] {
+            let mut session = bound_session(&app, alg).await;
+            let nonce = learn_nonce(&app, &session).await;
+
+            // The retry with the nonce succeeds: RFC 6749 5.1, token_type DPoP, the
+            // rotated token in clear (it is useless without the device key).
+            let proof = proof_with(&session.key, &token_url(&app), Some(&nonce));
+            let reply = post_token(
+                &app,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &session.refresh_token),
+                    ("client_id", "any-public-client"),
+                    ("unknown_parameter", "ignored as RFC 6749 3.2 says"),
+                ],
+                Some(&proof),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert!(reply.header("content-type").starts_with("application/json"));
+            assert_eq!(reply.header("pragma"), "no-cache");
+            nonce_of(&reply);
+            let body = reply.json();
+            assert_eq!(body["token_type"], "DPoP", "{body}");
+            assert_eq!(body["expires_in"], 900);
+            assert_eq!(body["scope"], "read write");
+            assert_eq!(body["session_id"], session.sid.as_str());
+            let access = body["access_token"].as_str().unwrap();
+            assert_eq!(
+                claims(access)["cnf"]["jkt"],
+                session.key.verifying_key().thumbprint()
+            );
+            assert_eq!(app.validate(access).await["valid"], true);
+            let next = body["refresh_token"].as_str().unwrap().to_owned();
+            assert!(next.starts_with("rt_") && next != session.refresh_token);
+            session.refresh_token = next;
+
+            // The extension: a KEM key gets the rotated token sealed, never in clear.
+            let (secret, public) = EphemeralSecret::generate();
+            let proof = proof_with(&session.key, &token_url(&app), Some(&nonce));
+            let reply = post_token(
+                &app,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &session.refresh_token),
+                    ("kem_public_key", &b64::encode(&public)),
+                    ("scope", "write read"),
+                ],
+                Some(&proof),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let body = reply.json();
+            assert!(body.get("refresh_token").is_none(), "{body}");
+            let transcript = control_plane::refresh::transcript(
+                &session.sid,
+                &session.refresh_token,
+                Some(&proof),
+                &public,
+            );
+            assert_eq!(
+                body["transcript_hash"],
+                b64::encode(&sha256(transcript.as_bytes()))
+            );
+            let sealed = &body["sealed_refresh_token"];
+            let opened = secret
+                .open(
+                    &b64::decode(sealed["kem_ciphertext"].as_str().unwrap(), "ct").unwrap(),
+                    transcript.as_bytes(),
+                    &b64::decode(sealed["sealed"].as_str().unwrap(), "box").unwrap(),
+                )
+                .expect("opens");
+            assert!(String::from_utf8(opened).unwrap().starts_with("rt_"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unbound_session_refreshes_as_bearer_without_dpop() {
+    for app in TestApp::both().await {
+        let reply = app
+            .admin_json("/token/refresh/create", &json!({ "subject": "bob" }))
+            .await;
+        let rt = reply.json()["refresh_token"].as_str().unwrap().to_owned();
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        nonce_of(&reply);
+        let body = reply.json();
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        assert!(body.get("scope").is_none(), "{body}");
+        assert!(
+            claims(body["access_token"].as_str().unwrap())
+                .get("cnf")
+                .is_none()
+        );
+        assert!(body["refresh_token"].as_str().unwrap().starts_with("rt_"));
+    }
+}
+
+#[tokio::test]
+async fn reusing_a_rotated_refresh_token_at_the_token_endpoint_revokes_the_family() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let session = bound_session(&app, Alg::EdDsa).await;
+    let nonce = learn_nonce(&app, &session).await;
+    let refresh = |rt: String| {
+        let proof = proof_with(&session.key, &token_url(&app), Some(&nonce));
+        let app = &app;
+        async move {
+            post_token(
+                app,
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                Some(&proof),
+            )
+            .await
+        }
+    };
+    let first = refresh(session.refresh_token.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let current = first["refresh_token"].as_str().unwrap().to_owned();
+    let access = first["access_token"].as_str().unwrap().to_owned();
+
+    // The rotated token again: reuse, the whole session is revoked.
+    let reply = refresh(session.refresh_token.clone()).await;
+    let why = reply.error(400, "invalid_grant");
+    assert_eq!(why, "refresh token reuse detected; session revoked");
+    nonce_of(&reply);
+    let body = app.validate(&access).await;
+    assert_eq!(body["valid"], false, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("session"),
+        "{body}"
+    );
+    // The current token of the family is dead too.
+    let why = refresh(current).await.error(400, "invalid_grant");
+    assert!(why.contains("revoked"), "{why}");
+    let rows: i64 = app
+        .state
+        .region
+        .db()
+        .lock()
+        .query_row(
+            "SELECT COUNT(*) FROM revocations WHERE kind = 'sid' AND value = ?1",
+            [&session.sid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn each_token_endpoint_error_has_its_status_and_oauth_json() {
+    for app in TestApp::both().await {
+        let session = bound_session(&app, Alg::EdDsa).await;
+        let nonce = learn_nonce(&app, &session).await;
+        let url = token_url(&app);
+        let rt = session.refresh_token.as_str();
+        let good = |nonce: &str| proof_with(&session.key, &url, Some(nonce));
+
+        // invalid_request: missing parameters, a repeated one, a bad KEM key.
+        let reply = post_token(&app, &[("refresh_token", rt)], Some(&good(&nonce))).await;
+        assert!(reply.error(400, "invalid_request").contains("grant_type"));
+        nonce_of(&reply);
+        let reply = post_token(&app, &[("grant_type", "refresh_token")], None).await;
+        assert!(
+            reply
+                .error(400, "invalid_request")
+                .contains("refresh_token")
+        );
+        let reply = post_token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt),
+            ],
+            None,
+        )
+        .await;
+        assert!(reply.error(400, "invalid_request").contains("grant_type"));
+        let reply = post_token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt),
+                ("kem_public_key", "AAAA"),
+            ],
+            Some(&good(&nonce)),
+        )
+        .await;
+        assert!(
+            reply
+                .error(400, "invalid_request")
+                .contains("kem_public_key")
+        );
+
+        // unsupported_grant_type.
+        let reply = post_token(
+            &app,
+            &[("grant_type", "client_credentials"), ("refresh_token", rt)],
+            None,
+        )
+        .await;
+        assert!(
+            reply
+                .error(400, "unsupported_grant_type")
+                .contains("client_credentials")
+        );
+        nonce_of(&reply);
+
+        // invalid_grant: an unknown refresh token.
+        let reply = post_token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "rt_nope"),
+            ],
+            Some(&good(&nonce)),
+        )
+        .await;
+        assert_eq!(
+            reply.error(400, "invalid_grant"),
+            "refresh token is not known"
+        );
+
+        // invalid_scope: more than the session's.
+        let reply = post_token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt),
+                ("scope", "read write admin"),
+            ],
+            Some(&good(&nonce)),
+        )
+        .await;
+        assert!(reply.error(400, "invalid_scope").contains("admin"));
+
+        // invalid_dpop_proof: none, another key, another URL, a replay.
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            None,
+        )
+        .await;
+        assert!(reply.error(400, "invalid_dpop_proof").contains("DPoP"));
+        assert!(reply.headers.get("www-authenticate").is_none());
+        let other = SigningKey::generate(Alg::EdDsa);
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            Some(&proof_with(&other, &url, Some(&nonce))),
+        )
+        .await;
+        assert!(reply.error(400, "invalid_dpop_proof").contains("jkt"));
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            Some(&proof_with(
+                &session.key,
+                "http://elsewhere.test/oauth2/token",
+                Some(&nonce),
+            )),
+        )
+        .await;
+        reply.error(400, "invalid_dpop_proof");
+        let proof = good(&nonce);
+        let form = [("grant_type", "refresh_token"), ("refresh_token", rt)];
+        let reply = post_token(&app, &form, Some(&proof)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let next = reply.json()["refresh_token"].as_str().unwrap().to_owned();
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", &next)],
+            Some(&proof),
+        )
+        .await;
+        assert!(reply.error(400, "invalid_dpop_proof").contains("replay"));
+
+        // use_dpop_nonce: a made-up nonce; the answer carries the real one.
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", &next)],
+            Some(&good("not-the-nonce")),
+        )
+        .await;
+        assert!(reply.error(400, "use_dpop_nonce").contains("stale"));
+        assert_eq!(nonce_of(&reply), nonce);
+
+        // 415 for a JSON body, still with the nonce.
+        let reply = app
+            .request(
+                "POST",
+                "/oauth2/token",
+                &[("host", HOST)],
+                Some((
+                    "application/json",
+                    br#"{"grant_type":"refresh_token"}"#.to_vec(),
+                )),
+            )
+            .await;
+        reply.error(415, "unsupported_media_type");
+        nonce_of(&reply);
+
+        // None of the refused requests burnt the current token.
+        let reply = post_token(
+            &app,
+            &[("grant_type", "refresh_token"), ("refresh_token", &next)],
+            Some(&good(&nonce)),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn nonces_can_be_turned_off() {
+    let app = TestApp::with_settings(Transport::InProcess, |s| s.dpop_nonce = false).await;
+    let session = bound_session(&app, Alg::MlDsa65).await;
+    let proof = proof_with(&session.key, &token_url(&app), None);
+    let reply = post_token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &session.refresh_token),
+        ],
+        Some(&proof),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.headers.get("dpop-nonce").is_none());
+}
+
+#[tokio::test]
+async fn the_nonce_secret_survives_a_restart_of_the_state() {
+    let app = TestApp::new(Transport::InProcess).await;
+    let session = bound_session(&app, Alg::EdDsa).await;
+    let nonce = learn_nonce(&app, &session).await;
+    let secret = std::fs::read_to_string(app.data_dir().join(control_plane::nonce::SECRET_FILE))
+        .expect("secret file");
+    let again = control_plane::nonce::DpopNonces::load(&app.data_dir()).unwrap();
+    assert!(again.accepted(control_plane::time::now()).contains(&nonce));
+    assert!(!secret.trim().is_empty());
+}
+
+#[tokio::test]
+async fn the_authorization_server_metadata_names_the_endpoints() {
+    for app in TestApp::both().await {
+        let host: &[(&str, &str)] = if app.is_tcp() { &[] } else { &[("host", HOST)] };
+        let reply = app
+            .request("GET", "/.well-known/oauth-authorization-server", host, None)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        let base = if app.is_tcp() {
+            app.base_url()
+        } else {
+            format!("http://{HOST}")
+        };
+        assert_eq!(body["issuer"], "pq-control-plane");
+        assert_eq!(body["token_endpoint"], format!("{base}/oauth2/token"));
+        assert_eq!(body["revocation_endpoint"], format!("{base}/oauth2/revoke"));
+        assert_eq!(
+            body["introspection_endpoint"],
+            format!("{base}/oauth2/introspect")
+        );
+        assert_eq!(body["jwks_uri"], format!("{base}/.well-known/jwks.json"));
+        assert_eq!(body["grant_types_supported"], json!(["refresh_token"]));
+        assert_eq!(
+            body["token_endpoint_auth_methods_supported"],
+            json!(["none"])
+        );
+        assert_eq!(
+            body["dpop_signing_alg_values_supported"],
+            json!(["EdDSA", "ML-DSA-65"])
+        );
+    }
+    // An issuer that is a URL is the base of every endpoint.
+    let app = TestApp::with_settings(Transport::InProcess, |s| {
+        s.issuer = "https://auth.example".into();
+    })
+    .await;
+    let body = app
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(body["issuer"], "https://auth.example");
+    assert_eq!(body["token_endpoint"], "https://auth.example/oauth2/token");
+    let spec = app.get("/openapi.json").await.json();
+    for path in ["/oauth2/token", "/.well-known/oauth-authorization-server"] {
+        assert!(spec["paths"].get(path).is_some(), "{path} in the spec");
+    }
+}
