@@ -4,6 +4,9 @@
 //! verification path. Randomness is only drawn by the optional `rand` feature (key
 //! generation, signing nonces for identifiers) or handed in by the caller.
 
+// Clients and other services build on this API: every public item says what it is.
+#![deny(missing_docs)]
+
 pub mod b64;
 pub mod claims;
 pub mod dpop;
