@@ -45,6 +45,19 @@ pub trait RevocationCache: Send + Sync + 'static {
             .collect()
     }
 
+    /// Records `key` for `ttl_secs` unless it is there already: `Some(Ok(true))` when it
+    /// is new, `Some(Ok(false))` when it was seen. `None` for a cache no other process
+    /// shares (then SQLite alone decides). Used for DPoP proof `jti`s.
+    fn remember_once(&self, _key: &str, _ttl_secs: i64) -> Option<Result<bool, CacheError>> {
+        None
+    }
+
+    /// Publishes a small state value (JSON) under `key` for `ttl_secs`, for services that
+    /// read the shared cache (refresh-session state); a no-op for a private cache.
+    fn put_state(&self, _key: &str, _value: &str, _ttl_secs: i64) -> Result<(), CacheError> {
+        Ok(())
+    }
+
     /// Drops revocations that can no longer match a valid token.
     fn prune(&self, now: i64);
 

@@ -349,6 +349,34 @@ impl RevocationCache for RedisCache {
             .collect())
     }
 
+    fn remember_once(&self, key: &str, ttl_secs: i64) -> Option<Result<bool, CacheError>> {
+        let key = key.to_owned();
+        Some(self.run(self.timeout, move |mut conn| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl_secs.max(1))
+                .query_async(&mut conn)
+                .await?;
+            Ok(set.is_some())
+        }))
+    }
+
+    fn put_state(&self, key: &str, value: &str, ttl_secs: i64) -> Result<(), CacheError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run(self.timeout, move |mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl_secs.max(1))
+                .query_async::<()>(&mut conn)
+                .await
+        })
+    }
+
     fn prune(&self, _now: i64) {
         // Redis expires keys by their TTL.
     }

@@ -436,6 +436,7 @@ pub fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Crea
         )?;
         tx.commit()?;
     }
+    publish_session_state(region, &session, Some(0), "active");
     Ok(Created {
         refresh_token,
         session_id: session.sid,
@@ -478,6 +479,7 @@ pub fn check_possession(
     }
     let t = now();
     let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token), None)?;
+    fresh_in_shared_cache(region, &jkt, &jti)?;
     let mut conn = region.db().lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !remember_proof(&tx, &jkt, &jti, t)? {
@@ -551,6 +553,44 @@ fn verify_proof(
         )));
     }
     Ok((verified.jkt, jti))
+}
+
+/// Checks a proof's jti against the region's shared cache (Redis), when there is one:
+/// processes of one region that share Redis but not the SQLite file (replicas) still
+/// refuse each other's replays. SQLite stays the truth; a Redis failure leaves it alone.
+fn fresh_in_shared_cache(region: &Region, jkt: &str, jti: &str) -> Result<(), Error> {
+    let key = format!("dpop:{}:{jkt}:{jti}", region.settings().region);
+    match region.cache().remember_once(&key, 2 * PROOF_MAX_AGE + 1) {
+        Some(Ok(false)) => Err(Error::InvalidProof(
+            "DPoP proof replayed: its jti was already used".into(),
+        )),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "DPoP replay check in Redis failed; SQLite decides");
+            Ok(())
+        }
+        Some(Ok(true)) | None => Ok(()),
+    }
+}
+
+/// Publishes a session's state to the shared cache (`refresh:<sid>`, JSON, until the
+/// session expires) for services that read Redis; SQLite stays the truth.
+fn publish_session_state(region: &Region, session: &Session, generation: Option<i64>, state: &str) {
+    let ttl = session.expires_at - now();
+    if ttl <= 0 {
+        return;
+    }
+    let value = json!({
+        "sid": session.sid, "sub": session.subject, "generation": generation,
+        "state": state, "expires_at": session.expires_at,
+        "device_jkt": session.device_jkt,
+    });
+    if let Err(e) =
+        region
+            .cache()
+            .put_state(&format!("refresh:{}", session.sid), &value.to_string(), ttl)
+    {
+        tracing::warn!(error = %e, sid = %session.sid, "refresh state not published to Redis");
+    }
 }
 
 /// Records a proof's jti; false when it was already seen within the window.
@@ -698,6 +738,9 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
     };
     let access = mint(region, &session, t)?;
 
+    if let Some((jkt, jti)) = &proof {
+        fresh_in_shared_cache(region, jkt, jti)?;
+    }
     let mut conn = region.db().lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some((jkt, jti)) = &proof
@@ -767,6 +810,8 @@ pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Er
         }),
     )?;
     tx.commit()?;
+    drop(conn);
+    publish_session_state(region, &row.session, Some(generation), "active");
     Ok(Refreshed {
         access,
         delivery,
@@ -829,6 +874,7 @@ fn revoke_session_in(
         json!({ "sid": session.sid, "event_id": event.event_id, "via": via }),
     )?;
     tx.commit()?;
+    publish_session_state(region, session, None, "revoked");
     Ok(PendingRevocation {
         session_id: session.sid.clone(),
         event_id: event.event_id.clone(),

@@ -696,3 +696,83 @@ fn lifecycle_events_are_signed_on_the_token_events_topic() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn with_redis_dpop_proofs_and_refresh_sessions_are_shared_through_it() {
+    let _turn = turn();
+    let regions = Regions::start();
+    let auth = admin(&regions.a);
+    // A refresh session's state is published under refresh:<sid>.
+    let created = http::post_json(
+        regions.a.port,
+        "/token/refresh/create",
+        &[("authorization", &auth)],
+        &json!({ "subject": "vera" }),
+    )
+    .expect("create");
+    assert_eq!(created.status, 200, "{}", created.text());
+    let sid = created.json()["session_id"].as_str().unwrap().to_owned();
+    let refresh_token = created.json()["refresh_token"].as_str().unwrap().to_owned();
+    let state = regions
+        .redis
+        .command(0, &["GET", &format!("refresh:{sid}")]);
+    assert!(state.contains(r#""state":"active""#), "{state}");
+    let revoked = http::post_json(
+        regions.a.port,
+        "/token/refresh/revoke",
+        &[],
+        &json!({ "refresh_token": refresh_token }),
+    )
+    .expect("revoke");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let state = regions
+        .redis
+        .command(0, &["GET", &format!("refresh:{sid}")]);
+    assert!(state.contains(r#""state":"revoked""#), "{state}");
+
+    // A DPoP proof used with a bound token is recorded in Redis, and a replay is refused.
+    let device = SigningKey::generate(Alg::EdDsa);
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let issued = http::post_json(
+        regions.a.port,
+        "/token",
+        &[("authorization", &auth)],
+        &json!({ "subject": "vera", "additional_claims": { "cnf": { "jkt": jkt } } }),
+    )
+    .expect("issue");
+    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let jti = shared::random::id();
+    let proof = shared::dpop::sign_proof(
+        &device,
+        &shared::dpop::DpopClaims {
+            jti: jti.clone(),
+            htm: "POST".into(),
+            htu: format!("http://127.0.0.1:{}/revoke/token", regions.a.port),
+            iat: tests::tokens::now(),
+            ath: Some(shared::dpop::ath(&token)),
+            nonce: None,
+        },
+    )
+    .expect("proof");
+    let send = || {
+        http::post_json(
+            regions.a.port,
+            "/revoke/token",
+            &[("dpop", &proof)],
+            &json!({ "token": token }),
+        )
+        .expect("revoke/token")
+    };
+    assert_eq!(send().status, 200);
+    let key = format!("dpop:a:{jkt}:{jti}");
+    assert!(
+        regions
+            .redis
+            .command(0, &["EXISTS", &key])
+            .starts_with(":1"),
+        "{key}"
+    );
+    let replay = send();
+    assert_eq!(replay.status, 401, "{}", replay.text());
+    assert!(replay.text().contains("replay"), "{}", replay.text());
+}
