@@ -59,7 +59,7 @@ async fn parts(state: &AppState) -> Result<Parts, ApiError> {
             .kafka
             .as_ref()
             .map(|k| k.healthy(std::time::Duration::from_millis(500)));
-        Ok(Parts {
+        Ok::<_, crate::region::Error>(Parts {
             sqlite,
             outbox_depth,
             redis,

@@ -445,15 +445,17 @@ impl FromRequestParts<AppState> for MaybeAdmin {
     }
 }
 
-/// Runs blocking region work (SQLite commits, signing) off the async threads.
-async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
+/// Runs blocking region work (SQLite commits, signing) off the async threads; its
+/// domain error (region or refresh) becomes the API error.
+async fn blocking<T, E, F>(state: &AppState, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&Region) -> Result<T, region::Error> + Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+    F: FnOnce(&Region) -> Result<T, E> + Send + 'static,
 {
     let region = state.region.clone();
     tokio::task::spawn_blocking(move || work(&region))
         .await
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(Into::into)
 }

@@ -59,7 +59,7 @@ pub(super) async fn revoke(
     })?;
     let token = form.token()?;
     if refresh::is_refresh_token(&token) {
-        let outcome = super::refresh::blocking(&state, move |r| {
+        let outcome = blocking(&state, move |r| {
             match refresh::revoke(r, refresh::RevokeTarget::Token(token)) {
                 Ok(_) => Ok(()),
                 // Unknown, expired or already revoked: nothing to do (RFC 7009 2.2).

@@ -8,22 +8,9 @@ use serde_json::Value;
 use shared::{b64, kem};
 use utoipa::ToSchema;
 
-use super::{Admin, ApiError, AppState, ErrorBody, Json, MaybeAdmin};
+use super::{Admin, ApiError, AppState, ErrorBody, Json, MaybeAdmin, blocking};
 use crate::refresh::{self, Delivery, ProofTarget, RevokeTarget};
 use crate::region::Issued;
-
-/// Runs blocking refresh work off the async threads.
-pub(super) async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&crate::Region) -> Result<T, refresh::Error> + Send + 'static,
-{
-    let region = state.region.clone();
-    tokio::task::spawn_blocking(move || work(&region))
-        .await
-        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
-        .map_err(ApiError::from)
-}
 
 /// `DPoP` for tokens bound to a device key (RFC 9449), `bearer` otherwise.
 fn token_type(issued: &Issued) -> String {

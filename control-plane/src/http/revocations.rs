@@ -162,7 +162,7 @@ pub(super) async fn revoke_token(
             let proof = super::refresh::dpop_header(&headers)?;
             let target = super::refresh::proof_target(&headers, &uri);
             let (token, jkt) = (body.token.clone(), cnf.jkt.clone());
-            super::refresh::blocking(&state, move |r| {
+            blocking(&state, move |r| {
                 crate::refresh::check_possession(r, proof.as_deref(), &token, &jkt, &target)
             })
             .await
@@ -328,7 +328,7 @@ pub(super) async fn check(
                 return Ok(Some(event));
             }
         }
-        Ok(None)
+        Ok::<_, crate::region::Error>(None)
     })
     .await?;
     Ok(Json(match hit {

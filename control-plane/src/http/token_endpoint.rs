@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::refresh::{SealedRefreshToken, blocking, decode_kem_key, dpop_header, proof_target};
-use super::{ApiError, AppState, ErrorBody, Form, Json};
+use super::refresh::{SealedRefreshToken, decode_kem_key, dpop_header, proof_target};
+use super::{ApiError, AppState, ErrorBody, Form, Json, blocking};
 use crate::refresh::{self, Delivery};
 use crate::time::now;
 
