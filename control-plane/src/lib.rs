@@ -22,6 +22,7 @@ pub mod refresh;
 pub mod region;
 pub mod server;
 pub mod time;
+pub mod writer;
 
 use std::future::Future;
 use std::time::Duration;

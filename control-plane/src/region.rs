@@ -2,7 +2,9 @@
 //! writes the audit log and keeps the revocation cache and edge feed head current.
 //!
 //! Every method is blocking (SQLite commits wait for the disk); the HTTP layer calls the
-//! writing ones on the blocking thread pool, the CLI calls them directly.
+//! writing ones on the blocking thread pool, the CLI calls them directly. Issuing,
+//! revoking and ingesting go through the group-committing [`Writer`]: signatures are
+//! made by the caller's thread before, cache and feed updates after the commit.
 
 use std::fs;
 use std::io::Write as _;
@@ -28,6 +30,7 @@ use crate::db::{self, Db};
 use crate::keys::{self, KeyChanges, KeySet};
 use crate::metrics::Metrics;
 use crate::time::{now, rfc3339};
+use crate::writer::Writer;
 
 /// File name of the admin credential inside the data directory.
 pub const ADMIN_FILE: &str = "admin.secret";
@@ -218,7 +221,8 @@ fn ensure_admin_secret(path: &Path) -> std::io::Result<bool> {
 pub struct Region {
     settings: Settings,
     db: Db,
-    keys: RwLock<Arc<KeySet>>,
+    writer: Writer,
+    keys: Arc<RwLock<Arc<KeySet>>>,
     /// The other regions' keys (`PEER_JWKS`): their tokens are valid here too.
     peer_keys: RwLock<Arc<(JwkSet, Keyring)>>,
     cache: Arc<dyn RevocationCache>,
@@ -281,6 +285,8 @@ impl Region {
                     json!({ "keys": created.created }),
                 )?;
             }
+            // Rows a crash left unsealed, or the ones just written.
+            audit::seal(&tx, &keyset.event_key, t, &settings.region)?;
             tx.commit()?;
             keyset
         };
@@ -298,6 +304,7 @@ impl Region {
                 "admin.created",
                 json!({ "path": admin_path.display().to_string() }),
             )?;
+            audit::seal(&tx, &keyset.event_key, t, &settings.region)?;
             tx.commit()?;
         }
         let secret = read_admin_secret(&dir)
@@ -308,7 +315,7 @@ impl Region {
             admin_path.display()
         );
         let head = {
-            let conn = db.lock();
+            let conn = db.read()?;
             for (_, event) in db::feed_range(&conn, 0, u64::MAX, Some(t))? {
                 if let Err(e) = cache.insert(&event) {
                     tracing::warn!(error = %e, "could not load a revocation into the cache");
@@ -316,10 +323,18 @@ impl Region {
             }
             db::feed_head(&conn)?
         };
+        let keys = Arc::new(RwLock::new(Arc::new(keyset)));
+        let source = keys.clone();
+        let writer = Writer::start(
+            db.open_connection()?,
+            Arc::new(move || source.read().unwrap_or_else(|e| e.into_inner()).clone()),
+            settings.region.clone(),
+        );
         Ok(Region {
             settings,
             db,
-            keys: RwLock::new(Arc::new(keyset)),
+            writer,
+            keys,
             peer_keys: RwLock::new(Arc::new((JwkSet::default(), Keyring::new()))),
             cache,
             bus,
@@ -341,6 +356,11 @@ impl Region {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The group-committing writer.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// The counters.
@@ -503,25 +523,17 @@ impl Region {
         };
         let keys = self.keys();
         let (token, kid) = self.sign_access(&claims)?;
-        {
-            let mut conn = self.db.lock();
-            // Immediate: another process (the CLI) may append at the same time.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            audit::append(
-                &tx,
-                &keys.event_key,
-                t,
-                &self.settings.region,
-                "token.issued",
-                json!({
-                    "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
-                    "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
-                    "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
-                    "via": via,
-                }),
-            )?;
-            tx.commit()?;
-        }
+        let row = json!({
+            "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
+            "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
+            "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
+            "via": via,
+        });
+        let region = self.settings.region.clone();
+        // One row in the next group commit; sealed by a checkpoint after the answer.
+        self.writer.run(move |tx| {
+            audit::append_row(tx, t, &region, "token.issued", row).map_err(Error::from)
+        })?;
         Ok(Issued {
             token,
             claims,
@@ -537,7 +549,7 @@ impl Region {
             Ok(hit) => Ok(hit),
             Err(e) => {
                 tracing::warn!(error = %e, "falling back to SQLite for a revocation check");
-                let conn = self.db.lock();
+                let conn = self.db.read()?;
                 for kind in Kind::ALL {
                     if let Some(value) = ids.value(kind)
                         && let Some(ev) = db::find_revocation(&conn, kind, value, t)?
@@ -558,7 +570,7 @@ impl Region {
             Ok(hit) => Ok(hit),
             Err(e) => {
                 tracing::warn!(error = %e, "falling back to SQLite for a revocation lookup");
-                Ok(db::find_revocation(&self.db.lock(), kind, value, t)?)
+                Ok(db::find_revocation(&*self.db.read()?, kind, value, t)?)
             }
         }
     }
@@ -689,26 +701,50 @@ impl Region {
             return self.existing(existing);
         }
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let inserted = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let record = self.recorder(via);
+        let owned = (
+            value.to_owned(),
+            ids.jti.to_owned(),
+            ids.sub.to_owned(),
+            ids.kid.to_owned(),
+            ids.sid.map(str::to_owned),
+            ids.iat,
+        );
+        let job_event = event.clone();
+        let outcome = self.writer.run(move |tx| {
+            let (value, jti, sub, kid, sid, iat) = owned;
+            let ids = TokenIds {
+                jti: &jti,
+                sub: &sub,
+                kid: &kid,
+                sid: sid.as_deref(),
+                iat,
+            };
             // Decided inside the write transaction: two concurrent repeats write one event.
             if let Some(existing) =
-                db::find_revocation(&tx, kind, value, now())?.filter(|e| e.matches(ids))
+                db::find_revocation(tx, kind, &value, now())?.filter(|e| e.matches(&ids))
             {
-                drop(tx);
-                drop(conn);
-                return self.existing(existing);
+                return Ok(Err(existing));
             }
-            let inserted = self.record_revocation(&tx, &event, &signed, via)?;
-            tx.commit()?;
-            inserted
-        };
-        Ok(self.announce_revocation(event, inserted, via))
+            record.write(tx, &job_event, &signed).map(Ok)
+        })?;
+        match outcome {
+            Ok(inserted) => Ok(self.announce_revocation(event, inserted, via)),
+            Err(existing) => self.existing(existing),
+        }
+    }
+
+    /// What [`Recorder::write`] needs, owned, for the writer thread.
+    fn recorder(&self, via: &str) -> Recorder {
+        Recorder {
+            outbox: self.outbox_mode(),
+            region: self.settings.region.clone(),
+            via: via.to_owned(),
+        }
     }
 
     fn existing(&self, event: RevocationEvent) -> Result<Revoked, Error> {
-        let (published, feed_seq) = db::outbox_state(&self.db.lock(), &event.event_id)?;
+        let (published, feed_seq) = db::outbox_state(&*self.db.read()?, &event.event_id)?;
         Ok(Revoked {
             event,
             published,
@@ -727,13 +763,11 @@ impl Region {
         via: &str,
     ) -> Result<Revoked, Error> {
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let inserted = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = self.record_revocation(&tx, &event, &signed, via)?;
-            tx.commit()?;
-            inserted
-        };
+        let record = self.recorder(via);
+        let job_event = event.clone();
+        let inserted = self
+            .writer
+            .run(move |tx| record.write(tx, &job_event, &signed))?;
         Ok(self.announce_revocation(event, inserted, via))
     }
 
@@ -773,22 +807,7 @@ impl Region {
         signed: &str,
         via: &str,
     ) -> Result<db::Inserted, Error> {
-        let inserted =
-            db::insert_revocation(tx, event, signed, self.outbox_mode())?.unwrap_or(db::Inserted {
-                feed_seq: 0,
-                outbox_id: None,
-            });
-        // Sessions end in SQLite too: the event only has to outlive the access tokens.
-        db::end_sessions(tx, event)?;
-        audit::append(
-            tx,
-            &self.keys().event_key,
-            event.issued_at,
-            &self.settings.region,
-            "revocation",
-            json!({ "event": event, "feed_seq": inserted.feed_seq, "via": via }),
-        )?;
-        Ok(inserted)
+        self.recorder(via).write(tx, event, signed)
     }
 
     /// After the commit: caches the event, advances the edge feed and wakes the outbox
@@ -822,24 +841,27 @@ impl Region {
     /// audit row, never queued for publication again, then cached and fed to the edges.
     /// False when it was already applied.
     pub fn ingest(&self, event: &RevocationEvent, signed: &str) -> Result<bool, Error> {
-        let inserted = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(inserted) = db::insert_revocation(&tx, event, signed, db::Outbox::Skip)?
+        let job_event = event.clone();
+        let signed = signed.to_owned();
+        let region = self.settings.region.clone();
+        let inserted = self.writer.run(move |tx| {
+            let event = &job_event;
+            let Some(inserted) = db::insert_revocation(tx, event, &signed, db::Outbox::Skip)?
             else {
-                return Ok(false);
+                return Ok(None);
             };
-            db::end_sessions(&tx, event)?;
-            audit::append(
-                &tx,
-                &self.keys().event_key,
+            db::end_sessions(tx, event)?;
+            audit::append_row(
+                tx,
                 now(),
-                &self.settings.region,
+                &region,
                 "revocation.applied",
                 json!({ "event": event, "feed_seq": inserted.feed_seq }),
             )?;
-            tx.commit()?;
-            inserted
+            Ok::<_, Error>(Some(inserted))
+        })?;
+        let Some(inserted) = inserted else {
+            return Ok(false);
         };
         self.apply_local(event);
         self.advance_feed(inserted.feed_seq);
@@ -901,6 +923,7 @@ impl Region {
                 "keys.rotated",
                 json!({ "created": changes.created, "retired": changes.retired, "via": via }),
             )?;
+            audit::seal(&tx, &old.event_key, t, &self.settings.region)?;
             tx.commit()?;
             changes
         };
@@ -910,7 +933,7 @@ impl Region {
 
     fn reload_keys(&self) -> Result<(), Error> {
         let set = keys::load(
-            &self.db.lock(),
+            &*self.db.read()?,
             self.settings.signing_alg,
             now(),
             self.settings.max_token_secs,
@@ -926,7 +949,7 @@ impl Region {
         let head = *self.feed.borrow();
         let t = now();
         let (rows, new_head, version) = {
-            let conn = self.db.lock();
+            let conn = self.db.read()?;
             (
                 db::feed_range(&conn, head, u64::MAX, Some(t))?,
                 db::feed_head(&conn)?,
@@ -943,7 +966,41 @@ impl Region {
             self.reload_keys()?;
         }
         self.cache.prune(t);
+        // Rows appended by other connections (the CLI, refresh sessions) get sealed.
+        self.writer.poke();
         Ok(())
+    }
+}
+
+/// Writes a signed revocation with its feed, outbox and audit rows, in the writer thread.
+struct Recorder {
+    outbox: db::Outbox,
+    region: String,
+    via: String,
+}
+
+impl Recorder {
+    fn write(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        event: &RevocationEvent,
+        signed: &str,
+    ) -> Result<db::Inserted, Error> {
+        let inserted =
+            db::insert_revocation(tx, event, signed, self.outbox)?.unwrap_or(db::Inserted {
+                feed_seq: 0,
+                outbox_id: None,
+            });
+        // Sessions end in SQLite too: the event only has to outlive the access tokens.
+        db::end_sessions(tx, event)?;
+        audit::append_row(
+            tx,
+            event.issued_at,
+            &self.region,
+            "revocation",
+            json!({ "event": event, "feed_seq": inserted.feed_seq, "via": self.via }),
+        )?;
+        Ok(inserted)
     }
 }
 
