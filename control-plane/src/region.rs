@@ -226,6 +226,8 @@ pub struct Region {
     /// The other regions' keys (`PEER_JWKS`): their tokens are valid here too.
     peer_keys: RwLock<Arc<(JwkSet, Keyring)>>,
     cache: Arc<dyn RevocationCache>,
+    /// Signatures already checked, by token digest (cleared when keys change).
+    verified: cache::VerifiedTokens,
     bus: Arc<dyn EventBus>,
     feed: watch::Sender<u64>,
     /// Wakes the outbox relay after a commit.
@@ -337,6 +339,7 @@ impl Region {
             keys,
             peer_keys: RwLock::new(Arc::new((JwkSet::default(), Keyring::new()))),
             cache,
+            verified: cache::VerifiedTokens::default(),
             bus,
             feed: watch::Sender::new(head),
             outbox_wake: tokio::sync::Notify::new(),
@@ -467,6 +470,68 @@ impl Region {
 
     /// Issues an access token and records it in the audit log.
     pub fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
+        let (claims, ttl) = self.issue_claims(request)?;
+        let (token, row) = self.sign_issued(&claims, via)?;
+        self.writer.run(move |tx| row.write(tx))?;
+        Ok(Issued {
+            token,
+            claims,
+            expires_in: ttl,
+        })
+    }
+
+    /// [`Region::issue`] for async callers: an EdDSA token is signed on the calling
+    /// thread (tens of microseconds), an ML-DSA-65 one on the blocking pool; the audit
+    /// row waits for the next group commit without holding a thread.
+    pub async fn issue_async(
+        self: &Arc<Self>,
+        request: IssueRequest,
+        via: &'static str,
+    ) -> Result<Issued, Error> {
+        let (claims, ttl) = self.issue_claims(request)?;
+        let (claims, token, row) = if self.keys().token_key.alg() == shared::Alg::EdDsa {
+            let (token, row) = self.sign_issued(&claims, via)?;
+            (claims, token, row)
+        } else {
+            let region = self.clone();
+            tokio::task::spawn_blocking(move || {
+                region
+                    .sign_issued(&claims, via)
+                    .map(|(token, row)| (claims, token, row))
+            })
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("signing task failed: {e}")))??
+        };
+        self.writer.run_async(move |tx| row.write(tx)).await?;
+        Ok(Issued {
+            token,
+            claims,
+            expires_in: ttl,
+        })
+    }
+
+    /// Signs issued claims; returns the token and the writer job of its audit row.
+    fn sign_issued(&self, claims: &AccessClaims, via: &str) -> Result<(String, IssuedRow), Error> {
+        let keys = self.keys();
+        let (token, kid) = self.sign_access(claims)?;
+        let row = json!({
+            "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
+            "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
+            "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
+            "via": via,
+        });
+        Ok((
+            token,
+            IssuedRow {
+                region: self.settings.region.clone(),
+                at: claims.iat,
+                row,
+            },
+        ))
+    }
+
+    /// Checks a token request and builds its claims; returns them with the lifetime.
+    fn issue_claims(&self, request: IssueRequest) -> Result<(AccessClaims, i64), Error> {
         check_value("subject", &request.subject)?;
         let max_minutes = self.settings.max_token_secs / 60;
         let ttl = match request.expires_minutes {
@@ -521,24 +586,7 @@ impl Region {
             cnf,
             extra,
         };
-        let keys = self.keys();
-        let (token, kid) = self.sign_access(&claims)?;
-        let row = json!({
-            "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
-            "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
-            "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
-            "via": via,
-        });
-        let region = self.settings.region.clone();
-        // One row in the next group commit; sealed by a checkpoint after the answer.
-        self.writer.run(move |tx| {
-            audit::append_row(tx, t, &region, "token.issued", row).map_err(Error::from)
-        })?;
-        Ok(Issued {
-            token,
-            claims,
-            expires_in: ttl,
-        })
+        Ok((claims, ttl))
     }
 
     /// The live revocation that covers a token, from the cache or, if the cache fails,
@@ -575,8 +623,19 @@ impl Region {
         }
     }
 
-    /// Verifies a token's signature against the region's keys, then the peers'.
+    /// Verifies a token's signature against the region's keys, then the peers'. A token
+    /// that verified before (same bytes, keys unchanged since) is not verified again.
     pub fn verify(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
+        let digest = sha256(token.as_bytes());
+        if let Some(hit) = self.verified.get(&digest) {
+            return Ok(hit);
+        }
+        let verified = self.verify_signature(token)?;
+        self.verified.insert(digest, verified.clone());
+        Ok(verified)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
         match AccessClaims::verify(token, &self.keys().keyring, &Limits::default()) {
             Err(JoseError::UnknownKey(kid)) => {
                 let peers = self.peer_keys();
@@ -600,6 +659,7 @@ impl Region {
     /// Replaces the peers' keys (after a fetch of `PEER_JWKS`).
     pub fn set_peer_keys(&self, jwks: JwkSet, keyring: Keyring) {
         *self.peer_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((jwks, keyring));
+        self.verified.clear();
     }
 
     /// What `/.well-known/jwks.json` serves: this region's keys, then the peers' keys
@@ -768,6 +828,29 @@ impl Region {
         let inserted = self
             .writer
             .run(move |tx| record.write(tx, &job_event, &signed))?;
+        Ok(self.announce_revocation(event, inserted, via))
+    }
+
+    /// [`Region::revoke`] for async callers: the ML-DSA-65 signature is made on the
+    /// blocking pool, the commit awaited without holding a thread.
+    pub async fn revoke_async(
+        self: &Arc<Self>,
+        kind: Kind,
+        value: String,
+        expires_at: Option<i64>,
+        via: &'static str,
+    ) -> Result<Revoked, Error> {
+        let region = self.clone();
+        let (event, signed) =
+            tokio::task::spawn_blocking(move || region.sign_revocation(kind, &value, expires_at))
+                .await
+                .map_err(|e| Error::InvalidRequest(format!("signing task failed: {e}")))??;
+        let record = self.recorder(via);
+        let job_event = event.clone();
+        let inserted = self
+            .writer
+            .run_async(move |tx| record.write(tx, &job_event, &signed))
+            .await?;
         Ok(self.announce_revocation(event, inserted, via))
     }
 
@@ -940,6 +1023,7 @@ impl Region {
         )?
         .ok_or(Error::NoKeys)?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        self.verified.clear();
         Ok(())
     }
 
@@ -969,6 +1053,26 @@ impl Region {
         // Rows appended by other connections (the CLI, refresh sessions) get sealed.
         self.writer.poke();
         Ok(())
+    }
+}
+
+/// The audit row of an issued token, written in the writer thread.
+struct IssuedRow {
+    region: String,
+    at: i64,
+    row: Value,
+}
+
+impl IssuedRow {
+    /// One row in the next group commit; sealed by a checkpoint after the answer.
+    fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<i64, Error> {
+        Ok(audit::append_row(
+            tx,
+            self.at,
+            &self.region,
+            "token.issued",
+            self.row,
+        )?)
     }
 }
 
