@@ -61,6 +61,12 @@ pub trait RevocationCache: Send + Sync + 'static {
     /// Drops revocations that can no longer match a valid token.
     fn prune(&self, now: i64);
 
+    /// True when lookups never block on I/O and never fail (the in-memory cache), so
+    /// callers may run them on an async thread.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Number of cached revocations.
     fn len(&self) -> usize;
 
@@ -126,6 +132,10 @@ impl RevocationCache for MemoryCache {
             .cloned())
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn prune(&self, now: i64) {
         let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, list| {
@@ -137,5 +147,72 @@ impl RevocationCache for MemoryCache {
     fn len(&self) -> usize {
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
         map.values().map(Vec::len).sum()
+    }
+}
+
+/// Tokens whose signature verified, by SHA-256 of the compact form, so a token presented
+/// again skips the signature check (claims times and revocation are still checked on
+/// every request). Sharded read-mostly maps: lookups take an uncontended read lock.
+/// Cleared whenever the trusted keys change.
+pub struct VerifiedTokens {
+    shards: Vec<RwLock<VerifiedShard>>,
+}
+
+/// Claims and `kid` by token digest.
+type VerifiedShard = HashMap<[u8; 32], (shared::AccessClaims, String)>;
+
+/// Shards of [`VerifiedTokens`].
+const SHARDS: usize = 16;
+/// Entries per shard before it is emptied (about 16k tokens in all).
+const PER_SHARD: usize = 1024;
+
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        VerifiedTokens {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifiedTokens")
+    }
+}
+
+impl VerifiedTokens {
+    fn shard(
+        &self,
+        digest: &[u8; 32],
+    ) -> &RwLock<HashMap<[u8; 32], (shared::AccessClaims, String)>> {
+        &self.shards[usize::from(digest[0]) % SHARDS]
+    }
+
+    /// The claims and `kid` of a token that verified before.
+    pub fn get(&self, digest: &[u8; 32]) -> Option<(shared::AccessClaims, String)> {
+        self.shard(digest)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Remembers a token that verified.
+    pub fn insert(&self, digest: [u8; 32], verified: (shared::AccessClaims, String)) {
+        let mut shard = self
+            .shard(&digest)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(digest, verified);
+    }
+
+    /// Forgets everything (the keys changed).
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            shard.write().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 }

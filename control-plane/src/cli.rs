@@ -135,8 +135,18 @@ pub enum KeysCommand {
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Checks the hash chain and every ML-DSA-65 signature; names the first bad row.
-    Verify,
+    /// Checks the hash chain and every signed checkpoint; names the first bad row or
+    /// checkpoint.
+    Verify {
+        /// Verify an `audit export` file (`-` for stdin) instead of the database, with
+        /// the keys it carries.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Prints the log as JSON lines: the ML-DSA-65 public keys (`{"type":"key"}`), then
+    /// every row (`{"type":"row"}`) in order, each checkpoint (`{"type":"checkpoint"}`)
+    /// right after the row it covers. The format is in the README.
+    Export,
     /// Prints the newest rows.
     Tail {
         /// How many rows.
@@ -173,7 +183,10 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Inspect(a) => inspect(settings_args, a),
         Command::Keys(KeysCommand::Rotate(remote)) => rotate(settings_args, remote),
         Command::Keys(KeysCommand::List) => list_keys(&settings_args.data_dir),
-        Command::Audit(AuditCommand::Verify) => return audit_verify(&settings_args.data_dir),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            return audit_verify(&settings_args.data_dir, file.as_deref());
+        }
+        Command::Audit(AuditCommand::Export) => audit_export(&settings_args.data_dir),
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
         Command::Consume => consume(settings_args),
         Command::Probe { url } => probe(&url),
@@ -415,18 +428,41 @@ fn events_export(data_dir: &Path, since: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit_verify(data_dir: &Path) -> ExitCode {
-    let outcome = open_existing(data_dir).and_then(|db| {
-        let conn = db.lock();
-        let ring = keys::audit_keyring(&conn)?;
-        Ok(audit::verify(&conn, &ring))
-    });
+fn audit_export(data_dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let db = open_existing(data_dir)?;
+    let conn = db.lock();
+    let ring = keys::audit_keyring(&conn)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    audit::export(&conn, &ring, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn audit_verify(data_dir: &Path, file: Option<&Path>) -> ExitCode {
+    let outcome = match file {
+        Some(path) if path == Path::new("-") => Ok(audit::verify_export(std::io::stdin().lock())),
+        Some(path) => std::fs::File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))
+            .map(|f| audit::verify_export(std::io::BufReader::new(f))),
+        None => open_existing(data_dir).and_then(|db| {
+            let conn = db.lock();
+            let ring = keys::audit_keyring(&conn)?;
+            Ok(audit::verify(&conn, &ring))
+        }),
+    };
     match outcome {
         Ok(Ok(report)) => {
             println!(
-                "audit log OK: {} rows, chain head {}",
-                report.rows, report.head
+                "audit log OK: {} rows, {} checkpoints, chain head {}",
+                report.rows, report.checkpoints, report.head
             );
+            if report.unsealed > 0 {
+                println!(
+                    "note: the last {} rows are chained but not sealed by a checkpoint yet",
+                    report.unsealed
+                );
+            }
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {

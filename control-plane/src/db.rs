@@ -1,10 +1,14 @@
 //! The region's SQLite database: schema, connection settings and the queries on
 //! revocations and the edge feed.
 //!
-//! One connection behind a mutex: writes are serialized anyway, and every commit waits
-//! for the disk (`synchronous = FULL`), so an answered request is never lost.
+//! Every commit waits for the disk (`synchronous = FULL`), so an answered request is
+//! never lost. The hot writes go through the group-committing writer thread
+//! ([`crate::writer`]) on a connection of its own; reads take a read-only connection from
+//! a small pool ([`Db::read`]: WAL readers never wait for the writer); the remaining
+//! occasional writes (key rotation, refresh sessions) use the connection behind
+//! [`Db::lock`], serialized with the writer by SQLite's lock and the busy timeout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -74,6 +78,17 @@ CREATE TABLE IF NOT EXISTS dpop_jtis (
     PRIMARY KEY (jkt, jti)
 );
 CREATE INDEX IF NOT EXISTS dpop_jtis_by_expiry ON dpop_jtis (expires_at);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    upto INTEGER NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    kid  TEXT NOT NULL,
+    sig  TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -83,10 +98,41 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "control-plane.db";
 
-/// The shared connection.
+/// Read-only connections kept open.
+const READERS: usize = 4;
+
+/// The shared connection and the reader pool.
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+/// A pooled read-only connection, returned to the pool on drop.
+pub struct Reader {
+    conn: Option<Connection>,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -107,6 +153,40 @@ impl Db {
         migrate(&conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_owned(),
+        })
+    }
+
+    /// A new read-write connection with the same settings (for the writer thread).
+    pub fn open_connection(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    /// A read-only connection from the pool (opened when the pool is empty). Reads see
+    /// the last committed state and never wait for the writer (WAL).
+    pub fn read(&self) -> rusqlite::Result<Reader> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                conn
+            }
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            pool: self.readers.clone(),
         })
     }
 
@@ -246,16 +326,14 @@ pub fn outbox_depth(conn: &Connection) -> rusqlite::Result<u64> {
 }
 
 /// Marks outbox rows (by `rowid`) as handed to the broker.
+/// Marks outbox rows (by `rowid`) as handed to the broker, inside the caller's
+/// transaction (the writer's group commit).
 pub fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<()> {
-    // One transaction: one fsync for the whole batch.
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached("UPDATE outbox SET published_at = ?2 WHERE rowid = ?1")?;
-        for id in ids {
-            stmt.execute(params![id, at])?;
-        }
+    let mut stmt = conn.prepare_cached("UPDATE outbox SET published_at = ?2 WHERE rowid = ?1")?;
+    for id in ids {
+        stmt.execute(params![id, at])?;
     }
-    tx.commit()
+    Ok(())
 }
 
 /// The highest feed sequence number (0 when empty).

@@ -24,6 +24,7 @@ pub mod region;
 pub mod server;
 pub mod time;
 pub mod token_events;
+pub mod writer;
 
 use std::future::Future;
 use std::time::Duration;

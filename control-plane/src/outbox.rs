@@ -25,22 +25,23 @@ pub async fn run(region: Arc<Region>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let reader = region.clone();
-        let rows =
-            match tokio::task::spawn_blocking(move || db::unpublished(&reader.db().lock(), BATCH))
-                .await
-            {
-                Ok(Ok(rows)) => rows,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    tokio::time::sleep(IDLE_POLL).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox read task failed");
-                    tokio::time::sleep(IDLE_POLL).await;
-                    continue;
-                }
-            };
+        let rows = match tokio::task::spawn_blocking(move || {
+            db::unpublished(&*reader.db().read()?, BATCH)
+        })
+        .await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox read task failed");
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+        };
         if rows.is_empty() {
             tokio::select! {
                 () = region.outbox_woken() => {}
@@ -71,16 +72,15 @@ pub async fn run(region: Arc<Region>) {
             }
         }
         if let Some(&last) = done.last() {
-            let writer = region.clone();
             let ids = done.clone();
-            match tokio::task::spawn_blocking(move || {
-                db::mark_published(&writer.db().lock(), &ids, now())
-            })
-            .await
+            // Through the writer: shares the next group commit with issues and revocations.
+            match region
+                .writer()
+                .run_async(move |tx| db::mark_published(tx, &ids, now()))
+                .await
             {
-                Ok(Ok(())) => region.outbox_published_through(last),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot mark outbox rows published"),
-                Err(e) => tracing::error!(error = %e, "outbox mark task failed"),
+                Ok(()) => region.outbox_published_through(last),
+                Err(e) => tracing::warn!(error = %e, "cannot mark outbox rows published"),
             }
         }
         region.set_relay_healthy(failure.is_none());

@@ -2,7 +2,9 @@
 //! writes the audit log and keeps the revocation cache and edge feed head current.
 //!
 //! Every method is blocking (SQLite commits wait for the disk); the HTTP layer calls the
-//! writing ones on the blocking thread pool, the CLI calls them directly.
+//! writing ones on the blocking thread pool, the CLI calls them directly. Issuing,
+//! revoking and ingesting go through the group-committing [`Writer`]: signatures are
+//! made by the caller's thread before, cache and feed updates after the commit.
 
 use std::fs;
 use std::io::Write as _;
@@ -28,6 +30,7 @@ use crate::db::{self, Db};
 use crate::keys::{self, KeyChanges, KeySet};
 use crate::metrics::Metrics;
 use crate::time::{now, rfc3339};
+use crate::writer::Writer;
 
 /// File name of the admin credential inside the data directory.
 pub const ADMIN_FILE: &str = "admin.secret";
@@ -218,10 +221,13 @@ fn ensure_admin_secret(path: &Path) -> std::io::Result<bool> {
 pub struct Region {
     settings: Settings,
     db: Db,
-    keys: RwLock<Arc<KeySet>>,
+    writer: Writer,
+    keys: Arc<RwLock<Arc<KeySet>>>,
     /// The other regions' keys (`PEER_JWKS`): their tokens are valid here too.
     peer_keys: RwLock<Arc<(JwkSet, Keyring)>>,
     cache: Arc<dyn RevocationCache>,
+    /// Signatures already checked, by token digest (cleared when keys change).
+    verified: cache::VerifiedTokens,
     bus: Arc<dyn EventBus>,
     feed: watch::Sender<u64>,
     /// Wakes the outbox relay after a commit.
@@ -281,6 +287,8 @@ impl Region {
                     json!({ "keys": created.created }),
                 )?;
             }
+            // Rows a crash left unsealed, or the ones just written.
+            audit::seal(&tx, &keyset.event_key, t, &settings.region)?;
             tx.commit()?;
             keyset
         };
@@ -298,6 +306,7 @@ impl Region {
                 "admin.created",
                 json!({ "path": admin_path.display().to_string() }),
             )?;
+            audit::seal(&tx, &keyset.event_key, t, &settings.region)?;
             tx.commit()?;
         }
         let secret = read_admin_secret(&dir)
@@ -308,7 +317,7 @@ impl Region {
             admin_path.display()
         );
         let head = {
-            let conn = db.lock();
+            let conn = db.read()?;
             for (_, event) in db::feed_range(&conn, 0, u64::MAX, Some(t))? {
                 if let Err(e) = cache.insert(&event) {
                     tracing::warn!(error = %e, "could not load a revocation into the cache");
@@ -316,12 +325,21 @@ impl Region {
             }
             db::feed_head(&conn)?
         };
+        let keys = Arc::new(RwLock::new(Arc::new(keyset)));
+        let source = keys.clone();
+        let writer = Writer::start(
+            db.open_connection()?,
+            Arc::new(move || source.read().unwrap_or_else(|e| e.into_inner()).clone()),
+            settings.region.clone(),
+        );
         Ok(Region {
             settings,
             db,
-            keys: RwLock::new(Arc::new(keyset)),
+            writer,
+            keys,
             peer_keys: RwLock::new(Arc::new((JwkSet::default(), Keyring::new()))),
             cache,
+            verified: cache::VerifiedTokens::default(),
             bus,
             feed: watch::Sender::new(head),
             outbox_wake: tokio::sync::Notify::new(),
@@ -341,6 +359,11 @@ impl Region {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The group-committing writer.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// The counters.
@@ -444,6 +467,68 @@ impl Region {
 
     /// Issues an access token and records it in the audit log.
     pub fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
+        let (claims, ttl) = self.issue_claims(request)?;
+        let (token, row) = self.sign_issued(&claims, via)?;
+        self.writer.run(move |tx| row.write(tx))?;
+        Ok(Issued {
+            token,
+            claims,
+            expires_in: ttl,
+        })
+    }
+
+    /// [`Region::issue`] for async callers: an EdDSA token is signed on the calling
+    /// thread (tens of microseconds), an ML-DSA-65 one on the blocking pool; the audit
+    /// row waits for the next group commit without holding a thread.
+    pub async fn issue_async(
+        self: &Arc<Self>,
+        request: IssueRequest,
+        via: &'static str,
+    ) -> Result<Issued, Error> {
+        let (claims, ttl) = self.issue_claims(request)?;
+        let (claims, token, row) = if self.keys().token_key.alg() == shared::Alg::EdDsa {
+            let (token, row) = self.sign_issued(&claims, via)?;
+            (claims, token, row)
+        } else {
+            let region = self.clone();
+            tokio::task::spawn_blocking(move || {
+                region
+                    .sign_issued(&claims, via)
+                    .map(|(token, row)| (claims, token, row))
+            })
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("signing task failed: {e}")))??
+        };
+        self.writer.run_async(move |tx| row.write(tx)).await?;
+        Ok(Issued {
+            token,
+            claims,
+            expires_in: ttl,
+        })
+    }
+
+    /// Signs issued claims; returns the token and the writer job of its audit row.
+    fn sign_issued(&self, claims: &AccessClaims, via: &str) -> Result<(String, IssuedRow), Error> {
+        let keys = self.keys();
+        let (token, kid) = self.sign_access(claims)?;
+        let row = json!({
+            "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
+            "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
+            "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
+            "via": via,
+        });
+        Ok((
+            token,
+            IssuedRow {
+                region: self.settings.region.clone(),
+                at: claims.iat,
+                row,
+            },
+        ))
+    }
+
+    /// Checks a token request and builds its claims; returns them with the lifetime.
+    fn issue_claims(&self, request: IssueRequest) -> Result<(AccessClaims, i64), Error> {
         check_value("subject", &request.subject)?;
         let max_minutes = self.settings.max_token_secs / 60;
         let ttl = match request.expires_minutes {
@@ -498,32 +583,7 @@ impl Region {
             cnf,
             extra,
         };
-        let keys = self.keys();
-        let (token, kid) = self.sign_access(&claims)?;
-        {
-            let mut conn = self.db.lock();
-            // Immediate: another process (the CLI) may append at the same time.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            audit::append(
-                &tx,
-                &keys.event_key,
-                t,
-                &self.settings.region,
-                "token.issued",
-                json!({
-                    "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
-                    "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
-                    "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
-                    "via": via,
-                }),
-            )?;
-            tx.commit()?;
-        }
-        Ok(Issued {
-            token,
-            claims,
-            expires_in: ttl,
-        })
+        Ok((claims, ttl))
     }
 
     /// The live revocation that covers a token, from the cache or, if the cache fails,
@@ -534,7 +594,7 @@ impl Region {
             Ok(hit) => Ok(hit),
             Err(e) => {
                 tracing::warn!(error = %e, "falling back to SQLite for a revocation check");
-                let conn = self.db.lock();
+                let conn = self.db.read()?;
                 for kind in Kind::ALL {
                     if let Some(value) = ids.value(kind)
                         && let Some(ev) = db::find_revocation(&conn, kind, value, t)?
@@ -555,13 +615,24 @@ impl Region {
             Ok(hit) => Ok(hit),
             Err(e) => {
                 tracing::warn!(error = %e, "falling back to SQLite for a revocation lookup");
-                Ok(db::find_revocation(&self.db.lock(), kind, value, t)?)
+                Ok(db::find_revocation(&*self.db.read()?, kind, value, t)?)
             }
         }
     }
 
-    /// Verifies a token's signature against the region's keys, then the peers'.
+    /// Verifies a token's signature against the region's keys, then the peers'. A token
+    /// that verified before (same bytes, keys unchanged since) is not verified again.
     pub fn verify(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
+        let digest = sha256(token.as_bytes());
+        if let Some(hit) = self.verified.get(&digest) {
+            return Ok(hit);
+        }
+        let verified = self.verify_signature(token)?;
+        self.verified.insert(digest, verified.clone());
+        Ok(verified)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
         match AccessClaims::verify(token, &self.keys().keyring, &Limits::default()) {
             Err(JoseError::UnknownKey(kid)) => {
                 let peers = self.peer_keys();
@@ -585,6 +656,7 @@ impl Region {
     /// Replaces the peers' keys (after a fetch of `PEER_JWKS`).
     pub fn set_peer_keys(&self, jwks: JwkSet, keyring: Keyring) {
         *self.peer_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((jwks, keyring));
+        self.verified.clear();
     }
 
     /// What `/.well-known/jwks.json` serves: this region's keys, then the peers' keys
@@ -686,26 +758,50 @@ impl Region {
             return self.existing(existing);
         }
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let inserted = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let record = self.recorder(via);
+        let owned = (
+            value.to_owned(),
+            ids.jti.to_owned(),
+            ids.sub.to_owned(),
+            ids.kid.to_owned(),
+            ids.sid.map(str::to_owned),
+            ids.iat,
+        );
+        let job_event = event.clone();
+        let outcome = self.writer.run(move |tx| {
+            let (value, jti, sub, kid, sid, iat) = owned;
+            let ids = TokenIds {
+                jti: &jti,
+                sub: &sub,
+                kid: &kid,
+                sid: sid.as_deref(),
+                iat,
+            };
             // Decided inside the write transaction: two concurrent repeats write one event.
             if let Some(existing) =
-                db::find_revocation(&tx, kind, value, now())?.filter(|e| e.matches(ids))
+                db::find_revocation(tx, kind, &value, now())?.filter(|e| e.matches(&ids))
             {
-                drop(tx);
-                drop(conn);
-                return self.existing(existing);
+                return Ok(Err(existing));
             }
-            let inserted = self.record_revocation(&tx, &event, &signed, via)?;
-            tx.commit()?;
-            inserted
-        };
-        Ok(self.announce_revocation(event, inserted, via))
+            record.write(tx, &job_event, &signed).map(Ok)
+        })?;
+        match outcome {
+            Ok(inserted) => Ok(self.announce_revocation(event, inserted, via)),
+            Err(existing) => self.existing(existing),
+        }
+    }
+
+    /// What [`Recorder::write`] needs, owned, for the writer thread.
+    fn recorder(&self, via: &str) -> Recorder {
+        Recorder {
+            outbox: self.outbox_mode(),
+            region: self.settings.region.clone(),
+            via: via.to_owned(),
+        }
     }
 
     fn existing(&self, event: RevocationEvent) -> Result<Revoked, Error> {
-        let (published, feed_seq) = db::outbox_state(&self.db.lock(), &event.event_id)?;
+        let (published, feed_seq) = db::outbox_state(&*self.db.read()?, &event.event_id)?;
         Ok(Revoked {
             event,
             published,
@@ -724,13 +820,34 @@ impl Region {
         via: &str,
     ) -> Result<Revoked, Error> {
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let inserted = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = self.record_revocation(&tx, &event, &signed, via)?;
-            tx.commit()?;
-            inserted
-        };
+        let record = self.recorder(via);
+        let job_event = event.clone();
+        let inserted = self
+            .writer
+            .run(move |tx| record.write(tx, &job_event, &signed))?;
+        Ok(self.announce_revocation(event, inserted, via))
+    }
+
+    /// [`Region::revoke`] for async callers: the ML-DSA-65 signature is made on the
+    /// blocking pool, the commit awaited without holding a thread.
+    pub async fn revoke_async(
+        self: &Arc<Self>,
+        kind: Kind,
+        value: String,
+        expires_at: Option<i64>,
+        via: &'static str,
+    ) -> Result<Revoked, Error> {
+        let region = self.clone();
+        let (event, signed) =
+            tokio::task::spawn_blocking(move || region.sign_revocation(kind, &value, expires_at))
+                .await
+                .map_err(|e| Error::InvalidRequest(format!("signing task failed: {e}")))??;
+        let record = self.recorder(via);
+        let job_event = event.clone();
+        let inserted = self
+            .writer
+            .run_async(move |tx| record.write(tx, &job_event, &signed))
+            .await?;
         Ok(self.announce_revocation(event, inserted, via))
     }
 
@@ -770,22 +887,7 @@ impl Region {
         signed: &str,
         via: &str,
     ) -> Result<db::Inserted, Error> {
-        let inserted =
-            db::insert_revocation(tx, event, signed, self.outbox_mode())?.unwrap_or(db::Inserted {
-                feed_seq: 0,
-                outbox_id: None,
-            });
-        // Sessions end in SQLite too: the event only has to outlive the access tokens.
-        db::end_sessions(tx, event)?;
-        audit::append(
-            tx,
-            &self.keys().event_key,
-            event.issued_at,
-            &self.settings.region,
-            "revocation",
-            json!({ "event": event, "feed_seq": inserted.feed_seq, "via": via }),
-        )?;
-        Ok(inserted)
+        self.recorder(via).write(tx, event, signed)
     }
 
     /// After the commit: caches the event, advances the edge feed and wakes the outbox
@@ -819,24 +921,27 @@ impl Region {
     /// audit row, never queued for publication again, then cached and fed to the edges.
     /// False when it was already applied.
     pub fn ingest(&self, event: &RevocationEvent, signed: &str) -> Result<bool, Error> {
-        let inserted = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(inserted) = db::insert_revocation(&tx, event, signed, db::Outbox::Skip)?
+        let job_event = event.clone();
+        let signed = signed.to_owned();
+        let region = self.settings.region.clone();
+        let inserted = self.writer.run(move |tx| {
+            let event = &job_event;
+            let Some(inserted) = db::insert_revocation(tx, event, &signed, db::Outbox::Skip)?
             else {
-                return Ok(false);
+                return Ok(None);
             };
-            db::end_sessions(&tx, event)?;
-            audit::append(
-                &tx,
-                &self.keys().event_key,
+            db::end_sessions(tx, event)?;
+            audit::append_row(
+                tx,
                 now(),
-                &self.settings.region,
+                &region,
                 "revocation.applied",
                 json!({ "event": event, "feed_seq": inserted.feed_seq }),
             )?;
-            tx.commit()?;
-            inserted
+            Ok::<_, Error>(Some(inserted))
+        })?;
+        let Some(inserted) = inserted else {
+            return Ok(false);
         };
         self.apply_local(event);
         self.advance_feed(inserted.feed_seq);
@@ -898,6 +1003,7 @@ impl Region {
                 "keys.rotated",
                 json!({ "created": changes.created, "retired": changes.retired, "via": via }),
             )?;
+            audit::seal(&tx, &old.event_key, t, &self.settings.region)?;
             tx.commit()?;
             changes
         };
@@ -907,13 +1013,14 @@ impl Region {
 
     fn reload_keys(&self) -> Result<(), Error> {
         let set = keys::load(
-            &self.db.lock(),
+            &*self.db.read()?,
             self.settings.signing_alg,
             now(),
             self.settings.max_token_secs,
         )?
         .ok_or(Error::NoKeys)?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        self.verified.clear();
         Ok(())
     }
 
@@ -923,7 +1030,7 @@ impl Region {
         let head = *self.feed.borrow();
         let t = now();
         let (rows, new_head, version) = {
-            let conn = self.db.lock();
+            let conn = self.db.read()?;
             (
                 db::feed_range(&conn, head, u64::MAX, Some(t))?,
                 db::feed_head(&conn)?,
@@ -940,7 +1047,61 @@ impl Region {
             self.reload_keys()?;
         }
         self.cache.prune(t);
+        // Rows appended by other connections (the CLI, refresh sessions) get sealed.
+        self.writer.poke();
         Ok(())
+    }
+}
+
+/// The audit row of an issued token, written in the writer thread.
+struct IssuedRow {
+    region: String,
+    at: i64,
+    row: Value,
+}
+
+impl IssuedRow {
+    /// One row in the next group commit; sealed by a checkpoint after the answer.
+    fn write(self, tx: &rusqlite::Transaction<'_>) -> Result<i64, Error> {
+        Ok(audit::append_row(
+            tx,
+            self.at,
+            &self.region,
+            "token.issued",
+            self.row,
+        )?)
+    }
+}
+
+/// Writes a signed revocation with its feed, outbox and audit rows, in the writer thread.
+struct Recorder {
+    outbox: db::Outbox,
+    region: String,
+    via: String,
+}
+
+impl Recorder {
+    fn write(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        event: &RevocationEvent,
+        signed: &str,
+    ) -> Result<db::Inserted, Error> {
+        let inserted =
+            db::insert_revocation(tx, event, signed, self.outbox)?.unwrap_or(db::Inserted {
+                feed_seq: 0,
+                outbox_id: None,
+            });
+        // Sessions end in SQLite too: the event only has to outlive the access tokens.
+        db::end_sessions(tx, event)?;
+        audit::append_row(
+            tx,
+            event.issued_at,
+            &self.region,
+            "revocation",
+            json!({ "event": event, "feed_seq": inserted.feed_seq, "via": self.via }),
+        )?;
+        Ok(inserted)
     }
 }
 

@@ -79,7 +79,7 @@ pub(super) async fn revocations(
         let entries: Vec<Entry> = if upto == base && kind == UpdateKind::Delta {
             Vec::new()
         } else {
-            db::feed_range(&r.db().lock(), base, upto, Some(now()))?
+            db::feed_range(&*r.db().read()?, base, upto, Some(now()))?
                 .iter()
                 .map(|(_, event)| Entry::from_event(event))
                 .collect()

@@ -59,7 +59,7 @@ pub(super) async fn list(
     }
     let since = query.since;
     let (events, head) = blocking(&state, move |r| {
-        let conn = r.db().lock();
+        let conn = r.db().read()?;
         Ok::<_, crate::region::Error>((
             db::signed_events(&conn, since, limit)?,
             db::feed_head(&conn)?,

@@ -70,10 +70,10 @@ pub(super) async fn revoke(
 ) -> Result<Json<RevokeResponse>, ApiError> {
     let kind = parse_type(&body.kind)?;
     let expires_at = ttl_expiry(body.ttl_seconds)?;
-    let done = blocking(&state, move |r| {
-        r.revoke(kind, &body.value, expires_at, "api:/revoke")
-    })
-    .await?;
+    let done = state
+        .region
+        .revoke_async(kind, body.value, expires_at, "api:/revoke")
+        .await?;
     let published = published(&state, &done).await;
     Ok(Json(RevokeResponse {
         event_id: done.event.event_id,

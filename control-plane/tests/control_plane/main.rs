@@ -3,6 +3,7 @@
 //! refresh sessions.
 
 mod api;
+mod audit_log;
 mod cli;
 mod durability;
 mod edge_feed;
