@@ -1,0 +1,353 @@
+//! The edge filter's decision path run natively, so a change can be judged by instruction
+//! counts (`bench/count.sh` runs each case under callgrind) instead of wrk noise.
+//!
+//! `edge-bench <case> <iterations>` runs one case; `edge-bench time <case> <iterations>`
+//! prints nanoseconds per iteration (median of 5 rounds); `edge-bench e5` prints the
+//! sizes and costs of a 1,000,000-entry revocation set; `edge-bench e5-feed <dir> <n>`
+//! writes what `bench/e5-feed.py` serves in place of the control plane (a JWKS, signed
+//! snapshots of `n` entries, heartbeats, tokens), so Envoy can be measured with a 1M set.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use edge_filter::authz::{Authorizer, Freshness, Outcome, Request, Rules};
+use edge_filter::replay::MemoryGuard;
+use serde_json::json;
+use shared::edgeset::{EdgeUpdate, Entry, RevocationSet, UpdateKind, entry_key};
+use shared::jws::{Limits, sign};
+use shared::revocation::TokenIds;
+use shared::{Alg, Keyring, Kind, SigningKey, Validation};
+
+const NOW: i64 = 1_800_000_000;
+const CASES: &[&str] = &[
+    "cached-eddsa",
+    "uncached-eddsa",
+    "uncached-mldsa",
+    "verify-eddsa",
+    "verify-mldsa",
+    "lookup-1k",
+    "lookup-1m",
+];
+
+fn key(alg: Alg) -> SigningKey {
+    SigningKey::from_seed(alg, &[7; 32])
+}
+
+/// A token shaped like the control plane's (same claims, same header).
+fn token(key: &SigningKey, n: u32) -> String {
+    let claims = json!({
+        "iss": "pq-control-plane", "sub": format!("user-{n}"), "aud": "pq-api",
+        "exp": NOW + 3600, "iat": NOW - 10, "nbf": NOW - 10,
+        "jti": format!("Xq3v9Lw2Zk8PaT0cR5nB7g{n:04}"), "sid": format!("sid-{n}"),
+        "scope": "read write",
+    });
+    sign(
+        key,
+        "at+jwt",
+        Some(&key.kid()),
+        None,
+        claims.to_string().as_bytes(),
+    )
+    .unwrap_or_default()
+}
+
+/// The bench config of `envoy/bench-edge-filter.yaml`.
+fn authorizer(cache: usize) -> Authorizer {
+    let mut ring = Keyring::new();
+    ring.add(key(Alg::EdDsa).verifying_key());
+    ring.add(key(Alg::MlDsa65).verifying_key());
+    Authorizer::new(
+        ring,
+        Rules {
+            validation: Validation {
+                issuer: Some("pq-control-plane".into()),
+                audience: Some("pq-api".into()),
+                leeway: 30,
+            },
+            limits: Limits::default(),
+            claim_headers: [("sub", "x-auth-sub"), ("jti", "x-auth-jti")]
+                .into_iter()
+                .chain([("scope", "x-auth-scope"), ("sid", "x-auth-sid")])
+                .map(|(c, h)| (c.to_owned(), h.to_owned()))
+                .collect(),
+            dpop_max_age: 60,
+            fail_open: false,
+            cache_max_entries: cache,
+        },
+    )
+}
+
+/// `n` revoked jtis, as the control plane would send them.
+fn set_of(n: u32) -> RevocationSet {
+    let mut set = RevocationSet::new();
+    let entries = (0..n)
+        .map(|i| Entry {
+            key: entry_key(Kind::Jti, &format!("revoked-{i}")),
+            expires_at: (NOW + 3600) as u32,
+            not_before: 0,
+        })
+        .collect();
+    let update = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 1,
+        generated_at: NOW,
+        entries,
+    };
+    set.apply(update).unwrap_or_default();
+    set
+}
+
+fn bearer(token: &str) -> Vec<u8> {
+    format!("Bearer {token}").into_bytes()
+}
+
+fn authorize(auth: &mut Authorizer, set: &RevocationSet, header: &[u8]) -> bool {
+    let req = Request {
+        authorization: Some(header),
+        dpop: None,
+        dpop_headers: 0,
+        method: "GET",
+        scheme: "http",
+        authority: "127.0.0.1:10000",
+        path: "/",
+    };
+    // No DPoP in these tokens: the guard is never consulted.
+    let mut replay = MemoryGuard::new(1);
+    matches!(
+        auth.authorize(&req, set, Freshness::Fresh, NOW, &mut replay),
+        Outcome::Allow { .. }
+    )
+}
+
+/// Builds the case (not counted), then returns the closure run `iterations` times.
+fn case(name: &str) -> Option<Box<dyn FnMut() -> bool>> {
+    let run: Box<dyn FnMut() -> bool> = match name {
+        "cached-eddsa" => {
+            let mut auth = authorizer(1000);
+            let set = set_of(1000);
+            let header = bearer(&token(&key(Alg::EdDsa), 1));
+            authorize(&mut auth, &set, &header);
+            Box::new(move || authorize(&mut auth, &set, black_box(&header)))
+        }
+        "uncached-eddsa" | "uncached-mldsa" => {
+            let alg = if name == "uncached-eddsa" {
+                Alg::EdDsa
+            } else {
+                Alg::MlDsa65
+            };
+            // A one-entry cache and two tokens in turn: every request verifies.
+            let mut auth = authorizer(1);
+            let set = set_of(1000);
+            let headers = [bearer(&token(&key(alg), 1)), bearer(&token(&key(alg), 2))];
+            let mut i = 0;
+            Box::new(move || {
+                i += 1;
+                authorize(&mut auth, &set, black_box(&headers[i % 2]))
+            })
+        }
+        "verify-eddsa" | "verify-mldsa" => {
+            let alg = if name == "verify-eddsa" {
+                Alg::EdDsa
+            } else {
+                Alg::MlDsa65
+            };
+            let signing = key(alg);
+            let verifying = signing.verifying_key();
+            let token = token(&signing, 1);
+            let (input, sig) = token.rsplit_once('.')?;
+            let sig = shared::b64::decode(sig, "signature").ok()?;
+            let input = input.to_owned();
+            Box::new(move || verifying.verify(black_box(input.as_bytes()), &sig).is_ok())
+        }
+        "lookup-1k" | "lookup-1m" => {
+            let set = set_of(if name == "lookup-1k" { 1000 } else { 1_000_000 });
+            Box::new(move || {
+                let ids = TokenIds {
+                    jti: black_box("Xq3v9Lw2Zk8PaT0cR5nB7g0001"),
+                    sub: "user-1",
+                    kid: "kid",
+                    sid: Some("sid-1"),
+                    iat: NOW - 10,
+                };
+                set.check(&ids, NOW).is_none()
+            })
+        }
+        _ => return None,
+    };
+    Some(run)
+}
+
+fn e5() {
+    let n = 1_000_000u32;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let entries: Vec<Entry> = (0..n)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            Entry {
+                key: seed,
+                // Revocations live as long as the tokens they match: up to an hour here.
+                expires_at: (NOW + 60 + i64::from(i % 3600)) as u32,
+                not_before: 0,
+            }
+        })
+        .collect();
+    let update = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 1,
+        generated_at: NOW,
+        entries,
+    };
+    let wire = update.encode();
+    let started = Instant::now();
+    let mut set = RevocationSet::new();
+    let decoded = EdgeUpdate::decode(&wire, u64::from(n));
+    let applied = decoded.map(|u| set.apply(u));
+    let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {}\n\
+         decode_and_apply_ms_native {apply_ms:.1}\nok {}",
+        wire.len(),
+        wire.len() as f64 / f64::from(n),
+        std::mem::size_of::<Entry>(),
+        matches!(applied, Ok(Ok(()))),
+    );
+}
+
+/// Signed feed answers for `bench/e5-feed.py`: snapshots `snap-<seq>.jws` of `n` entries
+/// (seq 1..=6), empty heartbeat deltas `hb-<seq>.jws`, `jwks.json` and `tokens.txt`.
+fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs() as i64;
+    let ed = key(Alg::EdDsa);
+    let ml = key(Alg::MlDsa65);
+    let jwks = shared::JwkSet {
+        keys: vec![ed.verifying_key().to_jwk(), ml.verifying_key().to_jwk()],
+    };
+    let write = |name: &str, body: &[u8]| {
+        std::fs::write(format!("{dir}/{name}"), body).map_err(|e| format!("{name}: {e}"))
+    };
+    write(
+        "jwks.json",
+        serde_json::to_string(&jwks)
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
+    )?;
+    let mut tokens = String::new();
+    for i in 0..200 {
+        let claims = json!({
+            "iss": "pq-control-plane", "sub": format!("user-{i}"), "aud": "pq-api",
+            "exp": now + 7200, "iat": now - 10, "nbf": now - 10,
+            "jti": format!("e5-{i}"), "scope": "read",
+        });
+        let token = sign(
+            &ed,
+            "at+jwt",
+            Some(&ed.kid()),
+            None,
+            claims.to_string().as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        tokens.push_str(&token);
+        tokens.push('\n');
+    }
+    write("tokens.txt", tokens.as_bytes())?;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for seq in 1..=6u64 {
+        let entries = (0..n)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                Entry {
+                    key: seed,
+                    expires_at: (now + 3600 + i64::from(i % 3600)) as u32,
+                    not_before: 0,
+                }
+            })
+            .collect();
+        let snapshot = EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            base_seq: 0,
+            seq,
+            generated_at: now,
+            entries,
+        };
+        write(
+            &format!("snap-{seq}.jws"),
+            snapshot.sign(&ml).map_err(|e| e.to_string())?.as_bytes(),
+        )?;
+        let heartbeat = EdgeUpdate {
+            kind: UpdateKind::Delta,
+            base_seq: seq,
+            seq,
+            generated_at: now,
+            entries: Vec::new(),
+        };
+        write(
+            &format!("hb-{seq}.jws"),
+            heartbeat.sign(&ml).map_err(|e| e.to_string())?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["e5"] => e5(),
+        ["e5-feed", dir, n] => {
+            let Ok(n) = n.parse() else { return usage() };
+            if let Err(e) = e5_feed(dir, n) {
+                eprintln!("e5-feed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        ["time", name, n] => {
+            let (Some(mut run), Ok(n)) = (case(name), n.parse::<u32>()) else {
+                return usage();
+            };
+            let mut rounds: Vec<f64> = (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        black_box(run());
+                    }
+                    started.elapsed().as_nanos() as f64 / f64::from(n)
+                })
+                .collect();
+            rounds.sort_by(f64::total_cmp);
+            println!("{name} {:.0} ns", rounds[2]);
+        }
+        [name, n] => {
+            let (Some(mut run), Ok(n)) = (case(name), n.parse::<u32>()) else {
+                return usage();
+            };
+            let mut ok = 0u32;
+            for _ in 0..n {
+                ok += u32::from(run());
+            }
+            if ok != n {
+                eprintln!("{name}: only {ok} of {n} iterations gave the expected answer");
+                return ExitCode::FAILURE;
+            }
+        }
+        _ => return usage(),
+    }
+    ExitCode::SUCCESS
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: edge-bench <case> <n> | time <case> <n> | e5 | e5-feed <dir> <n>\ncases: {}",
+        CASES.join(" ")
+    );
+    ExitCode::FAILURE
+}
