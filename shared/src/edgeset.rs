@@ -5,10 +5,10 @@
 //! optional not-before, both as u32 seconds. On the wire the entries are sorted by hash
 //! and delta-encoded with varints, about 10 bytes each.
 
+use crate::JoseError;
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
 use crate::keys::{Keyring, SigningKey};
 use crate::revocation::{Kind, RevocationEvent, TokenIds, covers, stronger_not_before};
-use crate::{JoseError, sha256};
 
 const MAGIC: &[u8; 4] = b"PQRV";
 const VERSION: u8 = 1;
@@ -16,13 +16,36 @@ const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8;
 
 /// The hash of `(kind, value)` under which an entry is stored.
 pub fn entry_key(kind: Kind, value: &str) -> u64 {
-    let mut input = Vec::with_capacity(value.len() + 1);
-    input.push(kind.tag());
-    input.extend_from_slice(value.as_bytes());
-    let digest = sha256(&input);
+    use sha2::Digest;
+    // Fed in two parts: no copy of the value per lookup.
+    let digest = sha2::Sha256::new()
+        .chain_update([kind.tag()])
+        .chain_update(value.as_bytes())
+        .finalize();
     u64::from_be_bytes([
         digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
     ])
+}
+
+/// A token's identifiers as the set looks them up: their [`entry_key`]s, computed once
+/// per verified token (the edge keeps them with its cached verification), so each
+/// request costs only the lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenKeys {
+    /// One key per [`Kind::ALL`] entry; `None` where the token has no such identifier.
+    keys: [Option<u64>; 4],
+    /// `iat`, for not-before entries.
+    iat: i64,
+}
+
+impl TokenKeys {
+    /// The keys of a token's identifiers.
+    pub fn new(ids: &TokenIds<'_>) -> TokenKeys {
+        TokenKeys {
+            keys: Kind::ALL.map(|kind| ids.value(kind).map(|value| entry_key(kind, value))),
+            iat: ids.iat,
+        }
+    }
 }
 
 fn clamp_u32(t: i64) -> u32 {
@@ -397,24 +420,35 @@ impl RevocationSet {
         if self.entries.is_empty() {
             return None;
         }
+        self.check_keys(&TokenKeys::new(ids), now)
+    }
+
+    /// [`check`](Self::check) with the keys computed beforehand.
+    pub fn check_keys(&self, token: &TokenKeys, now: i64) -> Option<Kind> {
+        if self.entries.is_empty() {
+            return None;
+        }
         let now = clamp_u32(now);
-        Kind::ALL.into_iter().find(|&kind| {
-            let Some(value) = ids.value(kind) else {
-                return false;
-            };
-            let key = entry_key(kind, value);
-            self.entries
-                .binary_search_by_key(&key, |e| e.key)
-                .ok()
-                .map(|i| self.entries[i])
-                .is_some_and(|e| {
-                    e.expires_at > now
-                        && covers(
-                            (e.not_before != 0).then_some(i64::from(e.not_before)),
-                            ids.iat,
-                        )
-                })
-        })
+        Kind::ALL
+            .into_iter()
+            .zip(token.keys)
+            .find(|&(_, key)| {
+                let Some(key) = key else {
+                    return false;
+                };
+                self.entries
+                    .binary_search_by_key(&key, |e| e.key)
+                    .ok()
+                    .map(|i| self.entries[i])
+                    .is_some_and(|e| {
+                        e.expires_at > now
+                            && covers(
+                                (e.not_before != 0).then_some(i64::from(e.not_before)),
+                                token.iat,
+                            )
+                    })
+            })
+            .map(|(kind, _)| kind)
     }
 
     /// The set as a snapshot update.
