@@ -96,13 +96,16 @@ wait_http "http://127.0.0.1:$UP_PORT/"
 ADMIN_SECRET=$(cat "$work/cp/admin.secret")
 export CP ADMIN_SECRET
 echo "== issuing $TOKENS EdDSA and $TOKENS ML-DSA-65 tokens, revoking $REVOKED jtis (8 at a time)"
-issue_http() {
+issue_http() { # n: one file per token, so parallel jobs never interleave their output
   curl -sf -X POST "$CP/token" -H "authorization: Bearer $ADMIN_SECRET" \
     -H 'content-type: application/json' -d "{\"subject\":\"user-$1\",\"expires_minutes\":60}" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])' >"$work/issued/$1"
 }
 export -f issue_http
-seq "$TOKENS" | xargs -P 8 -I{} bash -c 'issue_http {}' >"$work/eddsa.txt"
+export work
+mkdir "$work/issued"
+seq "$TOKENS" | xargs -P 8 -I{} bash -c 'issue_http {}'
+for i in $(seq "$TOKENS"); do cat "$work/issued/$i"; done >"$work/eddsa.txt"
 head -n 1 "$work/eddsa.txt" >"$work/eddsa-one.txt"
 for i in $(seq "$TOKENS"); do
   "$TARGET/release/control-plane" issue --data-dir "$work/cp" --signing-alg ML-DSA-65 \
@@ -112,7 +115,8 @@ done >"$work/mldsa.txt"
 seq "$REVOKED" | xargs -P 8 -I{} curl -sf -o /dev/null -X POST "$CP/revoke" \
   -H "authorization: Bearer $ADMIN_SECRET" -H 'content-type: application/json' \
   -d '{"type":"revoke_jti","value":"bench-{}"}'
-[ "$(wc -l <"$work/eddsa.txt")" = "$TOKENS" ] && [ "$(wc -l <"$work/mldsa.txt")" = "$TOKENS" ] ||
+[ "$(grep -c '^ey[^.]*\.[^.]*\.[^.]*$' "$work/eddsa.txt")" = "$TOKENS" ] &&
+  [ "$(grep -c '^ey[^.]*\.[^.]*\.[^.]*$' "$work/mldsa.txt")" = "$TOKENS" ] ||
   { echo "token issuance failed" >&2; exit 1; }
 
 declare -A port admin envoy_pid

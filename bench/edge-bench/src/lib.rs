@@ -16,6 +16,7 @@ pub const NOW: i64 = 1_800_000_000;
 /// Every case, by name.
 pub const CASES: &[&str] = &[
     "cached-eddsa",
+    "cached-mldsa",
     "uncached-eddsa",
     "uncached-mldsa",
     "verify-eddsa",
@@ -121,10 +122,15 @@ pub fn authorize(auth: &mut Authorizer, set: &RevocationSet, header: &[u8]) -> b
 /// Builds a case (setup, not measured) and returns one iteration of it.
 pub fn case(name: &str) -> Option<Box<dyn FnMut() -> bool>> {
     let run: Box<dyn FnMut() -> bool> = match name {
-        "cached-eddsa" => {
+        "cached-eddsa" | "cached-mldsa" => {
+            let alg = if name == "cached-eddsa" {
+                Alg::EdDsa
+            } else {
+                Alg::MlDsa65
+            };
             let mut auth = authorizer(1000);
             let set = set_of(1000);
-            let header = bearer(&token(&key(Alg::EdDsa), 1));
+            let header = bearer(&token(&key(alg), 1));
             authorize(&mut auth, &set, &header);
             Box::new(move || authorize(&mut auth, &set, black_box(&header)))
         }
