@@ -47,11 +47,11 @@ fn e5() {
     let applied = decoded.map(|u| set.apply(u));
     let apply_ms = started.elapsed().as_secs_f64() * 1e3;
     println!(
-        "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {}\n\
+        "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {:.2}\n\
          decode_and_apply_ms_native {apply_ms:.1}\nok {}",
         wire.len(),
         wire.len() as f64 / f64::from(n),
-        std::mem::size_of::<Entry>(),
+        set.memory_bytes() as f64 / f64::from(n),
         matches!(applied, Ok(Ok(()))),
     );
 }
