@@ -5,12 +5,12 @@ use std::rc::Rc;
 
 use shared::claims::TYP_ACCESS_TOKEN;
 use shared::dpop::{ProofRequirements, verify_proof};
-use shared::edgeset::RevocationSet;
+use shared::edgeset::{RevocationSet, TokenKeys};
 use shared::jws::{Jws, Limits};
 use shared::revocation::TokenIds;
-use shared::{AccessClaims, ClaimsError, JoseError, Keyring, Validation, sha256};
+use shared::{AccessClaims, ClaimsError, JoseError, Keyring, Validation};
 
-use crate::cache::TokenCache;
+use crate::cache::{TokenCache, key_of};
 use crate::replay::{ReplayGuard, proof_id};
 use crate::request::{claim_at, claim_header_value, extract_token};
 
@@ -113,6 +113,8 @@ pub struct Verified {
     pub jkt: Option<String>,
     /// Upstream headers from the claim mapping, computed once.
     pub headers: Vec<(String, String)>,
+    /// `jti`, `sub`, `kid`, `sid` as the revocation set looks them up, computed once.
+    pub revocation_keys: TokenKeys,
 }
 
 /// The request facts the decision needs.
@@ -252,13 +254,13 @@ impl Authorizer {
                 cache_hit: false,
             };
         }
-        let hash = sha256(token.as_bytes());
-        let (verified, cache_hit) = match self.cache.get(&hash) {
+        let key = key_of(token);
+        let (verified, cache_hit) = match self.cache.get(&key, token) {
             Some(v) => (v, true),
             None => match self.verify(token, now) {
                 Ok(v) => {
                     let v = Rc::new(v);
-                    self.cache.insert(hash, Rc::clone(&v));
+                    self.cache.insert(key, token, Rc::clone(&v));
                     (v, false)
                 }
                 Err(reason) => {
@@ -273,7 +275,7 @@ impl Authorizer {
         // Time moves on for cached tokens: re-check what depends on it.
         let leeway = self.validation.leeway;
         if now >= verified.exp.saturating_add(leeway) {
-            self.cache.remove(&hash);
+            self.cache.remove(&key);
             return deny(Reason::Expired);
         }
         if verified.nbf > now.saturating_add(leeway) {
@@ -287,14 +289,7 @@ impl Authorizer {
         if freshness == Freshness::Stale && !self.fail_open {
             return Outcome::Unavailable;
         }
-        let ids = TokenIds {
-            jti: &verified.jti,
-            sub: &verified.sub,
-            kid: &verified.kid,
-            sid: verified.sid.as_deref(),
-            iat: verified.iat,
-        };
-        if set.check(&ids, now).is_some() {
+        if set.check_keys(&verified.revocation_keys, now).is_some() {
             return deny(Reason::Revoked);
         }
         Outcome::Allow {
@@ -361,8 +356,17 @@ impl Authorizer {
                 })
                 .collect()
         };
+        let kid = jws.header.kid.clone().unwrap_or_default();
+        let revocation_keys = TokenKeys::new(&TokenIds {
+            jti: &claims.jti,
+            sub: &claims.sub,
+            kid: &kid,
+            sid: claims.sid.as_deref(),
+            iat: claims.iat,
+        });
         Ok(Verified {
-            kid: jws.header.kid.clone().unwrap_or_default(),
+            kid,
+            revocation_keys,
             jkt: claims.cnf.map(|c| c.jkt),
             jti: claims.jti,
             sub: claims.sub,

@@ -1,14 +1,14 @@
 //! The revocation set pushed to the edge: compact entries, a binary wire format for
 //! snapshots and deltas, and the lookup the filter runs on every request.
 //!
-//! An entry is 16 bytes in memory: a 64-bit hash of `(kind, value)`, the expiry and the
-//! optional not-before, both as u32 seconds. On the wire the entries are sorted by hash
+//! An entry is 12 bytes in memory: a 64-bit hash of `(kind, value)` and the expiry as u32
+//! seconds (the optional not-before, rare, is kept apart). On the wire the entries are sorted by hash
 //! and delta-encoded with varints, about 10 bytes each.
 
+use crate::JoseError;
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
 use crate::keys::{Keyring, SigningKey};
 use crate::revocation::{Kind, RevocationEvent, TokenIds, covers, stronger_not_before};
-use crate::{JoseError, sha256};
 
 const MAGIC: &[u8; 4] = b"PQRV";
 const VERSION: u8 = 1;
@@ -16,13 +16,36 @@ const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8;
 
 /// The hash of `(kind, value)` under which an entry is stored.
 pub fn entry_key(kind: Kind, value: &str) -> u64 {
-    let mut input = Vec::with_capacity(value.len() + 1);
-    input.push(kind.tag());
-    input.extend_from_slice(value.as_bytes());
-    let digest = sha256(&input);
+    use sha2::Digest;
+    // Fed in two parts: no copy of the value per lookup.
+    let digest = sha2::Sha256::new()
+        .chain_update([kind.tag()])
+        .chain_update(value.as_bytes())
+        .finalize();
     u64::from_be_bytes([
         digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
     ])
+}
+
+/// A token's identifiers as the set looks them up: their [`entry_key`]s, computed once
+/// per verified token (the edge keeps them with its cached verification), so each
+/// request costs only the lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenKeys {
+    /// One key per [`Kind::ALL`] entry; `None` where the token has no such identifier.
+    keys: [Option<u64>; 4],
+    /// `iat`, for not-before entries.
+    iat: i64,
+}
+
+impl TokenKeys {
+    /// The keys of a token's identifiers.
+    pub fn new(ids: &TokenIds<'_>) -> TokenKeys {
+        TokenKeys {
+            keys: Kind::ALL.map(|kind| ids.value(kind).map(|value| entry_key(kind, value))),
+            iat: ids.iat,
+        }
+    }
 }
 
 fn clamp_u32(t: i64) -> u32 {
@@ -302,18 +325,55 @@ fn sort_and_merge(entries: &mut Vec<Entry>) {
     });
 }
 
-/// The revocation set as one edge VM holds it: entries sorted by key.
+/// The revocation set as one edge VM holds it, 12 bytes an entry: the keys sorted (a
+/// binary search over 8-byte keys only), the expiries beside them, and the rare
+/// not-befores (subject revocations with a cut-off) apart, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationSet {
     seq: u64,
     generated_at: i64,
-    entries: Vec<Entry>,
+    keys: Vec<u64>,
+    expires_at: Vec<u32>,
+    not_before: Vec<(u64, u32)>,
 }
 
 impl RevocationSet {
     /// An empty set at sequence 0.
     pub fn new() -> Self {
         RevocationSet::default()
+    }
+
+    fn from_sorted(seq: u64, generated_at: i64, entries: &[Entry]) -> RevocationSet {
+        RevocationSet {
+            seq,
+            generated_at,
+            keys: entries.iter().map(|e| e.key).collect(),
+            expires_at: entries.iter().map(|e| e.expires_at).collect(),
+            not_before: entries
+                .iter()
+                .filter(|e| e.not_before != 0)
+                .map(|e| (e.key, e.not_before))
+                .collect(),
+        }
+    }
+
+    /// The entries, sorted by key.
+    fn entries(&self) -> Vec<Entry> {
+        let mut nbf = self.not_before.iter().peekable();
+        self.keys
+            .iter()
+            .zip(&self.expires_at)
+            .map(|(&key, &expires_at)| Entry {
+                key,
+                expires_at,
+                not_before: nbf.next_if(|(k, _)| *k == key).map_or(0, |(_, t)| *t),
+            })
+            .collect()
+    }
+
+    /// Bytes the entries take in memory (capacity included).
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.capacity() * 8 + self.expires_at.capacity() * 4 + self.not_before.capacity() * 16
     }
 
     /// The feed sequence number the set is at.
@@ -328,12 +388,12 @@ impl RevocationSet {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.keys.len()
     }
 
     /// True when nothing is revoked.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.keys.is_empty()
     }
 
     /// Applies a snapshot (replaces the set) or a delta (must start at the current `seq`).
@@ -362,7 +422,7 @@ impl RevocationSet {
                         current: self.seq,
                     });
                 }
-                let mut entries = self.entries.clone();
+                let mut entries = self.entries();
                 if update.entries.len() > 64 {
                     entries.extend(update.entries);
                     sort_and_merge(&mut entries);
@@ -380,41 +440,52 @@ impl RevocationSet {
         if entries.len() as u64 > max_entries {
             return Err(EdgeSetError::TooManyEntries(entries.len() as u64));
         }
-        self.entries = entries;
-        self.seq = update.seq;
-        self.generated_at = update.generated_at;
+        *self = RevocationSet::from_sorted(update.seq, update.generated_at, &entries);
         Ok(())
     }
 
     /// Drops entries that can no longer match a valid token.
     pub fn prune(&mut self, now: i64) {
         let now = clamp_u32(now);
-        self.entries.retain(|e| e.expires_at > now);
+        if self.expires_at.iter().all(|&t| t > now) {
+            return;
+        }
+        let mut entries = self.entries();
+        entries.retain(|e| e.expires_at > now);
+        *self = RevocationSet::from_sorted(self.seq, self.generated_at, &entries);
     }
 
     /// The first kind under which the token is revoked at `now`, if any.
     pub fn check(&self, ids: &TokenIds<'_>, now: i64) -> Option<Kind> {
-        if self.entries.is_empty() {
+        if self.keys.is_empty() {
+            return None;
+        }
+        self.check_keys(&TokenKeys::new(ids), now)
+    }
+
+    /// [`check`](Self::check) with the keys computed beforehand.
+    pub fn check_keys(&self, token: &TokenKeys, now: i64) -> Option<Kind> {
+        if self.keys.is_empty() {
             return None;
         }
         let now = clamp_u32(now);
-        Kind::ALL.into_iter().find(|&kind| {
-            let Some(value) = ids.value(kind) else {
-                return false;
-            };
-            let key = entry_key(kind, value);
-            self.entries
-                .binary_search_by_key(&key, |e| e.key)
-                .ok()
-                .map(|i| self.entries[i])
-                .is_some_and(|e| {
-                    e.expires_at > now
-                        && covers(
-                            (e.not_before != 0).then_some(i64::from(e.not_before)),
-                            ids.iat,
-                        )
-                })
-        })
+        Kind::ALL
+            .into_iter()
+            .zip(token.keys)
+            .find(|&(_, key)| {
+                let Some(key) = key else {
+                    return false;
+                };
+                let Ok(i) = self.keys.binary_search(&key) else {
+                    return false;
+                };
+                let not_before = match self.not_before.binary_search_by_key(&key, |(k, _)| *k) {
+                    Ok(j) => Some(i64::from(self.not_before[j].1)),
+                    Err(_) => None,
+                };
+                self.expires_at[i] > now && covers(not_before, token.iat)
+            })
+            .map(|(kind, _)| kind)
     }
 
     /// The set as a snapshot update.
@@ -424,7 +495,58 @@ impl RevocationSet {
             base_seq: 0,
             seq: self.seq,
             generated_at: self.generated_at,
-            entries: self.entries.clone(),
+            entries: self.entries(),
         }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    fn update(kind: UpdateKind, base_seq: u64, seq: u64, entries: Vec<Entry>) -> EdgeUpdate {
+        EdgeUpdate {
+            kind,
+            base_seq,
+            seq,
+            generated_at: 100,
+            entries,
+        }
+    }
+
+    #[test]
+    fn the_split_layout_keeps_every_entry_and_not_before() {
+        let e = |key, expires_at, not_before| Entry {
+            key,
+            expires_at,
+            not_before,
+        };
+        let mut set = RevocationSet::new();
+        let first = vec![e(9, 500, 0), e(3, 400, 150), e(7, 300, 0), e(1, 200, 120)];
+        set.apply(update(UpdateKind::Snapshot, 0, 1, first))
+            .expect("snapshot");
+        let mut more = vec![e(5, 600, 130), e(3, 450, 0)];
+        more.extend((100..200).map(|k| e(k, 700, 0)));
+        set.apply(update(UpdateKind::Delta, 1, 2, more))
+            .expect("delta");
+        let entries = set.to_snapshot().entries;
+        assert_eq!(entries.len(), 105);
+        assert_eq!(
+            &entries[..5],
+            &[
+                e(1, 200, 120),
+                // Merged: the later expiry, and no not-before (all tokens) is the stronger.
+                e(3, 450, 0),
+                e(5, 600, 130),
+                e(7, 300, 0),
+                e(9, 500, 0),
+            ]
+        );
+        assert_eq!(set.not_before, vec![(1, 120), (5, 130)]);
+        assert!(set.memory_bytes() >= 105 * 12);
+        set.prune(350);
+        let keys: Vec<u64> = set.to_snapshot().entries.iter().map(|e| e.key).collect();
+        assert_eq!(&keys[..4], &[3, 5, 9, 100]);
+        assert_eq!(set.not_before, vec![(5, 130)]);
     }
 }

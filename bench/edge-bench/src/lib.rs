@@ -1,0 +1,183 @@
+//! The edge filter's decision path, set up as the cases `bench/edge-bench` runs under
+//! callgrind and `benches/verify.rs` runs under criterion.
+
+use std::hint::black_box;
+
+use edge_filter::authz::{Authorizer, Freshness, Outcome, Request, Rules};
+use edge_filter::replay::MemoryGuard;
+use serde_json::json;
+use shared::edgeset::{EdgeUpdate, Entry, RevocationSet, TokenKeys, UpdateKind, entry_key};
+use shared::jws::{Limits, sign};
+use shared::revocation::TokenIds;
+use shared::{Alg, Keyring, Kind, SigningKey, Validation};
+
+/// The time every case runs at.
+pub const NOW: i64 = 1_800_000_000;
+/// Every case, by name.
+pub const CASES: &[&str] = &[
+    "cached-eddsa",
+    "cached-mldsa",
+    "uncached-eddsa",
+    "uncached-mldsa",
+    "verify-eddsa",
+    "verify-mldsa",
+    "lookup-1k",
+    "lookup-1m",
+];
+
+/// The bench keys (fixed seeds).
+pub fn key(alg: Alg) -> SigningKey {
+    SigningKey::from_seed(alg, &[7; 32])
+}
+
+/// A token shaped like the control plane's (same claims, same header).
+pub fn token(key: &SigningKey, n: u32) -> String {
+    let claims = json!({
+        "iss": "pq-control-plane", "sub": format!("user-{n}"), "aud": "pq-api",
+        "exp": NOW + 3600, "iat": NOW - 10, "nbf": NOW - 10,
+        "jti": format!("Xq3v9Lw2Zk8PaT0cR5nB7g{n:04}"), "sid": format!("sid-{n}"),
+        "scope": "read write",
+    });
+    sign(
+        key,
+        "at+jwt",
+        Some(&key.kid()),
+        None,
+        claims.to_string().as_bytes(),
+    )
+    .unwrap_or_default()
+}
+
+/// The bench config of `envoy/bench-edge-filter.yaml`.
+pub fn authorizer(cache: usize) -> Authorizer {
+    let mut ring = Keyring::new();
+    ring.add(key(Alg::EdDsa).verifying_key());
+    ring.add(key(Alg::MlDsa65).verifying_key());
+    Authorizer::new(
+        ring,
+        Rules {
+            validation: Validation {
+                issuer: Some("pq-control-plane".into()),
+                audience: Some("pq-api".into()),
+                leeway: 30,
+            },
+            limits: Limits::default(),
+            claim_headers: [("sub", "x-auth-sub"), ("jti", "x-auth-jti")]
+                .into_iter()
+                .chain([("scope", "x-auth-scope"), ("sid", "x-auth-sid")])
+                .map(|(c, h)| (c.to_owned(), h.to_owned()))
+                .collect(),
+            dpop_max_age: 60,
+            fail_open: false,
+            cache_max_entries: cache,
+        },
+    )
+}
+
+/// `n` revoked jtis, as the control plane would send them.
+pub fn set_of(n: u32) -> RevocationSet {
+    let mut set = RevocationSet::new();
+    let entries = (0..n)
+        .map(|i| Entry {
+            key: entry_key(Kind::Jti, &format!("revoked-{i}")),
+            expires_at: (NOW + 3600) as u32,
+            not_before: 0,
+        })
+        .collect();
+    let update = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 1,
+        generated_at: NOW,
+        entries,
+    };
+    set.apply(update).unwrap_or_default();
+    set
+}
+
+/// An `Authorization` value.
+pub fn bearer(token: &str) -> Vec<u8> {
+    format!("Bearer {token}").into_bytes()
+}
+
+/// One request through `Authorizer::authorize`; true when it is allowed.
+pub fn authorize(auth: &mut Authorizer, set: &RevocationSet, header: &[u8]) -> bool {
+    let req = Request {
+        authorization: Some(header),
+        dpop: None,
+        dpop_headers: 0,
+        method: "GET",
+        scheme: "http",
+        authority: "127.0.0.1:10000",
+        path: "/",
+    };
+    // No DPoP in these tokens: the guard is never consulted.
+    let mut replay = MemoryGuard::new(1);
+    matches!(
+        auth.authorize(&req, set, Freshness::Fresh, NOW, &mut replay),
+        Outcome::Allow { .. }
+    )
+}
+
+/// Builds a case (setup, not measured) and returns one iteration of it.
+pub fn case(name: &str) -> Option<Box<dyn FnMut() -> bool>> {
+    let run: Box<dyn FnMut() -> bool> = match name {
+        "cached-eddsa" | "cached-mldsa" => {
+            let alg = if name == "cached-eddsa" {
+                Alg::EdDsa
+            } else {
+                Alg::MlDsa65
+            };
+            let mut auth = authorizer(1000);
+            let set = set_of(1000);
+            let header = bearer(&token(&key(alg), 1));
+            authorize(&mut auth, &set, &header);
+            Box::new(move || authorize(&mut auth, &set, black_box(&header)))
+        }
+        "uncached-eddsa" | "uncached-mldsa" => {
+            let alg = if name == "uncached-eddsa" {
+                Alg::EdDsa
+            } else {
+                Alg::MlDsa65
+            };
+            // A one-entry cache and two tokens in turn: every request verifies.
+            let mut auth = authorizer(1);
+            let set = set_of(1000);
+            let headers = [bearer(&token(&key(alg), 1)), bearer(&token(&key(alg), 2))];
+            let mut i = 0;
+            Box::new(move || {
+                i += 1;
+                authorize(&mut auth, &set, black_box(&headers[i % 2]))
+            })
+        }
+        "verify-eddsa" | "verify-mldsa" => {
+            let alg = if name == "verify-eddsa" {
+                Alg::EdDsa
+            } else {
+                Alg::MlDsa65
+            };
+            let signing = key(alg);
+            let verifying = signing.verifying_key();
+            let token = token(&signing, 1);
+            let (input, sig) = token.rsplit_once('.')?;
+            let sig = shared::b64::decode(sig, "signature").ok()?;
+            let input = input.to_owned();
+            Box::new(move || verifying.verify(black_box(input.as_bytes()), &sig).is_ok())
+        }
+        "lookup-1k" | "lookup-1m" => {
+            // As the filter does per request: the token's keys were computed when it was
+            // verified, so a lookup is four binary searches.
+            let set = set_of(if name == "lookup-1k" { 1000 } else { 1_000_000 });
+            let keys = TokenKeys::new(&TokenIds {
+                jti: "Xq3v9Lw2Zk8PaT0cR5nB7g0001",
+                sub: "user-1",
+                kid: "kid",
+                sid: Some("sid-1"),
+                iat: NOW - 10,
+            });
+            Box::new(move || set.check_keys(black_box(&keys), NOW).is_none())
+        }
+        _ => return None,
+    };
+    Some(run)
+}

@@ -1,0 +1,209 @@
+//! The edge filter's decision path run natively, so a change can be judged by instruction
+//! counts (`bench/count.sh` runs each case under callgrind) instead of wrk noise.
+//!
+//! `edge-bench <case> <iterations>` runs one case; `edge-bench time <case> <iterations>`
+//! prints nanoseconds per iteration (median of 5 rounds); `edge-bench e5` prints the
+//! sizes and costs of a 1,000,000-entry revocation set; `edge-bench e5-feed <dir> <n>`
+//! writes what `bench/e5-feed.py` serves in place of the control plane (a JWKS, signed
+//! snapshots of `n` entries, heartbeats, tokens), so Envoy can be measured with a 1M set.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use edge_bench::{CASES, NOW, case, key};
+use serde_json::json;
+use shared::Alg;
+use shared::edgeset::{EdgeUpdate, Entry, RevocationSet, UpdateKind};
+use shared::jws::sign;
+
+fn e5() {
+    let n = 1_000_000u32;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let entries: Vec<Entry> = (0..n)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            Entry {
+                key: seed,
+                // Revocations live as long as the tokens they match: up to an hour here.
+                expires_at: (NOW + 60 + i64::from(i % 3600)) as u32,
+                not_before: 0,
+            }
+        })
+        .collect();
+    let update = EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 1,
+        generated_at: NOW,
+        entries,
+    };
+    let wire = update.encode();
+    let started = Instant::now();
+    let mut set = RevocationSet::new();
+    let decoded = EdgeUpdate::decode(&wire, u64::from(n));
+    let applied = decoded.map(|u| set.apply(u));
+    let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {:.2}\n\
+         decode_and_apply_ms_native {apply_ms:.1}\nok {}",
+        wire.len(),
+        wire.len() as f64 / f64::from(n),
+        set.memory_bytes() as f64 / f64::from(n),
+        matches!(applied, Ok(Ok(()))),
+    );
+}
+
+/// Signed feed answers for `bench/e5-feed.py`: snapshots `snap-<seq>.jws` of `n` entries
+/// (seq 1..=6), empty heartbeat deltas `hb-<seq>.jws`, `jwks.json` and `tokens.txt`.
+fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs() as i64;
+    let ed = key(Alg::EdDsa);
+    let ml = key(Alg::MlDsa65);
+    let jwks = shared::JwkSet {
+        keys: vec![ed.verifying_key().to_jwk(), ml.verifying_key().to_jwk()],
+    };
+    let write = |name: &str, body: &[u8]| {
+        std::fs::write(format!("{dir}/{name}"), body).map_err(|e| format!("{name}: {e}"))
+    };
+    write(
+        "jwks.json",
+        serde_json::to_string(&jwks)
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
+    )?;
+    let mut tokens = String::new();
+    for i in 0..200 {
+        let claims = json!({
+            "iss": "pq-control-plane", "sub": format!("user-{i}"), "aud": "pq-api",
+            "exp": now + 7200, "iat": now - 10, "nbf": now - 10,
+            "jti": format!("e5-{i}"), "scope": "read",
+        });
+        let token = sign(
+            &ed,
+            "at+jwt",
+            Some(&ed.kid()),
+            None,
+            claims.to_string().as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        tokens.push_str(&token);
+        tokens.push('\n');
+    }
+    write("tokens.txt", tokens.as_bytes())?;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for seq in 1..=6u64 {
+        let entries = (0..n)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                Entry {
+                    key: seed,
+                    expires_at: (now + 3600 + i64::from(i % 3600)) as u32,
+                    not_before: 0,
+                }
+            })
+            .collect();
+        let snapshot = EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            base_seq: 0,
+            seq,
+            generated_at: now,
+            entries,
+        };
+        write(
+            &format!("snap-{seq}.jws"),
+            snapshot.sign(&ml).map_err(|e| e.to_string())?.as_bytes(),
+        )?;
+        let heartbeat = EdgeUpdate {
+            kind: UpdateKind::Delta,
+            base_seq: seq,
+            seq,
+            generated_at: now,
+            entries: Vec::new(),
+        };
+        write(
+            &format!("hb-{seq}.jws"),
+            heartbeat.sign(&ml).map_err(|e| e.to_string())?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["e5"] => e5(),
+        ["e5-feed", dir, n] => {
+            let Ok(n) = n.parse() else { return usage() };
+            if let Err(e) = e5_feed(dir, n) {
+                eprintln!("e5-feed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        ["time", name, n] => {
+            let (Some(mut run), Ok(n)) = (case(name), n.parse::<u32>()) else {
+                return usage();
+            };
+            // On-CPU time of this thread where Linux reports it (a busy machine inflates
+            // wall time, not this), else wall time.
+            let cpu = on_cpu_ns().is_some();
+            let mut rounds: Vec<f64> = (0..5)
+                .map(|_| {
+                    let (started, cpu_started) = (Instant::now(), on_cpu_ns());
+                    for _ in 0..n {
+                        black_box(run());
+                    }
+                    let ns = match (cpu_started, on_cpu_ns()) {
+                        (Some(a), Some(b)) => (b - a) as f64,
+                        _ => started.elapsed().as_nanos() as f64,
+                    };
+                    ns / f64::from(n)
+                })
+                .collect();
+            rounds.sort_by(f64::total_cmp);
+            let what = if cpu { "on-CPU" } else { "wall" };
+            println!("{name} {:.0} ns ({what}, median of 5)", rounds[2]);
+        }
+        [name, n] => {
+            let (Some(mut run), Ok(n)) = (case(name), n.parse::<u32>()) else {
+                return usage();
+            };
+            let mut ok = 0u32;
+            for _ in 0..n {
+                ok += u32::from(run());
+            }
+            if ok != n {
+                eprintln!("{name}: only {ok} of {n} iterations gave the expected answer");
+                return ExitCode::FAILURE;
+            }
+        }
+        _ => return usage(),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`).
+fn on_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: edge-bench <case> <n> | time <case> <n> | e5 | e5-feed <dir> <n>\ncases: {}",
+        CASES.join(" ")
+    );
+    ExitCode::FAILURE
+}
