@@ -210,15 +210,6 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// A revocation as stored and cached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    /// The signed event's id.
-    pub event_id: String,
-    /// The event itself.
-    pub event: RevocationEvent,
-}
-
 /// What happens to a stored event on the way to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outbox {

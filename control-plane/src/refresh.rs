@@ -14,10 +14,10 @@
 
 use rusqlite::{OptionalExtension as _, Transaction, TransactionBehavior, params};
 use serde_json::json;
-use shared::claims::{Audience, Confirmation};
+use shared::claims::Confirmation;
 use shared::dpop::{self, ProofRequirements};
 use shared::kem::{self, SealedBox};
-use shared::{AccessClaims, Jwk, Kind, b64, random, sha256};
+use shared::{Jwk, Kind, b64, random, sha256};
 
 use crate::audit;
 use crate::db;
@@ -316,20 +316,17 @@ fn find_session(conn: &rusqlite::Connection, sid: &str) -> rusqlite::Result<Opti
 fn mint(region: &Region, session: &Session, t: i64) -> Result<Issued, Error> {
     let settings = region.settings();
     let ttl = settings.default_token_secs;
-    let claims = AccessClaims {
-        iss: settings.issuer.clone(),
-        sub: session.subject.clone(),
-        aud: Audience::One(settings.audience.clone()),
-        exp: t + ttl,
-        iat: t,
-        nbf: t,
-        jti: random::id(),
-        sid: Some(session.sid.clone()),
-        scope: session.scope.clone(),
-        client_id: None,
-        cnf: session.device_jkt.clone().map(|jkt| Confirmation { jkt }),
-        extra: Default::default(),
-    };
+    let claims = region.access_claims(
+        region::Grant {
+            sub: session.subject.clone(),
+            sid: Some(session.sid.clone()),
+            scope: session.scope.clone(),
+            cnf: session.device_jkt.clone().map(|jkt| Confirmation { jkt }),
+            ..Default::default()
+        },
+        t,
+        ttl,
+    );
     let (token, _kid) = region.sign_access(&claims)?;
     Ok(Issued {
         token,

@@ -47,12 +47,6 @@ pub enum Error {
     /// The request itself is wrong; the message says how.
     #[error("{0}")]
     InvalidRequest(String),
-    /// The token presented as a credential does not verify.
-    #[error("{0}")]
-    InvalidToken(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    Forbidden(String),
     /// SQLite failed.
     #[error("storage failed: {0}")]
     Storage(#[from] rusqlite::Error),
@@ -76,6 +70,23 @@ pub struct IssueRequest {
     pub expires_minutes: Option<i64>,
     /// Extra claims; `sid`, `scope`, `client_id` and `cnf` are recognised.
     pub additional_claims: Option<Map<String, Value>>,
+}
+
+/// Who and what an access token is for; [`Region::access_claims`] adds the rest.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Grant {
+    /// `sub`.
+    pub(crate) sub: String,
+    /// `sid`, for a session's tokens.
+    pub(crate) sid: Option<String>,
+    /// `scope`.
+    pub(crate) scope: Option<String>,
+    /// `client_id`.
+    pub(crate) client_id: Option<String>,
+    /// `cnf`, for a token bound to a device key.
+    pub(crate) cnf: Option<Confirmation>,
+    /// Other claims.
+    pub(crate) extra: Map<String, Value>,
 }
 
 /// An issued token.
@@ -568,22 +579,39 @@ impl Region {
                 Error::InvalidRequest(r#"cnf must be an object {"jkt": "<thumbprint>"}"#.into())
             })?),
         };
-        let t = now();
-        let claims = AccessClaims {
+        let claims = self.access_claims(
+            Grant {
+                sub: request.subject,
+                sid,
+                scope,
+                client_id,
+                cnf,
+                extra,
+            },
+            now(),
+            ttl,
+        );
+        Ok((claims, ttl))
+    }
+
+    /// The claims of an access token this region issues at `t` for `ttl` seconds: the
+    /// one place that sets `iss`, `aud`, the times and a fresh `jti` (tokens from
+    /// `POST /token` and from refresh sessions alike).
+    pub(crate) fn access_claims(&self, grant: Grant, t: i64, ttl: i64) -> AccessClaims {
+        AccessClaims {
             iss: self.settings.issuer.clone(),
-            sub: request.subject,
+            sub: grant.sub,
             aud: Audience::One(self.settings.audience.clone()),
             exp: t + ttl,
             iat: t,
             nbf: t,
             jti: random::id(),
-            sid,
-            scope,
-            client_id,
-            cnf,
-            extra,
-        };
-        Ok((claims, ttl))
+            sid: grant.sid,
+            scope: grant.scope,
+            client_id: grant.client_id,
+            cnf: grant.cnf,
+            extra: grant.extra,
+        }
     }
 
     /// The live revocation that covers a token, from the cache or, if the cache fails,

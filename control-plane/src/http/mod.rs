@@ -299,8 +299,6 @@ impl From<region::Error> for ApiError {
     fn from(e: region::Error) -> Self {
         match e {
             region::Error::InvalidRequest(d) => ApiError::BadRequest(d),
-            region::Error::InvalidToken(d) => ApiError::Unauthorized(d),
-            region::Error::Forbidden(d) => ApiError::Forbidden(d),
             other => ApiError::Internal(other.to_string()),
         }
     }
