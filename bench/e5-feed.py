@@ -5,7 +5,7 @@ Serves the files `edge-bench e5-feed DIR N` wrote: `/.well-known/jwks.json`, and
 `/v1/edge/revocations` the 1M-entry snapshot seq 1 first, then empty heartbeat deltas
 (each long poll is held 1 s). `GET /churn` makes the next polls return a fresh 1M
 snapshot (seq 2, 3, ... 6, 1, ...) every `--every` seconds, as a control plane sending a new
-snapshot would; `GET /steady` stops that. Usage: e5-feed.py DIR PORT [--every 1.5]
+snapshot would; `GET /steady` stops that; `GET /served` counts the snapshots served. Usage: e5-feed.py DIR PORT [--every 1.5]
 """
 import sys
 import threading
@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 DIR, PORT = sys.argv[1], int(sys.argv[2])
 EVERY = float(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--every" else 1.5
 LOCK = threading.Lock()
-STATE = {"seq": 0, "churn": False, "last": 0.0}
+STATE = {"seq": 0, "churn": False, "last": 0.0, "served": 0}
 FILES = {}
 
 
@@ -44,6 +44,8 @@ class Feed(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/.well-known/jwks.json":
             return self.answer(200, body("jwks.json"), "application/json")
+        if url.path == "/served":
+            return self.answer(200, f"{STATE['served']}\n".encode(), "text/plain")
         if url.path in ("/churn", "/steady"):
             with LOCK:
                 STATE["churn"] = url.path == "/churn"
@@ -60,9 +62,11 @@ class Feed(BaseHTTPRequestHandler):
                     # the filter takes each one as a fresh full set.
                     STATE["seq"] = idx = idx % 6 + 1
                     STATE["last"] = now
+                    STATE["served"] += 1
                     name = f"snap-{idx}.jws"
                     break
                 if since != idx:
+                    STATE["served"] += 1
                     name = f"snap-{idx}.jws"
                     break
             if time.time() >= deadline:

@@ -255,14 +255,13 @@ if [ -n "$full_run" ]; then
   wait_http "http://127.0.0.1:$FEED_PORT/steady"
   start_envoy e5 "$FEED_PORT" "$work/e5/tokens.txt"
   head -1 "$work/e5/tokens.txt" >"$work/e5/one.txt"
-  updates() {
-    curl -s "http://127.0.0.1:${admin[e5]}/stats?filter=edge_filter.sync_updates" |
-      sed -n 's/.*sync_updates: //p' | head -1
+  updates() { # snapshots the feed served (heartbeats are not counted)
+    curl -s "http://127.0.0.1:$FEED_PORT/served"
   }
   for round in $(seq "$ROUNDS"); do
     curl -s -o /dev/null "http://127.0.0.1:$FEED_PORT/steady"
-    # Steady means no snapshot arrived for 5 s (the last one of a churn cell is decoded by
-    # the poller and then by every worker VM, which takes a while at 1M entries).
+    # Steady means no snapshot was served for 5 s (the last one of a churn cell is decoded
+    # by the poller and then by every worker VM, which takes a while at 1M entries).
     last=$(updates) quiet=0
     while [ "$quiet" -lt 5 ]; do
       sleep 1
