@@ -13,12 +13,16 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
 use shared::{JoseError, Keyring, RevocationEvent};
 
 use crate::Region;
 use crate::bus::KafkaSettings;
 use crate::peers::{self, Peers};
 use crate::time::now;
+
+/// Most messages applied together.
+const MAX_BATCH: usize = 256;
 
 /// Why a message was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,8 +213,8 @@ pub async fn run(
         })
     });
     loop {
-        let message = match consumer.recv().await {
-            Ok(m) => m,
+        let first = match consumer.recv().await {
+            Ok(m) => m.detach(),
             Err(e) => {
                 // Before the topic exists, or while the broker is away: transient.
                 stats.running.store(0, Ordering::Relaxed);
@@ -220,27 +224,63 @@ pub async fn run(
             }
         };
         stats.running.store(1, Ordering::Relaxed);
-        match handle(&region, &peers, message.payload()).await {
-            Ok(true) => {
-                stats.applied.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(false) => {
-                stats.own.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(why) => {
-                stats.reject(why);
-                tracing::warn!(
-                    reason = why.as_str(),
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "event from the broker not applied"
-                );
+        // What is already fetched is applied together: the writer commits the batch in
+        // one transaction. Order within a batch does not matter: revocations combine
+        // by the coverage rule whatever their order, and each event_id applies once.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                _ => break,
             }
         }
-        // Only after the event is in SQLite: a crash before this redelivers it, and
-        // applying it again is a no-op.
-        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
-            tracing::warn!(error = %e, "cannot commit a consumer offset");
+        let mut applying = tokio::task::JoinSet::new();
+        for (i, message) in batch.iter().enumerate() {
+            let payload = message.payload().map(<[u8]>::to_vec);
+            let (region, peers) = (region.clone(), peers.clone());
+            applying.spawn(async move { (i, handle(&region, &peers, payload.as_deref()).await) });
+        }
+        while let Some(done) = applying.join_next().await {
+            let Ok((i, outcome)) = done else {
+                tracing::error!("a consumer task failed");
+                continue;
+            };
+            match outcome {
+                Ok(true) => {
+                    stats.applied.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {
+                    stats.own.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => {
+                    stats.reject(why);
+                    tracing::warn!(
+                        reason = why.as_str(),
+                        partition = batch[i].partition(),
+                        offset = batch[i].offset(),
+                        "event from the broker not applied"
+                    );
+                }
+            }
+        }
+        // Only after every event of the batch is in SQLite: a crash before this
+        // redelivers them, and applying them again is a no-op.
+        let mut next: std::collections::HashMap<(String, i32), i64> = Default::default();
+        for message in &batch {
+            let at = next
+                .entry((message.topic().to_owned(), message.partition()))
+                .or_default();
+            *at = (*at).max(message.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(e) = offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))
+            {
+                tracing::warn!(error = %e, "cannot record a consumer offset");
+            }
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::warn!(error = %e, "cannot commit consumer offsets");
         }
     }
 }

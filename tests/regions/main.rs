@@ -245,7 +245,7 @@ fn revocations_acknowledged_while_the_broker_is_down_all_reach_b_once() {
     assert!(depth >= 1000, "{depth}");
     let stopped_at = Instant::now();
     regions.broker.resume();
-    let all = eventually(Duration::from_secs(120), || {
+    let all = eventually(Duration::from_secs(240), || {
         (metric(&regions.b, "cp_consumer_events_total{result=\"applied\"} ") >= 1001).then_some(())
     });
     assert!(
