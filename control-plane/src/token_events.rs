@@ -34,7 +34,8 @@ pub fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(String,
             ("reused", text(&data["sid"])?)
         }
         "refresh.revoked" => ("session_revoked", text(&data["sid"])?),
-        "revocation" | "revocation.applied" => ("revoked", text(&data["event"]["value"])?),
+        // A peer's revocation applied here is the peer's event: only its origin tells.
+        "revocation" => ("revoked", text(&data["event"]["value"])?),
         _ => return None,
     };
     let event = json!({
