@@ -103,6 +103,18 @@ fn is_revoked(cp: &ControlPlane, kind: &str, value: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// Waits (30 s at most) until `cp` reports `kind` `value` revoked; panics otherwise.
+fn wait_revoked(cp: &ControlPlane, kind: &str, value: &str) {
+    let seen = eventually(Duration::from_secs(30), || {
+        is_revoked(cp, kind, value).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "{kind} {value} never revoked at port {}",
+        cp.port
+    );
+}
+
 fn metrics(cp: &ControlPlane) -> String {
     http::get(cp.port, "/metrics", &[])
         .map(|r| r.text())
@@ -222,17 +234,8 @@ fn revocations_acknowledged_while_the_broker_is_down_all_reach_b_once() {
     let _turn = turn();
     let mut regions = Regions::start();
     // B is subscribed and working before the outage.
-    let warm = revoke(&regions.a, "jti", "before-the-outage").expect("revoke");
-    assert!(
-        eventually(Duration::from_secs(30), || is_revoked(
-            &regions.b,
-            "jti",
-            "before-the-outage"
-        )
-        .then_some(()))
-        .is_some(),
-        "B never applied {warm}"
-    );
+    revoke(&regions.a, "jti", "before-the-outage").expect("revoke");
+    wait_revoked(&regions.b, "jti", "before-the-outage");
     regions.broker.stop();
     let mut acked = Vec::new();
     for i in 0..1000 {
@@ -446,15 +449,7 @@ fn forged_malformed_replayed_and_foreign_events_are_counted_and_never_applied() 
     let _turn = turn();
     let regions = Regions::start();
     revoke(&regions.a, "jti", "genuine-1").expect("revoke");
-    assert!(
-        eventually(Duration::from_secs(30), || is_revoked(
-            &regions.b,
-            "jti",
-            "genuine-1"
-        )
-        .then_some(()))
-        .is_some()
-    );
+    wait_revoked(&regions.b, "jti", "genuine-1");
     let genuine = an_event_from_a(&regions.broker);
     let producer = producer(&regions.broker);
 
@@ -491,16 +486,7 @@ fn forged_malformed_replayed_and_foreign_events_are_counted_and_never_applied() 
 
     // The next good event is applied.
     revoke(&regions.a, "jti", "genuine-2").expect("revoke");
-    assert!(
-        eventually(Duration::from_secs(30), || is_revoked(
-            &regions.b,
-            "jti",
-            "genuine-2"
-        )
-        .then_some(()))
-        .is_some(),
-        "a good event after the poison was not applied"
-    );
+    wait_revoked(&regions.b, "jti", "genuine-2");
     let reasons = eventually(Duration::from_secs(15), || {
         let m = metrics(&regions.b);
         let count = |reason: &str| {
@@ -536,15 +522,7 @@ fn b_keeps_applying_a_s_events_after_a_rotates_its_keys() {
     let _turn = turn();
     let regions = Regions::start();
     revoke(&regions.a, "jti", "before-rotation").expect("revoke");
-    assert!(
-        eventually(Duration::from_secs(30), || is_revoked(
-            &regions.b,
-            "jti",
-            "before-rotation"
-        )
-        .then_some(()))
-        .is_some()
-    );
+    wait_revoked(&regions.b, "jti", "before-rotation");
     let rotated = http::post_json(
         regions.a.port,
         "/admin/keys/rotate",
@@ -556,16 +534,7 @@ fn b_keeps_applying_a_s_events_after_a_rotates_its_keys() {
     // CP_KEY_ACTIVATION_SECONDS=1 here: the new keys sign after a second.
     std::thread::sleep(Duration::from_millis(2500));
     revoke(&regions.a, "jti", "after-rotation").expect("revoke");
-    assert!(
-        eventually(Duration::from_secs(30), || is_revoked(
-            &regions.b,
-            "jti",
-            "after-rotation"
-        )
-        .then_some(()))
-        .is_some(),
-        "B stopped applying A's events after the rotation"
-    );
+    wait_revoked(&regions.b, "jti", "after-rotation");
     let region_keys = http::get(regions.a.port, "/v1/region/jwks", &[])
         .unwrap()
         .json();
