@@ -8,8 +8,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use control_plane::Db;
 use control_plane::audit;
-use control_plane::db::Db;
 use serde_json::json;
 use shared::{Alg, Kind, RevocationEvent, SigningKey};
 

@@ -23,24 +23,24 @@ use shared::{Keyring, SigningKey, b64, sha256};
 /// The signed content of one row. `prev` is the previous row's hash ("" for the first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     /// Position in the log, starting at 1.
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// When it happened.
-    pub at: i64,
+    pub(crate) at: i64,
     /// What happened, e.g. `token.issued`, `revocation`, `keys.rotated`.
-    pub action: String,
+    pub(crate) action: String,
     /// Region that wrote the row.
-    pub region: String,
+    pub(crate) region: String,
     /// Details (never secrets).
-    pub data: serde_json::Value,
+    pub(crate) data: serde_json::Value,
     /// Hash of the previous row.
-    pub prev: String,
+    pub(crate) prev: String,
 }
 
 /// Why a row fails verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuditError {
+pub(crate) enum AuditError {
     /// A row is not what was signed or chained.
     #[error("audit row {seq} is invalid: {reason}")]
     BadRow {
@@ -86,21 +86,21 @@ fn hash_of(entry: &str) -> String {
 }
 
 /// The last row's `seq` and hash, if any.
-pub fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
+pub(crate) fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
     conn.prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
 }
 
 /// The row the newest checkpoint covers (0 when there is none).
-pub fn last_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn last_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached("SELECT COALESCE(MAX(upto), 0) FROM audit_checkpoints")?
         .query_row([], |r| r.get(0))
 }
 
 /// Appends a row inside the caller's transaction; returns its `seq`. The row is sealed
 /// by the next checkpoint, not signed on its own: `_key` is kept for callers.
-pub fn append(
+pub(crate) fn append(
     conn: &Connection,
     _key: &SigningKey,
     at: i64,
@@ -139,18 +139,18 @@ pub fn append_row(
 /// What a checkpoint signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CheckpointBody {
+pub(crate) struct CheckpointBody {
     /// Always `audit-checkpoint` (so the signature cannot pass for anything else).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// Region whose log this is.
-    pub region: String,
+    pub(crate) region: String,
     /// The row whose hash is `head`: the checkpoint covers rows 1..=upto.
-    pub upto: i64,
+    pub(crate) upto: i64,
     /// The hash of row `upto` (the chain head).
-    pub head: String,
+    pub(crate) head: String,
     /// When it was signed.
-    pub at: i64,
+    pub(crate) at: i64,
 }
 
 const CHECKPOINT_TYPE: &str = "audit-checkpoint";
@@ -159,13 +159,13 @@ const CHECKPOINT_TYPE: &str = "audit-checkpoint";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The row it covers.
-    pub upto: i64,
+    pub(crate) upto: i64,
     /// The JSON text of its [`CheckpointBody`] (the signed bytes).
-    pub body: String,
+    pub(crate) body: String,
     /// The signing key's id.
-    pub kid: String,
+    pub(crate) kid: String,
     /// The ML-DSA-65 signature of `body`, base64url.
-    pub sig: String,
+    pub(crate) sig: String,
 }
 
 impl Checkpoint {
@@ -197,7 +197,7 @@ impl Checkpoint {
 
 /// Stores a checkpoint unless a newer one is already there (another connection sealed
 /// further meanwhile); true if stored. The checkpoint must cover an existing row.
-pub fn store_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite::Result<bool> {
+pub(crate) fn store_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite::Result<bool> {
     if cp.upto <= last_checkpoint(conn)? {
         return Ok(false);
     }
@@ -211,7 +211,7 @@ pub fn store_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite::Result<
 /// Signs and stores a checkpoint of the current head inside the caller's transaction,
 /// if rows were appended since the last one (the slow paths: start-up, key rotation,
 /// the CLI, shutdown). Returns the row it covers.
-pub fn seal(
+pub(crate) fn seal(
     conn: &Connection,
     key: &SigningKey,
     at: i64,
@@ -230,34 +230,34 @@ pub fn seal(
 
 /// What a successful verification saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AuditReport {
+pub(crate) struct AuditReport {
     /// Number of rows checked.
-    pub rows: i64,
+    pub(crate) rows: i64,
     /// Hash of the last row (the head of the chain), to compare with a copy kept elsewhere.
-    pub head: String,
+    pub(crate) head: String,
     /// Number of checkpoints checked.
-    pub checkpoints: i64,
+    pub(crate) checkpoints: i64,
     /// Rows after the last checkpoint (chained, not sealed by a signature yet).
-    pub unsealed: i64,
+    pub(crate) unsealed: i64,
 }
 
 /// One stored row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// Its position.
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// The JSON text of its [`AuditEntry`].
-    pub entry: String,
+    pub(crate) entry: String,
     /// `base64url(SHA-256(entry))`.
-    pub hash: String,
+    pub(crate) hash: String,
     /// Rows before checkpoints: the signing key's id; empty otherwise.
-    pub kid: String,
+    pub(crate) kid: String,
     /// Rows before checkpoints: their own ML-DSA-65 signature of `entry`; empty otherwise.
-    pub sig: String,
+    pub(crate) sig: String,
 }
 
 /// Checks rows and checkpoints given in order (rows by `seq`, checkpoints by position).
-pub struct Verifier<'k> {
+pub(crate) struct Verifier<'k> {
     keys: &'k Keyring,
     expected_seq: i64,
     prev: String,
@@ -268,7 +268,7 @@ pub struct Verifier<'k> {
 
 impl<'k> Verifier<'k> {
     /// A verifier with the keys that may have signed; `checkpoints` in stored order.
-    pub fn new(keys: &'k Keyring, checkpoints: Vec<Checkpoint>) -> Self {
+    pub(crate) fn new(keys: &'k Keyring, checkpoints: Vec<Checkpoint>) -> Self {
         Verifier {
             keys,
             expected_seq: 1,
@@ -293,7 +293,7 @@ impl<'k> Verifier<'k> {
     }
 
     /// Checks the next row, then the checkpoints that cover it.
-    pub fn row(&mut self, row: &Row) -> Result<(), AuditError> {
+    pub(crate) fn row(&mut self, row: &Row) -> Result<(), AuditError> {
         let seq = row.seq;
         let bad = |reason: &str| AuditError::BadRow {
             seq,
@@ -359,7 +359,7 @@ impl<'k> Verifier<'k> {
     }
 
     /// After the last row: no checkpoint may cover rows that are not there.
-    pub fn finish(self) -> Result<AuditReport, AuditError> {
+    pub(crate) fn finish(self) -> Result<AuditReport, AuditError> {
         let rows = self.expected_seq - 1;
         if let Some((id, cp)) = self.checkpoints.front() {
             return Err(AuditError::BadCheckpoint {
@@ -381,7 +381,7 @@ impl<'k> Verifier<'k> {
 }
 
 /// Every checkpoint in stored order.
-pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
+pub(crate) fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
     let mut stmt =
         conn.prepare("SELECT upto, body, kid, sig FROM audit_checkpoints ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
@@ -396,7 +396,7 @@ pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
 }
 
 /// Reads every row in order and hands it to `each`.
-pub fn for_each_row(
+pub(crate) fn for_each_row(
     conn: &Connection,
     mut each: impl FnMut(Row) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
@@ -417,7 +417,7 @@ pub fn for_each_row(
 /// Checks every row in order (sequence, chain link, hash, and the signature of rows from
 /// before checkpoints), then every checkpoint (ML-DSA-65 signature, and its head against
 /// the row it covers). Reports the first bad row or checkpoint.
-pub fn verify(conn: &Connection, keys: &Keyring) -> Result<AuditReport, AuditError> {
+pub(crate) fn verify(conn: &Connection, keys: &Keyring) -> Result<AuditReport, AuditError> {
     // One read transaction: rows and checkpoints from the same snapshot.
     conn.execute_batch("BEGIN")?;
     let outcome = (|| {
@@ -432,7 +432,7 @@ pub fn verify(conn: &Connection, keys: &Keyring) -> Result<AuditReport, AuditErr
 /// One line of `audit export`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ExportLine {
+pub(crate) enum ExportLine {
     /// A public key that may have signed (a JWK: `kty` `AKP`, `alg` `ML-DSA-65`, `pub`).
     Key {
         /// The JWK.
@@ -445,7 +445,7 @@ pub enum ExportLine {
 }
 
 /// Writes the keys, then rows and checkpoints in verification order, as JSON lines.
-pub fn export(
+pub(crate) fn export(
     conn: &Connection,
     keys: &Keyring,
     out: &mut dyn std::io::Write,
@@ -484,7 +484,7 @@ pub fn export(
 
 /// Verifies an export (as written by [`export`]) with only the keys it carries; the
 /// caller should compare those keys with the region's published JWKS.
-pub fn verify_export(input: impl std::io::BufRead) -> Result<AuditReport, AuditError> {
+pub(crate) fn verify_export(input: impl std::io::BufRead) -> Result<AuditReport, AuditError> {
     let mut keys = Keyring::new();
     let mut rows = Vec::new();
     let mut cps = Vec::new();
@@ -514,7 +514,7 @@ pub fn verify_export(input: impl std::io::BufRead) -> Result<AuditReport, AuditE
 }
 
 /// The last `limit` rows, newest first (for operators).
-pub fn tail(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<AuditEntry>> {
+pub(crate) fn tail(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare("SELECT entry FROM audit ORDER BY seq DESC LIMIT ?1")?;
     let rows = stmt.query_map(params![limit], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();

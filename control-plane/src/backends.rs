@@ -22,11 +22,11 @@ pub struct Backends {
     /// Redis, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisCache>>,
     /// Kafka, when `KAFKA_BOOTSTRAP` is set.
-    pub kafka: Option<Arc<KafkaBus>>,
+    pub(crate) kafka: Option<Arc<KafkaBus>>,
     /// The peers' keys (`PEER_JWKS`).
-    pub peers: Option<Arc<Peers>>,
+    pub(crate) peers: Option<Arc<Peers>>,
     /// What the consumer did.
-    pub consumer: Arc<ConsumerStats>,
+    pub(crate) consumer: Arc<ConsumerStats>,
 }
 
 /// Opens the region with the services its settings name. Blocking; every unreachable
@@ -79,7 +79,7 @@ pub fn open(settings: Settings) -> anyhow::Result<(Region, Backends)> {
 
 /// Aborts its tasks when dropped.
 #[derive(Debug, Default)]
-pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
@@ -92,7 +92,11 @@ impl Drop for Tasks {
 /// Starts what keeps the services current: the outbox relay, the consumer, the Redis
 /// rebuilder. With `consume` false, no consumer (a server whose peers' events another
 /// process applies).
-pub fn spawn(region: &Arc<Region>, backends: &Backends, consume: bool) -> anyhow::Result<Tasks> {
+pub(crate) fn spawn(
+    region: &Arc<Region>,
+    backends: &Backends,
+    consume: bool,
+) -> anyhow::Result<Tasks> {
     let mut tasks = Vec::new();
     if let Some(redis) = &backends.redis {
         tasks.push(tokio::spawn(redis_cache::keep_current(

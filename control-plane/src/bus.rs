@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 pub struct BusError(pub String);
 
 /// The future a publish returns.
-pub type Publish<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
+pub(crate) type Publish<'a> = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>;
 
 /// Which stream an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl KafkaSettings {
 
 /// Kafka through librdkafka: an idempotent producer with `acks=all`, keyed by the revoked
 /// value so one value's events stay in order.
-pub struct KafkaBus {
+pub(crate) struct KafkaBus {
     producer: std::sync::RwLock<FutureProducer>,
     settings: KafkaSettings,
 }
@@ -103,7 +103,7 @@ impl std::fmt::Debug for KafkaBus {
 impl KafkaBus {
     /// Connects and checks the broker answers within `wait` (a start-up check: an
     /// unreachable broker at start is a configuration error).
-    pub fn connect(settings: KafkaSettings, wait: Duration) -> Result<KafkaBus, BusError> {
+    pub(crate) fn connect(settings: KafkaSettings, wait: Duration) -> Result<KafkaBus, BusError> {
         let producer = producer(&settings)?;
         producer.client().fetch_metadata(None, wait).map_err(|e| {
             BusError(format!(
@@ -121,7 +121,7 @@ impl KafkaBus {
 
     /// Creates the topics if they are missing (brokers may not create topics on first
     /// produce, and a consumer waits for its topic to exist).
-    pub fn ensure_topics(&self, wait: Duration) -> Result<(), BusError> {
+    pub(crate) fn ensure_topics(&self, wait: Duration) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.settings.bootstrap)
             .create()
@@ -165,7 +165,7 @@ impl KafkaBus {
     }
 
     /// True when the broker answers a metadata request within `wait`.
-    pub fn healthy(&self, wait: Duration) -> bool {
+    pub(crate) fn healthy(&self, wait: Duration) -> bool {
         self.producer().client().fetch_metadata(None, wait).is_ok()
     }
 }

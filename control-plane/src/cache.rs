@@ -77,7 +77,7 @@ pub trait RevocationCache: Send + Sync + 'static {
 }
 
 /// The first live revocation that covers a token, checked kind by kind.
-pub fn check(
+pub(crate) fn check(
     cache: &dyn RevocationCache,
     ids: &TokenIds<'_>,
     now: i64,
@@ -154,7 +154,7 @@ impl RevocationCache for MemoryCache {
 /// again skips the signature check (claims times and revocation are still checked on
 /// every request). Sharded read-mostly maps: lookups take an uncontended read lock.
 /// Cleared whenever the trusted keys change.
-pub struct VerifiedTokens {
+pub(crate) struct VerifiedTokens {
     shards: Vec<RwLock<VerifiedShard>>,
 }
 
@@ -189,7 +189,7 @@ impl VerifiedTokens {
     }
 
     /// The claims and `kid` of a token that verified before.
-    pub fn get(&self, digest: &[u8; 32]) -> Option<(shared::AccessClaims, String)> {
+    pub(crate) fn get(&self, digest: &[u8; 32]) -> Option<(shared::AccessClaims, String)> {
         self.shard(digest)
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -198,7 +198,7 @@ impl VerifiedTokens {
     }
 
     /// Remembers a token that verified.
-    pub fn insert(&self, digest: [u8; 32], verified: (shared::AccessClaims, String)) {
+    pub(crate) fn insert(&self, digest: [u8; 32], verified: (shared::AccessClaims, String)) {
         let mut shard = self
             .shard(&digest)
             .write()
@@ -210,7 +210,7 @@ impl VerifiedTokens {
     }
 
     /// Forgets everything (the keys changed).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for shard in &self.shards {
             shard.write().unwrap_or_else(|e| e.into_inner()).clear();
         }

@@ -26,7 +26,7 @@ const MAX_BATCH: usize = 256;
 
 /// Why a message was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// Not a compact JWS of a revocation event (bad bytes, JSON, typ, size).
     Malformed,
     /// The signature does not verify under the key it names.
@@ -41,7 +41,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in `/metrics` order.
-    pub const ALL: [Rejection; 5] = [
+    pub(crate) const ALL: [Rejection; 5] = [
         Rejection::Malformed,
         Rejection::BadSignature,
         Rejection::UnknownKey,
@@ -50,7 +50,7 @@ impl Rejection {
     ];
 
     /// The label in `/metrics`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::Malformed => "malformed",
             Rejection::BadSignature => "bad_signature",
@@ -73,7 +73,7 @@ impl Rejection {
 
 /// What the consumer did, for `/metrics` and `/ready`.
 #[derive(Debug, Default)]
-pub struct ConsumerStats {
+pub(crate) struct ConsumerStats {
     /// Events applied.
     pub applied: AtomicU64,
     /// This region's own events seen coming back (skipped).
@@ -92,7 +92,7 @@ impl ConsumerStats {
     }
 
     /// Rejections by reason.
-    pub fn rejected(&self) -> Vec<(Rejection, u64)> {
+    pub(crate) fn rejected(&self) -> Vec<(Rejection, u64)> {
         Rejection::ALL
             .iter()
             .map(|r| (*r, self.rejected[r.index()].load(Ordering::Relaxed)))
@@ -101,7 +101,7 @@ impl ConsumerStats {
 }
 
 /// Checks one message and applies it. `Ok(true)` applied, `Ok(false)` own event.
-pub async fn handle(
+pub(crate) async fn handle(
     region: &Arc<Region>,
     peers: &Peers,
     payload: Option<&[u8]>,
@@ -161,7 +161,7 @@ fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<RevocationEven
 }
 
 /// Creates the region's consumer (its own group), subscribed to the revocations topic.
-pub fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, String> {
+pub(crate) fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, String> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.bootstrap)
         .set("group.id", &settings.group)
@@ -180,7 +180,7 @@ pub fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, String> {
 }
 
 /// Consumes until the task is dropped.
-pub async fn run(
+pub(crate) async fn run(
     region: Arc<Region>,
     peers: Arc<Peers>,
     consumer: StreamConsumer,

@@ -96,7 +96,7 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#;
 
 /// File name of the database inside the data directory.
-pub const DB_FILE: &str = "control-plane.db";
+pub(crate) const DB_FILE: &str = "control-plane.db";
 
 /// Read-only connections kept open.
 const READERS: usize = 4;
@@ -110,7 +110,7 @@ pub struct Db {
 }
 
 /// A pooled read-only connection, returned to the pool on drop.
-pub struct Reader {
+pub(crate) struct Reader {
     conn: Option<Connection>,
     pool: Arc<Mutex<Vec<Connection>>>,
 }
@@ -170,7 +170,7 @@ impl Db {
 
     /// A read-only connection from the pool (opened when the pool is empty). Reads see
     /// the last committed state and never wait for the writer (WAL).
-    pub fn read(&self) -> rusqlite::Result<Reader> {
+    pub(crate) fn read(&self) -> rusqlite::Result<Reader> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
             Some(conn) => conn,
@@ -212,7 +212,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// What happens to a stored event on the way to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outbox {
+pub(crate) enum Outbox {
     /// A peer's event: never published again by this region.
     Skip,
     /// Queued for the outbox relay.
@@ -223,16 +223,16 @@ pub enum Outbox {
 
 /// Where a new event went: its feed sequence number and its outbox row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inserted {
+pub(crate) struct Inserted {
     /// Edge feed sequence number.
-    pub feed_seq: u64,
+    pub(crate) feed_seq: u64,
     /// `rowid` of its outbox row (rows are relayed in this order), if it has one.
-    pub outbox_id: Option<i64>,
+    pub(crate) outbox_id: Option<i64>,
 }
 
 /// Stores a signed event, its feed row and (unless it is a peer's) its outbox row,
 /// unless the event id is already known: then `None`.
-pub fn insert_revocation(
+pub(crate) fn insert_revocation(
     tx: &rusqlite::Transaction<'_>,
     event: &RevocationEvent,
     signed: &str,
@@ -281,17 +281,17 @@ pub fn insert_revocation(
 
 /// A committed event the relay has not handed to the broker yet.
 #[derive(Debug, Clone)]
-pub struct Unpublished {
+pub(crate) struct Unpublished {
     /// Outbox `rowid`: the relay order.
-    pub id: i64,
+    pub(crate) id: i64,
     /// The revoked value (the message key).
-    pub key: String,
+    pub(crate) key: String,
     /// The signed event.
-    pub signed: String,
+    pub(crate) signed: String,
 }
 
 /// The oldest unpublished outbox rows, at most `limit`, in commit order.
-pub fn unpublished(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Unpublished>> {
+pub(crate) fn unpublished(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Unpublished>> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.rowid, r.value, r.signed FROM outbox o JOIN revocations r USING (event_id)
          WHERE o.published_at IS NULL ORDER BY o.rowid LIMIT ?1",
@@ -307,7 +307,7 @@ pub fn unpublished(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Unpu
 }
 
 /// Number of outbox rows not yet handed to the broker.
-pub fn outbox_depth(conn: &Connection) -> rusqlite::Result<u64> {
+pub(crate) fn outbox_depth(conn: &Connection) -> rusqlite::Result<u64> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
         [],
@@ -319,7 +319,7 @@ pub fn outbox_depth(conn: &Connection) -> rusqlite::Result<u64> {
 /// Marks outbox rows (by `rowid`) as handed to the broker.
 /// Marks outbox rows (by `rowid`) as handed to the broker, inside the caller's
 /// transaction (the writer's group commit).
-pub fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<()> {
+pub(crate) fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached("UPDATE outbox SET published_at = ?2 WHERE rowid = ?1")?;
     for id in ids {
         stmt.execute(params![id, at])?;
@@ -328,7 +328,7 @@ pub fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Resu
 }
 
 /// The highest feed sequence number (0 when empty).
-pub fn feed_head(conn: &Connection) -> rusqlite::Result<u64> {
+pub(crate) fn feed_head(conn: &Connection) -> rusqlite::Result<u64> {
     let seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM feed", [], |r| r.get(0))?;
     Ok(u64::try_from(seq).unwrap_or(0))
 }
@@ -339,7 +339,7 @@ fn seq_param(seq: u64) -> i64 {
 
 /// Events of feed rows in `(after, upto]` that are still live at `now` (all if `now` is
 /// `None`), in feed order, with their sequence numbers.
-pub fn feed_range(
+pub(crate) fn feed_range(
     conn: &Connection,
     after: u64,
     upto: u64,
@@ -366,7 +366,7 @@ pub fn feed_range(
 
 /// The strongest live revocation of `(kind, value)` at `now`
 /// ([`shared::revocation::strongest`]), if any.
-pub fn find_revocation(
+pub(crate) fn find_revocation(
     conn: &Connection,
     kind: shared::Kind,
     value: &str,
@@ -388,9 +388,8 @@ pub fn find_revocation(
     Ok(shared::revocation::strongest(&live).cloned())
 }
 
-/// Whether an event's outbox row was handed to the event bus, and its feed sequence
-/// number (0 if it has none).
-pub fn outbox_state(conn: &Connection, event_id: &str) -> rusqlite::Result<(bool, u64)> {
+/// Whether an event's outbox row was handed to the event bus.
+pub(crate) fn outbox_published(conn: &Connection, event_id: &str) -> rusqlite::Result<bool> {
     let published: Option<bool> = conn
         .query_row(
             "SELECT published_at IS NOT NULL FROM outbox WHERE event_id = ?1",
@@ -398,22 +397,12 @@ pub fn outbox_state(conn: &Connection, event_id: &str) -> rusqlite::Result<(bool
             |r| r.get(0),
         )
         .optional()?;
-    let seq: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM feed WHERE event_id = ?1",
-            params![event_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok((
-        published.unwrap_or(false),
-        seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-    ))
+    Ok(published.unwrap_or(false))
 }
 
 /// Marks the refresh sessions a `sid` or `sub` revocation ends as revoked, so they stay
 /// refused after the event itself has expired from the live set.
-pub fn end_sessions(
+pub(crate) fn end_sessions(
     tx: &rusqlite::Transaction<'_>,
     event: &RevocationEvent,
 ) -> rusqlite::Result<()> {
@@ -443,7 +432,7 @@ pub fn end_sessions(
 }
 
 /// The stored event with this id, if any.
-pub fn revocation_by_id(
+pub(crate) fn revocation_by_id(
     conn: &Connection,
     event_id: &str,
 ) -> rusqlite::Result<Option<RevocationEvent>> {
@@ -458,7 +447,7 @@ pub fn revocation_by_id(
 }
 
 /// Every live revocation with its signed form, for rebuilding a cache.
-pub fn live_signed(
+pub(crate) fn live_signed(
     conn: &Connection,
     now: i64,
 ) -> rusqlite::Result<Vec<(RevocationEvent, Option<String>)>> {
@@ -478,19 +467,19 @@ pub fn live_signed(
 
 /// One signed event as stored: its feed sequence number, id and compact JWS.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct SignedEvent {
+pub(crate) struct SignedEvent {
     /// Feed sequence number (this region's order; remote events get one when applied).
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The event's id.
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// The event as signed by its origin region: compact JWS, `typ`
     /// `revocation-event+jwt`, ML-DSA-65; verify it with that region's JWKS.
-    pub jws: String,
+    pub(crate) jws: String,
 }
 
 /// Up to `limit` signed events of feed rows after `after`, in feed order, expired ones
 /// included (they are history).
-pub fn signed_events(
+pub(crate) fn signed_events(
     conn: &Connection,
     after: u64,
     limit: u32,
@@ -511,7 +500,7 @@ pub fn signed_events(
 
 /// Audit rows after `seq` (at most `limit`), as `(seq, entry JSON)`: what the token-event
 /// relay turns into lifecycle events.
-pub fn audit_after(
+pub(crate) fn audit_after(
     conn: &Connection,
     seq: i64,
     limit: usize,
@@ -526,7 +515,7 @@ pub fn audit_after(
 }
 
 /// Where a relay of this database stopped (0 before its first run).
-pub fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+pub(crate) fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS relay_state (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     )?;
@@ -541,11 +530,86 @@ pub fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
 }
 
 /// Records where a relay got to.
-pub fn set_relay_position(conn: &Connection, name: &str, seq: i64) -> rusqlite::Result<()> {
+pub(crate) fn set_relay_position(conn: &Connection, name: &str, seq: i64) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO relay_state (name, seq) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
         params![name, seq],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::revocation::{TokenIds, strongest};
+    use shared::{Kind, random};
+
+    use super::*;
+    use crate::cache::{MemoryCache, RevocationCache as _};
+
+    fn sub_event(not_before: i64) -> RevocationEvent {
+        RevocationEvent {
+            event_id: random::id(),
+            kind: Kind::Sub,
+            value: "sam".into(),
+            not_before: Some(not_before),
+            expires_at: i64::MAX / 2,
+            issued_at: not_before,
+            origin: "test".into(),
+            nonce: "00".into(),
+            kid: "k".into(),
+        }
+    }
+
+    fn ids(iat: i64) -> TokenIds<'static> {
+        TokenIds {
+            jti: "j",
+            sub: "sam",
+            kid: "k",
+            sid: None,
+            iat,
+        }
+    }
+
+    #[test]
+    fn the_memory_cache_and_sqlite_both_pick_the_latest_subject_revocation() {
+        let (t1, t2, t3) = (1_000, 2_000, 3_000);
+        // Both orders of arrival: the rule must not depend on which event came first.
+        for events in [
+            [sub_event(t1), sub_event(t3)],
+            [sub_event(t3), sub_event(t1)],
+        ] {
+            assert_eq!(strongest(&events).unwrap().not_before, Some(t3));
+
+            let cache = MemoryCache::new();
+            for e in &events {
+                cache.insert(e).unwrap();
+            }
+            let any = cache.find(Kind::Sub, "sam", None, 0).unwrap().unwrap();
+            assert_eq!(any.not_before, Some(t3), "the lookup for sessions sees T3");
+            assert!(cache.find(Kind::Sub, "sam", Some(t2), 0).unwrap().is_some());
+            assert!(
+                cache
+                    .find(Kind::Sub, "sam", Some(t3 + 1), 0)
+                    .unwrap()
+                    .is_none()
+            );
+
+            let dir = tempfile::TempDir::new().unwrap();
+            let store = Db::open(&dir.path().join("cp.db")).unwrap();
+            {
+                let mut conn = store.lock();
+                let tx = conn.transaction().unwrap();
+                for e in &events {
+                    insert_revocation(&tx, e, "signed", Outbox::Local).unwrap();
+                }
+                tx.commit().unwrap();
+            }
+            let found = find_revocation(&store.lock(), Kind::Sub, "sam", 0)
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.not_before, Some(t3));
+            assert!(found.matches(&ids(t2)));
+        }
+    }
 }

@@ -15,7 +15,7 @@ use shared::{Alg, Keyring, SigningKey, VerifyingKey};
 
 /// A stored key's public facts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct KeyInfo {
+pub(crate) struct KeyInfo {
     /// RFC 7638 thumbprint.
     pub kid: String,
     /// `EdDSA` or `ML-DSA-65`.
@@ -60,7 +60,7 @@ fn alg_of(name: &str) -> Option<Alg> {
 
 /// What changed when keys were created or rotated.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct KeyChanges {
+pub(crate) struct KeyChanges {
     /// Newly created keys.
     pub created: Vec<KeyInfo>,
     /// Keys retired by this change.
@@ -68,7 +68,7 @@ pub struct KeyChanges {
 }
 
 /// Creates an active key for each algorithm that has none.
-pub fn ensure_active(conn: &Connection, now: i64) -> rusqlite::Result<KeyChanges> {
+pub(crate) fn ensure_active(conn: &Connection, now: i64) -> rusqlite::Result<KeyChanges> {
     let mut changes = KeyChanges::default();
     for alg in [Alg::EdDsa, Alg::MlDsa65] {
         let active: i64 = conn.query_row(
@@ -106,7 +106,11 @@ fn create(
 
 /// Creates a fresh key per algorithm that signs from `now + activation_delay`, when the
 /// keys signing now retire. Both are published at once.
-pub fn rotate(conn: &Connection, now: i64, activation_delay: i64) -> rusqlite::Result<KeyChanges> {
+pub(crate) fn rotate(
+    conn: &Connection,
+    now: i64,
+    activation_delay: i64,
+) -> rusqlite::Result<KeyChanges> {
     let switch = now.saturating_add(activation_delay.max(0));
     let retired: Vec<KeyInfo> = list(conn)?
         .into_iter()
@@ -129,7 +133,7 @@ pub fn rotate(conn: &Connection, now: i64, activation_delay: i64) -> rusqlite::R
 }
 
 /// Every stored key, oldest first.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
+pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
     let mut stmt = conn
         .prepare("SELECT kid, alg, created_at, retired_at, active_from FROM keys ORDER BY rowid")?;
     let rows = stmt.query_map([], |r| {
@@ -158,7 +162,7 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
 }
 
 /// Every ML-DSA-65 public key ever stored (audit rows stay verifiable after rotation).
-pub fn audit_keyring(conn: &Connection) -> rusqlite::Result<Keyring> {
+pub(crate) fn audit_keyring(conn: &Connection) -> rusqlite::Result<Keyring> {
     let mut ring = Keyring::new();
     for (alg, seed, _, _, _) in load_rows(conn)? {
         if alg == Alg::MlDsa65 {
@@ -196,7 +200,7 @@ fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<KeyRow>> {
 }
 
 /// Loads the active keys and every key that may still verify a token at `now`.
-pub fn load(
+pub(crate) fn load(
     conn: &Connection,
     token_alg: Alg,
     now: i64,
@@ -256,7 +260,7 @@ pub fn load(
 }
 
 /// The key table's fingerprint, compared with [`KeySet::version`].
-pub fn version(conn: &Connection) -> rusqlite::Result<String> {
+pub(crate) fn version(conn: &Connection) -> rusqlite::Result<String> {
     let mut stmt =
         conn.prepare("SELECT alg, created_at, retired_at, active_from FROM keys ORDER BY rowid")?;
     let rows = stmt.query_map([], |r| {

@@ -5,32 +5,40 @@
 //! background sync task. `main.rs` only parses the command line.
 
 pub mod audit;
-pub mod backends;
-pub mod bus;
-pub mod cache;
+mod backends;
+mod bus;
+mod cache;
 pub mod cli;
 pub mod config;
-pub mod consumer;
-pub mod db;
-pub mod http;
-pub mod keys;
-pub mod metrics;
-pub mod nonce;
-pub mod outbox;
-pub mod peers;
-pub mod redis_cache;
-pub mod refresh;
-pub mod region;
-pub mod server;
-pub mod time;
-pub mod token_events;
-pub mod writer;
+mod consumer;
+mod db;
+mod http;
+mod keys;
+mod metrics;
+mod nonce;
+mod outbox;
+mod peers;
+mod redis_cache;
+mod refresh;
+mod region;
+mod server;
+mod time;
+mod token_events;
+mod writer;
+
+// The public surface: what the binary, the integration tests and the operator tools use.
+pub use backends::{Backends, open};
+pub use bus::{EventBus, LocalBus};
+pub use cache::{CacheError, MemoryCache, RevocationCache};
+pub use db::Db;
+pub use http::{AppState, app};
+pub use nonce::{DpopNonces, SECRET_FILE as DPOP_NONCE_SECRET_FILE};
+pub use refresh::transcript as refresh_transcript;
+pub use region::{Region, read_admin_secret};
+pub use time::now;
 
 use std::future::Future;
 use std::time::Duration;
-
-pub use http::{AppState, app};
-pub use region::Region;
 
 /// How often the server picks up changes other processes made to the database.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);

@@ -40,7 +40,7 @@ fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Resul
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (region, backends) =
-            tokio::task::spawn_blocking(move || control_plane::backends::open(settings)).await??;
+            tokio::task::spawn_blocking(move || control_plane::open(settings)).await??;
         let keys = region.keys();
         tracing::info!(
             data_dir = %region.settings().data_dir.display(),

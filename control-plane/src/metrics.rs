@@ -7,7 +7,7 @@ use shared::Kind;
 
 /// Counters updated by the domain and HTTP layers.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Tokens issued.
     pub tokens_issued: AtomicU64,
     /// Validations that found the token valid.
@@ -51,23 +51,23 @@ fn kind_index(kind: Kind) -> usize {
 
 impl Metrics {
     /// Adds one to a counter.
-    pub fn inc(counter: &AtomicU64) {
+    pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a committed revocation.
-    pub fn revoked(&self, kind: Kind) {
+    pub(crate) fn revoked(&self, kind: Kind) {
         Metrics::inc(&self.revocations[kind_index(kind)]);
     }
 
     /// Counts an HTTP response.
-    pub fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         Metrics::inc(&self.responses[class]);
     }
 
     /// The Prometheus text exposition, with the gauges passed in.
-    pub fn render(&self, feed_seq: u64, live_revocations: usize, ready: bool) -> String {
+    pub(crate) fn render(&self, feed_seq: u64, live_revocations: usize, ready: bool) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {

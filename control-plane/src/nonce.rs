@@ -15,7 +15,7 @@ use std::path::Path;
 use shared::{b64, random, sha256};
 
 /// Length of a nonce window, in seconds.
-pub const WINDOW_SECS: i64 = 300;
+pub(crate) const WINDOW_SECS: i64 = 300;
 
 /// File in the data directory holding the nonce secret.
 pub const SECRET_FILE: &str = "dpop-nonce.secret";
@@ -34,7 +34,7 @@ impl std::fmt::Debug for DpopNonces {
 
 impl DpopNonces {
     /// Nonces under a given secret.
-    pub fn new(secret: [u8; 32]) -> DpopNonces {
+    pub(crate) fn new(secret: [u8; 32]) -> DpopNonces {
         DpopNonces { secret }
     }
 
@@ -75,7 +75,7 @@ impl DpopNonces {
     }
 
     /// The nonce to hand out at time `t` (unix seconds).
-    pub fn current(&self, t: i64) -> String {
+    pub(crate) fn current(&self, t: i64) -> String {
         self.for_window(t.div_euclid(WINDOW_SECS))
     }
 

@@ -21,7 +21,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Relays the outbox until the task is dropped.
-pub async fn run(region: Arc<Region>) {
+pub(crate) async fn run(region: Arc<Region>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let reader = region.clone();

@@ -11,15 +11,15 @@ use shared::Keyring;
 use shared::jwk::JwkSet;
 
 /// How often the peer JWKS are fetched when nothing asks earlier.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// How soon a fetch is retried when a peer did not answer (it may be starting).
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// The shortest time between two fetches triggered by unknown keys.
-pub const MIN_REFETCH: Duration = Duration::from_secs(2);
+pub(crate) const MIN_REFETCH: Duration = Duration::from_secs(2);
 
 /// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths. Returns every
 /// problem at once.
-pub fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
+pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
     let mut sources = Vec::new();
     let mut problems = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -49,7 +49,7 @@ pub fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
 
 /// The peer keys and where they come from.
 #[derive(Debug)]
-pub struct Peers {
+pub(crate) struct Peers {
     sources: Vec<String>,
     by_source: Mutex<HashMap<String, JwkSet>>,
     keyring: RwLock<Arc<Keyring>>,
@@ -60,7 +60,7 @@ pub struct Peers {
 
 impl Peers {
     /// Peers read from `sources` (none fetched yet).
-    pub fn new(sources: Vec<String>) -> Peers {
+    pub(crate) fn new(sources: Vec<String>) -> Peers {
         Peers {
             sources,
             by_source: Mutex::new(HashMap::new()),
@@ -75,7 +75,7 @@ impl Peers {
     }
 
     /// The keys known now.
-    pub fn keyring(&self) -> Arc<Keyring> {
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
         self.keyring
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -83,13 +83,13 @@ impl Peers {
     }
 
     /// Every peer key as one JWKS.
-    pub fn jwks(&self) -> Arc<JwkSet> {
+    pub(crate) fn jwks(&self) -> Arc<JwkSet> {
         self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Fetches every source; a source that fails keeps the keys it gave last time.
     /// True when every source answered.
-    pub async fn refresh(&self) -> bool {
+    pub(crate) async fn refresh(&self) -> bool {
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut all = true;
         for source in &self.sources {
@@ -132,7 +132,7 @@ impl Peers {
     }
 
     /// Refreshes unless the last fetch was less than [`MIN_REFETCH`] ago; true if it did.
-    pub async fn refresh_soon(&self) -> bool {
+    pub(crate) async fn refresh_soon(&self) -> bool {
         let due = self
             .last_fetch
             .lock()
@@ -145,14 +145,14 @@ impl Peers {
     }
 
     /// Refreshes now and hands the keys to the region (tokens of peers verify there).
-    pub async fn refresh_into(&self, region: &crate::Region) -> bool {
+    pub(crate) async fn refresh_into(&self, region: &crate::Region) -> bool {
         let all = self.refresh().await;
         self.hand_to(region);
         all
     }
 
     /// Gives the region the keys known now.
-    pub fn hand_to(&self, region: &crate::Region) {
+    pub(crate) fn hand_to(&self, region: &crate::Region) {
         region.set_peer_keys((*self.jwks()).clone(), (*self.keyring()).clone());
     }
 

@@ -27,16 +27,16 @@ use crate::time::now;
 const RETRY_AFTER_FAILURE_MS: u64 = 1000;
 
 /// The marker key: present while Redis holds every live revocation of the region.
-pub const EPOCH_KEY: &str = "revoked-cache-epoch";
+pub(crate) const EPOCH_KEY: &str = "revoked-cache-epoch";
 
 /// The Redis key of a revocation.
-pub fn key(kind: Kind, value: &str) -> String {
+pub(crate) fn key(kind: Kind, value: &str) -> String {
     format!("revoked:{}:{value}", kind.as_str())
 }
 
 /// The value stored under a revocation key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Stored {
+pub(crate) struct Stored {
     /// The strongest event's id.
     pub event_id: String,
     /// Its not-before (`sub`), if any.
@@ -391,7 +391,11 @@ impl RevocationCache for RedisCache {
 
 /// Keeps Redis current: rebuilds it from SQLite when it lost the set or this process
 /// missed a write; checks every `every` until the task is dropped.
-pub async fn keep_current(region: Arc<crate::Region>, cache: Arc<RedisCache>, every: Duration) {
+pub(crate) async fn keep_current(
+    region: Arc<crate::Region>,
+    cache: Arc<RedisCache>,
+    every: Duration,
+) {
     loop {
         let needed = !cache.is_trusted() || matches!(cache.marker_present(), Ok(false));
         if needed {

@@ -25,10 +25,10 @@ use crate::region::{self, Issued, Region, check_value};
 use crate::time::{now, rfc3339};
 
 /// Longest refresh session a request or `CP_REFRESH_DAYS` may ask for, in days.
-pub const MAX_DAYS: i64 = 365;
+pub(crate) const MAX_DAYS: i64 = 365;
 
 /// How far a DPoP proof's `iat` may be from now, in seconds.
-pub const PROOF_MAX_AGE: i64 = 60;
+pub(crate) const PROOF_MAX_AGE: i64 = 60;
 
 /// Longest refresh token accepted as input (ours are 46 characters).
 const MAX_TOKEN_LEN: usize = 512;
@@ -43,16 +43,16 @@ const MAX_PROOF_JTI_LEN: usize = 256;
 const TOKEN_PREFIX: &str = "rt_";
 
 /// True when `token` has the form of a refresh token (access tokens are JWS).
-pub fn is_refresh_token(token: &str) -> bool {
+pub(crate) fn is_refresh_token(token: &str) -> bool {
     token.starts_with(TOKEN_PREFIX)
 }
 
 /// First line of the handshake transcript.
-pub const TRANSCRIPT_LABEL: &str = "pq-refresh-v1";
+pub(crate) const TRANSCRIPT_LABEL: &str = "pq-refresh-v1";
 
 /// What went wrong with a refresh-session operation.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The request itself is malformed; the message says how.
     #[error("{0}")]
     InvalidRequest(String),
@@ -107,7 +107,7 @@ impl From<audit::AppendError> for Error {
 
 /// A `POST /token/refresh/create` request.
 #[derive(Debug, Clone, Default)]
-pub struct CreateRequest {
+pub(crate) struct CreateRequest {
     /// `sub` of the session's access tokens.
     pub subject: String,
     /// The device's public JWK (OKP Ed25519 or AKP ML-DSA-65).
@@ -122,7 +122,7 @@ pub struct CreateRequest {
 
 /// A created session.
 #[derive(Debug, Clone)]
-pub struct Created {
+pub(crate) struct Created {
     /// The first refresh token (the only time it is shown in clear for a bound session).
     pub refresh_token: String,
     /// The session id (`sid`).
@@ -135,7 +135,7 @@ pub struct Created {
 
 /// The request a DPoP proof must match: method and URL as the client used them.
 #[derive(Debug, Clone)]
-pub struct ProofTarget {
+pub(crate) struct ProofTarget {
     /// `POST`.
     pub method: String,
     /// `Host` of the request (authority).
@@ -146,7 +146,7 @@ pub struct ProofTarget {
 
 /// A `POST /token/refresh` request.
 #[derive(Debug, Clone)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     /// The presented refresh token.
     pub refresh_token: String,
     /// The client's ephemeral X-Wing public key (decoded).
@@ -169,7 +169,7 @@ pub struct RefreshRequest {
 
 /// How the rotated refresh token is delivered.
 #[derive(Debug, Clone)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// In clear (no KEM key was given).
     Clear(String),
     /// Sealed to the client's ephemeral KEM key.
@@ -183,7 +183,7 @@ pub enum Delivery {
 
 /// A successful refresh.
 #[derive(Debug, Clone)]
-pub struct Refreshed {
+pub(crate) struct Refreshed {
     /// The new access token.
     pub access: Issued,
     /// The rotated refresh token.
@@ -196,7 +196,7 @@ pub struct Refreshed {
 
 /// Who asks to revoke a session.
 #[derive(Debug, Clone)]
-pub enum RevokeTarget {
+pub(crate) enum RevokeTarget {
     /// The holder of a refresh token of the session.
     Token(String),
     /// The admin, by session id.
@@ -205,7 +205,7 @@ pub enum RevokeTarget {
 
 /// A revoked session.
 #[derive(Debug, Clone)]
-pub struct SessionRevoked {
+pub(crate) struct SessionRevoked {
     /// The session.
     pub session_id: String,
     /// The sid revocation event (the earlier one when it was already revoked).
@@ -354,7 +354,7 @@ fn parse_device_jwk(value: serde_json::Value) -> Result<String, Error> {
 }
 
 /// Creates a session and its first refresh and access tokens.
-pub fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Created, Error> {
+pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Created, Error> {
     check_value("subject", &request.subject)?;
     if let Some(scope) = &request.scope {
         check_value("scope", scope)?;
@@ -460,7 +460,7 @@ fn proof_scheme(proof: &str) -> &'static str {
 /// Checks that the presenter of a DPoP-bound access token holds its key: a proof for
 /// this request (`htm`, `htu`), bound to the token (`ath`) and to `cnf.jkt`, never seen
 /// before. A stolen bound token alone is no credential, not even to revoke with.
-pub fn check_possession(
+pub(crate) fn check_possession(
     region: &Region,
     proof: Option<&str>,
     access_token: &str,
@@ -637,7 +637,7 @@ fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, 
 /// Rotates a refresh token: checks the binding, seals the new token and, in one
 /// IMMEDIATE transaction, records the proof, re-checks the token's state and either
 /// rotates it or (for a rotated token) revokes the whole session.
-pub fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Error> {
+pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Error> {
     // Not trimmed: the transcript hashes the token exactly as the client sent it.
     let presented = request.refresh_token;
     if presented.is_empty() {
@@ -881,7 +881,7 @@ fn revoke_session_in(
 
 /// Revokes a session by one of its refresh tokens (any generation) or by its id.
 /// Revoking a revoked session again answers with its first revocation event.
-pub fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRevoked, Error> {
+pub(crate) fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRevoked, Error> {
     let (hash, sid, via) = match target {
         RevokeTarget::Token(token) => {
             let token = token.trim();

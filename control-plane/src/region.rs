@@ -17,8 +17,7 @@ use shared::claims::{Audience, Confirmation, TYP_ACCESS_TOKEN};
 use shared::jws::{self, Limits};
 use shared::revocation::TokenIds;
 use shared::{
-    AccessClaims, ClaimsError, JoseError, JwkSet, Keyring, Kind, RevocationEvent, b64, random,
-    sha256,
+    AccessClaims, JoseError, JwkSet, Keyring, Kind, RevocationEvent, b64, random, sha256,
 };
 use tokio::sync::watch;
 
@@ -33,13 +32,13 @@ use crate::time::{now, rfc3339};
 use crate::writer::Writer;
 
 /// File name of the admin credential inside the data directory.
-pub const ADMIN_FILE: &str = "admin.secret";
+pub(crate) const ADMIN_FILE: &str = "admin.secret";
 
 /// Claims a request may not set: the issuer owns them.
-pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
+pub(crate) const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
 
 /// Longest identifier accepted as a subject or revocation value.
-pub const MAX_VALUE_LEN: usize = 1024;
+pub(crate) const MAX_VALUE_LEN: usize = 1024;
 
 /// What went wrong in a domain operation.
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +62,13 @@ pub enum Error {
 
 /// A token request (the `POST /token` body).
 #[derive(Debug, Clone, Default)]
-pub struct IssueRequest {
+pub(crate) struct IssueRequest {
     /// `sub`.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Lifetime; the configured default when `None`.
-    pub expires_minutes: Option<i64>,
+    pub(crate) expires_minutes: Option<i64>,
     /// Extra claims; `sid`, `scope`, `client_id` and `cnf` are recognised.
-    pub additional_claims: Option<Map<String, Value>>,
+    pub(crate) additional_claims: Option<Map<String, Value>>,
 }
 
 /// Who and what an access token is for; [`Region::access_claims`] adds the rest.
@@ -91,48 +90,42 @@ pub(crate) struct Grant {
 
 /// An issued token.
 #[derive(Debug, Clone)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// The compact JWS.
-    pub token: String,
+    pub(crate) token: String,
     /// Its claims.
-    pub claims: AccessClaims,
+    pub(crate) claims: AccessClaims,
     /// Seconds until it expires.
-    pub expires_in: i64,
+    pub(crate) expires_in: i64,
 }
 
 /// The result of checking a token.
 #[derive(Debug, Clone)]
-pub struct TokenCheck {
+pub(crate) struct TokenCheck {
     /// True when the signature, times, issuer, audience and revocation state all pass.
-    pub valid: bool,
+    pub(crate) valid: bool,
     /// The claims, once the signature verified.
-    pub claims: Option<AccessClaims>,
-    /// `kid` of the verifying key.
-    pub kid: Option<String>,
+    pub(crate) claims: Option<AccessClaims>,
     /// The revocation that covers the token, if one does.
-    pub revocation: Option<RevocationEvent>,
+    pub(crate) revocation: Option<RevocationEvent>,
     /// Why it is (in)valid, in words.
-    pub message: String,
-    /// The claim check that failed, if one did.
-    pub claims_error: Option<ClaimsError>,
+    pub(crate) message: String,
 }
 
 /// A committed revocation.
 #[derive(Debug, Clone)]
-pub struct Revoked {
+pub(crate) struct Revoked {
     /// The signed event.
-    pub event: RevocationEvent,
+    pub(crate) event: RevocationEvent,
     /// True when the event bus has accepted it (at once with no broker; with Kafka when
     /// the outbox relay has handed it over, see [`Region::wait_published`]).
-    pub published: bool,
-    /// Its edge feed sequence number.
-    pub feed_seq: u64,
+    pub(crate) published: bool,
     /// Its outbox row, relayed in this order.
-    pub outbox_id: Option<i64>,
+    pub(crate) outbox_id: Option<i64>,
 }
 
 /// Describes a revocation in a sentence fragment: "revoked by subject at ...".
-pub fn describe(event: &RevocationEvent) -> String {
+pub(crate) fn describe(event: &RevocationEvent) -> String {
     let by = match event.kind {
         Kind::Jti => "revoked (jti)",
         Kind::Sub => "revoked by subject",
@@ -147,7 +140,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Checks an identifier given by a client.
-pub fn check_value(what: &str, value: &str) -> Result<(), Error> {
+pub(crate) fn check_value(what: &str, value: &str) -> Result<(), Error> {
     if value.trim().is_empty() {
         return Err(Error::InvalidRequest(format!("{what} must not be empty")));
     }
@@ -166,7 +159,7 @@ pub fn check_value(what: &str, value: &str) -> Result<(), Error> {
 }
 
 /// Checks a claim string a client chose: no control characters (CR, LF, NUL, ...).
-pub fn check_text(what: &str, value: &str) -> Result<(), Error> {
+pub(crate) fn check_text(what: &str, value: &str) -> Result<(), Error> {
     if value.chars().any(char::is_control) {
         return Err(Error::InvalidRequest(format!(
             "{what} must not contain control characters"
@@ -189,7 +182,7 @@ fn check_strings(what: &str, value: &Value) -> Result<(), Error> {
 }
 
 /// Creates the data directory (mode 0700) if missing.
-pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_data_dir(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
         fs::create_dir_all(dir)?;
         #[cfg(unix)]
@@ -264,7 +257,7 @@ impl std::fmt::Debug for Region {
 impl Region {
     /// Opens a region on its data directory with the embedded defaults (in-memory cache,
     /// no broker), creating the database, keys and admin credential on first run.
-    pub fn open(settings: Settings) -> anyhow::Result<Region> {
+    pub(crate) fn open(settings: Settings) -> anyhow::Result<Region> {
         Region::open_with(settings, Arc::new(MemoryCache::new()), Arc::new(LocalBus))
     }
 
@@ -373,17 +366,17 @@ impl Region {
     }
 
     /// The group-committing writer.
-    pub fn writer(&self) -> &Writer {
+    pub(crate) fn writer(&self) -> &Writer {
         &self.writer
     }
 
     /// The counters.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// The cache.
-    pub fn cache(&self) -> &dyn RevocationCache {
+    pub(crate) fn cache(&self) -> &dyn RevocationCache {
         self.cache.as_ref()
     }
 
@@ -393,7 +386,7 @@ impl Region {
     }
 
     /// The event bus.
-    pub fn bus(&self) -> &Arc<dyn EventBus> {
+    pub(crate) fn bus(&self) -> &Arc<dyn EventBus> {
         &self.bus
     }
 
@@ -408,19 +401,19 @@ impl Region {
     }
 
     /// Resolves when the relay should look at the outbox again.
-    pub async fn outbox_woken(&self) {
+    pub(crate) async fn outbox_woken(&self) {
         self.outbox_wake.notified().await;
     }
 
     /// Called by the relay after each round: false while the broker refuses events, so
     /// answers stop waiting for it.
-    pub fn set_relay_healthy(&self, healthy: bool) {
+    pub(crate) fn set_relay_healthy(&self, healthy: bool) {
         self.relay_healthy
             .store(healthy, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Called by the relay: rows up to `id` are with the broker.
-    pub fn outbox_published_through(&self, id: i64) {
+    pub(crate) fn outbox_published_through(&self, id: i64) {
         self.outbox_published.send_if_modified(|through| {
             let moved = id > *through;
             *through = (*through).max(id);
@@ -430,7 +423,7 @@ impl Region {
 
     /// Waits up to `limit` for the relay to hand the outbox row `id` to the broker;
     /// true if it did.
-    pub async fn wait_published(&self, id: i64, limit: std::time::Duration) -> bool {
+    pub(crate) async fn wait_published(&self, id: i64, limit: std::time::Duration) -> bool {
         let mut through = self.outbox_published.subscribe();
         if !self
             .relay_healthy
@@ -454,7 +447,7 @@ impl Region {
     }
 
     /// The edge feed head: the latest sequence number, and a way to wait for the next.
-    pub fn feed(&self) -> &watch::Sender<u64> {
+    pub(crate) fn feed(&self) -> &watch::Sender<u64> {
         &self.feed
     }
 
@@ -470,14 +463,14 @@ impl Region {
     }
 
     /// True when `presented` is the admin secret (compared in constant time).
-    pub fn is_admin(&self, presented: &str) -> bool {
+    pub(crate) fn is_admin(&self, presented: &str) -> bool {
         use subtle::ConstantTimeEq as _;
         let digest = sha256(presented.trim().as_bytes());
         digest.ct_eq(&self.admin_hash).into()
     }
 
     /// Issues an access token and records it in the audit log.
-    pub fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
+    pub(crate) fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
         let (claims, ttl) = self.issue_claims(request)?;
         let (token, row) = self.sign_issued(&claims, via)?;
         self.writer.run(move |tx| row.write(tx))?;
@@ -491,7 +484,7 @@ impl Region {
     /// [`Region::issue`] for async callers: an EdDSA token is signed on the calling
     /// thread (tens of microseconds), an ML-DSA-65 one on the blocking pool; the audit
     /// row waits for the next group commit without holding a thread.
-    pub async fn issue_async(
+    pub(crate) async fn issue_async(
         self: &Arc<Self>,
         request: IssueRequest,
         via: &'static str,
@@ -616,7 +609,10 @@ impl Region {
 
     /// The live revocation that covers a token, from the cache or, if the cache fails,
     /// from SQLite.
-    pub fn revocation_of(&self, ids: &TokenIds<'_>) -> Result<Option<RevocationEvent>, Error> {
+    pub(crate) fn revocation_of(
+        &self,
+        ids: &TokenIds<'_>,
+    ) -> Result<Option<RevocationEvent>, Error> {
         let t = now();
         match cache::check(self.cache.as_ref(), ids, t) {
             Ok(hit) => Ok(hit),
@@ -637,7 +633,7 @@ impl Region {
     }
 
     /// The live revocation of one identifier (any not-before for `sub`).
-    pub fn find(&self, kind: Kind, value: &str) -> Result<Option<RevocationEvent>, Error> {
+    pub(crate) fn find(&self, kind: Kind, value: &str) -> Result<Option<RevocationEvent>, Error> {
         let t = now();
         match self.cache.find(kind, value, None, t) {
             Ok(hit) => Ok(hit),
@@ -650,7 +646,7 @@ impl Region {
 
     /// Verifies a token's signature against the region's keys, then the peers'. A token
     /// that verified before (same bytes, keys unchanged since) is not verified again.
-    pub fn verify(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<(AccessClaims, String), JoseError> {
         let digest = sha256(token.as_bytes());
         if let Some(hit) = self.verified.get(&digest) {
             return Ok(hit);
@@ -674,7 +670,7 @@ impl Region {
     }
 
     /// The other regions' keys, as last fetched from `PEER_JWKS`.
-    pub fn peer_keys(&self) -> Arc<(JwkSet, Keyring)> {
+    pub(crate) fn peer_keys(&self) -> Arc<(JwkSet, Keyring)> {
         self.peer_keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -682,14 +678,14 @@ impl Region {
     }
 
     /// Replaces the peers' keys (after a fetch of `PEER_JWKS`).
-    pub fn set_peer_keys(&self, jwks: JwkSet, keyring: Keyring) {
+    pub(crate) fn set_peer_keys(&self, jwks: JwkSet, keyring: Keyring) {
         *self.peer_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((jwks, keyring));
         self.verified.clear();
     }
 
     /// What `/.well-known/jwks.json` serves: this region's keys, then the peers' keys
     /// (so edges and clients of this region accept tokens of every region).
-    pub fn published_jwks(&self) -> JwkSet {
+    pub(crate) fn published_jwks(&self) -> JwkSet {
         let mut set = self.keys().jwks.clone();
         for jwk in &self.peer_keys().0.keys {
             if !set.keys.iter().any(|k| k.kid.is_some() && k.kid == jwk.kid) {
@@ -700,7 +696,7 @@ impl Region {
     }
 
     /// Checks a token completely: signature, claims and (if asked) revocation.
-    pub fn check(&self, token: &str, check_revocation: bool) -> Result<TokenCheck, Error> {
+    pub(crate) fn check(&self, token: &str, check_revocation: bool) -> Result<TokenCheck, Error> {
         let (claims, kid) = match self.verify(token) {
             Ok(ok) => ok,
             Err(e) => {
@@ -708,10 +704,8 @@ impl Region {
                 return Ok(TokenCheck {
                     valid: false,
                     claims: None,
-                    kid: None,
                     revocation: None,
                     message: e.to_string(),
-                    claims_error: None,
                 });
             }
         };
@@ -741,16 +735,14 @@ impl Region {
         Ok(TokenCheck {
             valid,
             claims: Some(claims),
-            kid: Some(kid),
             revocation,
             message,
-            claims_error,
         })
     }
 
     /// The default lifetime of a revocation that cannot see the tokens it matches: the
     /// longest token lifetime plus the leeway.
-    pub fn default_revocation_expiry(&self, at: i64) -> i64 {
+    pub(crate) fn default_revocation_expiry(&self, at: i64) -> i64 {
         at + self.settings.max_token_secs + self.settings.leeway_secs
     }
 
@@ -759,7 +751,7 @@ impl Region {
     /// entries that still matter. A `jti`, `sub` or `sid` revocation matches tokens issued
     /// at or before `at` (sessions it ends are marked in SQLite, so they need no entry);
     /// a `kid` revocation keeps what the admin asked, since the key may still sign.
-    pub fn revocation_expiry(&self, kind: Kind, requested: Option<i64>, at: i64) -> i64 {
+    pub(crate) fn revocation_expiry(&self, kind: Kind, requested: Option<i64>, at: i64) -> i64 {
         let bound = self.default_revocation_expiry(at);
         match (kind, requested) {
             (_, None) => bound,
@@ -771,7 +763,7 @@ impl Region {
     /// Revokes one identifier of a token unless a live revocation already covers the
     /// token; then it answers with that one and writes nothing (holder revocations are
     /// idempotent, so repeating them cannot grow the set or the log).
-    pub fn revoke_once(
+    pub(crate) fn revoke_once(
         &self,
         kind: Kind,
         ids: &TokenIds<'_>,
@@ -829,18 +821,17 @@ impl Region {
     }
 
     fn existing(&self, event: RevocationEvent) -> Result<Revoked, Error> {
-        let (published, feed_seq) = db::outbox_state(&*self.db.read()?, &event.event_id)?;
+        let published = db::outbox_published(&*self.db.read()?, &event.event_id)?;
         Ok(Revoked {
             event,
             published,
-            feed_seq,
             outbox_id: None,
         })
     }
 
     /// Signs, commits, caches and publishes a revocation. Answers only after the
     /// SQLite transaction has committed.
-    pub fn revoke(
+    pub(crate) fn revoke(
         &self,
         kind: Kind,
         value: &str,
@@ -858,7 +849,7 @@ impl Region {
 
     /// [`Region::revoke`] for async callers: the ML-DSA-65 signature is made on the
     /// blocking pool, the commit awaited without holding a thread.
-    pub async fn revoke_async(
+    pub(crate) async fn revoke_async(
         self: &Arc<Self>,
         kind: Kind,
         value: String,
@@ -940,7 +931,6 @@ impl Region {
         Revoked {
             event,
             published,
-            feed_seq: inserted.feed_seq,
             outbox_id: inserted.outbox_id,
         }
     }
@@ -948,7 +938,7 @@ impl Region {
     /// Applies a verified event of another region: stored once (by `event_id`) with an
     /// audit row, never queued for publication again, then cached and fed to the edges.
     /// False when it was already applied.
-    pub fn ingest(&self, event: &RevocationEvent, signed: &str) -> Result<bool, Error> {
+    pub(crate) fn ingest(&self, event: &RevocationEvent, signed: &str) -> Result<bool, Error> {
         let job_event = event.clone();
         let signed = signed.to_owned();
         let region = self.settings.region.clone();
@@ -1015,7 +1005,7 @@ impl Region {
 
     /// Creates new keys, published at once and signing after the activation delay, when
     /// the current ones retire; recorded in the audit log.
-    pub fn rotate_keys(&self, via: &str) -> Result<KeyChanges, Error> {
+    pub(crate) fn rotate_keys(&self, via: &str) -> Result<KeyChanges, Error> {
         let t = now();
         let old = self.keys();
         let changes = {

@@ -30,7 +30,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Limits of the accept loop.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most connections open at once.
     pub max_connections: usize,
     /// Time allowed to send a request's headers.
@@ -41,7 +41,7 @@ pub struct Limits {
 
 /// Raises the soft open-files limit to the hard one and returns the connection cap that
 /// fits under it (at most `wanted`).
-pub fn fit_connection_cap(wanted: usize) -> usize {
+pub(crate) fn fit_connection_cap(wanted: usize) -> usize {
     let soft = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
@@ -162,7 +162,7 @@ impl Registry {
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes, then waits
 /// (a bounded time) for requests in progress.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
     limits: Limits,

@@ -10,7 +10,7 @@ pub fn now() -> i64 {
 }
 
 /// Formats seconds since the epoch as RFC 3339 UTC, e.g. `2025-01-31T12:00:00Z`.
-pub fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);

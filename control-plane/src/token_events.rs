@@ -23,7 +23,7 @@ const RELAY: &str = "token-events";
 const BATCH: usize = 200;
 
 /// The lifecycle event an audit row stands for, if any: `(type, key, event)`.
-pub fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(String, Value)> {
+pub(crate) fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(String, Value)> {
     let data = &entry["data"];
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let (kind, key) = match entry["action"].as_str()? {
@@ -49,7 +49,7 @@ pub fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(String,
 }
 
 /// Relays until the task is dropped.
-pub async fn run(region: Arc<Region>) {
+pub(crate) async fn run(region: Arc<Region>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let reader = region.clone();

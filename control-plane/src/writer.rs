@@ -24,10 +24,10 @@ use crate::keys::KeySet;
 use crate::time::now;
 
 /// Most operations committed together.
-pub const MAX_GROUP: usize = 1024;
+pub(crate) const MAX_GROUP: usize = 1024;
 /// Shortest time between two checkpoint signatures: ML-DSA-65 costs about 0.7-1.5 ms
 /// here, so a checkpoint per 1-3 ms commit group would take a whole core under load.
-pub const SEAL_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const SEAL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What the writer thread does with a group's outcome for one caller.
 type Done = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
@@ -45,11 +45,11 @@ enum Msg {
 }
 
 /// Where the sealer finds the key to sign checkpoints with, now.
-pub type KeySource = Arc<dyn Fn() -> Arc<KeySet> + Send + Sync>;
+pub(crate) type KeySource = Arc<dyn Fn() -> Arc<KeySet> + Send + Sync>;
 
 /// The writer thread's handle; dropping it commits what is queued, seals the audit
 /// log's tail and joins the thread.
-pub struct Writer {
+pub(crate) struct Writer {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
 }
@@ -71,7 +71,7 @@ fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
 
 impl Writer {
     /// Starts the writer (and its sealer) on `conn`, which must be in WAL mode.
-    pub fn start(conn: Connection, keys: KeySource, region: String) -> Writer {
+    pub(crate) fn start(conn: Connection, keys: KeySource, region: String) -> Writer {
         let (tx, rx) = mpsc::channel();
         let (seal_tx, seal_rx) = mpsc::channel::<(i64, String)>();
         let sealer_back = tx.clone();
@@ -134,7 +134,7 @@ impl Writer {
 
     /// Runs `op` in the next group's transaction and returns its result once the group
     /// has committed (blocking; call it off the async threads).
-    pub fn run<T, E, F>(&self, op: F) -> Result<T, E>
+    pub(crate) fn run<T, E, F>(&self, op: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<rusqlite::Error> + Send + 'static,
@@ -146,7 +146,7 @@ impl Writer {
     }
 
     /// [`Writer::run`] for async callers.
-    pub async fn run_async<T, E, F>(&self, op: F) -> Result<T, E>
+    pub(crate) async fn run_async<T, E, F>(&self, op: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<rusqlite::Error> + Send + 'static,
@@ -158,7 +158,7 @@ impl Writer {
     }
 
     /// Asks the writer to seal audit rows other connections or processes appended.
-    pub fn poke(&self) {
+    pub(crate) fn poke(&self) {
         self.send(Msg::Poke);
     }
 }

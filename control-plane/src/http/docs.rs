@@ -35,7 +35,7 @@ use super::{edge, events, meta, oauth, refresh, revocations, token_endpoint, tok
         (name = "meta", description = "Probes, metrics, keys and docs"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct AdminAuth;
 

@@ -15,11 +15,11 @@ use crate::metrics::Metrics;
 use crate::time::now;
 
 /// Longest hold of a long-poll, in seconds.
-pub const MAX_WAIT_SECONDS: u64 = 60;
+pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
 
 /// `GET /v1/edge/revocations` query.
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct FeedQuery {
+pub(crate) struct FeedQuery {
     /// The sequence number the poller's set is at; absent when it has no set yet,
     /// which is answered at once with a snapshot.
     #[serde(default)]

@@ -9,15 +9,15 @@ use super::{Admin, ApiError, AppState, ErrorBody, Json, Query, blocking};
 use crate::db::{self, SignedEvent};
 
 /// Most events one page holds.
-pub const MAX_LIMIT: u32 = 1000;
+pub(crate) const MAX_LIMIT: u32 = 1000;
 
 /// Events per page when `limit` is absent.
-pub const DEFAULT_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIMIT: u32 = 100;
 
 /// `GET /v1/events` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// Answer events with a sequence number greater than this (default 0: from the
     /// start). Pass the previous page's `next` to continue.
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct EventsQuery {
 
 /// `GET /v1/events` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EventsPage {
+pub(crate) struct EventsPage {
     /// The events, in feed order.
     pub events: Vec<SignedEvent>,
     /// The sequence number to pass as `since` for the next page (the last event's, or

@@ -17,14 +17,14 @@ struct Bucket {
 
 /// A token bucket per key: `per_minute` requests a minute, bursts up to `per_minute`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_minute: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
     /// A limiter allowing `per_minute` requests a minute per key (0 turns it off).
-    pub fn new(per_minute: u32) -> RateLimiter {
+    pub(crate) fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {
             per_minute,
             buckets: Mutex::new(HashMap::new()),
@@ -36,7 +36,7 @@ impl RateLimiter {
     }
 
     /// Takes one request for `key` at `now`; `Err(wait)` when over the limit.
-    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }
@@ -73,14 +73,14 @@ impl RateLimiter {
 /// The limits on holder revocations (`/revoke/token`, `/oauth2/revoke` without the
 /// admin credential).
 #[derive(Debug)]
-pub struct HolderLimits {
+pub(crate) struct HolderLimits {
     by_client: RateLimiter,
     by_subject: RateLimiter,
 }
 
 impl HolderLimits {
     /// Limits of `per_client` and `per_subject` requests a minute.
-    pub fn new(per_client: u32, per_subject: u32) -> HolderLimits {
+    pub(crate) fn new(per_client: u32, per_subject: u32) -> HolderLimits {
         HolderLimits {
             by_client: RateLimiter::new(per_client),
             by_subject: RateLimiter::new(per_subject),
@@ -88,13 +88,13 @@ impl HolderLimits {
     }
 
     /// Counts a request from `client` (when known); `Err(wait)` when over a limit.
-    pub fn client(&self, client: Option<IpAddr>) -> Result<(), Duration> {
+    pub(crate) fn client(&self, client: Option<IpAddr>) -> Result<(), Duration> {
         let key = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         self.by_client.take(&key, Instant::now())
     }
 
     /// Counts a request made with a token of `subject`; `Err(wait)` when over the limit.
-    pub fn subject(&self, subject: &str) -> Result<(), Duration> {
+    pub(crate) fn subject(&self, subject: &str) -> Result<(), Duration> {
         self.by_subject.take(subject, Instant::now())
     }
 }

@@ -12,7 +12,7 @@ use crate::keys::KeyChanges;
 
 /// Probe answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Status {
+pub(crate) struct Status {
     /// `ok` or `ready`.
     pub status: String,
     /// For `/ready`: the state of each part (`sqlite`, `redis`, `kafka`, `outbox_depth`,

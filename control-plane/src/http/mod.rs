@@ -1,16 +1,16 @@
 //! The HTTP API: one route table, the error type that alone picks status codes, and the
 //! extractors that reject bad input in the same JSON error format.
 
-pub mod docs;
-pub mod edge;
-pub mod events;
-pub mod limits;
-pub mod meta;
-pub mod oauth;
-pub mod refresh;
-pub mod revocations;
-pub mod token_endpoint;
-pub mod tokens;
+pub(crate) mod docs;
+pub(crate) mod edge;
+pub(crate) mod events;
+pub(crate) mod limits;
+pub(crate) mod meta;
+pub(crate) mod oauth;
+pub(crate) mod refresh;
+pub(crate) mod revocations;
+pub(crate) mod token_endpoint;
+pub(crate) mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +28,7 @@ use utoipa::ToSchema;
 
 use crate::region::{self, Region};
 
-pub use docs::ApiDoc;
+pub(crate) use docs::ApiDoc;
 
 /// Shared state of the handlers.
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ pub struct AppState {
     holder_limits: Arc<limits::HolderLimits>,
     long_polls: Arc<tokio::sync::Semaphore>,
     /// Redis, Kafka and the peers, when configured.
-    pub backends: crate::backends::Backends,
+    pub(crate) backends: crate::backends::Backends,
     /// DPoP server nonces of `/oauth2/token`, unless turned off (`CP_DPOP_NONCE`).
     nonces: Option<Arc<crate::nonce::DpopNonces>>,
 }
@@ -93,7 +93,7 @@ impl AppState {
     }
 
     /// True when ready.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 }
@@ -163,16 +163,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 /// The one error body (OAuth 2.0 style).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// Machine-readable code, e.g. `invalid_request`.
-    pub error: String,
+    pub(crate) error: String,
     /// What exactly is wrong.
-    pub error_description: String,
+    pub(crate) error_description: String,
 }
 
 /// Every error a handler returns; the only place that chooses HTTP statuses.
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400: malformed or invalid input.
     BadRequest(String),
     /// 401: missing or wrong credential.
@@ -360,7 +360,7 @@ impl From<PathRejection> for ApiError {
 /// JSON body extractor whose rejections use [`ApiError`].
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
+pub(crate) struct Json<T>(pub T);
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -371,17 +371,17 @@ impl<T: Serialize> IntoResponse for Json<T> {
 /// Form body extractor whose rejections use [`ApiError`].
 #[derive(FromRequest)]
 #[from_request(via(extract::Form), rejection(ApiError))]
-pub struct Form<T>(pub T);
+pub(crate) struct Form<T>(pub T);
 
 /// Query string extractor whose rejections use [`ApiError`].
 #[derive(FromRequestParts)]
 #[from_request(via(extract::Query), rejection(ApiError))]
-pub struct Query<T>(pub T);
+pub(crate) struct Query<T>(pub T);
 
 /// Path extractor whose rejections use [`ApiError`].
 #[derive(FromRequestParts)]
 #[from_request(via(extract::Path), rejection(ApiError))]
-pub struct Path<T>(pub T);
+pub(crate) struct Path<T>(pub T);
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -391,7 +391,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// Requires the admin credential (`Authorization: Bearer <admin secret>`).
 #[derive(Debug, Clone, Copy)]
-pub struct Admin;
+pub(crate) struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -411,7 +411,7 @@ impl FromRequestParts<AppState> for Admin {
 
 /// The address of the peer that sent the request, when served over TCP.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<std::net::IpAddr>);
+pub(crate) struct ClientAddr(pub Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = ApiError;
@@ -428,7 +428,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 /// Whether the request carries the admin credential; a wrong one is still refused.
 #[derive(Debug, Clone, Copy)]
-pub struct MaybeAdmin(pub bool);
+pub(crate) struct MaybeAdmin(pub bool);
 
 impl FromRequestParts<AppState> for MaybeAdmin {
     type Rejection = ApiError;

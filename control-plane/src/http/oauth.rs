@@ -13,7 +13,7 @@ use crate::time::now;
 
 /// The form both endpoints take.
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct TokenForm {
+pub(crate) struct TokenForm {
     /// The token.
     #[serde(default)]
     pub token: Option<String>,
@@ -90,7 +90,7 @@ pub(super) async fn revoke(
 /// Introspection answer: `{"active": false}` or the claims with `active: true`.
 #[derive(Debug, ToSchema)]
 #[expect(dead_code, reason = "documents the response shape in the OpenAPI spec")]
-pub struct IntrospectResponse {
+pub(crate) struct IntrospectResponse {
     /// True when the token is valid and not revoked.
     active: bool,
     /// When active: `DPoP` for a token bound to a key (`cnf.jkt`), else `Bearer`

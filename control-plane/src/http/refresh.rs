@@ -24,7 +24,7 @@ fn token_type(issued: &Issued) -> String {
 /// `POST /token/refresh/create` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateSessionRequest {
+pub(crate) struct CreateSessionRequest {
     /// `sub` of the session's access tokens.
     pub subject: String,
     /// The device's public JWK: OKP Ed25519 (`crv`, `x`) or AKP ML-DSA-65 (`alg`,
@@ -46,7 +46,7 @@ pub struct CreateSessionRequest {
 
 /// `POST /token/refresh/create` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreateSessionResponse {
+pub(crate) struct CreateSessionResponse {
     /// The first refresh token (opaque; only its SHA-256 is stored).
     pub refresh_token: String,
     /// The session (`sid` claim of its access tokens).
@@ -105,7 +105,7 @@ pub(super) async fn create(
 /// name can never turn a sealed delivery into a clear one.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     /// The current refresh token of the session.
     pub refresh_token: String,
     /// A fresh ephemeral X-Wing public key, base64url (1216 bytes). Required for
@@ -126,7 +126,7 @@ pub struct RefreshRequest {
 
 /// The rotated refresh token sealed to the client's ephemeral KEM key.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SealedRefreshToken {
+pub(crate) struct SealedRefreshToken {
     /// X-Wing ciphertext, base64url (1120 bytes).
     pub kem_ciphertext: String,
     /// ChaCha20-Poly1305 ciphertext and tag of the refresh token, base64url.
@@ -135,7 +135,7 @@ pub struct SealedRefreshToken {
 
 /// `POST /token/refresh` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RefreshResponse {
+pub(crate) struct RefreshResponse {
     /// The new access token.
     pub access_token: String,
     /// `DPoP` when bound to a device key, else `bearer`.
@@ -315,7 +315,7 @@ pub(super) async fn refresh(
 /// `POST /token/refresh/revoke` body: exactly one of the two.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RevokeSessionRequest {
+pub(crate) struct RevokeSessionRequest {
     /// Any refresh token of the session (the holder revokes its own session).
     #[serde(default)]
     pub refresh_token: Option<String>,
@@ -326,7 +326,7 @@ pub struct RevokeSessionRequest {
 
 /// `POST /token/refresh/revoke` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RevokeSessionResponse {
+pub(crate) struct RevokeSessionResponse {
     /// Always true.
     pub revoked: bool,
     /// The session.

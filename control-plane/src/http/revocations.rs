@@ -36,7 +36,7 @@ fn ttl_expiry(ttl_seconds: Option<i64>) -> Result<Option<i64>, ApiError> {
 /// `POST /revoke` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RevokeRequest {
+pub(crate) struct RevokeRequest {
     /// `revoke_jti`, `revoke_sub`, `revoke_kid` or `revoke_sid`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -50,7 +50,7 @@ pub struct RevokeRequest {
 
 /// `POST /revoke` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RevokeResponse {
+pub(crate) struct RevokeResponse {
     /// Id of the signed revocation event.
     pub event_id: String,
     /// True when the broker took the event within `CP_PUBLISH_WAIT_MS` (always with no
@@ -84,7 +84,7 @@ pub(super) async fn revoke(
 /// `POST /revoke/token` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RevokeTokenRequest {
+pub(crate) struct RevokeTokenRequest {
     /// The token whose identifiers are revoked.
     pub token: String,
     /// Which identifiers: any of `jti`, `sub`, `kid`, `sid` (default `["jti"]`).
@@ -97,7 +97,7 @@ pub struct RevokeTokenRequest {
 
 /// `POST /revoke/token` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RevokeTokenResponse {
+pub(crate) struct RevokeTokenResponse {
     /// One event per scope, in the order given.
     pub event_ids: Vec<String>,
     /// True when the event bus accepted every event.
@@ -236,7 +236,7 @@ fn rate_limited(wait: std::time::Duration) -> ApiError {
 
 /// `GET /v1/revocations/{jti}` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RevocationStatus {
+pub(crate) struct RevocationStatus {
     /// The token id asked about.
     pub jti: String,
     /// True when a live revocation names this `jti`.
@@ -248,7 +248,7 @@ pub struct RevocationStatus {
 
 /// Path of `GET /v1/revocations/{jti}`.
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct JtiPath {
+pub(crate) struct JtiPath {
     /// The token id.
     pub jti: String,
 }
@@ -273,7 +273,7 @@ pub(super) async fn status(
 /// `POST /v1/revocations/check` body: at least one identifier.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CheckRequest {
+pub(crate) struct CheckRequest {
     /// Token id.
     #[serde(default)]
     pub jti: Option<String>,
@@ -290,7 +290,7 @@ pub struct CheckRequest {
 
 /// `POST /v1/revocations/check` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CheckResponse {
+pub(crate) struct CheckResponse {
     /// True when any of the identifiers is revoked.
     pub revoked: bool,
     /// Which one: `revoke_jti`, `revoke_sub`, `revoke_kid` or `revoke_sid`.

@@ -20,7 +20,7 @@ const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 /// `POST /oauth2/token` form (`application/x-www-form-urlencoded`). As RFC 6749 3.2
 /// requires, unknown parameters are ignored; a repeated one is `invalid_request`.
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     /// `refresh_token` (the only grant this endpoint serves).
     #[serde(default)]
     pub grant_type: Option<String>,
@@ -32,6 +32,10 @@ pub struct TokenRequest {
     pub scope: Option<String>,
     /// A public client's id (`token_endpoint_auth_method` `none`); not checked.
     #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "documented in the form schema; read only by serde"
+    )]
     pub client_id: Option<String>,
     /// Extension: a fresh ephemeral X-Wing public key, base64url (1216 bytes). With it
     /// the rotated refresh token comes back sealed in `sealed_refresh_token` (never in
@@ -45,7 +49,7 @@ pub struct TokenRequest {
 
 /// RFC 6749 5.1 answer, with this service's extensions.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     /// The new access token (`at+jwt`).
     pub access_token: String,
     /// `DPoP` when bound to the session's device key (`cnf.jkt`), else `Bearer`.

@@ -14,7 +14,7 @@ use crate::region::{IssueRequest, describe};
 /// `POST /token` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     /// The `sub` of the token.
     pub subject: String,
     /// Lifetime in minutes (default from `CP_DEFAULT_TOKEN_MINUTES`).
@@ -29,7 +29,7 @@ pub struct TokenRequest {
 
 /// `POST /token` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     /// The compact JWS (`typ: at+jwt`).
     pub access_token: String,
     /// Always `bearer`.
@@ -79,7 +79,7 @@ fn yes() -> bool {
 /// `POST /token/validate` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ValidateRequest {
+pub(crate) struct ValidateRequest {
     /// The compact JWS.
     pub token: String,
     /// Also consult the revocation set (default true).
@@ -89,7 +89,7 @@ pub struct ValidateRequest {
 
 /// `POST /token/validate` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ValidateResponse {
+pub(crate) struct ValidateResponse {
     /// True when signature, times, issuer, audience and revocation state all pass.
     pub valid: bool,
     /// The claims, when the signature verified.
@@ -129,14 +129,14 @@ pub(super) async fn validate(
 
 /// `GET /token/inspect` query.
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct InspectQuery {
+pub(crate) struct InspectQuery {
     /// The compact JWS.
     pub token: String,
 }
 
 /// `GET /token/inspect` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct InspectResponse {
+pub(crate) struct InspectResponse {
     /// The claims, decoded WITHOUT verifying the signature.
     #[schema(value_type = Object)]
     pub claims: Value,

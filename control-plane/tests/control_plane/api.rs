@@ -649,7 +649,7 @@ async fn introspection_answers_the_rfc_6749_token_type_bearer_or_dpop() {
 #[tokio::test]
 async fn a_token_issued_in_the_future_is_refused_so_it_cannot_escape_revoke_sub() {
     for app in TestApp::both().await {
-        let now = control_plane::time::now();
+        let now = control_plane::now();
         // A valid nbf and exp, but iat ten years ahead: a subject revocation (a
         // not-before compared with iat) would never cover it.
         let ahead = app.forge(|c| {

@@ -215,7 +215,7 @@ fn every_revocation_acknowledged_under_full_load_survives_kill_9() {
     let dir = tempfile::TempDir::new().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data);
-    let secret = control_plane::region::read_admin_secret(&data).unwrap();
+    let secret = control_plane::read_admin_secret(&data).unwrap();
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let workers: Vec<_> = (0..16)
         .map(|w| {

@@ -9,7 +9,7 @@ fn a_revocation_survives_kill_9_and_the_audit_log_still_verifies() {
     let dir = tempfile::TempDir::new().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data);
-    let secret = control_plane::region::read_admin_secret(&data).unwrap();
+    let secret = control_plane::read_admin_secret(&data).unwrap();
     let (status, issued) = blocking_json(
         "POST",
         &format!("{}/token", server.url),

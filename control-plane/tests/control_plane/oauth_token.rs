@@ -27,7 +27,7 @@ fn proof_with(key: &SigningKey, htu: &str, nonce: Option<&str>) -> String {
             jti: random::id(),
             htm: "POST".into(),
             htu: htu.into(),
-            iat: control_plane::time::now(),
+            iat: control_plane::now(),
             ath: None,
             nonce: nonce.map(str::to_owned),
         },
@@ -182,7 +182,7 @@ async fn a_bound_session_refreshes_with_dpop_after_the_nonce_retry() {
             assert_eq!(reply.status, 200, "{}", reply.text());
             let body = reply.json();
             assert!(body.get("refresh_token").is_none(), "{body}");
-            let transcript = control_plane::refresh::transcript(
+            let transcript = control_plane::refresh_transcript(
                 &session.sid,
                 &session.refresh_token,
                 Some(&proof),
@@ -471,10 +471,11 @@ async fn the_nonce_secret_survives_a_restart_of_the_state() {
     let app = TestApp::new(Transport::InProcess).await;
     let session = bound_session(&app, Alg::EdDsa).await;
     let nonce = learn_nonce(&app, &session).await;
-    let secret = std::fs::read_to_string(app.data_dir().join(control_plane::nonce::SECRET_FILE))
-        .expect("secret file");
-    let again = control_plane::nonce::DpopNonces::load(&app.data_dir()).unwrap();
-    assert!(again.accepted(control_plane::time::now()).contains(&nonce));
+    let secret =
+        std::fs::read_to_string(app.data_dir().join(control_plane::DPOP_NONCE_SECRET_FILE))
+            .expect("secret file");
+    let again = control_plane::DpopNonces::load(&app.data_dir()).unwrap();
+    assert!(again.accepted(control_plane::now()).contains(&nonce));
     assert!(!secret.trim().is_empty());
 }
 

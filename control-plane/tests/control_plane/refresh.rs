@@ -48,7 +48,7 @@ fn proof_for(key: &SigningKey, htm: &str, htu: &str, iat: i64) -> String {
 }
 
 fn proof(app: &TestApp, key: &SigningKey) -> String {
-    proof_for(key, "POST", &refresh_url(app), control_plane::time::now())
+    proof_for(key, "POST", &refresh_url(app), control_plane::now())
 }
 
 /// The transcript as the README defines it, rebuilt on the client side.
@@ -212,7 +212,7 @@ async fn a_bound_session_refuses_a_missing_or_wrong_dpop_proof_without_burning_t
             .error(400, "invalid_dpop_proof");
         assert!(why.contains("DPoP header"), "{why}");
 
-        let now = control_plane::time::now();
+        let now = control_plane::now();
         let url = refresh_url(&app);
         let other = SigningKey::generate(Alg::EdDsa);
         let wrong_path = url.replace("/token/refresh", "/token/other");
@@ -265,7 +265,7 @@ async fn a_bound_session_refuses_a_missing_or_wrong_dpop_proof_without_burning_t
             &device.key,
             "POST",
             &url.replace("http://", "https://"),
-            control_plane::time::now(),
+            control_plane::now(),
         );
         let reply = device.refresh_with(&app, &https).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -372,7 +372,7 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
             .expect("signed update");
         let mut set = RevocationSet::default();
         set.apply(update).unwrap();
-        let now = control_plane::time::now();
+        let now = control_plane::now();
         let ids = |sid| TokenIds {
             jti: "any",
             sub: "alice",

@@ -8,12 +8,10 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control_plane::cache::{CacheError, MemoryCache, RevocationCache};
-use control_plane::db;
+use control_plane::{CacheError, MemoryCache, RevocationCache};
 use serde_json::{Value, json};
 use shared::dpop::{self, DpopClaims};
 use shared::keys::{Alg, SigningKey};
-use shared::revocation::{TokenIds, strongest};
 use shared::{Kind, RevocationEvent, b64, random};
 
 use crate::support::{Server, TestApp, Transport, blocking_json};
@@ -41,76 +39,10 @@ impl RevocationCache for BrokenCache {
     }
 }
 
-fn sub_event(not_before: i64) -> RevocationEvent {
-    RevocationEvent {
-        event_id: random::id(),
-        kind: Kind::Sub,
-        value: "sam".into(),
-        not_before: Some(not_before),
-        expires_at: i64::MAX / 2,
-        issued_at: not_before,
-        origin: "test".into(),
-        nonce: "00".into(),
-        kid: "k".into(),
-    }
-}
-
-fn ids(iat: i64) -> TokenIds<'static> {
-    TokenIds {
-        jti: "j",
-        sub: "sam",
-        kid: "k",
-        sid: None,
-        iat,
-    }
-}
-
-#[test]
-fn the_memory_cache_and_sqlite_both_pick_the_latest_subject_revocation() {
-    let (t1, t2, t3) = (1_000, 2_000, 3_000);
-    // Both orders of arrival: the rule must not depend on which event came first.
-    for events in [
-        [sub_event(t1), sub_event(t3)],
-        [sub_event(t3), sub_event(t1)],
-    ] {
-        assert_eq!(strongest(&events).unwrap().not_before, Some(t3));
-
-        let cache = MemoryCache::new();
-        for e in &events {
-            cache.insert(e).unwrap();
-        }
-        let any = cache.find(Kind::Sub, "sam", None, 0).unwrap().unwrap();
-        assert_eq!(any.not_before, Some(t3), "the lookup for sessions sees T3");
-        assert!(cache.find(Kind::Sub, "sam", Some(t2), 0).unwrap().is_some());
-        assert!(
-            cache
-                .find(Kind::Sub, "sam", Some(t3 + 1), 0)
-                .unwrap()
-                .is_none()
-        );
-
-        let dir = tempfile::TempDir::new().unwrap();
-        let store = db::Db::open(&dir.path().join("cp.db")).unwrap();
-        {
-            let mut conn = store.lock();
-            let tx = conn.transaction().unwrap();
-            for e in &events {
-                db::insert_revocation(&tx, e, "signed", db::Outbox::Local).unwrap();
-            }
-            tx.commit().unwrap();
-        }
-        let found = db::find_revocation(&store.lock(), Kind::Sub, "sam", 0)
-            .unwrap()
-            .unwrap();
-        assert_eq!(found.not_before, Some(t3));
-        assert!(found.matches(&ids(t2)));
-    }
-}
-
 /// Waits until the wall clock has moved to a later second.
 async fn next_second() {
-    let start = control_plane::time::now();
-    while control_plane::time::now() == start {
+    let start = control_plane::now();
+    while control_plane::now() == start {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -297,7 +229,7 @@ fn proof(key: &SigningKey, url: &str, token: &str) -> String {
             jti: random::id(),
             htm: "POST".into(),
             htu: url.into(),
-            iat: control_plane::time::now(),
+            iat: control_plane::now(),
             ath: Some(dpop::ath(token)),
             nonce: None,
         },
@@ -415,7 +347,7 @@ fn idle_and_half_open_connections_cannot_lock_out_a_revocation() {
         ],
         Some(256),
     );
-    let secret = control_plane::region::read_admin_secret(&data).unwrap();
+    let secret = control_plane::read_admin_secret(&data).unwrap();
     let addr = server.url.trim_start_matches("http://").to_owned();
     let mut idle = Vec::new();
     for i in 0..400 {

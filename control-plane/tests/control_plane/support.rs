@@ -10,10 +10,10 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request};
 use std::sync::Arc;
 
-use control_plane::bus::LocalBus;
-use control_plane::cache::{MemoryCache, RevocationCache};
+use control_plane::LocalBus;
 use control_plane::config::Settings;
 use control_plane::{AppState, Region};
+use control_plane::{MemoryCache, RevocationCache};
 use serde_json::{Value, json};
 use shared::claims::TYP_ACCESS_TOKEN;
 use shared::jwk::JwkSet;
@@ -104,8 +104,8 @@ impl TestApp {
         let mut settings = Settings::new(dir.path().join("data"));
         tune(&mut settings);
         let region = Region::open_with(settings, cache, Arc::new(LocalBus)).expect("region opens");
-        let secret = control_plane::region::read_admin_secret(&dir.path().join("data"))
-            .expect("admin secret");
+        let secret =
+            control_plane::read_admin_secret(&dir.path().join("data")).expect("admin secret");
         let state = AppState::new(region);
         let addr = match transport {
             Transport::InProcess => None,
@@ -311,7 +311,7 @@ impl TestApp {
     /// [`TestApp::forge`] with another header `typ`.
     pub(crate) fn forge_typed(&self, typ: &str, edit: impl FnOnce(&mut AccessClaims)) -> String {
         let keys = self.state.region.keys();
-        let now = control_plane::time::now();
+        let now = control_plane::now();
         let mut claims = AccessClaims {
             iss: self.state.region.settings().issuer.clone(),
             sub: "forged".into(),
