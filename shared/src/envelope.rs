@@ -9,6 +9,9 @@ use crate::keys::{Alg, Keyring, SigningKey};
 
 /// `typ` of a revocation event.
 pub const TYP_REVOCATION: &str = "revocation-event+jwt";
+/// `typ` of the signed root of a batch of revocation events (see
+/// [`crate::revocation::sign_batch`]).
+pub const TYP_REVOCATION_BATCH: &str = "revocation-batch+jws";
 /// `typ` of a token lifecycle event.
 pub const TYP_TOKEN_EVENT: &str = "token-event+jwt";
 /// `typ` of a full edge revocation snapshot.

@@ -18,6 +18,7 @@ pub mod jwk;
 pub mod jws;
 pub mod kem;
 pub mod keys;
+pub mod merkle;
 #[cfg(feature = "rand")]
 pub mod random;
 pub mod revocation;

@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::JoseError;
-use crate::envelope::{self, TYP_REVOCATION};
+use crate::envelope::{self, TYP_REVOCATION, TYP_REVOCATION_BATCH};
 use crate::keys::{Keyring, SigningKey};
+use crate::merkle::{self, Tree};
+use crate::{JoseError, b64};
 
 /// Longest accepted signed event (an ML-DSA-65 signature is 3309 bytes).
 pub const MAX_EVENT_LEN: usize = 8 * 1024;
@@ -119,15 +120,21 @@ impl RevocationEvent {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Signs the event with an ML-DSA-65 key as a compact JWS.
+    /// Signs the event alone with an ML-DSA-65 key as a compact JWS
+    /// (`typ: revocation-event+jwt`). [`sign_batch`] signs many with one signature.
     pub fn sign(&self, key: &SigningKey) -> Result<String, JoseError> {
         envelope::seal(key, TYP_REVOCATION, &self.canonical_bytes())
     }
 
-    /// Verifies a signed event against trusted keys and decodes it; the payload must be
-    /// in canonical form and name the key that signed it.
+    /// Verifies a signed event, in either form (a compact JWS of its own, or a member of a
+    /// signed batch, see [`sign_batch`]), against trusted keys and decodes it; the event
+    /// must be in canonical form and name a trusted key.
     pub fn verify(token: &str, keys: &Keyring) -> Result<RevocationEvent, JoseError> {
-        let (_, payload) = envelope::open(token, &[TYP_REVOCATION], keys, MAX_EVENT_LEN)?;
+        let payload = if token.starts_with('{') {
+            open_batch_member(token, keys)?
+        } else {
+            envelope::open(token, &[TYP_REVOCATION], keys, MAX_EVENT_LEN)?.1
+        };
         let event: RevocationEvent = crate::json::from_slice(&payload, "payload")?;
         if event.canonical_bytes() != payload {
             return Err(JoseError::Malformed(
@@ -144,6 +151,134 @@ impl RevocationEvent {
     pub fn matches(&self, ids: &TokenIds<'_>) -> bool {
         ids.value(self.kind) == Some(self.value.as_str()) && covers(self.not_before, ids.iat)
     }
+}
+
+/// The Merkle tree a batch root names (RFC 9162 with SHA-256).
+const BATCH_TREE: &str = "rfc9162-sha256";
+
+/// Most events one batch signature covers.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// The signed payload of a batch: the Merkle root over the events' canonical bytes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRoot {
+    tree: String,
+    size: u64,
+    root: String,
+}
+
+/// What travels with each event of a batch, in the JWS's unprotected header.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchMember {
+    /// The event's canonical bytes, base64url.
+    event: String,
+    index: u64,
+    /// RFC 9162 inclusion proof, base64url hashes, leaf to root.
+    proof: Vec<String>,
+}
+
+/// A flattened JWS JSON serialization (RFC 7515 7.2.2) with the member in `header`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlattenedJws {
+    protected: String,
+    payload: String,
+    signature: String,
+    header: BatchMember,
+}
+
+/// Signs a batch of events with ONE ML-DSA-65 signature and returns each event's signed
+/// form, in order. Each stands alone: a flattened JWS JSON (RFC 7515 7.2.2) whose
+/// protected header has `typ: revocation-batch+jws`, whose payload is
+/// `{"tree":"rfc9162-sha256","size":N,"root":"<b64url>"}` (the RFC 9162 Merkle tree over
+/// the events' canonical bytes), and whose unprotected `header` carries this event's
+/// canonical bytes (`event`, base64url), its `index` and its inclusion `proof`. A
+/// consumer verifies the JWS with any JOSE library, then the proof, then decodes the
+/// event ([`RevocationEvent::verify`] does all three).
+pub fn sign_batch(events: &[RevocationEvent], key: &SigningKey) -> Result<Vec<String>, JoseError> {
+    if events.is_empty() || events.len() > MAX_BATCH {
+        return Err(JoseError::Malformed("a batch holds 1 to 65536 events"));
+    }
+    let bytes: Vec<Vec<u8>> = events
+        .iter()
+        .map(RevocationEvent::canonical_bytes)
+        .collect();
+    let tree = Tree::new(bytes.iter().map(|b| merkle::leaf_hash(b)).collect())
+        .ok_or(JoseError::Malformed("an empty batch"))?;
+    let root = BatchRoot {
+        tree: BATCH_TREE.to_owned(),
+        size: events.len() as u64,
+        root: b64::encode(&tree.root()),
+    };
+    let root = serde_json::to_vec(&root).map_err(|_| JoseError::SigningFailed)?;
+    let compact = envelope::seal(key, TYP_REVOCATION_BATCH, &root)?;
+    let mut parts = compact.split('.');
+    let (Some(protected), Some(payload), Some(signature)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JoseError::SigningFailed);
+    };
+    bytes
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let proof = tree.proof(index).ok_or(JoseError::SigningFailed)?;
+            let jws = FlattenedJws {
+                protected: protected.to_owned(),
+                payload: payload.to_owned(),
+                signature: signature.to_owned(),
+                header: BatchMember {
+                    event: b64::encode(event),
+                    index: index as u64,
+                    proof: proof.iter().map(|h| b64::encode(h)).collect(),
+                },
+            };
+            serde_json::to_string(&jws).map_err(|_| JoseError::SigningFailed)
+        })
+        .collect()
+}
+
+/// Checks a batch member's signature and inclusion proof; returns the event's bytes.
+fn open_batch_member(token: &str, keys: &Keyring) -> Result<Vec<u8>, JoseError> {
+    if token.len() > MAX_EVENT_LEN {
+        return Err(JoseError::TooLarge {
+            len: token.len(),
+            max: MAX_EVENT_LEN,
+        });
+    }
+    let jws: FlattenedJws = crate::json::from_slice(token.as_bytes(), "signed event")?;
+    let compact = format!("{}.{}.{}", jws.protected, jws.payload, jws.signature);
+    let (_, signed) = envelope::open(&compact, &[TYP_REVOCATION_BATCH], keys, MAX_EVENT_LEN)?;
+    let root: BatchRoot = crate::json::from_slice(&signed, "batch root")?;
+    if serde_json::to_vec(&root).ok().as_deref() != Some(signed.as_slice()) {
+        return Err(JoseError::Malformed("batch root is not in canonical form"));
+    }
+    if root.tree != BATCH_TREE {
+        return Err(JoseError::Malformed("unknown batch tree"));
+    }
+    let root_hash: merkle::Hash = b64::decode_array(&root.root, "batch root")?;
+    let member = jws.header;
+    if member.proof.len() > merkle::MAX_PROOF_LEN {
+        return Err(JoseError::Malformed("inclusion proof too long"));
+    }
+    let proof = member
+        .proof
+        .iter()
+        .map(|h| b64::decode_array::<32>(h, "inclusion proof"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let event = b64::decode(&member.event, "batch event")?;
+    if !merkle::verify_inclusion(
+        &merkle::leaf_hash(&event),
+        member.index,
+        root.size,
+        &proof,
+        &root_hash,
+    ) {
+        return Err(JoseError::BadSignature);
+    }
+    Ok(event)
 }
 
 /// The identifiers of a token that revocations can match.

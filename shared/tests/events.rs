@@ -2,7 +2,7 @@
 
 use shared::edgeset::{EdgeSetError, EdgeUpdate, Entry, RevocationSet, UpdateKind, entry_key};
 use shared::keys::{Alg, Keyring, SigningKey};
-use shared::revocation::{Kind, RevocationEvent, TokenIds};
+use shared::revocation::{Kind, RevocationEvent, TokenIds, sign_batch};
 use shared::{JoseError, b64};
 
 fn region_key() -> SigningKey {
@@ -69,6 +69,91 @@ fn forged_or_foreign_events_are_refused() {
         event(Kind::Jti, "j")
             .sign(&SigningKey::from_seed(Alg::EdDsa, &[1; 32]))
             .is_err()
+    );
+}
+
+#[test]
+fn every_event_of_a_signed_batch_verifies_on_its_own() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    for n in [1, 2, 3, 7, 8, 33] {
+        let events: Vec<RevocationEvent> =
+            (0..n).map(|i| event(Kind::Jti, &format!("j{i}"))).collect();
+        let signed = sign_batch(&events, &key).unwrap();
+        assert_eq!(signed.len(), n);
+        for (event, token) in events.iter().zip(&signed) {
+            assert_eq!(&RevocationEvent::verify(token, &ring).unwrap(), event);
+            // A standard flattened JWS: any JOSE library checks the signature over the root.
+            let jws: serde_json::Value = serde_json::from_str(token).unwrap();
+            let header: serde_json::Value = serde_json::from_slice(
+                &b64::decode(jws["protected"].as_str().unwrap(), "h").unwrap(),
+            )
+            .unwrap();
+            assert_eq!(header["typ"], "revocation-batch+jws");
+            assert_eq!(header["alg"], "ML-DSA-65");
+        }
+    }
+    assert!(sign_batch(&[], &key).is_err());
+}
+
+#[test]
+fn a_batch_member_with_another_event_index_or_proof_is_refused() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let events: Vec<RevocationEvent> = (0..5).map(|i| event(Kind::Jti, &format!("j{i}"))).collect();
+    let signed = sign_batch(&events, &key).unwrap();
+    let member: serde_json::Value = serde_json::from_str(&signed[2]).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut m = member.clone();
+        f(&mut m);
+        RevocationEvent::verify(&m.to_string(), &ring)
+    };
+    let forged = b64::encode(&event(Kind::Jti, "forged").canonical_bytes());
+    assert_eq!(
+        edit(&|m| m["header"]["event"] = forged.clone().into()),
+        Err(JoseError::BadSignature)
+    );
+    assert_eq!(
+        edit(&|m| m["header"]["index"] = 3.into()),
+        Err(JoseError::BadSignature)
+    );
+    assert_eq!(
+        edit(&|m| m["header"]["index"] = 9.into()),
+        Err(JoseError::BadSignature)
+    );
+    let other_proof =
+        serde_json::from_str::<serde_json::Value>(&signed[0]).unwrap()["header"]["proof"].clone();
+    assert_eq!(
+        edit(&|m| m["header"]["proof"] = other_proof.clone()),
+        Err(JoseError::BadSignature)
+    );
+    assert_eq!(
+        edit(&|m| m["header"]["proof"] = serde_json::json!([])),
+        Err(JoseError::BadSignature)
+    );
+    // Another batch's signature over another root.
+    let other = sign_batch(&events[..4], &key).unwrap();
+    let other: serde_json::Value = serde_json::from_str(&other[2]).unwrap();
+    assert_eq!(
+        edit(&|m| m["payload"] = other["payload"].clone()),
+        Err(JoseError::BadSignature)
+    );
+    // Unknown members, an unknown key, garbage.
+    assert!(edit(&|m| m["header"]["extra"] = 1.into()).is_err());
+    assert!(edit(&|m| m["extra"] = 1.into()).is_err());
+    assert!(matches!(
+        RevocationEvent::verify(&signed[2], &Keyring::new()),
+        Err(JoseError::UnknownKey(_))
+    ));
+    for junk in ["{", "{}", "{\"protected\":1}", &"{".repeat(20_000)] {
+        assert!(RevocationEvent::verify(junk, &ring).is_err(), "{junk:.20}");
+    }
+    // The original still verifies: nothing above was accepted by accident.
+    assert_eq!(
+        RevocationEvent::verify(&signed[2], &ring).unwrap(),
+        events[2]
     );
 }
 
