@@ -465,15 +465,16 @@ pub(crate) fn live_signed(
     Ok(out)
 }
 
-/// One signed event as stored: its feed sequence number, id and compact JWS.
+/// One signed event as stored: its feed sequence number, id and signed form.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub(crate) struct SignedEvent {
     /// Feed sequence number (this region's order; remote events get one when applied).
     pub(crate) seq: u64,
     /// The event's id.
     pub(crate) event_id: String,
-    /// The event as signed by its origin region: compact JWS, `typ`
-    /// `revocation-event+jwt`, ML-DSA-65; verify it with that region's JWKS.
+    /// The event as signed by its origin region (a member of a signed batch, see
+    /// `shared::revocation::sign_batch`, or a compact JWS of its own); verify it with
+    /// that region's JWKS.
     pub(crate) jws: String,
 }
 

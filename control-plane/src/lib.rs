@@ -22,6 +22,7 @@ mod redis_cache;
 mod refresh;
 mod region;
 mod server;
+mod signer;
 mod time;
 mod token_events;
 mod writer;

@@ -28,6 +28,7 @@ use crate::config::Settings;
 use crate::db::{self, Db};
 use crate::keys::{self, KeyChanges, KeySet};
 use crate::metrics::Metrics;
+use crate::signer::EventSigner;
 use crate::time::{now, rfc3339};
 use crate::writer::Writer;
 
@@ -226,6 +227,8 @@ pub struct Region {
     settings: Settings,
     db: Db,
     writer: Writer,
+    /// Signs revocation events in batches.
+    signer: EventSigner,
     keys: Arc<RwLock<Arc<KeySet>>>,
     /// The other regions' keys (`PEER_JWKS`): their tokens are valid here too.
     peer_keys: RwLock<Arc<(JwkSet, Keyring)>>,
@@ -331,15 +334,18 @@ impl Region {
         };
         let keys = Arc::new(RwLock::new(Arc::new(keyset)));
         let source = keys.clone();
+        let key_source: crate::writer::KeySource =
+            Arc::new(move || source.read().unwrap_or_else(|e| e.into_inner()).clone());
         let writer = Writer::start(
             db.open_connection()?,
-            Arc::new(move || source.read().unwrap_or_else(|e| e.into_inner()).clone()),
+            key_source.clone(),
             settings.region.clone(),
         );
         Ok(Region {
             settings,
             db,
             writer,
+            signer: EventSigner::start(key_source),
             keys,
             peer_keys: RwLock::new(Arc::new((JwkSet::default(), Keyring::new()))),
             cache,
@@ -373,6 +379,11 @@ impl Region {
     /// The counters.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// What the event signer has done (events and signatures).
+    pub(crate) fn signer_stats(&self) -> &crate::signer::SignerStats {
+        self.signer.stats()
     }
 
     /// The cache.
@@ -847,8 +858,8 @@ impl Region {
         Ok(self.announce_revocation(event, inserted, via))
     }
 
-    /// [`Region::revoke`] for async callers: the ML-DSA-65 signature is made on the
-    /// blocking pool, the commit awaited without holding a thread.
+    /// [`Region::revoke`] for async callers: the signature (shared with the other events
+    /// of its batch) and the commit are awaited without holding a thread.
     pub(crate) async fn revoke_async(
         self: &Arc<Self>,
         kind: Kind,
@@ -856,11 +867,7 @@ impl Region {
         expires_at: Option<i64>,
         via: &'static str,
     ) -> Result<Revoked, Error> {
-        let region = self.clone();
-        let (event, signed) =
-            tokio::task::spawn_blocking(move || region.sign_revocation(kind, &value, expires_at))
-                .await
-                .map_err(|e| Error::InvalidRequest(format!("signing task failed: {e}")))??;
+        let (event, signed) = self.sign_revocation_async(kind, &value, expires_at).await?;
         let record = self.recorder(via);
         let job_event = event.clone();
         let inserted = self
@@ -870,17 +877,16 @@ impl Region {
         Ok(self.announce_revocation(event, inserted, via))
     }
 
-    /// Builds and signs a revocation event (nothing stored yet).
-    pub(crate) fn sign_revocation(
+    /// Builds a revocation event (nothing signed or stored yet; the signer sets `kid`).
+    fn new_revocation(
         &self,
         kind: Kind,
         value: &str,
         expires_at: Option<i64>,
-    ) -> Result<(RevocationEvent, String), Error> {
+    ) -> Result<RevocationEvent, Error> {
         check_value(kind.as_str(), value)?;
         let t = now();
-        let keys = self.keys();
-        let event = RevocationEvent {
+        Ok(RevocationEvent {
             event_id: random::id(),
             kind,
             value: value.to_owned(),
@@ -890,10 +896,31 @@ impl Region {
             issued_at: t,
             origin: self.settings.region.clone(),
             nonce: hex(&random::bytes::<16>()),
-            kid: keys.event_key.kid(),
-        };
-        let signed = event.sign(&keys.event_key).map_err(Error::Signing)?;
-        Ok((event, signed))
+            kid: String::new(),
+        })
+    }
+
+    /// Builds and signs a revocation event (nothing stored yet). Blocks until the event
+    /// signer's batch holding it is signed.
+    pub(crate) fn sign_revocation(
+        &self,
+        kind: Kind,
+        value: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(RevocationEvent, String), Error> {
+        let event = self.new_revocation(kind, value, expires_at)?;
+        self.signer.sign(event).map_err(Error::Signing)
+    }
+
+    /// [`Region::sign_revocation`] for async callers.
+    async fn sign_revocation_async(
+        &self,
+        kind: Kind,
+        value: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(RevocationEvent, String), Error> {
+        let event = self.new_revocation(kind, value, expires_at)?;
+        self.signer.sign_async(event).await.map_err(Error::Signing)
     }
 
     /// Writes a signed event, its feed and outbox rows and its audit row inside the

@@ -39,8 +39,8 @@ pub(crate) struct EventsPage {
     pub head: u64,
 }
 
-/// The signed revocation events (compact JWS, ML-DSA-65, `typ: revocation-event+jwt`)
-/// in feed order with their sequence numbers, local and applied remote ones alike,
+/// The signed revocation events (each a member of a signed batch: a flattened JWS,
+/// ML-DSA-65, `typ: revocation-batch+jws`, with its inclusion proof) in feed order with their sequence numbers, local and applied remote ones alike,
 /// expired ones included. Each verifies on its own with the JWKS of its origin region.
 #[utoipa::path(get, path = "/v1/events", tag = "revocations", params(EventsQuery),
     security(("admin" = [])),

@@ -113,6 +113,18 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
         parts.live_revocations,
         state.is_ready(),
     );
+    let signer = region.signer_stats();
+    let _ = writeln!(
+        body,
+        "# HELP cp_events_signed_total Revocation events signed by this region.\n\
+         # TYPE cp_events_signed_total counter\n\
+         cp_events_signed_total {}\n\
+         # HELP cp_event_signatures_total ML-DSA-65 signatures made for them (one per batch).\n\
+         # TYPE cp_event_signatures_total counter\n\
+         cp_event_signatures_total {}",
+        signer.events.load(Ordering::Relaxed),
+        signer.signatures.load(Ordering::Relaxed)
+    );
     let mut gauge = |name: &str, help: &str, value: u64| {
         let _ = writeln!(
             body,
