@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS revocations (
     signed     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revocations_by_value ON revocations (kind, value);
+-- The signed root a batch of events shares (compact JWS), kept once per batch; an event
+-- with a batch_id holds only its own part (event, index, proof) in `signed`.
+CREATE TABLE IF NOT EXISTS event_batches (
+    id   INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    root TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS feed (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE REFERENCES revocations (event_id)
@@ -165,6 +172,9 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
+        // The writer touches index pages all over the file (event ids are random): keep
+        // 64 MiB of them in memory instead of SQLite's default 2 MiB.
+        conn.pragma_update(None, "cache_size", -65_536)?;
         Ok(conn)
     }
 
@@ -207,6 +217,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_active_from {
         conn.execute_batch("ALTER TABLE keys ADD COLUMN active_from INTEGER")?;
     }
+    let has_batch_id: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('revocations') WHERE name = 'batch_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_batch_id {
+        conn.execute_batch(
+            "ALTER TABLE revocations ADD COLUMN batch_id INTEGER REFERENCES event_batches (id)",
+        )?;
+    }
     Ok(())
 }
 
@@ -239,11 +259,18 @@ pub(crate) fn insert_revocation(
     outbox: Outbox,
 ) -> rusqlite::Result<Option<Inserted>> {
     let json = String::from_utf8_lossy(&event.canonical_bytes()).into_owned();
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO revocations
-         (event_id, kind, value, not_before, expires_at, issued_at, event, signed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
+    // A batch's signed root (4.4 KB of ML-DSA-65 signature) is stored once, not per event.
+    let (batch_id, signed) = match shared::revocation::split_batch_member(signed) {
+        Some((root, member)) => (Some(batch_id(tx, &root)?), std::borrow::Cow::Owned(member)),
+        None => (None, std::borrow::Cow::Borrowed(signed)),
+    };
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO revocations
+         (event_id, kind, value, not_before, expires_at, issued_at, event, signed, batch_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
             event.event_id,
             event.kind.as_str(),
             event.value,
@@ -251,25 +278,23 @@ pub(crate) fn insert_revocation(
             event.expires_at,
             event.issued_at,
             json,
-            signed
-        ],
-    )?;
+            signed,
+            batch_id
+        ])?;
     if inserted == 0 {
         return Ok(None);
     }
-    tx.execute(
-        "INSERT INTO feed (event_id) VALUES (?1)",
-        params![event.event_id],
-    )?;
+    tx.prepare_cached("INSERT INTO feed (event_id) VALUES (?1)")?
+        .execute(params![event.event_id])?;
     let feed_seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
     let outbox_id = match outbox {
         Outbox::Skip => None,
         Outbox::Queue | Outbox::Local => {
             let published = (outbox == Outbox::Local).then_some(event.issued_at);
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO outbox (event_id, created_at, published_at) VALUES (?1, ?2, ?3)",
-                params![event.event_id, event.issued_at, published],
-            )?;
+            )?
+            .execute(params![event.event_id, event.issued_at, published])?;
             Some(tx.last_insert_rowid())
         }
     };
@@ -277,6 +302,24 @@ pub(crate) fn insert_revocation(
         feed_seq,
         outbox_id,
     }))
+}
+
+/// The row of a batch's signed root, stored now if it is new.
+fn batch_id(tx: &rusqlite::Transaction<'_>, root: &str) -> rusqlite::Result<i64> {
+    let hash = shared::merkle::leaf_hash(root.as_bytes());
+    tx.prepare_cached("INSERT OR IGNORE INTO event_batches (hash, root) VALUES (?1, ?2)")?
+        .execute(params![hash, root])?;
+    tx.prepare_cached("SELECT id FROM event_batches WHERE hash = ?1")?
+        .query_row(params![hash], |r| r.get(0))
+}
+
+/// An event's signed form from its stored parts: the `signed` column, and the batch
+/// root when it has one.
+fn signed_form(member: String, root: Option<String>) -> String {
+    match root {
+        Some(root) => shared::revocation::join_batch_member(&root, &member).unwrap_or(member),
+        None => member,
+    }
 }
 
 /// A committed event the relay has not handed to the broker yet.
@@ -293,14 +336,15 @@ pub(crate) struct Unpublished {
 /// The oldest unpublished outbox rows, at most `limit`, in commit order.
 pub(crate) fn unpublished(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Unpublished>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT o.rowid, r.value, r.signed FROM outbox o JOIN revocations r USING (event_id)
+        "SELECT o.rowid, r.value, r.signed, b.root FROM outbox o
+         JOIN revocations r USING (event_id) LEFT JOIN event_batches b ON b.id = r.batch_id
          WHERE o.published_at IS NULL ORDER BY o.rowid LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
         Ok(Unpublished {
             id: r.get(0)?,
             key: r.get(1)?,
-            signed: r.get(2)?,
+            signed: signed_form(r.get(2)?, r.get(3)?),
         })
     })?;
     rows.collect()
@@ -451,9 +495,12 @@ pub(crate) fn live_signed(
     conn: &Connection,
     now: i64,
 ) -> rusqlite::Result<Vec<(RevocationEvent, Option<String>)>> {
-    let mut stmt = conn.prepare("SELECT event, signed FROM revocations WHERE expires_at > ?1")?;
+    let mut stmt = conn.prepare(
+        "SELECT r.event, r.signed, b.root FROM revocations r
+         LEFT JOIN event_batches b ON b.id = r.batch_id WHERE r.expires_at > ?1",
+    )?;
     let rows = stmt.query_map(params![now], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        Ok((r.get::<_, String>(0)?, signed_form(r.get(1)?, r.get(2)?)))
     })?;
     let mut out = Vec::new();
     for row in rows {
@@ -486,14 +533,15 @@ pub(crate) fn signed_events(
     limit: u32,
 ) -> rusqlite::Result<Vec<SignedEvent>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT f.seq, r.event_id, r.signed FROM feed f JOIN revocations r USING (event_id)
+        "SELECT f.seq, r.event_id, r.signed, b.root FROM feed f
+         JOIN revocations r USING (event_id) LEFT JOIN event_batches b ON b.id = r.batch_id
          WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![seq_param(after), limit], |r| {
         Ok(SignedEvent {
             seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
             event_id: r.get(1)?,
-            jws: r.get(2)?,
+            jws: signed_form(r.get(2)?, r.get(3)?),
         })
     })?;
     rows.collect()
@@ -611,6 +659,83 @@ mod tests {
                 .unwrap();
             assert_eq!(found.not_before, Some(t3));
             assert!(found.matches(&ids(t2)));
+        }
+    }
+
+    #[test]
+    fn a_batch_root_is_stored_once_and_every_read_gives_the_signed_form_back() {
+        use shared::keys::{Alg, Keyring, SigningKey};
+        let key = SigningKey::from_seed(Alg::MlDsa65, &[9; 32]);
+        let mut ring = Keyring::new();
+        ring.add(key.verifying_key());
+        let events: Vec<RevocationEvent> = (0..3)
+            .map(|i| RevocationEvent {
+                kind: Kind::Jti,
+                value: format!("j{i}"),
+                not_before: None,
+                kid: key.kid(),
+                ..sub_event(1_000)
+            })
+            .collect();
+        let signed = shared::revocation::sign_batch(&events, &key).unwrap();
+        // An event signed on its own (older versions, or another implementation).
+        let alone = RevocationEvent {
+            event_id: random::id(),
+            value: "alone".into(),
+            ..events[0].clone()
+        };
+        let lone = (alone.clone(), alone.sign(&key).unwrap());
+
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Db::open(&dir.path().join("cp.db")).unwrap();
+        {
+            let mut conn = store.lock();
+            let tx = conn.transaction().unwrap();
+            for (e, s) in events.iter().zip(&signed) {
+                insert_revocation(&tx, e, s, Outbox::Queue).unwrap();
+            }
+            insert_revocation(&tx, &lone.0, &lone.1, Outbox::Queue).unwrap();
+            tx.commit().unwrap();
+        }
+        let conn = store.lock();
+        let batches: i64 = conn
+            .query_row("SELECT COUNT(*) FROM event_batches", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(batches, 1);
+        let longest: i64 = conn
+            .query_row(
+                "SELECT MAX(LENGTH(signed)) FROM revocations WHERE batch_id IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(longest < 1_000, "a member row holds {longest} bytes");
+
+        let mut expected = signed.clone();
+        expected.push(lone.1.clone());
+        let exported: Vec<String> = signed_events(&conn, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.jws)
+            .collect();
+        assert_eq!(exported, expected);
+        let queued: Vec<String> = unpublished(&conn, 10)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.signed)
+            .collect();
+        assert_eq!(queued, expected);
+        let mut live: Vec<String> = live_signed(&conn, 0)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, s)| s)
+            .collect();
+        live.sort();
+        let mut sorted = expected.clone();
+        sorted.sort();
+        assert_eq!(live, sorted);
+        for s in &expected {
+            RevocationEvent::verify(s, &ring).unwrap();
         }
     }
 }

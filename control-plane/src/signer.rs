@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use shared::{JoseError, RevocationEvent};
 
@@ -19,6 +20,10 @@ use crate::writer::KeySource;
 
 /// Most events signed under one signature (a proof of at most 8 hashes).
 pub(crate) const MAX_BATCH: usize = 256;
+
+/// How long a batch waits for more events when the previous batch showed concurrent
+/// callers. A lone caller (the previous batch held one event) never waits.
+const LINGER: Duration = Duration::from_millis(1);
 
 type Reply = tokio::sync::oneshot::Sender<Result<(RevocationEvent, String), JoseError>>;
 
@@ -117,14 +122,25 @@ impl Drop for EventSigner {
 }
 
 fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats) {
+    let mut concurrent = false;
     while let Ok(first) = rx.recv() {
+        // Under concurrent load a short wait fills the batch: one signature then covers
+        // many events, and the CPU it saves goes to the requests themselves.
+        let deadline = concurrent.then(|| Instant::now() + LINGER);
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
+            let next = match deadline {
+                Some(deadline) => {
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                }
+                None => rx.try_recv().map_err(|_| mpsc::RecvTimeoutError::Timeout),
+            };
+            match next {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
+        concurrent = jobs.len() > 1;
         // One key snapshot for the whole batch: every event names the key that signs it.
         let key = keys().event_key.clone();
         let kid = key.kid();

@@ -11,6 +11,10 @@
 //! After each commit the writer hands the new audit chain head to the sealer thread,
 //! which signs a checkpoint ([`crate::audit`]) off the request path (at most one every
 //! [`SEAL_INTERVAL`]) and gives it back to the writer to store in the next group.
+//!
+//! The writer never copies the WAL back into the database file itself (SQLite's
+//! auto-checkpoint would do that inside a commit, stalling every caller of the group):
+//! a checkpointer thread runs passive checkpoints on its own connection meanwhile.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -28,6 +32,11 @@ pub(crate) const MAX_GROUP: usize = 1024;
 /// Shortest time between two checkpoint signatures: ML-DSA-65 costs about 0.7-1.5 ms
 /// here, so a checkpoint per 1-3 ms commit group would take a whole core under load.
 pub(crate) const SEAL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the checkpointer copies the WAL into the database file.
+const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// WAL pages (4 KiB) past which the checkpointer makes the WAL restart from its
+/// beginning; passive checkpoints alone never get there while writes keep coming.
+const WAL_RESTART_PAGES: i64 = 4096;
 
 /// What the writer thread does with a group's outcome for one caller.
 type Done = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
@@ -52,6 +61,9 @@ pub(crate) type KeySource = Arc<dyn Fn() -> Arc<KeySet> + Send + Sync>;
 pub(crate) struct Writer {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
+    /// Dropped to stop the checkpointer.
+    checkpointer_stop: Option<Sender<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -72,6 +84,21 @@ fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
 impl Writer {
     /// Starts the writer (and its sealer) on `conn`, which must be in WAL mode.
     pub(crate) fn start(conn: Connection, keys: KeySource, region: String) -> Writer {
+        let (checkpointer_stop, stop_rx) = mpsc::channel::<()>();
+        let checkpointer = match conn.path().map(std::path::PathBuf::from) {
+            Some(path) if !path.as_os_str().is_empty() => {
+                if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+                    tracing::warn!(error = %e, "cannot turn off the writer's auto-checkpoint");
+                }
+                Some(
+                    std::thread::Builder::new()
+                        .name("wal-checkpointer".into())
+                        .spawn(move || checkpointer(&path, &stop_rx))
+                        .expect("cannot start the WAL checkpointer thread"),
+                )
+            }
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel();
         let (seal_tx, seal_rx) = mpsc::channel::<(i64, String)>();
         let sealer_back = tx.clone();
@@ -98,6 +125,8 @@ impl Writer {
         Writer {
             tx,
             thread: Some(thread),
+            checkpointer_stop: Some(checkpointer_stop),
+            checkpointer,
         }
     }
 
@@ -168,6 +197,41 @@ impl Drop for Writer {
         self.send(Msg::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        self.checkpointer_stop = None;
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Copies committed WAL frames into the database file every
+/// [`WAL_CHECKPOINT_INTERVAL`] with passive checkpoints, which never block the writer.
+/// Past [`WAL_RESTART_PAGES`] a restart checkpoint (which waits for the writer, but only
+/// has the frames since the passive one left to copy) makes the next commit write the
+/// WAL from its beginning again, so the file stays bounded.
+fn checkpointer(path: &std::path::Path, stop: &Receiver<()>) {
+    let conn = match Connection::open(path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::error!(error = %e, "the WAL checkpointer cannot open the database");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(1));
+    let _ = conn.pragma_update(None, "synchronous", "FULL");
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(WAL_CHECKPOINT_INTERVAL) {
+        let pages = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        let restart = match pages {
+            Ok(pages) => pages > WAL_RESTART_PAGES,
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+                false
+            }
+        };
+        if restart && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "WAL restart checkpoint failed");
         }
     }
 }

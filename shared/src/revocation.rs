@@ -225,19 +225,67 @@ pub fn sign_batch(events: &[RevocationEvent], key: &SigningKey) -> Result<Vec<St
         .enumerate()
         .map(|(index, event)| {
             let proof = tree.proof(index).ok_or(JoseError::SigningFailed)?;
-            let jws = FlattenedJws {
-                protected: protected.to_owned(),
-                payload: payload.to_owned(),
-                signature: signature.to_owned(),
-                header: BatchMember {
-                    event: b64::encode(event),
-                    index: index as u64,
-                    proof: proof.iter().map(|h| b64::encode(h)).collect(),
-                },
+            let member = BatchMember {
+                event: b64::encode(event),
+                index: index as u64,
+                proof: proof.iter().map(|h| b64::encode(h)).collect(),
             };
-            serde_json::to_string(&jws).map_err(|_| JoseError::SigningFailed)
+            join_parts(protected, payload, signature, &member).ok_or(JoseError::SigningFailed)
         })
         .collect()
+}
+
+/// Splits a batch member (see [`sign_batch`]) into the signed root its batch shares, as
+/// a compact JWS, and the member's own part (the `header` JSON). Storage keeps the root
+/// once per batch; [`join_batch_member`] puts the two back together byte for byte.
+/// `None` for anything that is not a well-formed batch member (nothing is verified).
+pub fn split_batch_member(signed: &str) -> Option<(String, String)> {
+    if !signed.starts_with('{') {
+        return None;
+    }
+    let jws: FlattenedJws = serde_json::from_str(signed).ok()?;
+    let joined = join_parts(&jws.protected, &jws.payload, &jws.signature, &jws.header)?;
+    // Only a member in the exact form this module writes splits: joining must give it back.
+    if joined != signed {
+        return None;
+    }
+    let root = format!("{}.{}.{}", jws.protected, jws.payload, jws.signature);
+    Some((root, serde_json::to_string(&jws.header).ok()?))
+}
+
+/// The batch member [`split_batch_member`] split; `None` when the parts are not one.
+pub fn join_batch_member(root: &str, member: &str) -> Option<String> {
+    let mut parts = root.split('.');
+    let (Some(protected), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let member: BatchMember = serde_json::from_str(member).ok()?;
+    join_parts(protected, payload, signature, &member)
+}
+
+fn join_parts(
+    protected: &str,
+    payload: &str,
+    signature: &str,
+    member: &BatchMember,
+) -> Option<String> {
+    // Borrowed twin of `FlattenedJws`: same members, same order, same bytes.
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        protected: &'a str,
+        payload: &'a str,
+        signature: &'a str,
+        header: &'a BatchMember,
+    }
+    serde_json::to_string(&Joined {
+        protected,
+        payload,
+        signature,
+        header: member,
+    })
+    .ok()
 }
 
 /// Checks a batch member's signature and inclusion proof; returns the event's bytes.

@@ -2,7 +2,9 @@
 
 use shared::edgeset::{EdgeSetError, EdgeUpdate, Entry, RevocationSet, UpdateKind, entry_key};
 use shared::keys::{Alg, Keyring, SigningKey};
-use shared::revocation::{Kind, RevocationEvent, TokenIds, sign_batch};
+use shared::revocation::{
+    Kind, RevocationEvent, TokenIds, join_batch_member, sign_batch, split_batch_member,
+};
 use shared::{JoseError, b64};
 
 fn region_key() -> SigningKey {
@@ -95,6 +97,27 @@ fn every_event_of_a_signed_batch_verifies_on_its_own() {
         }
     }
     assert!(sign_batch(&[], &key).is_err());
+}
+
+#[test]
+fn a_batch_member_splits_into_its_shared_root_and_joins_back_byte_for_byte() {
+    let key = region_key();
+    let events: Vec<RevocationEvent> = (0..3).map(|i| event(Kind::Jti, &format!("j{i}"))).collect();
+    let signed = sign_batch(&events, &key).unwrap();
+    let (root0, member0) = split_batch_member(&signed[0]).unwrap();
+    let (root2, member2) = split_batch_member(&signed[2]).unwrap();
+    assert_eq!(root0, root2, "one root per batch");
+    assert_eq!(root0.split('.').count(), 3);
+    assert!(member0.len() < 1_000, "the member part holds no signature");
+    assert_eq!(join_batch_member(&root0, &member0).unwrap(), signed[0]);
+    assert_eq!(join_batch_member(&root2, &member2).unwrap(), signed[2]);
+    // A compact event, a reformatted member or junk does not split.
+    assert!(split_batch_member(&events[0].sign(&key).unwrap()).is_none());
+    let spaced = signed[0].replacen(",", ", ", 1);
+    assert!(split_batch_member(&spaced).is_none());
+    assert!(split_batch_member("{}").is_none());
+    assert!(join_batch_member("a.b", &member0).is_none());
+    assert!(join_batch_member(&root0, "{}").is_none());
 }
 
 #[test]

@@ -198,7 +198,22 @@ async fn an_export_verifies_without_the_database_and_names_a_tampered_row() {
     assert!(ok, "{stdout} {stderr}");
     assert!(stdout.contains("audit log OK"), "{stdout}");
 
-    std::fs::write(&file, export.replacen("bob", "eve", 1)).unwrap();
+    // Tamper with the first row that names bob (not a signature that happens to hold
+    // the letters).
+    let tampered: Vec<String> = export
+        .lines()
+        .scan(false, |done, line| {
+            let row = !*done && line.contains("\"type\":\"row\"") && line.contains("bob");
+            *done |= row;
+            Some(if row {
+                line.replacen("bob", "eve", 1)
+            } else {
+                line.to_owned()
+            })
+        })
+        .collect();
+    assert_ne!(tampered.join("\n"), export.trim_end());
+    std::fs::write(&file, tampered.join("\n")).unwrap();
     let (ok, _, stderr) = run_cli(
         &data,
         &["audit", "verify", "--file", file.to_str().unwrap()],
