@@ -6,6 +6,8 @@
 # server), POST /revoke and POST /token/validate with wrk at several concurrencies, and
 # one revocation at a time on an otherwise idle server. Ends with a table of the
 # measurements against the targets of issue 9 (at -t2 -c32) and `audit verify`.
+# The Criterion micro-benchmarks of the signing code are apart:
+# `cargo bench -p control-plane --bench signing`.
 #
 # Settings (environment): BENCH_SECONDS (8) per measurement, BENCH_CONCURRENCY
 # ("8 32 64"), RAW_SECONDS (2) per raw limit, BENCH_SKIP_BUILD=1, CARGO_TARGET_DIR.
@@ -80,6 +82,8 @@ export TOKENS_FILE="$work/tokens.txt"
 run revoke-idle revoke 1 1
 for c in $CONCURRENCY; do run token-eddsa token 2 "$c"; done
 for c in $CONCURRENCY; do run revoke revoke 2 "$c"; done
+echo "== revocation events signed, and the ML-DSA-65 signatures they took (batched)"
+curl -s "$CP/metrics" | grep -E '^cp_event(s_signed|_signatures)_total' | tee "$work/signer.txt"
 for c in $CONCURRENCY; do run validate validate 2 "$c"; done
 echo "== audit log of the EdDSA run"
 sleep 0.2
