@@ -46,8 +46,12 @@ proptest! {
     #[test]
     fn edge_update_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = EdgeUpdate::decode(&bytes, 1_000);
-        let mut framed = b"PQRV\x01\x01".to_vec();
+        let mut framed = b"PQRV\x02\x01".to_vec();
         framed.extend_from_slice(&bytes);
         let _ = EdgeUpdate::decode(&framed, 1_000);
+        let _ = shared::edgeset::RevocationSet::from_bytes(&bytes, 1_000);
+        let mut blob = b"PQRS\x01".to_vec();
+        blob.extend_from_slice(&bytes);
+        let _ = shared::edgeset::RevocationSet::from_bytes(&blob, 1_000);
     }
 }
