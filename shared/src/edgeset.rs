@@ -370,50 +370,43 @@ fn sort_and_merge(entries: &mut Vec<Entry>) {
     });
 }
 
-/// Interpolation steps before [`find`] falls back to a binary search of what is left.
-const INTERPOLATION_STEPS: u32 = 4;
-/// A range this short is searched by bisection directly.
-const SHORT_RANGE: usize = 8;
+/// Probes [`find`] makes before it bisects what is left of its bracket.
+const INTERPOLATION_STEPS: u32 = 8;
 
 /// The position of `key` in the strictly increasing `keys`.
 ///
-/// Keys are SHA-256 prefixes, uniformly spread, so the position is guessed from the
-/// key's value between the range's end keys (interpolation search): the first guess is
-/// off by about sqrt(n) / 2, each next one by about the square root of the previous
-/// miss, so a few probes find it at any size. Each guess also narrows the range, and
-/// after [`INTERPOLATION_STEPS`] a binary search of what is left bounds the cost of any
-/// set (skewed keys included) by those steps plus log2(n).
+/// Keys are SHA-256 prefixes, uniformly spread, so the distance in positions between
+/// two keys is about their difference times `n / 2^64`: the first probe is where the
+/// key would be (off by about sqrt(n) / 2), and each next one moves from the last probe
+/// by the estimated distance (off by about the square root of the last miss), so a few
+/// probes reach it at any size, the last ones stepping by one. Every probe also narrows
+/// a bracket; after [`INTERPOLATION_STEPS`] probes a binary search of the bracket
+/// bounds the cost of any set (skewed keys included) by those probes plus log2(n).
 fn find(keys: &[u64], key: u64) -> Option<usize> {
     let (&first, &last) = (keys.first()?, keys.last()?);
     if key < first || key > last {
         return None;
     }
-    // Invariant: keys[lo] <= key <= keys[hi].
+    // Positions per 2^64 of key space, as a 32.32 product: (d >> 32) * n < 2^64.
+    let n = (keys.len() as u64).min(u64::from(u32::MAX));
+    let positions = |distance: u64| ((((distance >> 32) * n) + (1 << 31)) >> 32) as usize;
+    // Invariant: if the key is there, it is in lo..=hi; and lo <= i <= hi.
     let (mut lo, mut hi) = (0, keys.len() - 1);
-    let (mut low_key, mut high_key) = (first, last);
+    let mut i = positions(key - first).min(hi);
     for _ in 0..INTERPOLATION_STEPS {
-        if hi - lo < SHORT_RANGE {
-            break;
-        }
-        // high_key > low_key here: lo < hi and the keys are strictly increasing. The
-        // float only guesses (saturating cast, clamped); the comparisons decide.
-        let ratio = (key - low_key) as f64 / (high_key - low_key) as f64;
-        let i = lo + ((ratio * (hi - lo) as f64) as usize).min(hi - lo);
         let probe = *keys.get(i)?;
         if probe < key {
-            // keys[hi] >= key > probe: i < hi.
+            if i == hi {
+                return None;
+            }
             lo = i + 1;
-            low_key = *keys.get(lo)?;
-            if low_key > key {
-                return None;
-            }
+            i = (i + positions(key - probe).max(1)).min(hi);
         } else if probe > key {
-            // keys[lo] <= key < probe: i > lo.
-            hi = i - 1;
-            high_key = *keys.get(hi)?;
-            if high_key < key {
+            if i == lo {
                 return None;
             }
+            hi = i - 1;
+            i = i.saturating_sub(positions(probe - key).max(1)).max(lo);
         } else {
             return Some(i);
         }

@@ -3,7 +3,8 @@
 //!
 //! `edge-bench <case> <iterations>` runs one case; `edge-bench time <case> <iterations>`
 //! prints nanoseconds per iteration (median of 5 rounds); `edge-bench e5` prints the
-//! sizes and costs of a 1,000,000-entry revocation set; `edge-bench e5-feed <dir> <n>`
+//! sizes and costs of a 1,000,000-entry revocation set (wire payload, memory, decoding by
+//! the poller, loading the published set in a worker VM); `edge-bench e5-feed <dir> <n>`
 //! writes what `bench/e5-feed.py` serves in place of the control plane (a JWKS, signed
 //! snapshots of `n` entries, heartbeats, tokens), so Envoy can be measured with a 1M set.
 
@@ -46,13 +47,20 @@ fn e5() {
     let decoded = EdgeUpdate::decode(&wire, u64::from(n));
     let applied = decoded.map(|u| set.apply(u));
     let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+    // What each worker VM does with the set the poller published in shared data.
+    let blob = set.to_bytes();
+    let started = Instant::now();
+    let loaded = RevocationSet::from_bytes(black_box(&blob), u64::from(n));
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
     println!(
         "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {:.2}\n\
-         decode_and_apply_ms_native {apply_ms:.1}\nok {}",
+         decode_and_apply_ms_native {apply_ms:.1}\nshared_blob_bytes {}\n\
+         shared_blob_load_ms_native {load_ms:.1}\nok {}",
         wire.len(),
         wire.len() as f64 / f64::from(n),
         set.memory_bytes() as f64 / f64::from(n),
-        matches!(applied, Ok(Ok(()))),
+        blob.len(),
+        matches!(applied, Ok(Ok(()))) && loaded.as_ref() == Ok(&set),
     );
 }
 
