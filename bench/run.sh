@@ -13,8 +13,9 @@
 # Settings (environment): BENCH_SECONDS (8) per cell, BENCH_ROUNDS (3), BENCH_CONNECTIONS
 # (32), BENCH_TOKENS (200) distinct tokens per rotating scenario, BENCH_REVOKED (1000)
 # entries in the revocation set, BENCH_E3 (200) revocations timed, BENCH_E5_ENTRIES
-# (1000000), BENCH_CONFIGS (a subset of: nofilter noop edge edge-cold jwt-cache jwt-nocache;
-# a subset skips E3, E5 and the counts), BENCH_COUNT_CASES (cases of bench/count.sh, all),
+# (1000000), BENCH_CONFIGS (a subset of: nofilter noop edge edge-cold jwt-cache jwt-nocache
+# e5; a subset skips E3 and the counts, and E5 unless it names e5: `BENCH_CONFIGS=e5` runs
+# the E5 cells alone), BENCH_COUNT_CASES (cases of bench/count.sh, all),
 # BENCH_REPORT (BENCHMARKS.md), ENVOY_BIN, CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,8 @@ if ! command -v wrk >/dev/null; then
 fi
 full_run=yes
 [ -z "${BENCH_CONFIGS:-}" ] || full_run=
+run_e5=$full_run
+[[ " $CONFIGS " != *" e5 "* ]] || run_e5=yes
 if [ -n "$full_run" ] && ! command -v valgrind >/dev/null; then
   echo "valgrind is missing (instruction counts): apt-get install valgrind" >&2
   exit 1
@@ -213,10 +216,12 @@ for c in $CONFIGS; do
     edge) cells+=(edge/eddsa-one edge/eddsa edge/mldsa) ;;
     edge-cold) cells+=(edge-cold/eddsa edge-cold/mldsa) ;;
     jwt-cache | jwt-nocache) cells+=("$c/eddsa-one" "$c/eddsa") ;;
+    e5) ;;
     *) echo "unknown config $c" >&2; exit 1 ;;
   esac
 done
 for c in $CONFIGS; do
+  [ "$c" != e5 ] || continue
   echo "== envoy: $c"
   start_envoy "$c" "$CP_PORT" "$work/eddsa-one.txt"
   TOKENS_FILE="$work/eddsa.txt" wrk -t2 -c"$CONNECTIONS" -d2s -s bench/rotate.lua \
@@ -240,10 +245,11 @@ if [ -n "$full_run" ]; then
     "$work/eddsa.txt" "$E3_COUNT")
   echo "   $e3_line"
   for c in $CONFIGS; do kill "${envoy_pid[$c]}"; done
-
+fi
+if [ -n "$run_e5" ]; then
   # E5: a 1,000,000-entry set, served by bench/e5-feed.py with snapshots signed like the
   # control plane's; p99 with the set steady vs while a fresh 1M snapshot arrives every
-  # 1.5 s (each one decoded by the poller and again by every worker VM).
+  # 1.5 s (each one decoded by the poller, then copied by every worker VM).
   echo "== E5: $E5_ENTRIES revocations"
   e5_native=$("$TARGET/release/edge-bench" e5)
   echo "$e5_native" | sed 's/^/   /'
@@ -286,7 +292,8 @@ if [ -n "$full_run" ]; then
   done
   curl -s -o /dev/null "http://127.0.0.1:$FEED_PORT/steady"
   e5_lines=$e5_native
-
+fi
+if [ -n "$full_run" ]; then
   echo "== instruction counts (callgrind, bench/count.sh)"
   # shellcheck disable=SC2086 # a list of case names
   counts=$(bench/count.sh ${BENCH_COUNT_CASES:-})

@@ -21,6 +21,53 @@ pub fn decode(text: &str, what: &'static str) -> Result<Vec<u8>, JoseError> {
     Ok(bytes)
 }
 
+/// Value of each base64url character; 0xff for every other byte.
+const DECODE_TABLE: [u8; 256] = {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// [`decode`] in variable time, for public data only (JWS headers, payloads and
+/// signatures): a table lookup per character, and canonical trailing bits checked
+/// directly instead of by encoding again, several times faster on the megabytes of a
+/// large edge snapshot. Accepts and refuses exactly what [`decode`] does.
+pub fn decode_public(text: &str, what: &'static str) -> Result<Vec<u8>, JoseError> {
+    let err = || JoseError::Base64(what);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3 + 2);
+    let mut quads = bytes.chunks_exact(4);
+    for quad in &mut quads {
+        let [a, b, c, d] = [quad[0], quad[1], quad[2], quad[3]].map(|x| DECODE_TABLE[x as usize]);
+        if (a | b | c | d) & 0x80 != 0 {
+            return Err(err());
+        }
+        let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+    let rest: Vec<u8> = quads
+        .remainder()
+        .iter()
+        .map(|&x| DECODE_TABLE[x as usize])
+        .collect();
+    if rest.iter().any(|&v| v & 0x80 != 0) {
+        return Err(err());
+    }
+    match rest[..] {
+        [] => {}
+        // Canonical: the bits past the last whole byte are zero.
+        [a, b] if b & 0x0f == 0 => out.push(a << 2 | b >> 4),
+        [a, b, c] if c & 0x03 == 0 => out.extend_from_slice(&[a << 2 | b >> 4, b << 4 | c >> 2]),
+        _ => return Err(err()),
+    }
+    Ok(out)
+}
+
 /// Decodes into a fixed-size array.
 pub fn decode_array<const N: usize>(text: &str, what: &'static str) -> Result<[u8; N], JoseError> {
     decode(text, what)?
@@ -41,5 +88,11 @@ mod tests {
         assert!(decode("aGV sbG8", "x").is_err(), "whitespace");
         assert!(decode("aGVsbG+", "x").is_err(), "standard alphabet");
         assert!(decode("a", "x").is_err(), "impossible length");
+        for text in [
+            "", "aGVsbG8", "aGVsbG8=", "aGVsbG9", "aGV sbG8", "aGVsbG+", "a", "ab", "aQ", "aR",
+            "aGk", "aGl", "_-_-",
+        ] {
+            assert_eq!(decode_public(text, "x"), decode(text, "x"), "{text:?}");
+        }
     }
 }

@@ -2,16 +2,55 @@
 //! snapshots and deltas, and the lookup the filter runs on every request.
 //!
 //! An entry is 12 bytes in memory: a 64-bit hash of `(kind, value)` and the expiry as u32
-//! seconds (the optional not-before, rare, is kept apart). On the wire the entries are sorted by hash
-//! and delta-encoded with varints, about 10 bytes each.
+//! seconds (the optional not-before, rare, is kept apart). Lookups interpolate on the
+//! keys, which are uniformly spread hashes, so they cost a few probes at any set size.
+//!
+//! # Wire format, version 2
+//!
+//! About 7.4 bytes an entry at 1,000,000 entries (at most k + 16 bits an entry whatever
+//! the keys, with k below). Integers are little-endian; varints are minimal LEB128.
+//!
+//! ```text
+//! "PQRV" | version 2 | kind (0 snapshot, 1 delta) | base_seq u64 | seq u64 | generated_at i64
+//! | count varint | nbf_count varint
+//! | nbf_count x (index gap varint, zigzag varint of not_before - generated_at)
+//! | bit stream, least significant bit first, to the end of the payload:
+//!     count x (key gap: Rice code with k = 63 - floor(log2 count), i.e. gap >> k in
+//!              unary (that many 0 bits, then a 1) and the low k bits of the gap;
+//!              expiry: a 13-bit code)
+//!     then zero bits up to the byte boundary
+//! ```
+//!
+//! Entries are sorted by key with no repeats; the first key gap is the key itself, each
+//! later one is `key - previous - 1`. Not-before indices are entry positions, increasing;
+//! the first gap is the index itself, each later one `index - previous - 1`. Not-befores
+//! are exact seconds.
+//!
+//! **Expiry rule: rounded up, never down.** An entry must never expire before the tokens it
+//! covers could stop being valid, so an expiry is sent as the smallest 13-bit code at or
+//! after it, counted from `generated_at` (clamped to u32): codes 0-511 are exact seconds,
+//! then the step doubles with the time, at most 1/256 of it (8 s at an hour, 2.3 hours
+//! at 30 days), up to `u32::MAX`; an expiry at or before `generated_at` is sent as
+//! `generated_at`. [`wire_expiry`] gives the value an entry comes back with. Decoding a
+//! payload and encoding it again at the same `generated_at` gives the same bytes.
+//!
+//! Strictness: every truncated, overlong, non-minimal or out-of-range input (a key that
+//! overflows 64 bits, a not-before index past the count, a non-zero padding bit, a byte
+//! after the bit stream, an expiry code past the first that reaches `u32::MAX`) is an
+//! error; nothing is allocated before the input is known to be long enough for the
+//! declared counts. Version 1 (varint deltas, about 10 bytes an entry) is no longer
+//! read: the control plane and the edge filter ship together and must be upgraded as
+//! a pair.
 
 use crate::JoseError;
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
 use crate::keys::{Keyring, SigningKey};
 use crate::revocation::{Kind, RevocationEvent, TokenIds, covers, stronger_not_before};
 
+mod wire;
+
 const MAGIC: &[u8; 4] = b"PQRV";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8;
 
 /// The hash of `(kind, value)` under which an entry is stored.
@@ -129,62 +168,42 @@ pub enum EdgeSetError {
     },
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+/// Seconds since the epoch of `base` plus expiry `code`, capped at `u32::MAX`; a code
+/// above the first one that reaches the cap is not canonical.
+fn expiry_at(base: u32, code: u16) -> Result<u32, EdgeSetError> {
+    let at = u64::from(base) + wire::expiry_seconds(code);
+    if at < u64::from(u32::MAX) {
+        return Ok(at as u32);
     }
-    out.push(v as u8);
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], EdgeSetError> {
-        let (head, rest) = self
-            .bytes
-            .split_first_chunk::<N>()
-            .ok_or(EdgeSetError::Malformed("truncated"))?;
-        self.bytes = rest;
-        Ok(*head)
+    if code > 0 && u64::from(base) + wire::expiry_seconds(code - 1) >= u64::from(u32::MAX) {
+        return Err(EdgeSetError::Malformed("non-canonical expiry"));
     }
+    Ok(u32::MAX)
+}
 
-    fn varint(&mut self) -> Result<u64, EdgeSetError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let [byte] = self.take::<1>()?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(EdgeSetError::Malformed("varint overflows 64 bits"));
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                if byte == 0 && shift > 0 {
-                    return Err(EdgeSetError::Malformed("non-minimal varint"));
-                }
-                return Ok(value);
-            }
-        }
-        Err(EdgeSetError::Malformed("varint too long"))
-    }
+/// The expiry an entry has after a trip through the wire in an update made at
+/// `generated_at`: never earlier than `expires_at` (see the module doc for the rule).
+pub fn wire_expiry(generated_at: i64, expires_at: u32) -> u32 {
+    let base = clamp_u32(generated_at);
+    let code = wire::expiry_code(u64::from(expires_at.saturating_sub(base)));
+    // `expiry_code` never rounds down, so this is always Ok; the fallback keeps it so.
+    expiry_at(base, code).unwrap_or(u32::MAX).max(expires_at)
 }
 
 impl EdgeUpdate {
-    /// The binary payload.
+    /// The binary payload (format version 2, see the module doc). Entries are sorted and
+    /// merged by key; expiries are rounded up as [`wire_expiry`] says.
     pub fn encode(&self) -> Vec<u8> {
         let mut entries = self.entries.clone();
         sort_and_merge(&mut entries);
-        let mut out = Vec::with_capacity(HEADER_LEN + 5 + entries.len() * 11);
+        let not_befores: Vec<(usize, u32)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.not_before != 0)
+            .map(|(i, e)| (i, e.not_before))
+            .collect();
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + 20 + entries.len() * 8 + not_befores.len() * 8);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.push(match self.kind {
@@ -194,28 +213,37 @@ impl EdgeUpdate {
         out.extend_from_slice(&self.base_seq.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.generated_at.to_le_bytes());
-        put_varint(&mut out, entries.len() as u64);
-        let mut previous = 0u64;
-        for e in &entries {
-            put_varint(&mut out, e.key.wrapping_sub(previous));
-            previous = e.key;
-            put_varint(
+        wire::put_varint(&mut out, entries.len() as u64);
+        wire::put_varint(&mut out, not_befores.len() as u64);
+        let mut next_index = 0;
+        for &(index, not_before) in &not_befores {
+            wire::put_varint(&mut out, (index - next_index) as u64);
+            next_index = index + 1;
+            wire::put_varint(
                 &mut out,
-                zigzag(i64::from(e.expires_at) - self.generated_at),
+                wire::zigzag(i64::from(not_before).wrapping_sub(self.generated_at)),
             );
-            let nbf = if e.not_before == 0 {
-                0
-            } else {
-                1 + zigzag(i64::from(e.not_before) - self.generated_at)
-            };
-            put_varint(&mut out, nbf);
         }
-        out
+        let k = wire::rice_k(entries.len() as u64);
+        let base = clamp_u32(self.generated_at);
+        let mut bits = wire::BitWriter::new(out);
+        let mut previous: Option<u64> = None;
+        for e in &entries {
+            // Keys are strictly increasing after the merge: later gaps are at least 1.
+            let gap = previous.map_or(e.key, |p| e.key - p - 1);
+            previous = Some(e.key);
+            bits.put_unary(gap >> k);
+            bits.put(gap, k);
+            let code = wire::expiry_code(u64::from(e.expires_at.saturating_sub(base)));
+            bits.put(u64::from(code), wire::EXPIRY_BITS);
+        }
+        bits.finish()
     }
 
-    /// Decodes a binary payload, refusing anything malformed or over `max_entries`.
+    /// Decodes a binary payload, refusing anything malformed, non-canonical or over
+    /// `max_entries`; allocates only after checking that the input can hold the count.
     pub fn decode(bytes: &[u8], max_entries: u64) -> Result<EdgeUpdate, EdgeSetError> {
-        let mut r = Reader { bytes };
+        let mut r = wire::Reader { bytes };
         if &r.take::<4>()? != MAGIC {
             return Err(EdgeSetError::Malformed("bad magic"));
         }
@@ -237,41 +265,58 @@ impl EdgeUpdate {
         if count > max_entries {
             return Err(EdgeSetError::TooManyEntries(count));
         }
-        // Each entry takes at least 3 bytes: bound the allocation by the input.
-        if count > (r.bytes.len() / 3) as u64 {
+        let nbf_count = r.varint()?;
+        if nbf_count > count {
+            return Err(EdgeSetError::Malformed("more not-befores than entries"));
+        }
+        // Each not-before takes at least 2 bytes.
+        if nbf_count > (r.bytes.len() / 2) as u64 {
             return Err(EdgeSetError::Malformed("truncated"));
         }
-        let time = |delta: u64| -> Result<u32, EdgeSetError> {
-            let t = generated_at
-                .checked_add(unzigzag(delta))
+        let mut not_befores = Vec::with_capacity(nbf_count as usize);
+        let mut next_index = 0u64;
+        for _ in 0..nbf_count {
+            let index = next_index
+                .checked_add(r.varint()?)
+                .filter(|&i| i < count)
+                .ok_or(EdgeSetError::Malformed("not-before index out of range"))?;
+            next_index = index + 1;
+            let at = generated_at
+                .checked_add(wire::unzigzag(r.varint()?))
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|&t| t != 0)
                 .ok_or(EdgeSetError::Malformed("time out of range"))?;
-            u32::try_from(t).map_err(|_| EdgeSetError::Malformed("time out of range"))
-        };
+            not_befores.push((index, at));
+        }
+        let k = wire::rice_k(count);
+        let mut bits = r.into_bits();
+        // Each entry takes at least k + 1 + 13 bits: bound the allocation by the input.
+        if count.saturating_mul(u64::from(k + 1 + wire::EXPIRY_BITS)) > bits.remaining_bits() {
+            return Err(EdgeSetError::Malformed("truncated"));
+        }
+        let base = clamp_u32(generated_at);
+        let max_quotient = u64::MAX >> k;
+        let mut not_befores = not_befores.into_iter().peekable();
         let mut entries = Vec::with_capacity(count as usize);
-        let mut previous = 0u64;
-        for i in 0..count {
-            let gap = r.varint()?;
-            if i > 0 && gap == 0 {
-                return Err(EdgeSetError::Malformed("entries not strictly sorted"));
+        let mut previous: Option<u64> = None;
+        for index in 0..count {
+            let gap = (bits.unary(max_quotient)? << k) | bits.get(k)?;
+            let key = match previous {
+                None => Some(gap),
+                Some(p) => p.checked_add(gap).and_then(|x| x.checked_add(1)),
             }
-            let key = previous
-                .checked_add(gap)
-                .ok_or(EdgeSetError::Malformed("entries not strictly sorted"))?;
-            previous = key;
-            let expires_at = time(r.varint()?)?;
-            let not_before = match r.varint()? {
-                0 => 0,
-                n => time(n - 1)?.max(1),
-            };
+            .ok_or(EdgeSetError::Malformed("key out of range"))?;
+            previous = Some(key);
+            let code = bits.get(wire::EXPIRY_BITS)? as u16;
             entries.push(Entry {
                 key,
-                expires_at,
-                not_before,
+                expires_at: expiry_at(base, code)?,
+                not_before: not_befores
+                    .next_if(|&(i, _)| i == index)
+                    .map_or(0, |(_, t)| t),
             });
         }
-        if !r.bytes.is_empty() {
-            return Err(EdgeSetError::Malformed("trailing bytes"));
-        }
+        bits.finish()?;
         Ok(EdgeUpdate {
             kind,
             base_seq,
@@ -325,8 +370,71 @@ fn sort_and_merge(entries: &mut Vec<Entry>) {
     });
 }
 
-/// The revocation set as one edge VM holds it, 12 bytes an entry: the keys sorted (a
-/// binary search over 8-byte keys only), the expiries beside them, and the rare
+/// Probes [`find`] makes before it bisects what is left of its bracket.
+const INTERPOLATION_STEPS: u32 = 8;
+
+/// The position of `key` in the strictly increasing `keys`.
+///
+/// Keys are SHA-256 prefixes, uniformly spread, so the distance in positions between
+/// two keys is about their difference times `n / 2^64`: the first probe is where the
+/// key would be (off by about sqrt(n) / 2), and each next one moves from the last probe
+/// by the estimated distance (off by about the square root of the last miss), so a few
+/// probes reach it at any size, the last ones stepping by one. Every probe also narrows
+/// a bracket; after [`INTERPOLATION_STEPS`] probes a binary search of the bracket
+/// bounds the cost of any set (skewed keys included) by those probes plus log2(n).
+fn find(keys: &[u64], key: u64) -> Option<usize> {
+    let (&first, &last) = (keys.first()?, keys.last()?);
+    if key < first || key > last {
+        return None;
+    }
+    // Positions per 2^64 of key space, as a 32.32 product: (d >> 32) * n < 2^64.
+    let n = (keys.len() as u64).min(u64::from(u32::MAX));
+    let positions = |distance: u64| ((((distance >> 32) * n) + (1 << 31)) >> 32) as usize;
+    // Invariant: if the key is there, it is in lo..=hi; and lo <= i <= hi.
+    let (mut lo, mut hi) = (0, keys.len() - 1);
+    let mut i = positions(key - first).min(hi);
+    for _ in 0..INTERPOLATION_STEPS {
+        let probe = *keys.get(i)?;
+        if probe < key {
+            if i == hi {
+                return None;
+            }
+            lo = i + 1;
+            i = (i + positions(key - probe).max(1)).min(hi);
+        } else if probe > key {
+            if i == lo {
+                return None;
+            }
+            hi = i - 1;
+            i = i.saturating_sub(positions(probe - key).max(1)).max(lo);
+        } else {
+            return Some(i);
+        }
+    }
+    let j = keys.get(lo..=hi)?.binary_search(&key).ok()?;
+    Some(lo + j)
+}
+
+const BLOB_MAGIC: &[u8; 4] = b"PQRS";
+const BLOB_VERSION: u8 = 1;
+const BLOB_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8 + 8;
+
+fn le_u64s(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect()
+}
+
+fn le_u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect()
+}
+
+/// The revocation set as one edge VM holds it, 12 bytes an entry: the keys sorted (an
+/// interpolation search over 8-byte keys only), the expiries beside them, and the rare
 /// not-befores (subject revocations with a cut-off) apart, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationSet {
@@ -476,7 +584,7 @@ impl RevocationSet {
                 let Some(key) = key else {
                     return false;
                 };
-                let Ok(i) = self.keys.binary_search(&key) else {
+                let Some(i) = find(&self.keys, key) else {
                     return false;
                 };
                 let not_before = match self.not_before.binary_search_by_key(&key, |(k, _)| *k) {
@@ -486,6 +594,85 @@ impl RevocationSet {
                 self.expires_at[i] > now && covers(not_before, token.iat)
             })
             .map(|(kind, _)| kind)
+    }
+
+    /// The set exactly as held, as bytes, for passing it between the VMs of one filter
+    /// build (an internal layout, not a wire format: no rounding, so a set published and
+    /// loaded again is the same set, and loading it is copies and one sortedness check):
+    ///
+    /// ```text
+    /// "PQRS" | 1 | seq u64 | generated_at i64 | n u64 | m u64
+    /// | n keys u64 | n expiries u32 | m not-before keys u64 | m not-befores u32
+    /// ```
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let n = self.keys.len();
+        let m = self.not_before.len();
+        let mut out = Vec::with_capacity(BLOB_HEADER_LEN + n * 12 + m * 12);
+        out.extend_from_slice(BLOB_MAGIC);
+        out.push(BLOB_VERSION);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.generated_at.to_le_bytes());
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        out.extend_from_slice(&(m as u64).to_le_bytes());
+        out.extend(self.keys.iter().flat_map(|k| k.to_le_bytes()));
+        out.extend(self.expires_at.iter().flat_map(|t| t.to_le_bytes()));
+        out.extend(self.not_before.iter().flat_map(|(k, _)| k.to_le_bytes()));
+        out.extend(self.not_before.iter().flat_map(|(_, t)| t.to_le_bytes()));
+        out
+    }
+
+    /// Loads what [`to_bytes`](Self::to_bytes) wrote, refusing a set over `max_entries`
+    /// and anything that is not exactly such a set (wrong length, keys out of order, a
+    /// not-before of no entry, a zero not-before).
+    pub fn from_bytes(bytes: &[u8], max_entries: u64) -> Result<RevocationSet, EdgeSetError> {
+        let mut r = wire::Reader { bytes };
+        if &r.take::<4>()? != BLOB_MAGIC {
+            return Err(EdgeSetError::Malformed("bad magic"));
+        }
+        if r.take::<1>()? != [BLOB_VERSION] {
+            return Err(EdgeSetError::Malformed("unsupported version"));
+        }
+        let seq = u64::from_le_bytes(r.take()?);
+        let generated_at = i64::from_le_bytes(r.take()?);
+        let n = u64::from_le_bytes(r.take()?);
+        let m = u64::from_le_bytes(r.take()?);
+        if n > max_entries {
+            return Err(EdgeSetError::TooManyEntries(n));
+        }
+        if m > n {
+            return Err(EdgeSetError::Malformed("more not-befores than entries"));
+        }
+        // n and m are at most the input's length over 12 once this holds: no overflow.
+        let rest = r.bytes;
+        if n.checked_add(m).and_then(|x| x.checked_mul(12)) != Some(rest.len() as u64) {
+            return Err(EdgeSetError::Malformed("set blob length"));
+        }
+        let (n, m) = (n as usize, m as usize);
+        let (keys, rest) = rest.split_at(n * 8);
+        let (expires_at, rest) = rest.split_at(n * 4);
+        let (nbf_keys, nbf_times) = rest.split_at(m * 8);
+        let keys = le_u64s(keys);
+        if keys.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EdgeSetError::Malformed("entries not strictly sorted"));
+        }
+        let not_before: Vec<(u64, u32)> = le_u64s(nbf_keys)
+            .into_iter()
+            .zip(le_u32s(nbf_times))
+            .collect();
+        if not_before.windows(2).any(|w| w[0].0 >= w[1].0)
+            || not_before
+                .iter()
+                .any(|&(key, t)| t == 0 || find(&keys, key).is_none())
+        {
+            return Err(EdgeSetError::Malformed("not-before of no entry"));
+        }
+        Ok(RevocationSet {
+            seq,
+            generated_at,
+            keys,
+            expires_at: le_u32s(expires_at),
+            not_before,
+        })
     }
 
     /// The set as a snapshot update.
@@ -548,5 +735,411 @@ mod layout_tests {
         let keys: Vec<u64> = set.to_snapshot().entries.iter().map(|e| e.key).collect();
         assert_eq!(&keys[..4], &[3, 5, 9, 100]);
         assert_eq!(set.not_before, vec![(5, 130)]);
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    fn xorshift(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    const AT: i64 = 1_800_000_000;
+
+    fn sample() -> EdgeUpdate {
+        let mut seed = 0x1234_5678_9abc_def1;
+        let mut entries: Vec<Entry> = (0..500)
+            .map(|i| Entry {
+                key: xorshift(&mut seed),
+                expires_at: (AT + i64::from(i) * 37 % 7_200) as u32,
+                not_before: if i % 50 == 0 {
+                    (AT - 100 + i64::from(i)) as u32
+                } else {
+                    0
+                },
+            })
+            .collect();
+        // The edges of the key space, neighbours, and the edges of time.
+        let e = |key, expires_at, not_before| Entry {
+            key,
+            expires_at,
+            not_before,
+        };
+        entries.extend([
+            e(0, (AT + 1) as u32, 1),
+            e(1, (AT - 50) as u32, 0),
+            e(u64::MAX - 1, u32::MAX, 0),
+            e(u64::MAX, (AT + 31_536_000) as u32, u32::MAX),
+            e(1 << 40, 0, 0),
+        ]);
+        EdgeUpdate {
+            kind: UpdateKind::Delta,
+            base_seq: 7,
+            seq: 9,
+            generated_at: AT,
+            entries,
+        }
+    }
+
+    fn rounded(update: &EdgeUpdate) -> Vec<Entry> {
+        let mut entries = update.entries.clone();
+        sort_and_merge(&mut entries);
+        for e in &mut entries {
+            e.expires_at = wire_expiry(update.generated_at, e.expires_at);
+        }
+        entries
+    }
+
+    #[test]
+    fn updates_round_trip_with_expiries_rounded_up_and_bytes_stable() {
+        for update in [
+            sample(),
+            EdgeUpdate {
+                entries: Vec::new(),
+                ..sample()
+            },
+            EdgeUpdate {
+                entries: sample().entries[..1].to_vec(),
+                kind: UpdateKind::Snapshot,
+                base_seq: 0,
+                ..sample()
+            },
+        ] {
+            let bytes = update.encode();
+            let back = EdgeUpdate::decode(&bytes, 1_000).unwrap();
+            assert_eq!(back.entries, rounded(&update));
+            assert_eq!(
+                (back.kind, back.base_seq, back.seq, back.generated_at),
+                (
+                    update.kind,
+                    update.base_seq,
+                    update.seq,
+                    update.generated_at
+                )
+            );
+            assert_eq!(back.encode(), bytes, "one update, one encoding");
+        }
+    }
+
+    #[test]
+    fn expiries_are_never_rounded_down() {
+        let base = AT as u32;
+        for expires_at in [
+            0,
+            1,
+            base - 1,
+            base,
+            base + 1,
+            base + 511,
+            base + 512,
+            base + 513,
+        ]
+        .into_iter()
+        .chain((0..20_000).map(|i| base + i * 997))
+        .chain([u32::MAX - 1, u32::MAX])
+        {
+            let sent = wire_expiry(AT, expires_at);
+            assert!(sent >= expires_at, "{expires_at} -> {sent}");
+            // Late by at most 1/256 of the time left, or lifted to generated_at.
+            let left = expires_at.saturating_sub(base);
+            assert!(
+                sent - expires_at.max(base) <= left / 256,
+                "{expires_at} -> {sent}"
+            );
+        }
+        assert_eq!(wire_expiry(AT, base + 3_600), base + 3_600);
+        assert_eq!(wire_expiry(AT, base + 3_601), base + 3_608);
+        assert_eq!(wire_expiry(AT, base - 10), base);
+        assert_eq!(wire_expiry(AT, u32::MAX), u32::MAX);
+        // generated_at outside u32 is clamped on both sides alike.
+        assert_eq!(wire_expiry(-5, 100), 100);
+        assert_eq!(wire_expiry(i64::MAX, 100), u32::MAX);
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_refused() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(
+                EdgeUpdate::decode(&bytes[..cut], 1_000).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(EdgeUpdate::decode(&longer, 1_000).is_err());
+    }
+
+    #[test]
+    fn a_flipped_bit_is_refused_or_reads_as_another_canonical_update() {
+        let bytes = sample().encode();
+        let mut refused = 0;
+        for i in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[i / 8] ^= 1 << (i % 8);
+            match EdgeUpdate::decode(&flipped, 1_000) {
+                Ok(update) => assert_eq!(update.encode(), flipped, "bit {i}"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(refused > 0);
+    }
+
+    /// A payload with a hand-made bit stream.
+    fn crafted(generated_at: i64, count: u64, nbf: &[(u64, u64)], body: &[(u64, u32)]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[VERSION, 0]);
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(&generated_at.to_le_bytes());
+        wire::put_varint(&mut out, count);
+        wire::put_varint(&mut out, nbf.len() as u64);
+        for &(gap, t) in nbf {
+            wire::put_varint(&mut out, gap);
+            wire::put_varint(&mut out, t);
+        }
+        let mut bits = wire::BitWriter::new(out);
+        for &(value, width) in body {
+            if width == u32::MAX {
+                bits.put_unary(value);
+            } else {
+                bits.put(value, width);
+            }
+        }
+        bits.finish()
+    }
+
+    const UNARY: u32 = u32::MAX;
+
+    #[test]
+    fn malformed_payloads_are_each_refused_with_a_reason() {
+        let malformed = |bytes: &[u8], max: u64| match EdgeUpdate::decode(bytes, max) {
+            Err(EdgeSetError::Malformed(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        // A well-formed one-entry payload, to change one thing at a time.
+        let k1 = u64::from(wire::rice_k(1));
+        let good = crafted(AT, 1, &[], &[(0, UNARY), (5, k1 as u32), (60, 13)]);
+        assert_eq!(EdgeUpdate::decode(&good, 10).unwrap().entries[0].key, 5);
+
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(malformed(&bad, 10), "bad magic");
+        let mut v1 = good.clone();
+        v1[4] = 1;
+        assert_eq!(malformed(&v1, 10), "unsupported version");
+        let mut kind = good.clone();
+        kind[5] = 2;
+        assert_eq!(malformed(&kind, 10), "unknown update kind");
+        let mut backwards = good.clone();
+        backwards[5] = 1;
+        backwards[6] = 5;
+        assert_eq!(malformed(&backwards, 10), "delta ends before it starts");
+        assert_eq!(
+            EdgeUpdate::decode(&good, 0),
+            Err(EdgeSetError::TooManyEntries(1))
+        );
+        // A huge declared count on a short input: refused before any allocation.
+        let huge = crafted(AT, 1 << 40, &[], &[(0, UNARY)]);
+        assert_eq!(malformed(&huge, u64::MAX), "truncated");
+        // Non-minimal count varint.
+        let mut long = good[..HEADER_LEN].to_vec();
+        long.extend_from_slice(&[0x81, 0x00]);
+        long.extend_from_slice(&good[HEADER_LEN + 1..]);
+        assert_eq!(malformed(&long, 10), "non-minimal varint");
+        // Not-befores: more than entries, past the count, zero.
+        let two = |nbf: &[(u64, u64)]| {
+            crafted(
+                AT,
+                2,
+                nbf,
+                &[(0, UNARY), (5, 62), (60, 13), (0, UNARY), (5, 62), (60, 13)],
+            )
+        };
+        assert!(EdgeUpdate::decode(&two(&[(1, 0)]), 10).is_ok());
+        assert_eq!(
+            malformed(&two(&[(0, 0), (0, 0), (0, 0)]), 10),
+            "more not-befores than entries"
+        );
+        assert_eq!(
+            malformed(&two(&[(2, 0)]), 10),
+            "not-before index out of range"
+        );
+        assert_eq!(
+            malformed(&two(&[(0, 0), (1, 0)]), 10),
+            "not-before index out of range"
+        );
+        assert_eq!(
+            malformed(&two(&[(0, wire::zigzag(-AT))]), 10),
+            "time out of range"
+        );
+        assert_eq!(
+            malformed(&two(&[(0, wire::zigzag(1 << 40))]), 10),
+            "time out of range"
+        );
+        // A key past 2^64: the last possible key, then one more.
+        let over = crafted(
+            AT,
+            2,
+            &[],
+            &[
+                (3, UNARY),
+                ((1 << 62) - 1, 62),
+                (60, 13),
+                (0, UNARY),
+                (0, 62),
+                (60, 13),
+            ],
+        );
+        assert_eq!(malformed(&over, 10), "key out of range");
+        // A quotient past what k bits of remainder can carry.
+        let far = crafted(AT, 1, &[], &[(2, UNARY), (0, 63), (60, 13)]);
+        assert_eq!(malformed(&far, 10), "key gap out of range");
+        // Two expiry codes for u32::MAX: only the first is canonical.
+        let near = i64::from(u32::MAX) - 10;
+        let first = wire::expiry_code(10);
+        let ok = crafted(near, 1, &[], &[(0, UNARY), (5, 63), (u64::from(first), 13)]);
+        assert_eq!(
+            EdgeUpdate::decode(&ok, 10).unwrap().entries[0].expires_at,
+            u32::MAX
+        );
+        let next = crafted(
+            near,
+            1,
+            &[],
+            &[(0, UNARY), (5, 63), (u64::from(first) + 1, 13)],
+        );
+        assert_eq!(malformed(&next, 10), "non-canonical expiry");
+        // Padding: a one bit, or a whole extra byte.
+        let mut padded = good.clone();
+        *padded.last_mut().unwrap() |= 0x80;
+        assert_eq!(malformed(&padded, 10), "non-zero padding");
+        let mut extra = good.clone();
+        extra.push(0);
+        assert_eq!(malformed(&extra, 10), "trailing bytes");
+    }
+
+    #[test]
+    fn a_million_uniform_keys_take_under_eight_bytes_each_and_any_keys_stay_bounded() {
+        let mut seed = 7;
+        let uniform: Vec<Entry> = (0..1_000_000)
+            .map(|i| Entry {
+                key: xorshift(&mut seed),
+                expires_at: (AT + 60 + i % 3_600) as u32,
+                not_before: 0,
+            })
+            .collect();
+        let update = |entries| EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            base_seq: 0,
+            seq: 1,
+            generated_at: AT,
+            entries,
+        };
+        let bytes = update(uniform).encode();
+        assert!(bytes.len() < 7_500_000, "{} bytes", bytes.len());
+        assert_eq!(
+            EdgeUpdate::decode(&bytes, 1_000_000).unwrap().entries.len(),
+            1_000_000
+        );
+        // Worst case: all keys bunched at one end and one far away, far expiries.
+        let mut skewed: Vec<Entry> = (0..999_999)
+            .map(|i| Entry {
+                key: i,
+                expires_at: u32::MAX - i as u32,
+                not_before: 0,
+            })
+            .collect();
+        skewed.push(Entry {
+            key: u64::MAX,
+            expires_at: 0,
+            not_before: 0,
+        });
+        let bytes = update(skewed).encode();
+        assert!(bytes.len() <= HEADER_LEN + 10 + 1_000_000 * (44 + 3 + 13) / 8);
+        assert_eq!(
+            EdgeUpdate::decode(&bytes, 1_000_000).unwrap().entries.len(),
+            1_000_000
+        );
+    }
+
+    #[test]
+    fn interpolation_finds_what_binary_search_finds_in_any_spread() {
+        let mut seed = 99;
+        let sets: Vec<Vec<u64>> = vec![
+            vec![],
+            vec![42],
+            (0..1_000).map(|_| xorshift(&mut seed)).collect(),
+            (0..100_000).map(|_| xorshift(&mut seed)).collect(),
+            (0..5_000).collect(),
+            // Clustered: dense runs far apart, and a long tail.
+            (0..3_000)
+                .map(|i| (i % 3) << 62 | i)
+                .chain((0..40).map(|i| u64::MAX - (1 << i)))
+                .collect(),
+            (0..64).map(|i| 1u64 << i).collect(),
+        ];
+        for mut keys in sets {
+            keys.sort_unstable();
+            keys.dedup();
+            let mut probes: Vec<u64> = keys.clone();
+            probes.extend(keys.iter().map(|k| k.wrapping_add(1)));
+            probes.extend(keys.iter().map(|k| k.wrapping_sub(1)));
+            probes.extend((0..2_000).map(|_| xorshift(&mut seed)));
+            probes.extend([0, u64::MAX]);
+            for key in probes {
+                assert_eq!(find(&keys, key), keys.binary_search(&key).ok(), "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_shared_blob_is_the_set_exactly_and_refuses_anything_else() {
+        let mut set = RevocationSet::new();
+        set.apply(EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            ..sample()
+        })
+        .unwrap();
+        let blob = set.to_bytes();
+        assert_eq!(
+            blob.len(),
+            BLOB_HEADER_LEN + set.len() * 12 + set.not_before.len() * 12
+        );
+        assert_eq!(RevocationSet::from_bytes(&blob, 1_000).unwrap(), set);
+        assert_eq!(
+            RevocationSet::from_bytes(&RevocationSet::new().to_bytes(), 0).unwrap(),
+            RevocationSet::new()
+        );
+        assert_eq!(
+            RevocationSet::from_bytes(&blob, 10),
+            Err(EdgeSetError::TooManyEntries(set.len() as u64))
+        );
+        for cut in 0..blob.len() {
+            assert!(RevocationSet::from_bytes(&blob[..cut], 1_000).is_err());
+        }
+        let mut longer = blob.clone();
+        longer.extend_from_slice(&[0; 12]);
+        assert!(RevocationSet::from_bytes(&longer, 1_000).is_err());
+        let at = BLOB_HEADER_LEN;
+        let mut unsorted = blob.clone();
+        unsorted[at..at + 16].rotate_left(8);
+        assert!(RevocationSet::from_bytes(&unsorted, 1_000).is_err());
+        let nbf_at = at + set.len() * 12;
+        let mut stray = blob.clone();
+        stray[nbf_at + 3] ^= 1;
+        assert!(RevocationSet::from_bytes(&stray, 1_000).is_err());
+        let mut zero = blob.clone();
+        let times = nbf_at + set.not_before.len() * 8;
+        zero[times..times + 4].fill(0);
+        assert!(RevocationSet::from_bytes(&zero, 1_000).is_err());
+        let mut counts = blob.clone();
+        counts[at - 8..at].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(RevocationSet::from_bytes(&counts, u64::MAX).is_err());
     }
 }

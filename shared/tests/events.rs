@@ -310,7 +310,7 @@ fn a_million_entries_stay_small_on_the_wire() {
         entries,
     };
     let bytes = update.encode();
-    assert!(bytes.len() < 11_000_000, "{} bytes", bytes.len());
+    assert!(bytes.len() < 8_000_000, "{} bytes", bytes.len());
     assert_eq!(
         EdgeUpdate::decode(&bytes, 1_000_000).unwrap().entries.len(),
         1_000_000

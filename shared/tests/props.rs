@@ -35,7 +35,7 @@ proptest! {
     #[test]
     fn arbitrary_strings_never_panic_the_parsers(s in "\\PC{0,200}") {
         let _ = Jws::parse(&s, &Limits::default());
-        let _ = b64::decode(&s, "x");
+        prop_assert_eq!(b64::decode_public(&s, "x"), b64::decode(&s, "x"));
         let _ = Jwk::parse(s.as_bytes()).map(|j| j.to_verifying_key());
         let _ = JwkSet::parse(s.as_bytes());
         let _ = dpop::verify_proof(&s, &dpop::ProofRequirements {
@@ -44,10 +44,27 @@ proptest! {
     }
 
     #[test]
+    fn the_fast_base64_decoder_agrees_with_the_constant_time_one(
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        noise in "[A-Za-z0-9_=+/ -]{0,48}",
+        cut in 0usize..4,
+    ) {
+        let valid = b64::encode(&bytes);
+        prop_assert_eq!(b64::decode_public(&valid, "x"), Ok(bytes));
+        for text in [noise, valid[..valid.len().saturating_sub(cut)].to_string()] {
+            prop_assert_eq!(b64::decode_public(&text, "x"), b64::decode(&text, "x"));
+        }
+    }
+
+    #[test]
     fn edge_update_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = EdgeUpdate::decode(&bytes, 1_000);
-        let mut framed = b"PQRV\x01\x01".to_vec();
+        let mut framed = b"PQRV\x02\x01".to_vec();
         framed.extend_from_slice(&bytes);
         let _ = EdgeUpdate::decode(&framed, 1_000);
+        let _ = shared::edgeset::RevocationSet::from_bytes(&bytes, 1_000);
+        let mut blob = b"PQRS\x01".to_vec();
+        blob.extend_from_slice(&bytes);
+        let _ = shared::edgeset::RevocationSet::from_bytes(&blob, 1_000);
     }
 }

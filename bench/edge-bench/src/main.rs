@@ -3,7 +3,9 @@
 //!
 //! `edge-bench <case> <iterations>` runs one case; `edge-bench time <case> <iterations>`
 //! prints nanoseconds per iteration (median of 5 rounds); `edge-bench e5` prints the
-//! sizes and costs of a 1,000,000-entry revocation set; `edge-bench e5-feed <dir> <n>`
+//! sizes and costs of a 1,000,000-entry revocation set (wire payload, memory, decoding by
+//! the poller, loading the published set in a worker VM); `edge-bench e5-poller` times
+//! each step a signed 1M snapshot goes through in the filter; `edge-bench e5-feed <dir> <n>`
 //! writes what `bench/e5-feed.py` serves in place of the control plane (a JWKS, signed
 //! snapshots of `n` entries, heartbeats, tokens), so Envoy can be measured with a 1M set.
 
@@ -46,14 +48,93 @@ fn e5() {
     let decoded = EdgeUpdate::decode(&wire, u64::from(n));
     let applied = decoded.map(|u| set.apply(u));
     let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+    // What each worker VM does with the set the poller published in shared data.
+    let blob = set.to_bytes();
+    let started = Instant::now();
+    let loaded = RevocationSet::from_bytes(black_box(&blob), u64::from(n));
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
     println!(
         "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {:.2}\n\
-         decode_and_apply_ms_native {apply_ms:.1}\nok {}",
+         decode_and_apply_ms_native {apply_ms:.1}\nshared_blob_bytes {}\n\
+         shared_blob_load_ms_native {load_ms:.1}\nok {}",
         wire.len(),
         wire.len() as f64 / f64::from(n),
         set.memory_bytes() as f64 / f64::from(n),
-        matches!(applied, Ok(Ok(()))),
+        blob.len(),
+        matches!(applied, Ok(Ok(()))) && loaded.as_ref() == Ok(&set),
     );
+}
+
+/// The steps a 1M snapshot goes through in the filter, each timed (ms, wall): the
+/// poller's verification and decoding (`EdgeUpdate::open`: base64, ML-DSA-65 over the
+/// signing input, the wire decode), `sync::accept` onto a held 1M set, publishing the
+/// blob, and a worker VM loading it. Run it in V8 too (`bench/wasm-run.mjs`).
+fn e5_poller() -> Result<(), String> {
+    let n = 1_000_000u32;
+    let ml = key(Alg::MlDsa65);
+    let mut ring = shared::Keyring::new();
+    ring.add(ml.verifying_key());
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut snapshot = |seq: u64| {
+        let entries = (0..n)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                Entry {
+                    key: seed,
+                    expires_at: (NOW + 3600 + i64::from(i % 3600)) as u32,
+                    not_before: 0,
+                }
+            })
+            .collect();
+        EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            base_seq: 0,
+            seq,
+            generated_at: NOW,
+            entries,
+        }
+    };
+    let mut held = RevocationSet::new();
+    held.apply(snapshot(1)).map_err(|e| e.to_string())?;
+    let signed = snapshot(2).sign(&ml).map_err(|e| e.to_string())?;
+    let ms = |started: Instant| started.elapsed().as_secs_f64() * 1e3;
+    // Parts of `open`: the payload's base64, and the wire decode; the rest is the JWS
+    // header and the signature (SHAKE256 over the whole signing input).
+    let payload_b64 = signed.split('.').nth(1).unwrap_or_default();
+    let started = Instant::now();
+    let payload =
+        shared::b64::decode_public(black_box(payload_b64), "payload").map_err(|e| e.to_string())?;
+    let base64_ms = ms(started);
+    let started = Instant::now();
+    let decoded =
+        EdgeUpdate::decode(black_box(&payload), u64::from(n)).map_err(|e| e.to_string())?;
+    let decode_ms = ms(started);
+    drop(decoded);
+    let started = Instant::now();
+    let update = EdgeUpdate::open(&signed, &ring, u64::from(n)).map_err(|e| e.to_string())?;
+    let open_ms = ms(started);
+    let started = Instant::now();
+    let mut set = held.clone();
+    let clone_ms = ms(started);
+    let started = Instant::now();
+    edge_filter::sync::accept(&mut set, update, NOW, u64::from(n)).map_err(|e| format!("{e:?}"))?;
+    let accept_ms = ms(started);
+    let started = Instant::now();
+    let blob = edge_filter::sync::encode_set(2, &set);
+    let publish_ms = ms(started);
+    let started = Instant::now();
+    let (_, loaded) =
+        edge_filter::sync::decode_set(black_box(&blob), u64::from(n)).map_err(|e| e.to_string())?;
+    let load_ms = ms(started);
+    println!(
+        "jws_bytes {}\nopen_ms {open_ms:.1} (of which base64 {base64_ms:.1}, decode {decode_ms:.1})\nclone_held_ms {clone_ms:.1}\naccept_ms {accept_ms:.1}\n\
+         encode_blob_ms {publish_ms:.1}\nload_blob_ms {load_ms:.1}\nok {}",
+        signed.len(),
+        loaded == set
+    );
+    Ok(())
 }
 
 /// Signed feed answers for `bench/e5-feed.py`: snapshots `snap-<seq>.jws` of `n` entries
@@ -141,6 +222,12 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["e5"] => e5(),
+        ["e5-poller"] => {
+            if let Err(e) = e5_poller() {
+                eprintln!("e5-poller: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         ["e5-feed", dir, n] => {
             let Ok(n) = n.parse() else { return usage() };
             if let Err(e) = e5_feed(dir, n) {
@@ -202,7 +289,7 @@ fn on_cpu_ns() -> Option<u64> {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: edge-bench <case> <n> | time <case> <n> | e5 | e5-feed <dir> <n>\ncases: {}",
+        "usage: edge-bench <case> <n> | time <case> <n> | e5 | e5-poller | e5-feed <dir> <n>\ncases: {}",
         CASES.join(" ")
     );
     ExitCode::FAILURE

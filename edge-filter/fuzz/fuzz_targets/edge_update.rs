@@ -1,5 +1,6 @@
-//! What the poller and every VM decode: feed answers, shared-data records and the
-//! plugin configuration.
+//! What the poller and every VM decode: feed answers (wire format version 2, which must
+//! be canonical), the published set blob, shared-data records and the plugin
+//! configuration.
 #![no_main]
 
 use edge_filter::config::Config;
@@ -9,8 +10,16 @@ use shared::edgeset::{EdgeUpdate, RevocationSet};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(update) = EdgeUpdate::decode(data, 10_000) {
+        // Canonical: whatever decodes is exactly what the encoder writes for it.
+        assert_eq!(update.encode(), data);
         let mut set = RevocationSet::new();
         let _ = sync::accept(&mut set, update, 1_700_000_000, 10_000);
+        // What the poller publishes, every VM loads back as the same set.
+        let (_, copy) = sync::decode_set(&sync::encode_set(1, &set), 10_000).expect("own blob");
+        assert_eq!(copy, set);
+    }
+    if let Ok(set) = RevocationSet::from_bytes(data, 10_000) {
+        assert_eq!(set.to_bytes(), data);
     }
     let _ = sync::decode_set(data, 10_000);
     let _ = StateRecord::decode(data).staleness(1_700_000_000);

@@ -248,6 +248,12 @@ impl Root {
                 set.len()
             );
         }
+        if changed {
+            // This VM holds exactly what it published: no need to load it back.
+            vm.set = set;
+            vm.set_version = version;
+            vm.failed_set_version = None;
+        }
         vm.refresh();
         self.synced = true;
         Ok(now)
