@@ -41,7 +41,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in metric order.
-    pub const ALL: [Reason; 10] = [
+    pub(crate) const ALL: [Reason; 10] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::UnknownKey,
@@ -55,7 +55,7 @@ impl Reason {
     ];
 
     /// The reported name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Missing => "missing",
             Reason::Malformed => "malformed",
@@ -96,25 +96,25 @@ impl Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// `jti`.
-    pub jti: String,
+    pub(crate) jti: String,
     /// `sub`.
-    pub sub: String,
+    pub(crate) sub: String,
     /// `kid` of the key that signed it.
-    pub kid: String,
+    pub(crate) kid: String,
     /// `sid`, when the token belongs to a session.
-    pub sid: Option<String>,
+    pub(crate) sid: Option<String>,
     /// `iat`.
-    pub iat: i64,
+    pub(crate) iat: i64,
     /// `exp`.
-    pub exp: i64,
+    pub(crate) exp: i64,
     /// `nbf`.
-    pub nbf: i64,
+    pub(crate) nbf: i64,
     /// `cnf.jkt`: the token needs a DPoP proof signed by this key.
-    pub jkt: Option<String>,
+    pub(crate) jkt: Option<String>,
     /// Upstream headers from the claim mapping, computed once.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// `jti`, `sub`, `kid`, `sid` as the revocation set looks them up, computed once.
-    pub revocation_keys: TokenKeys,
+    pub(crate) revocation_keys: TokenKeys,
 }
 
 /// The request facts the decision needs.
@@ -210,18 +210,19 @@ impl Authorizer {
     }
 
     /// The trusted keys (also used to check signed revocation updates).
-    pub fn keys(&self) -> &Keyring {
+    pub(crate) fn keys(&self) -> &Keyring {
         &self.keys
     }
 
     /// Replaces the keys; cached verifications are dropped since a key may be gone.
-    pub fn set_keys(&mut self, keys: Keyring) {
+    pub(crate) fn set_keys(&mut self, keys: Keyring) {
         self.keys = keys;
         self.cache.clear();
     }
 
     /// Number of cached tokens.
-    pub fn cached(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
         self.cache.len()
     }
 

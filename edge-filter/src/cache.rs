@@ -13,16 +13,16 @@ use std::rc::Rc;
 use shared::sha256;
 
 /// Tokens up to this length are stored whole (and compared on a hit).
-pub const SHORT_TOKEN_MAX: usize = 1024;
+pub(crate) const SHORT_TOKEN_MAX: usize = 1024;
 
 /// Where a token is looked up: computed once per request, then used to get, insert or
 /// remove (a long token is hashed once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key([u8; 32]);
+pub(crate) struct Key([u8; 32]);
 
 /// The key of a token: `[0, len, last 29 bytes]` when short, its SHA-256 with the first
 /// byte set to 1 when long (so the two kinds never meet).
-pub fn key_of(token: &str) -> Key {
+pub(crate) fn key_of(token: &str) -> Key {
     let bytes = token.as_bytes();
     if bytes.len() <= SHORT_TOKEN_MAX {
         let mut key = [0u8; 32];
@@ -46,7 +46,7 @@ struct Slot<V> {
 
 /// Verified tokens, oldest evicted first once `max` is reached.
 #[derive(Debug)]
-pub struct TokenCache<V> {
+pub(crate) struct TokenCache<V> {
     map: HashMap<Key, Slot<V>>,
     order: VecDeque<Key>,
     max: usize,
@@ -54,7 +54,7 @@ pub struct TokenCache<V> {
 
 impl<V> TokenCache<V> {
     /// An empty cache holding at most `max` tokens (at least one).
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         TokenCache {
             map: HashMap::new(),
             order: VecDeque::new(),
@@ -63,7 +63,7 @@ impl<V> TokenCache<V> {
     }
 
     /// The entry for this exact token (`key` is [`key_of`] it).
-    pub fn get(&self, key: &Key, token: &str) -> Option<Rc<V>> {
+    pub(crate) fn get(&self, key: &Key, token: &str) -> Option<Rc<V>> {
         let slot = self.map.get(key)?;
         match &slot.token {
             Some(stored) if **stored != *token => None,
@@ -72,7 +72,7 @@ impl<V> TokenCache<V> {
     }
 
     /// Stores an entry (replacing one with the same key), evicting the oldest when full.
-    pub fn insert(&mut self, key: Key, token: &str, value: Rc<V>) {
+    pub(crate) fn insert(&mut self, key: Key, token: &str, value: Rc<V>) {
         let slot = Slot {
             token: (token.len() <= SHORT_TOKEN_MAX).then(|| token.into()),
             value,
@@ -92,25 +92,27 @@ impl<V> TokenCache<V> {
     }
 
     /// Forgets a token (found expired).
-    pub fn remove(&mut self, key: &Key) {
+    pub(crate) fn remove(&mut self, key: &Key) {
         if self.map.remove(key).is_some() {
             self.order.retain(|k| k != key);
         }
     }
 
     /// Forgets everything (the keys changed).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
     }
 
     /// Number of cached tokens.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
     /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 }

@@ -9,7 +9,7 @@ use shared::{JwkSet, Keyring, Validation};
 
 /// Where the verification keys come from.
 #[derive(Debug, Clone)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     /// A JWKS given inline in the plugin configuration.
     Inline(Keyring),
     /// The control plane's JWKS, fetched by the poller and refreshed periodically.
@@ -18,33 +18,33 @@ pub enum KeySource {
 
 /// How to reach the control plane's edge feed (an Envoy cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     /// Envoy cluster name of the control plane.
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// `:authority` sent with the calls.
-    pub authority: String,
+    pub(crate) authority: String,
     /// Path of the revocation feed.
-    pub feed_path: String,
+    pub(crate) feed_path: String,
     /// Path of the JWKS.
-    pub jwks_path: String,
+    pub(crate) jwks_path: String,
     /// `wait` asked of the long poll, in seconds.
-    pub poll_wait_seconds: u64,
+    pub(crate) poll_wait_seconds: u64,
     /// How often a fetched JWKS is refreshed, in seconds.
-    pub jwks_refresh_seconds: u64,
+    pub(crate) jwks_refresh_seconds: u64,
     /// Pause after a failed call before the next one, in milliseconds; doubled per
     /// failure in a row up to [`RETRY_CAP_MILLIS`] (or this value, if larger).
-    pub retry_millis: u64,
+    pub(crate) retry_millis: u64,
     /// Least time between two JWKS fetches triggered by tokens with an unknown `kid`.
-    pub jwks_min_refetch_seconds: u64,
+    pub(crate) jwks_min_refetch_seconds: u64,
 }
 
 /// Longest pause between calls after failures in a row, unless `retry_millis` is longer.
-pub const RETRY_CAP_MILLIS: u64 = 5_000;
+pub(crate) const RETRY_CAP_MILLIS: u64 = 5_000;
 
 /// What to do with requests while the revocation set is older than the bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OnStale {
+pub(crate) enum OnStale {
     /// Answer 503 (fail closed).
     #[default]
     Deny,
@@ -56,33 +56,33 @@ pub enum OnStale {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `iss`, `aud` and clock skew rules.
-    pub validation: Validation,
+    pub(crate) validation: Validation,
     /// Token size limit.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Verification keys.
-    pub keys: KeySource,
+    pub(crate) keys: KeySource,
     /// The control plane feed.
-    pub control_plane: ControlPlane,
+    pub(crate) control_plane: ControlPlane,
     /// Largest accepted age of the revocation set, in seconds.
-    pub staleness_bound_seconds: i64,
+    pub(crate) staleness_bound_seconds: i64,
     /// Behaviour past the staleness bound.
-    pub on_stale: OnStale,
+    pub(crate) on_stale: OnStale,
     /// `(claim path, header name)`: claims forwarded upstream; dotted paths reach into objects.
-    pub claim_headers: Vec<(String, String)>,
+    pub(crate) claim_headers: Vec<(String, String)>,
     /// Remove `Authorization` (and `DPoP`) before forwarding.
-    pub strip_authorization: bool,
+    pub(crate) strip_authorization: bool,
     /// Paths served without a token: exact, or a prefix when the rule ends with `*`.
-    pub bypass_paths: Vec<String>,
+    pub(crate) bypass_paths: Vec<String>,
     /// Let CORS preflight requests through without a token.
-    pub cors_preflight_bypass: bool,
+    pub(crate) cors_preflight_bypass: bool,
     /// Most verified tokens kept in the cache of each VM.
-    pub cache_max_entries: usize,
+    pub(crate) cache_max_entries: usize,
     /// Most entries accepted in a revocation update.
-    pub max_revocations: u64,
+    pub(crate) max_revocations: u64,
     /// Largest distance between a DPoP proof's `iat` and now, in seconds.
-    pub dpop_max_age_seconds: i64,
+    pub(crate) dpop_max_age_seconds: i64,
     /// Buckets of the DPoP replay cache (each holds up to 16 live proofs).
-    pub dpop_replay_buckets: u32,
+    pub(crate) dpop_replay_buckets: u32,
 }
 
 #[derive(Deserialize)]

@@ -11,12 +11,12 @@
 use shared::sha256;
 
 /// Entries per bucket.
-pub const BUCKET_ENTRIES: usize = 16;
+pub(crate) const BUCKET_ENTRIES: usize = 16;
 /// Bytes per entry: 16 of hash, 4 of expiry (u32 seconds).
-pub const ENTRY_BYTES: usize = 20;
+pub(crate) const ENTRY_BYTES: usize = 20;
 
 /// The cache key of a proof.
-pub fn proof_id(jkt: &str, jti: &str) -> [u8; 16] {
+pub(crate) fn proof_id(jkt: &str, jti: &str) -> [u8; 16] {
     let mut input = Vec::with_capacity(jkt.len() + jti.len() + 1);
     input.extend_from_slice(jkt.as_bytes());
     input.push(0);
@@ -28,14 +28,14 @@ pub fn proof_id(jkt: &str, jti: &str) -> [u8; 16] {
 }
 
 /// Which bucket of `buckets` a proof id lives in.
-pub fn bucket_of(id: &[u8; 16], buckets: u32) -> u32 {
+pub(crate) fn bucket_of(id: &[u8; 16], buckets: u32) -> u32 {
     let word = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
     word % buckets.max(1)
 }
 
 /// What the cache says about a proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// First use: write this bucket back (compare-and-swap) to record it.
     Fresh(Vec<u8>),
     /// The proof was already used within its window.
@@ -48,7 +48,7 @@ pub enum Verdict {
 ///
 /// Expired entries are dropped on the way; garbage (a length that is not a multiple of
 /// the entry size) reads as an empty bucket.
-pub fn check_and_record(bucket: &[u8], id: &[u8; 16], expires_at: u32, now: u32) -> Verdict {
+pub(crate) fn check_and_record(bucket: &[u8], id: &[u8; 16], expires_at: u32, now: u32) -> Verdict {
     let mut live = Vec::with_capacity((BUCKET_ENTRIES + 1) * ENTRY_BYTES);
     if bucket.len().is_multiple_of(ENTRY_BYTES) {
         for entry in bucket.chunks_exact(ENTRY_BYTES) {
@@ -83,7 +83,7 @@ pub trait ReplayGuard {
 pub struct MemoryGuard {
     buckets: std::collections::HashMap<u32, Vec<u8>>,
     /// Number of buckets (at least 1).
-    pub bucket_count: u32,
+    pub(crate) bucket_count: u32,
 }
 
 impl MemoryGuard {
@@ -115,7 +115,7 @@ impl ReplayGuard for MemoryGuard {
 }
 
 /// Converts seconds for the bucket format.
-pub fn seconds_u32(t: i64) -> u32 {
+pub(crate) fn seconds_u32(t: i64) -> u32 {
     clamp_u32(t)
 }
 

@@ -5,7 +5,7 @@ use crate::authz::Reason;
 
 /// The authorization scheme the token came with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     /// `Authorization: Bearer`.
     Bearer,
     /// `Authorization: DPoP` (RFC 9449).
@@ -14,7 +14,7 @@ pub enum Scheme {
 
 /// Extracts the token from an `Authorization` value; schemes are case-insensitive and the
 /// token must be a plausible compact JWS (visible ASCII, no spaces).
-pub fn extract_token(authorization: Option<&[u8]>) -> Result<(Scheme, &str), Reason> {
+pub(crate) fn extract_token(authorization: Option<&[u8]>) -> Result<(Scheme, &str), Reason> {
     let value = authorization.ok_or(Reason::Missing)?;
     let value = std::str::from_utf8(value).map_err(|_| Reason::Malformed)?;
     let value = value.trim_matches([' ', '\t']);
@@ -35,7 +35,7 @@ pub fn extract_token(authorization: Option<&[u8]>) -> Result<(Scheme, &str), Rea
 }
 
 /// The path without query or fragment.
-pub fn path_only(path: &str) -> &str {
+pub(crate) fn path_only(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
 
@@ -142,7 +142,7 @@ pub fn is_bypassed(rules: &[String], path: &str) -> bool {
 }
 
 /// True for an RFC 9110 token (a method name, a header name): non-empty, `tchar` only.
-pub fn is_token(value: &[u8]) -> bool {
+pub(crate) fn is_token(value: &[u8]) -> bool {
     !value.is_empty()
         && value
             .iter()
@@ -151,25 +151,25 @@ pub fn is_token(value: &[u8]) -> bool {
 
 /// The request facts a CORS preflight is recognised by.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Preflight<'a> {
+pub(crate) struct Preflight<'a> {
     /// `:method`.
-    pub method: &'a str,
+    pub(crate) method: &'a str,
     /// `Origin`.
-    pub origin: Option<&'a [u8]>,
+    pub(crate) origin: Option<&'a [u8]>,
     /// `Access-Control-Request-Method`.
-    pub request_method: Option<&'a [u8]>,
+    pub(crate) request_method: Option<&'a [u8]>,
     /// `Content-Length`.
-    pub content_length: Option<&'a [u8]>,
+    pub(crate) content_length: Option<&'a [u8]>,
     /// A `Transfer-Encoding` header is present.
-    pub transfer_encoding: bool,
+    pub(crate) transfer_encoding: bool,
     /// The headers end the stream: no body follows.
-    pub end_of_stream: bool,
+    pub(crate) end_of_stream: bool,
 }
 
 /// True for a CORS preflight (Fetch standard): `OPTIONS` with an `Origin`, an
 /// `Access-Control-Request-Method` that is a method token, and no body. Anything else is
 /// an ordinary request and needs a token.
-pub fn is_cors_preflight(req: &Preflight<'_>) -> bool {
+pub(crate) fn is_cors_preflight(req: &Preflight<'_>) -> bool {
     req.method == "OPTIONS"
         && req.origin.is_some_and(|o| !o.is_empty())
         && req.request_method.is_some_and(is_token)
@@ -182,7 +182,7 @@ pub fn is_cors_preflight(req: &Preflight<'_>) -> bool {
 
 /// A header name folded for comparison: lower case, `_` read as `-` (CGI and WSGI
 /// servers turn both into the same `HTTP_X_AUTH_SUB` variable).
-pub fn fold_header_name(name: &str) -> String {
+pub(crate) fn fold_header_name(name: &str) -> String {
     name.bytes()
         .map(|b| match b {
             b'_' => '-',
@@ -193,7 +193,7 @@ pub fn fold_header_name(name: &str) -> String {
 
 /// True when an incoming header called `name` could reach the upstream as one of the
 /// (already [folded](fold_header_name)) claim headers.
-pub fn is_claim_header_alias(name: &str, folded_claim_headers: &[String]) -> bool {
+pub(crate) fn is_claim_header_alias(name: &str, folded_claim_headers: &[String]) -> bool {
     // Byte by byte, as `fold_header_name` folds: no copy per header per request.
     let fold = |b: u8| {
         if b == b'_' {
@@ -210,7 +210,7 @@ pub fn is_claim_header_alias(name: &str, folded_claim_headers: &[String]) -> boo
 macro_rules! per_reason {
     ($($reason:ident => $name:literal),* $(,)?) => {
         /// The `WWW-Authenticate` value for a refusal (RFC 6750 section 3).
-        pub fn challenge(reason: Reason) -> &'static str {
+        pub(crate) fn challenge(reason: Reason) -> &'static str {
             match reason {
                 $(Reason::$reason => concat!(
                     "Bearer error=\"invalid_token\", error_description=\"", $name, "\""
@@ -219,7 +219,7 @@ macro_rules! per_reason {
         }
 
         /// The JSON body sent with a refusal.
-        pub fn error_body(reason: Reason) -> &'static str {
+        pub(crate) fn error_body(reason: Reason) -> &'static str {
             match reason {
                 $(Reason::$reason => concat!(
                     "{\"error\":\"invalid_token\",\"error_description\":\"", $name, "\"}\n"
@@ -244,14 +244,14 @@ per_reason! {
 }
 
 /// The `htu` of a request for DPoP: scheme, authority and path, without query.
-pub fn htu(scheme: &str, authority: &str, path: &str) -> String {
+pub(crate) fn htu(scheme: &str, authority: &str, path: &str) -> String {
     format!("{scheme}://{authority}{}", path_only(path))
 }
 
 /// A claim as a header value: strings as they are, numbers and booleans printed, arrays
 /// of strings joined with `,`, anything else as compact JSON. `None` when the value
 /// could not travel safely in a header (control characters, or over 4 KiB).
-pub fn claim_header_value(value: &serde_json::Value) -> Option<String> {
+pub(crate) fn claim_header_value(value: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     let text = match value {
         Value::Null => return None,
@@ -270,7 +270,10 @@ pub fn claim_header_value(value: &serde_json::Value) -> Option<String> {
 }
 
 /// Looks up a dotted claim path (`cnf.jkt`) in the claims object.
-pub fn claim_at<'v>(claims: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+pub(crate) fn claim_at<'v>(
+    claims: &'v serde_json::Value,
+    path: &str,
+) -> Option<&'v serde_json::Value> {
     path.split('.')
         .try_fold(claims, |value, member| value.as_object()?.get(member))
 }

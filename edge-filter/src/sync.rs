@@ -11,27 +11,27 @@ use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet, UpdateKind};
 
 /// The shared-data key names for one control-plane cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
+pub(crate) struct Keys {
     /// The poller lease.
-    pub lease: String,
+    pub(crate) lease: String,
     /// The [`StateRecord`].
-    pub state: String,
+    pub(crate) state: String,
     /// The versioned set blob.
-    pub set: String,
+    pub(crate) set: String,
     /// The versioned JWKS blob.
-    pub jwks: String,
+    pub(crate) jwks: String,
     /// Counter that hands each VM a distinct id.
-    pub vm_counter: String,
+    pub(crate) vm_counter: String,
     /// When a request last met a well-formed token with an unknown `kid` (ms): the
     /// poller refetches the JWKS when this moves, at most once per minimum interval.
-    pub jwks_wanted: String,
+    pub(crate) jwks_wanted: String,
     /// Prefix of the DPoP replay-cache buckets (`<prefix><n>`).
-    pub dpop_replay: String,
+    pub(crate) dpop_replay: String,
 }
 
 impl Keys {
     /// Keys for feeds from `cluster` (two plugins on different clusters never mix).
-    pub fn for_cluster(cluster: &str) -> Keys {
+    pub(crate) fn for_cluster(cluster: &str) -> Keys {
         let k = |name: &str| format!("edge_filter/{cluster}/{name}");
         Keys {
             lease: k("lease"),
@@ -49,24 +49,24 @@ impl Keys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StateRecord {
     /// Version of the set blob; bumped whenever the set changes.
-    pub set_version: u64,
+    pub(crate) set_version: u64,
     /// Feed sequence number of the set.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// `generated_at` of the newest verified update (heartbeats included); 0: never synced.
-    pub generated_at: i64,
+    pub(crate) generated_at: i64,
     /// Local time the newest update was verified.
-    pub verified_at: i64,
+    pub(crate) verified_at: i64,
     /// Version of the JWKS blob (0 while none was fetched).
-    pub jwks_version: u64,
+    pub(crate) jwks_version: u64,
     /// Local time the poller verified an update it could not hold (over
     /// `max_revocations`); 0 while the published set is complete. Non-zero makes the set
     /// stale at once: revocations exist that this edge does not enforce.
-    pub refused_at: i64,
+    pub(crate) refused_at: i64,
 }
 
 impl StateRecord {
     /// The 48-byte encoding.
-    pub fn encode(&self) -> [u8; 48] {
+    pub(crate) fn encode(&self) -> [u8; 48] {
         let mut out = [0u8; 48];
         out[0..8].copy_from_slice(&self.set_version.to_le_bytes());
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
@@ -111,7 +111,7 @@ impl StateRecord {
 
     /// True when the set is older than `bound` seconds, was never synced, or the poller
     /// refused an update it could not hold.
-    pub fn is_stale(&self, now: i64, bound: i64) -> bool {
+    pub(crate) fn is_stale(&self, now: i64, bound: i64) -> bool {
         self.refused_at != 0 || self.staleness(now).is_none_or(|age| age > bound)
     }
 }
@@ -120,14 +120,14 @@ impl StateRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     /// Id of the VM that polls.
-    pub owner: u64,
+    pub(crate) owner: u64,
     /// Local time in ms after which another VM may take over.
-    pub expires_ms: u64,
+    pub(crate) expires_ms: u64,
 }
 
 impl Lease {
     /// The 16-byte encoding.
-    pub fn encode(&self) -> [u8; 16] {
+    pub(crate) fn encode(&self) -> [u8; 16] {
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&self.owner.to_le_bytes());
         out[8..].copy_from_slice(&self.expires_ms.to_le_bytes());
@@ -144,7 +144,12 @@ impl Lease {
     }
 
     /// The lease VM `me` should write now, or `None` if another VM holds it.
-    pub fn claim(current: Option<Lease>, me: u64, now_ms: u64, ttl_ms: u64) -> Option<Lease> {
+    pub(crate) fn claim(
+        current: Option<Lease>,
+        me: u64,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<Lease> {
         match current {
             Some(l) if l.owner != me && l.expires_ms > now_ms => None,
             _ => Some(Lease {
@@ -156,7 +161,7 @@ impl Lease {
 }
 
 /// Prefixes a blob with its version.
-pub fn versioned(version: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn versioned(version: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + payload.len());
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(payload);
@@ -164,7 +169,7 @@ pub fn versioned(version: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Splits a versioned blob.
-pub fn unversioned(blob: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn unversioned(blob: &[u8]) -> Option<(u64, &[u8])> {
     let (version, payload) = blob.split_first_chunk::<8>()?;
     Some((u64::from_le_bytes(*version), payload))
 }
@@ -223,7 +228,7 @@ pub fn accept(
 
 /// The pause before the next call after `failures` failed ones in a row: `base` doubled
 /// per failure up to `cap`, so a feed that keeps failing is never polled in a hot loop.
-pub fn backoff_millis(base: u64, failures: u32, cap: u64) -> u64 {
+pub(crate) fn backoff_millis(base: u64, failures: u32, cap: u64) -> u64 {
     base.saturating_mul(1u64 << failures.min(16))
         .min(cap.max(base))
 }
