@@ -1,18 +1,18 @@
 //! The append-only audit log: every row is hash-chained to the previous one, and the
 //! chain head is signed with the region's ML-DSA-65 key in checkpoints, the way
 //! transparency logs sign their tree heads, so any edit, deletion or reordering of a
-//! row before the last checkpoint is found by [`verify`].
+//! row before the last checkpoint is found by `verify`.
 //!
 //! Format (also what `audit export` writes, one JSON object a line):
-//! - a row's `entry` is the JSON text of [`AuditEntry`]; its `hash` is
+//! - a row's `entry` is the JSON text of `AuditEntry`; its `hash` is
 //!   `base64url(SHA-256(entry))` (no padding); `entry.prev` is the previous row's
 //!   `hash` ("" for row 1) and `entry.seq` its position, from 1 without gaps;
-//! - a checkpoint's `body` is the JSON text of [`CheckpointBody`]
+//! - a checkpoint's `body` is the JSON text of `CheckpointBody`
 //!   (`{"type":"audit-checkpoint","region","upto","head","at"}`): `head` is the `hash`
 //!   of row `upto`; `sig` is `base64url` of the ML-DSA-65 signature (FIPS 204,
 //!   deterministic, empty context) of the `body` bytes by the key `kid` (the RFC 7638
 //!   thumbprint of its JWK). Checkpoints cover increasing rows; rows after the last one
-//!   are not sealed yet (the server seals within about [`crate::writer::SEAL_INTERVAL`]).
+//!   are not sealed yet (the server seals within about 50 ms).
 //! - Rows written before checkpoints existed carry their own `kid` and `sig` (the same
 //!   signature over the `entry` bytes); newer rows have both empty.
 

@@ -74,7 +74,7 @@ pub struct Remote {
     /// command works directly on the data directory.
     #[arg(long, env = "CP_SERVER")]
     pub server: Option<String>,
-    /// Admin secret for `--server`; read from <data-dir>/admin.secret when absent.
+    /// Admin secret for `--server`; read from `<data-dir>/admin.secret` when absent.
     #[arg(long, env = "CP_ADMIN_SECRET", hide_env_values = true)]
     pub admin_secret: Option<String>,
 }
