@@ -56,6 +56,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo clippy -p shared --features js --target wasm32-unknown-unknown -- -D warnings
 cargo clippy -p edge-filter --target wasm32-wasip1 -- -D warnings
 
+step "API docs (missing docs and broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p shared -p control-plane -p edge-filter
+
 step "wasm builds"
 cargo build -p shared --target wasm32-wasip1
 cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release
