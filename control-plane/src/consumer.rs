@@ -14,7 +14,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use shared::{JoseError, Keyring, RevocationEvent};
+use shared::{JoseError, RevocationEvent};
 
 use crate::Region;
 use crate::bus::KafkaSettings;
@@ -153,11 +153,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<RevocationEvent, JoseError> {
-    let mut trusted: Keyring = (*peers.keyring()).clone();
-    for (kid, key) in region.keys().keyring.iter() {
-        trusted.insert(kid.to_owned(), key.clone());
-    }
-    RevocationEvent::verify(signed, &trusted)
+    peers.verify_event(region.keys(), signed)
 }
 
 /// Creates the region's consumer (its own group), subscribed to the revocations topic.

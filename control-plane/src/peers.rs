@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use shared::Keyring;
+use shared::revocation::VerifiedRoots;
+use shared::{JoseError, Keyring, RevocationEvent};
+
+use crate::keys::KeySet;
 use shared::jwk::JwkSet;
 
 /// How often the peer JWKS are fetched when nothing asks earlier.
@@ -56,6 +59,18 @@ pub(crate) struct Peers {
     jwks: RwLock<Arc<JwkSet>>,
     last_fetch: Mutex<Option<Instant>>,
     http: reqwest::Client,
+    /// The keys events are verified with (this region's and the peers'), merged once
+    /// per change of either, and the batch roots they already verified.
+    trusted: Mutex<Trusted>,
+}
+
+/// The merged keyring, remembered with the two sources it was built from (held, so
+/// a pointer comparison cannot mistake a new set for a freed one).
+#[derive(Debug, Default)]
+struct Trusted {
+    from: Option<(Arc<KeySet>, Arc<Keyring>)>,
+    keys: Arc<Keyring>,
+    roots: VerifiedRoots,
 }
 
 impl Peers {
@@ -67,6 +82,7 @@ impl Peers {
             keyring: RwLock::new(Arc::new(Keyring::new())),
             jwks: RwLock::new(Arc::new(JwkSet::default())),
             last_fetch: Mutex::new(None),
+            trusted: Mutex::new(Trusted::default()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -75,6 +91,31 @@ impl Peers {
     }
 
     /// The keys known now.
+    /// Verifies a signed revocation event with this region's keys and the peers'; a
+    /// batch root already verified is not verified again.
+    pub(crate) fn verify_event(
+        &self,
+        own: Arc<KeySet>,
+        signed: &str,
+    ) -> Result<RevocationEvent, JoseError> {
+        let peers = self.keyring();
+        let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        let current = trusted
+            .from
+            .as_ref()
+            .is_some_and(|(k, p)| Arc::ptr_eq(k, &own) && Arc::ptr_eq(p, &peers));
+        if !current {
+            let mut merged: Keyring = (*peers).clone();
+            for (kid, key) in own.keyring.iter() {
+                merged.insert(kid.to_owned(), key.clone());
+            }
+            trusted.keys = Arc::new(merged);
+            trusted.from = Some((own, peers));
+        }
+        let Trusted { keys, roots, .. } = &mut *trusted;
+        RevocationEvent::verify_cached(signed, keys, roots)
+    }
+
     pub(crate) fn keyring(&self) -> Arc<Keyring> {
         self.keyring
             .read()

@@ -130,8 +130,27 @@ impl RevocationEvent {
     /// signed batch, see [`sign_batch`]), against trusted keys and decodes it; the event
     /// must be in canonical form and name a trusted key.
     pub fn verify(token: &str, keys: &Keyring) -> Result<RevocationEvent, JoseError> {
+        RevocationEvent::verify_with(token, keys, None)
+    }
+
+    /// [`RevocationEvent::verify`] that skips the signature of a batch root `roots`
+    /// already verified (the key that signed it must still be in `keys`), so each other
+    /// event of that batch costs only its inclusion proof; roots it verifies are added.
+    pub fn verify_cached(
+        token: &str,
+        keys: &Keyring,
+        roots: &mut VerifiedRoots,
+    ) -> Result<RevocationEvent, JoseError> {
+        RevocationEvent::verify_with(token, keys, Some(roots))
+    }
+
+    fn verify_with(
+        token: &str,
+        keys: &Keyring,
+        roots: Option<&mut VerifiedRoots>,
+    ) -> Result<RevocationEvent, JoseError> {
         let payload = if token.starts_with('{') {
-            open_batch_member(token, keys)?
+            open_batch_member(token, keys, roots)?
         } else {
             envelope::open(token, &[TYP_REVOCATION], keys, MAX_EVENT_LEN)?.1
         };
@@ -289,7 +308,65 @@ fn join_parts(
 }
 
 /// Checks a batch member's signature and inclusion proof; returns the event's bytes.
-fn open_batch_member(token: &str, keys: &Keyring) -> Result<Vec<u8>, JoseError> {
+/// Batch roots whose signature verified: the last [`VerifiedRoots::CAPACITY`], by the
+/// SHA-256 of the signed root (compact JWS), with the key that signed each.
+#[derive(Debug, Default)]
+pub struct VerifiedRoots {
+    seen: std::collections::VecDeque<VerifiedRoot>,
+}
+
+#[derive(Debug)]
+struct VerifiedRoot {
+    digest: merkle::Hash,
+    kid: String,
+    root: merkle::Hash,
+    size: u64,
+}
+
+impl VerifiedRoots {
+    /// How many roots are remembered.
+    pub const CAPACITY: usize = 64;
+
+    fn get(&self, digest: &merkle::Hash, keys: &Keyring) -> Option<(merkle::Hash, u64)> {
+        self.seen
+            .iter()
+            .find(|r| r.digest == *digest && keys.get(&r.kid).is_some())
+            .map(|r| (r.root, r.size))
+    }
+
+    fn insert(&mut self, root: VerifiedRoot) {
+        if self.seen.len() == VerifiedRoots::CAPACITY {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(root);
+    }
+
+    /// Number of roots remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// The `kid` of a protected header already checked by [`envelope::open`].
+fn header_kid(protected: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Kid {
+        kid: String,
+    }
+    let bytes = b64::decode(protected, "protected header").ok()?;
+    serde_json::from_slice::<Kid>(&bytes).ok().map(|h| h.kid)
+}
+
+fn open_batch_member(
+    token: &str,
+    keys: &Keyring,
+    roots: Option<&mut VerifiedRoots>,
+) -> Result<Vec<u8>, JoseError> {
     if token.len() > MAX_EVENT_LEN {
         return Err(JoseError::TooLarge {
             len: token.len(),
@@ -298,15 +375,32 @@ fn open_batch_member(token: &str, keys: &Keyring) -> Result<Vec<u8>, JoseError> 
     }
     let jws: FlattenedJws = crate::json::from_slice(token.as_bytes(), "signed event")?;
     let compact = format!("{}.{}.{}", jws.protected, jws.payload, jws.signature);
-    let (_, signed) = envelope::open(&compact, &[TYP_REVOCATION_BATCH], keys, MAX_EVENT_LEN)?;
-    let root: BatchRoot = crate::json::from_slice(&signed, "batch root")?;
-    if serde_json::to_vec(&root).ok().as_deref() != Some(signed.as_slice()) {
-        return Err(JoseError::Malformed("batch root is not in canonical form"));
-    }
-    if root.tree != BATCH_TREE {
-        return Err(JoseError::Malformed("unknown batch tree"));
-    }
-    let root_hash: merkle::Hash = b64::decode_array(&root.root, "batch root")?;
+    let digest = merkle::leaf_hash(compact.as_bytes());
+    let cached = roots.as_deref().and_then(|r| r.get(&digest, keys));
+    let (root_hash, size) = match cached {
+        Some(known) => known,
+        None => {
+            let (_, signed) =
+                envelope::open(&compact, &[TYP_REVOCATION_BATCH], keys, MAX_EVENT_LEN)?;
+            let root: BatchRoot = crate::json::from_slice(&signed, "batch root")?;
+            if serde_json::to_vec(&root).ok().as_deref() != Some(signed.as_slice()) {
+                return Err(JoseError::Malformed("batch root is not in canonical form"));
+            }
+            if root.tree != BATCH_TREE {
+                return Err(JoseError::Malformed("unknown batch tree"));
+            }
+            let root_hash: merkle::Hash = b64::decode_array(&root.root, "batch root")?;
+            if let (Some(roots), Some(kid)) = (roots, header_kid(&jws.protected)) {
+                roots.insert(VerifiedRoot {
+                    digest,
+                    kid,
+                    root: root_hash,
+                    size: root.size,
+                });
+            }
+            (root_hash, root.size)
+        }
+    };
     let member = jws.header;
     if member.proof.len() > merkle::MAX_PROOF_LEN {
         return Err(JoseError::Malformed("inclusion proof too long"));
@@ -320,7 +414,7 @@ fn open_batch_member(token: &str, keys: &Keyring) -> Result<Vec<u8>, JoseError> 
     if !merkle::verify_inclusion(
         &merkle::leaf_hash(&event),
         member.index,
-        root.size,
+        size,
         &proof,
         &root_hash,
     ) {

@@ -3,7 +3,8 @@
 use shared::edgeset::{EdgeSetError, EdgeUpdate, Entry, RevocationSet, UpdateKind, entry_key};
 use shared::keys::{Alg, Keyring, SigningKey};
 use shared::revocation::{
-    Kind, RevocationEvent, TokenIds, join_batch_member, sign_batch, split_batch_member,
+    Kind, RevocationEvent, TokenIds, VerifiedRoots, join_batch_member, sign_batch,
+    split_batch_member,
 };
 use shared::{JoseError, b64};
 
@@ -118,6 +119,41 @@ fn a_batch_member_splits_into_its_shared_root_and_joins_back_byte_for_byte() {
     assert!(split_batch_member("{}").is_none());
     assert!(join_batch_member("a.b", &member0).is_none());
     assert!(join_batch_member(&root0, "{}").is_none());
+}
+
+#[test]
+fn a_verified_root_spares_the_signature_but_never_the_proof_or_the_key() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let events: Vec<RevocationEvent> = (0..8).map(|i| event(Kind::Jti, &format!("j{i}"))).collect();
+    let signed = sign_batch(&events, &key).unwrap();
+    let mut roots = VerifiedRoots::default();
+    for (event, token) in events.iter().zip(&signed) {
+        assert_eq!(
+            &RevocationEvent::verify_cached(token, &ring, &mut roots).unwrap(),
+            event
+        );
+    }
+    assert_eq!(roots.len(), 1, "one root for the whole batch");
+    // Another event put beside a cached root's proof still fails its proof.
+    let mut member: serde_json::Value = serde_json::from_str(&signed[3]).unwrap();
+    member["header"]["event"] = b64::encode(&event(Kind::Jti, "forged").canonical_bytes()).into();
+    assert_eq!(
+        RevocationEvent::verify_cached(&member.to_string(), &ring, &mut roots),
+        Err(JoseError::BadSignature)
+    );
+    // A flipped signature byte is another root: verified, and refused.
+    let mut member: serde_json::Value = serde_json::from_str(&signed[3]).unwrap();
+    let mut sig = b64::decode(member["signature"].as_str().unwrap(), "sig").unwrap();
+    sig[0] ^= 1;
+    member["signature"] = b64::encode(&sig).into();
+    assert_eq!(
+        RevocationEvent::verify_cached(&member.to_string(), &ring, &mut roots),
+        Err(JoseError::BadSignature)
+    );
+    // A root verified under a key no longer trusted is not taken from the cache.
+    assert!(RevocationEvent::verify_cached(&signed[0], &Keyring::new(), &mut roots).is_err());
 }
 
 #[test]
