@@ -150,16 +150,27 @@ impl Filter {
         } else {
             Freshness::Fresh
         };
+        let dpop = header(headers, "dpop");
+        // `:scheme` and `:authority` only matter to a DPoP proof's `htu`.
+        let (scheme, authority) = if dpop.is_some() {
+            (text(headers, ":scheme"), text(headers, ":authority"))
+        } else {
+            ("", "")
+        };
         let req = Request {
             authorization: header(headers, "authorization"),
-            dpop: header(headers, "dpop"),
-            dpop_headers: headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("dpop"))
-                .count(),
+            dpop,
+            dpop_headers: if dpop.is_some() {
+                headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("dpop"))
+                    .count()
+            } else {
+                0
+            },
             method,
-            scheme: text(headers, ":scheme"),
-            authority: text(headers, ":authority"),
+            scheme,
+            authority,
             path,
         };
         let Vm {
