@@ -35,12 +35,12 @@ impl Multiples {
             let mut acc = base;
             for entry in row.iter_mut() {
                 *entry = acc;
-                acc = &acc + &base;
+                acc += base;
             }
             // base * 2^8 (curve25519-dalek exposes doubling only as the cofactor's 2^3).
             base = base.mul_by_cofactor().mul_by_cofactor();
-            base = &base + &base;
-            base = &base + &base;
+            base += base;
+            base += base;
         }
         Multiples(rows)
     }
@@ -49,8 +49,8 @@ impl Multiples {
     fn add(&self, acc: &mut EdwardsPoint, i: usize, digit: i8) {
         let row = &self.0[i];
         match digit {
-            1..=8 => *acc = &*acc + &row[digit as usize - 1],
-            -8..=-1 => *acc = &*acc - &row[digit.unsigned_abs() as usize - 1],
+            1..=8 => *acc += row[digit as usize - 1],
+            -8..=-1 => *acc -= row[digit.unsigned_abs() as usize - 1],
             _ => {}
         }
     }
@@ -86,7 +86,7 @@ fn double_fixed_base(a: &Scalar, p: &Multiples, b: &Scalar, q: &Multiples) -> Ed
     }
     // * 16
     acc = acc.mul_by_cofactor();
-    acc = &acc + &acc;
+    acc += acc;
     for i in 0..32 {
         p.add(&mut acc, i, da[2 * i]);
         q.add(&mut acc, i, db[2 * i]);
