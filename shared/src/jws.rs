@@ -114,10 +114,12 @@ impl<'a> Jws<'a> {
     /// Finds the key by `kid` in `keys` and verifies with it.
     pub fn verify(&self, keys: &Keyring) -> Result<(), JoseError> {
         let kid = self.header.kid.as_deref().ok_or(JoseError::MissingKid)?;
-        let key = keys
-            .get(kid)
-            .ok_or_else(|| JoseError::UnknownKey(kid.to_owned()))?;
-        self.verify_with(key)
+        keys.verify(
+            kid,
+            self.alg,
+            self.signing_input.as_bytes(),
+            &self.signature,
+        )
     }
 
     /// Decodes the payload as strict JSON.

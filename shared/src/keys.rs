@@ -3,6 +3,9 @@
 use ed25519_dalek::Signer as _;
 use ml_dsa::{KeyExport as _, Keypair as _, MlDsa65};
 
+use std::sync::Arc;
+
+use crate::ed25519::KeyTable;
 use crate::jwk::{Jwk, JwkSet};
 use crate::{JoseError, b64};
 
@@ -253,9 +256,29 @@ impl SigningKey {
 }
 
 /// The trusted public keys, looked up by `kid`; each key verifies only its own `alg`.
-#[derive(Debug, Clone, Default)]
+///
+/// An Ed25519 key gets its table of multiples when it enters the keyring (40 KiB, built in
+/// about the time of two verifications; see the `ed25519` module), so every verification
+/// through the keyring uses it and none builds it. A [`VerifyingKey`] used on its own
+/// (e.g. a device key checked once) has no table.
+#[derive(Clone, Default)]
 pub struct Keyring {
-    keys: Vec<(String, VerifyingKey)>,
+    keys: Vec<TrustedKey>,
+}
+
+#[derive(Clone)]
+struct TrustedKey {
+    kid: String,
+    key: VerifyingKey,
+    table: Option<Arc<KeyTable>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.keys.iter().map(|k| (&k.kid, &k.key)))
+            .finish()
+    }
 }
 
 impl Keyring {
@@ -266,8 +289,12 @@ impl Keyring {
 
     /// Adds a key under `kid`, replacing a key with the same `kid`.
     pub fn insert(&mut self, kid: String, key: VerifyingKey) {
-        self.keys.retain(|(k, _)| *k != kid);
-        self.keys.push((kid, key));
+        self.keys.retain(|k| k.kid != kid);
+        let table = match &key {
+            VerifyingKey::Ed25519(k) => Some(KeyTable::new(k)),
+            VerifyingKey::MlDsa65(_) => None,
+        };
+        self.keys.push(TrustedKey { kid, key, table });
     }
 
     /// Adds a key under its thumbprint.
@@ -277,7 +304,34 @@ impl Keyring {
 
     /// The key with this `kid`.
     pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
-        self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key)
+        self.keys.iter().find(|k| k.kid == kid).map(|k| &k.key)
+    }
+
+    /// Verifies `signature` over `message` with the key `kid`, which must be for `alg`
+    /// (Ed25519 through the key's table: the same answers as [`VerifyingKey::verify`]).
+    pub fn verify(
+        &self,
+        kid: &str,
+        alg: Alg,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), JoseError> {
+        let trusted = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| JoseError::UnknownKey(kid.to_owned()))?;
+        if trusted.key.alg() != alg {
+            return Err(JoseError::AlgMismatch {
+                header: alg.as_str(),
+                key: trusted.key.alg().as_str(),
+            });
+        }
+        match &trusted.table {
+            Some(table) if table.verify_strict(message, signature) => Ok(()),
+            Some(_) => Err(JoseError::BadSignature),
+            None => trusted.key.verify(message, signature),
+        }
     }
 
     /// Number of keys.
@@ -292,7 +346,7 @@ impl Keyring {
 
     /// All `(kid, key)` pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &VerifyingKey)> {
-        self.keys.iter().map(|(k, v)| (k.as_str(), v))
+        self.keys.iter().map(|k| (k.kid.as_str(), &k.key))
     }
 
     /// Builds a keyring from a JWKS. Keys of other types are skipped (a JWKS may serve

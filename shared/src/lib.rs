@@ -10,6 +10,7 @@
 pub mod b64;
 pub mod claims;
 pub mod dpop;
+mod ed25519;
 pub mod edgeset;
 pub mod envelope;
 pub mod error;

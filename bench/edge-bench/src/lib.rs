@@ -21,6 +21,8 @@ pub const CASES: &[&str] = &[
     "uncached-mldsa",
     "verify-eddsa",
     "verify-mldsa",
+    "verify-eddsa-dalek",
+    "eddsa-key-table",
     "lookup-1k",
     "lookup-1m",
 ];
@@ -156,13 +158,38 @@ pub fn case(name: &str) -> Option<Box<dyn FnMut() -> bool>> {
             } else {
                 Alg::MlDsa65
             };
+            // As the filter verifies: through its keyring (Ed25519 with the key's table).
             let signing = key(alg);
+            let mut ring = Keyring::new();
+            ring.add(signing.verifying_key());
+            let kid = signing.kid();
+            let token = token(&signing, 1);
+            let (input, sig) = token.rsplit_once('.')?;
+            let sig = shared::b64::decode(sig, "signature").ok()?;
+            let input = input.to_owned();
+            Box::new(move || {
+                ring.verify(&kid, alg, black_box(input.as_bytes()), &sig)
+                    .is_ok()
+            })
+        }
+        "verify-eddsa-dalek" => {
+            // The same token by ed25519-dalek's `verify_strict` alone (no table).
+            let signing = key(Alg::EdDsa);
             let verifying = signing.verifying_key();
             let token = token(&signing, 1);
             let (input, sig) = token.rsplit_once('.')?;
             let sig = shared::b64::decode(sig, "signature").ok()?;
             let input = input.to_owned();
             Box::new(move || verifying.verify(black_box(input.as_bytes()), &sig).is_ok())
+        }
+        "eddsa-key-table" => {
+            // What a JWKS load costs per Ed25519 key: decoding it and building its table.
+            let public = key(Alg::EdDsa).verifying_key();
+            Box::new(move || {
+                let mut ring = Keyring::new();
+                ring.add(black_box(public.clone()));
+                ring.len() == 1
+            })
         }
         "lookup-1k" | "lookup-1m" => {
             // As the filter does per request: the token's keys were computed when it was
