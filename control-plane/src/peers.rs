@@ -106,9 +106,7 @@ impl Peers {
             .is_some_and(|(k, p)| Arc::ptr_eq(k, &own) && Arc::ptr_eq(p, &peers));
         if !current {
             let mut merged: Keyring = (*peers).clone();
-            for (kid, key) in own.keyring.iter() {
-                merged.insert(kid.to_owned(), key.clone());
-            }
+            merged.merge(&own.keyring);
             trusted.keys = Arc::new(merged);
             trusted.from = Some((own, peers));
         }
@@ -160,9 +158,7 @@ impl Peers {
             match Keyring::from_jwks(set) {
                 Ok(keys) => {
                     merged.keys.extend(set.keys.iter().cloned());
-                    for (kid, key) in keys.iter() {
-                        ring.insert(kid.to_owned(), key.clone());
-                    }
+                    ring.merge(&keys);
                 }
                 Err(e) => tracing::warn!(error = %e, "a peer JWKS holds an invalid key"),
             }

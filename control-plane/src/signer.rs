@@ -144,27 +144,28 @@ fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats) {
         // One key snapshot for the whole batch: every event names the key that signs it.
         let key = keys().event_key.clone();
         let kid = key.kid();
-        let events: Vec<RevocationEvent> = jobs
-            .iter()
-            .map(|job| RevocationEvent {
-                kid: kid.clone(),
-                ..job.event.clone()
+        let (events, replies): (Vec<RevocationEvent>, Vec<Reply>) = jobs
+            .into_iter()
+            .map(|job| {
+                let mut event = job.event;
+                event.kid.clone_from(&kid);
+                (event, job.reply)
             })
-            .collect();
+            .unzip();
         match shared::revocation::sign_batch(&events, &key) {
             Ok(signed) => {
                 stats.signatures.fetch_add(1, Ordering::Relaxed);
                 stats
                     .events
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
-                for ((job, event), signed) in jobs.into_iter().zip(events).zip(signed) {
-                    let _ = job.reply.send(Ok((event, signed)));
+                for ((reply, event), signed) in replies.into_iter().zip(events).zip(signed) {
+                    let _ = reply.send(Ok((event, signed)));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = jobs.len(), "cannot sign revocation events");
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
+                tracing::error!(error = %e, events = events.len(), "cannot sign revocation events");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }

@@ -102,12 +102,7 @@ impl<'a> Jws<'a> {
 
     /// Verifies the signature with `key`, whose algorithm must equal the header's.
     pub fn verify_with(&self, key: &VerifyingKey) -> Result<(), JoseError> {
-        if key.alg() != self.alg {
-            return Err(JoseError::AlgMismatch {
-                header: self.alg.as_str(),
-                key: key.alg().as_str(),
-            });
-        }
+        key.expect_alg(self.alg)?;
         key.verify(self.signing_input.as_bytes(), &self.signature)
     }
 

@@ -110,6 +110,18 @@ impl VerifyingKey {
         }
     }
 
+    /// Refuses a token whose header names another `alg` than this key's.
+    pub fn expect_alg(&self, header: Alg) -> Result<(), JoseError> {
+        if self.alg() == header {
+            Ok(())
+        } else {
+            Err(JoseError::AlgMismatch {
+                header: header.as_str(),
+                key: self.alg().as_str(),
+            })
+        }
+    }
+
     /// Raw public key bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
@@ -302,6 +314,15 @@ impl Keyring {
         self.insert(key.thumbprint(), key);
     }
 
+    /// Adds every key of `other` (its Ed25519 tables shared, not rebuilt), replacing keys
+    /// with the same `kid`.
+    pub fn merge(&mut self, other: &Keyring) {
+        for key in &other.keys {
+            self.keys.retain(|k| k.kid != key.kid);
+            self.keys.push(key.clone());
+        }
+    }
+
     /// The key with this `kid`.
     pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
         self.keys.iter().find(|k| k.kid == kid).map(|k| &k.key)
@@ -321,12 +342,7 @@ impl Keyring {
             .iter()
             .find(|k| k.kid == kid)
             .ok_or_else(|| JoseError::UnknownKey(kid.to_owned()))?;
-        if trusted.key.alg() != alg {
-            return Err(JoseError::AlgMismatch {
-                header: alg.as_str(),
-                key: trusted.key.alg().as_str(),
-            });
-        }
+        trusted.key.expect_alg(alg)?;
         match &trusted.table {
             Some(table) if table.verify_strict(message, signature) => Ok(()),
             Some(_) => Err(JoseError::BadSignature),

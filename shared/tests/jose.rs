@@ -394,3 +394,21 @@ fn error_reasons_match_the_edge_vocabulary() {
     assert_eq!(JoseError::UnknownKey("k".into()).reason(), "unknown_key");
     assert_eq!(JoseError::AlgNone.reason(), "malformed");
 }
+
+#[test]
+fn a_merged_keyring_verifies_with_every_key_and_the_merged_one_wins_a_kid() {
+    let (ed, ml, other) = (key(Alg::EdDsa, 1), key(Alg::MlDsa65, 2), key(Alg::EdDsa, 3));
+    let mut merged = ring(&[&ed]);
+    merged.merge(&ring(&[&ml, &other]));
+    assert_eq!(merged.len(), 3);
+    for k in [&ed, &ml, &other] {
+        let jws = token(k, &claims());
+        Jws::parse(&jws, &Limits::default())
+            .unwrap()
+            .verify(&merged)
+            .unwrap();
+    }
+    // Same kid from the other ring: replaced, not doubled.
+    merged.merge(&ring(&[&ed]));
+    assert_eq!(merged.len(), 3);
+}
