@@ -397,13 +397,7 @@ fn validation_survives_redis_going_away_and_redis_is_rebuilt_when_it_returns_emp
             .then_some(())
     });
     assert!(rebuilt.is_some(), "Redis was not rebuilt");
-    let ttl: i64 = regions
-        .redis
-        .command(0, &["TTL", &key])
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap();
+    let ttl = ttl_of(&regions.redis, 0, &key);
     assert!(ttl > 0, "rebuilt key has no TTL ({ttl})");
     let (still, _) = validate(&token);
     assert_eq!(still["revoked"], true);
@@ -610,13 +604,7 @@ fn control_plane_consume_keeps_a_redis_current_for_services_that_only_read_redis
         "consume never wrote {key} (log in {})",
         data.0.display()
     );
-    let ttl: i64 = regions
-        .redis
-        .command(3, &["TTL", &key])
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap();
+    let ttl = ttl_of(&regions.redis, 3, &key);
     assert!(ttl > 0, "{ttl}");
     drop(consumer);
 }
@@ -757,4 +745,14 @@ fn with_redis_dpop_proofs_and_refresh_sessions_are_shared_through_it() {
     let replay = send();
     assert_eq!(replay.status, 401, "{}", replay.text());
     assert!(replay.text().contains("replay"), "{}", replay.text());
+}
+
+/// The TTL Redis reports for `key` in database `db` (-2: no key, -1: no TTL).
+fn ttl_of(redis: &Redis, db: u8, key: &str) -> i64 {
+    redis
+        .command(db, &["TTL", key])
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .expect("TTL answers an integer")
 }

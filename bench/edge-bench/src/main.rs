@@ -19,22 +19,28 @@ use shared::Alg;
 use shared::edgeset::{EdgeUpdate, Entry, RevocationSet, UpdateKind};
 use shared::jws::sign;
 
-fn e5() {
-    let n = 1_000_000u32;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let entries: Vec<Entry> = (0..n)
+/// `n` entries with xorshift keys (uniform 64-bit hashes, as `entry_key` gives), the
+/// i-th expiring at `base + i % 3600`; `seed` carries on from call to call.
+fn random_entries(seed: &mut u64, n: u32, base: i64) -> Vec<Entry> {
+    (0..n)
         .map(|i| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
             Entry {
-                key: seed,
-                // Revocations live as long as the tokens they match: up to an hour here.
-                expires_at: (NOW + 60 + i64::from(i % 3600)) as u32,
+                key: *seed,
+                expires_at: (base + i64::from(i % 3600)) as u32,
                 not_before: 0,
             }
         })
-        .collect();
+        .collect()
+}
+
+fn e5() {
+    let n = 1_000_000u32;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    // Revocations live as long as the tokens they match: up to an hour here.
+    let entries = random_entries(&mut seed, n, NOW + 60);
     let update = EdgeUpdate {
         kind: UpdateKind::Snapshot,
         base_seq: 0,
@@ -76,18 +82,7 @@ fn e5_poller() -> Result<(), String> {
     ring.add(ml.verifying_key());
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut snapshot = |seq: u64| {
-        let entries = (0..n)
-            .map(|i| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                Entry {
-                    key: seed,
-                    expires_at: (NOW + 3600 + i64::from(i % 3600)) as u32,
-                    not_before: 0,
-                }
-            })
-            .collect();
+        let entries = random_entries(&mut seed, n, NOW + 3600);
         EdgeUpdate {
             kind: UpdateKind::Snapshot,
             base_seq: 0,
@@ -179,18 +174,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
     write("tokens.txt", tokens.as_bytes())?;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for seq in 1..=6u64 {
-        let entries = (0..n)
-            .map(|i| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                Entry {
-                    key: seed,
-                    expires_at: (now + 3600 + i64::from(i % 3600)) as u32,
-                    not_before: 0,
-                }
-            })
-            .collect();
+        let entries = random_entries(&mut seed, n, now + 3600);
         let snapshot = EdgeUpdate {
             kind: UpdateKind::Snapshot,
             base_seq: 0,
