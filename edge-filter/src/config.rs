@@ -52,9 +52,24 @@ pub(crate) enum OnStale {
     Allow,
 }
 
+/// Which part of the edge a plugin instance plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Role {
+    /// The HTTP filter: checks requests; one of its VMs polls when no poller service runs.
+    #[default]
+    Filter,
+    /// A singleton `envoy.bootstrap.wasm` service with the filter's `vm_id`: it polls from
+    /// Envoy's main thread, so verifying and decoding a large snapshot never stalls a
+    /// worker. It takes the poller lease from any filter VM that holds it.
+    Poller,
+}
+
 /// The validated filter configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Filter, or the singleton poller service.
+    pub(crate) role: Role,
     /// `iss`, `aud` and clock skew rules.
     pub(crate) validation: Validation,
     /// Token size limit.
@@ -107,6 +122,8 @@ struct RawControlPlane {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    role: Role,
     issuer: Option<String>,
     audience: Option<String>,
     #[serde(default = "default_leeway")]
@@ -292,6 +309,7 @@ impl Config {
         }
         let authority = cp.authority.unwrap_or_else(|| cp.cluster.clone());
         Ok(Config {
+            role: raw.role,
             validation: Validation {
                 issuer: raw.issuer,
                 audience: raw.audience,
@@ -341,6 +359,16 @@ mod tests {
         assert!(!c.strip_authorization);
         assert_eq!(c.control_plane.jwks_min_refetch_seconds, 1);
         assert_eq!(c.dpop_replay_buckets, 1024);
+        assert_eq!(c.role, Role::Filter);
+    }
+
+    #[test]
+    fn the_poller_service_is_named_by_its_role() {
+        let c = Config::parse(br#"{"role":"poller","control_plane":{"cluster":"cp"}}"#).unwrap();
+        assert_eq!(c.role, Role::Poller);
+        let err =
+            Config::parse(br#"{"role":"leader","control_plane":{"cluster":"cp"}}"#).unwrap_err();
+        assert!(err.contains("unknown variant `leader`"), "{err}");
     }
 
     #[test]

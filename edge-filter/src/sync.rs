@@ -2,7 +2,8 @@
 //! publishes in proxy-wasm shared data, and the checks an update passes before use.
 //!
 //! Shared data (namespaced by `vm_id`) holds three values per feed:
-//! - `lease`: which VM polls, renewed by compare-and-swap on every tick;
+//! - `lease`: which VM polls, renewed by compare-and-swap on every tick; the singleton
+//!   poller service (`role: poller`, on Envoy's main thread) wins it over filter VMs;
 //! - `state`: a 48-byte [`StateRecord`] every request reads to see if anything changed;
 //! - `set` and `jwks`: the verified set and the JWKS, each prefixed by its version, read
 //!   by a VM only when the version in `state` differs from the one it holds.
@@ -116,47 +117,72 @@ impl StateRecord {
     }
 }
 
-/// The poller lease: the owning VM and when the lease lapses (milliseconds).
+/// The poller lease: the owning VM, whether it is the poller service, and when the lease
+/// lapses (milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     /// Id of the VM that polls.
     pub(crate) owner: u64,
     /// Local time in ms after which another VM may take over.
     pub(crate) expires_ms: u64,
+    /// Held by the singleton poller service (main thread), which filter VMs never take
+    /// over while it renews.
+    pub(crate) service: bool,
 }
 
 impl Lease {
-    /// The 16-byte encoding.
-    pub(crate) fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    /// The 17-byte encoding: owner, expiry, then 1 for the service.
+    pub(crate) fn encode(&self) -> [u8; 17] {
+        let mut out = [0u8; 17];
         out[..8].copy_from_slice(&self.owner.to_le_bytes());
-        out[8..].copy_from_slice(&self.expires_ms.to_le_bytes());
+        out[8..16].copy_from_slice(&self.expires_ms.to_le_bytes());
+        out[16] = u8::from(self.service);
         out
     }
 
-    /// Decodes, or `None` for anything but 16 bytes.
+    /// Decodes, or `None` for anything but 17 bytes with a flag of 0 or 1 (or the 16
+    /// bytes of a filter lease written before the service existed).
     pub fn decode(bytes: &[u8]) -> Option<Lease> {
-        let (owner, expires) = <&[u8; 16]>::try_from(bytes).ok()?.split_at(8);
+        let (head, service) = match bytes.len() {
+            16 => (bytes, false),
+            17 => (
+                &bytes[..16],
+                [false, true].get(usize::from(bytes[16])).copied()?,
+            ),
+            _ => return None,
+        };
+        let (owner, expires) = head.split_at(8);
         Some(Lease {
             owner: u64::from_le_bytes(owner.try_into().ok()?),
             expires_ms: u64::from_le_bytes(expires.try_into().ok()?),
+            service,
         })
     }
 
-    /// The lease VM `me` should write now, or `None` if another VM holds it.
+    /// The lease VM `me` should write now, or `None` if another VM holds it. A filter VM
+    /// takes a lapsed lease only; the service also takes one a filter VM holds, so
+    /// snapshots are decoded on the main thread as soon as the service runs.
     pub(crate) fn claim(
         current: Option<Lease>,
         me: u64,
+        service: bool,
         now_ms: u64,
         ttl_ms: u64,
     ) -> Option<Lease> {
         match current {
-            Some(l) if l.owner != me && l.expires_ms > now_ms => None,
+            Some(l) if l.owner != me && l.expires_ms > now_ms && (l.service || !service) => None,
             _ => Some(Lease {
                 owner: me,
                 expires_ms: now_ms.saturating_add(ttl_ms),
+                service,
             }),
         }
+    }
+
+    /// True while `me` holds this lease: a poller that lost it drops the answers of the
+    /// calls it still had in flight, so two pollers never publish over each other.
+    pub(crate) fn is_held_by(current: Option<Lease>, me: u64, now_ms: u64) -> bool {
+        current.is_some_and(|l| l.owner == me && l.expires_ms > now_ms)
     }
 }
 
@@ -285,9 +311,20 @@ mod tests {
         let lease = Lease {
             owner: 5,
             expires_ms: 77,
+            service: true,
         };
         assert_eq!(Lease::decode(&lease.encode()), Some(lease));
         assert_eq!(Lease::decode(b"x"), None);
+        let mut bad_flag = lease.encode();
+        bad_flag[16] = 2;
+        assert_eq!(Lease::decode(&bad_flag), None);
+        assert_eq!(
+            Lease::decode(&lease.encode()[..16]),
+            Some(Lease {
+                service: false,
+                ..lease
+            })
+        );
         assert_eq!(unversioned(&versioned(4, b"abc")), Some((4, &b"abc"[..])));
         assert_eq!(unversioned(b"1234567"), None);
     }
@@ -309,19 +346,40 @@ mod tests {
 
     #[test]
     fn one_vm_holds_the_lease_until_it_lapses() {
-        let a = Lease::claim(None, 1, 1000, 2000).unwrap();
-        assert_eq!(Lease::claim(Some(a), 2, 1500, 2000), None);
+        let a = Lease::claim(None, 1, false, 1000, 2000).unwrap();
+        assert_eq!(Lease::claim(Some(a), 2, false, 1500, 2000), None);
         assert_eq!(
-            Lease::claim(Some(a), 1, 1500, 2000),
+            Lease::claim(Some(a), 1, false, 1500, 2000),
             Some(Lease {
                 owner: 1,
-                expires_ms: 3500
+                expires_ms: 3500,
+                service: false,
             })
         );
         assert_eq!(
-            Lease::claim(Some(a), 2, 3001, 2000).map(|l| l.owner),
+            Lease::claim(Some(a), 2, false, 3001, 2000).map(|l| l.owner),
             Some(2)
         );
+        assert!(Lease::is_held_by(Some(a), 1, 2999));
+        assert!(!Lease::is_held_by(Some(a), 1, 3000));
+        assert!(!Lease::is_held_by(Some(a), 2, 1500));
+        assert!(!Lease::is_held_by(None, 1, 1500));
+    }
+
+    #[test]
+    fn the_poller_service_takes_the_lease_from_a_filter_vm_and_keeps_it() {
+        let filter = Lease::claim(None, 1, false, 1000, 2000).unwrap();
+        let service = Lease::claim(Some(filter), 9, true, 1100, 2000).unwrap();
+        assert_eq!((service.owner, service.service), (9, true));
+        // A filter VM waits for the service's lease to lapse, whatever it held before.
+        assert_eq!(Lease::claim(Some(service), 1, false, 3000, 2000), None);
+        assert!(!Lease::is_held_by(Some(service), 1, 3000));
+        assert_eq!(
+            Lease::claim(Some(service), 1, false, 3100, 2000).map(|l| l.owner),
+            Some(1)
+        );
+        // Two services (a misconfiguration) share it like filter VMs do.
+        assert_eq!(Lease::claim(Some(service), 8, true, 3000, 2000), None);
     }
 
     #[test]

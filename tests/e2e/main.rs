@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 use tests::control_plane::ControlPlane;
-use tests::envoy::{Envoy, filter_config, shipped_hcm_options};
+use tests::envoy::{Envoy, Poller, filter_config, shipped_hcm_options};
 use tests::tokens;
 use tests::upstream::Upstream;
 
@@ -38,6 +38,15 @@ impl Stack {
 
     /// Like [`start`](Stack::start) with other connection manager options for Envoy.
     fn start_with(configure: impl FnOnce(&mut Value, &Value), hcm_options: &Value) -> Stack {
+        Stack::start_polled_by(configure, hcm_options, Poller::Service)
+    }
+
+    /// Like [`start_with`](Stack::start_with), polled by `poller`.
+    fn start_polled_by(
+        configure: impl FnOnce(&mut Value, &Value),
+        hcm_options: &Value,
+        poller: Poller,
+    ) -> Stack {
         let turn = ONE_STACK_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -45,7 +54,7 @@ impl Stack {
         let upstream = Upstream::start();
         let mut filter = filter_config();
         configure(&mut filter, &cp.jwks());
-        let envoy = Envoy::start_with(cp.port, upstream.port, &filter, hcm_options);
+        let envoy = Envoy::start_with(cp.port, upstream.port, &filter, hcm_options, poller);
         Stack {
             envoy,
             cp,

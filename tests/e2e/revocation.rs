@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use tests::envoy::{Poller, shipped_hcm_options};
 use tests::tokens::{self, claims, mint};
 use tests::{eventually, http};
 
@@ -74,4 +75,59 @@ fn revoking_a_jti_sub_sid_or_kid_refuses_the_next_requests_within_the_propagatio
         times.iter().max().copied().unwrap_or_default(),
         times.len()
     );
+}
+
+/// The VM that polls last, from the filter's log ("... (vm N) polls the control plane").
+fn last_poller(stack: &Stack) -> Option<String> {
+    stack
+        .envoy
+        .filter_log()
+        .into_iter()
+        .rfind(|l| l.ends_with("polls the control plane"))
+}
+
+#[test]
+fn the_poller_service_polls_for_every_worker_and_revocations_reach_them() {
+    let stack = Stack::fetched_keys();
+    let issued = stack.cp.issue("heidi");
+    stack.envoy.wait_until_serving(&issued);
+    // A filter VM may hold the lease for a tick before the service's first one, and
+    // Envoy writes its log out in batches.
+    let service = eventually(Duration::from_secs(20), || {
+        last_poller(&stack).filter(|l| l.starts_with("the poller service"))
+    });
+    assert!(
+        service.is_some(),
+        "the service never took the lease: {:?}",
+        stack.envoy.filter_log()
+    );
+    let jti = tokens::payload(&issued)["jti"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    revoke_and_measure(&stack, "jti", &jti, &issued);
+    std::thread::sleep(Duration::from_secs(3));
+    // No filter VM took the lease back while the service renewed it.
+    assert!(
+        last_poller(&stack).is_some_and(|l| l.starts_with("the poller service")),
+        "{:?}",
+        stack.envoy.filter_log()
+    );
+}
+
+#[test]
+fn without_the_poller_service_a_filter_vm_polls_and_revocations_reach_every_worker() {
+    let stack = Stack::start_polled_by(|_, _| {}, &shipped_hcm_options(), Poller::FilterVm);
+    let issued = stack.cp.issue("ivan");
+    stack.envoy.wait_until_serving(&issued);
+    // Envoy writes its log out in batches: wait for the line.
+    let filter_vm = eventually(Duration::from_secs(20), || {
+        last_poller(&stack).filter(|l| l.starts_with("filter VM"))
+    });
+    assert!(filter_vm.is_some(), "{:?}", stack.envoy.filter_log());
+    let jti = tokens::payload(&issued)["jti"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    revoke_and_measure(&stack, "jti", &jti, &issued);
 }

@@ -54,25 +54,38 @@ pub fn shipped_hcm_options() -> Value {
     })
 }
 
+/// Who polls the control plane for the filter's VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poller {
+    /// The singleton `envoy.bootstrap.wasm` service on the main thread, as the shipped
+    /// configs run it (the filter's configuration plus `"role": "poller"`).
+    Service,
+    /// No service: one of the filter's VMs takes the lease.
+    FilterVm,
+}
+
 impl Envoy {
-    /// Starts Envoy in front of `upstream_port`, its filter polling `control_plane_port`,
-    /// with the [shipped](shipped_hcm_options) connection manager options.
+    /// Starts Envoy in front of `upstream_port`, its filter polling `control_plane_port`
+    /// through the poller service, with the [shipped](shipped_hcm_options) connection
+    /// manager options.
     pub fn start(control_plane_port: u16, upstream_port: u16, filter: &Value) -> Envoy {
         Envoy::start_with(
             control_plane_port,
             upstream_port,
             filter,
             &shipped_hcm_options(),
+            Poller::Service,
         )
     }
 
     /// Like [`start`](Envoy::start) with other connection manager options (`{}`: Envoy's
-    /// defaults, to show what the filter does on its own).
+    /// defaults, to show what the filter does on its own) and a choice of poller.
     pub fn start_with(
         control_plane_port: u16,
         upstream_port: u16,
         filter: &Value,
         hcm_options: &Value,
+        poller: Poller,
     ) -> Envoy {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +125,7 @@ impl Envoy {
         for (k, v) in hcm_options.as_object().into_iter().flatten() {
             hcm[k] = v.clone();
         }
-        let config = json!({
+        let mut config = json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "static_resources": {
                 "listeners": [{
@@ -126,6 +139,28 @@ impl Envoy {
                 "clusters": [cluster("upstream", upstream_port), cluster("control_plane", control_plane_port)]
             }
         });
+        if poller == Poller::Service {
+            let mut service_config = filter.clone();
+            service_config["role"] = json!("poller");
+            config["bootstrap_extensions"] = json!([{
+                "name": "envoy.bootstrap.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                    "singleton": true,
+                    "config": {
+                        "name": "edge_filter_poller", "root_id": "edge_filter_poller",
+                        "vm_config": {
+                            "vm_id": "edge_filter", "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": paths::filter_wasm()}}
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": service_config.to_string()
+                        }
+                    }
+                }
+            }]);
+        }
         let config_path = dir.0.join("envoy.json");
         std::fs::write(&config_path, config.to_string()).expect("write envoy config");
         let log = File::create(dir.0.join("stderr.log"))
@@ -190,6 +225,15 @@ impl Envoy {
                     && n.starts_with("wasm.")
                     && (n.contains("reload") || n.contains("fail") || n.contains("crash"))
             })
+            .collect()
+    }
+
+    /// The filter's log lines (`edge-filter: ...`) in Envoy's log so far.
+    pub fn filter_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.0.join("envoy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once("edge-filter: ").map(|(_, m)| m.to_owned()))
             .collect()
     }
 

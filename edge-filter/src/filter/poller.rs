@@ -15,7 +15,7 @@ use super::http::{Filter, SharedReplay};
 use super::metrics::{Metrics, SyncRefusal};
 use super::{LEASE_TTL_MS, TICK, Vm, now_ms, secs, shared_get};
 use crate::authz::{Authorizer, Rules};
-use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS};
+use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS, Role};
 use crate::request::fold_header_name;
 use crate::sync::{self, Keys, Lease, Refused, StateRecord};
 
@@ -30,6 +30,10 @@ enum Call {
 pub(super) struct Root {
     vm: Option<Rc<RefCell<Vm>>>,
     vm_number: u64,
+    /// This root context is the singleton poller service (`role: poller`).
+    service: bool,
+    /// This VM held the lease at its last tick.
+    polling: bool,
     in_flight: Vec<Call>,
     next_poll_ms: u64,
     next_jwks_ms: u64,
@@ -61,16 +65,38 @@ impl Root {
         now_ms() | (1 << 63)
     }
 
-    fn holds_lease(&self, keys: &Keys, now: u64) -> bool {
+    /// Claims or renews the lease; logs when this VM starts or stops polling.
+    fn holds_lease(&mut self, keys: &Keys, now: u64) -> bool {
         let (bytes, cas) = shared_get(&keys.lease);
         let current = bytes.as_deref().and_then(Lease::decode);
-        match Lease::claim(current, self.vm_number, now, LEASE_TTL_MS) {
-            Some(lease) => {
+        let held = Lease::claim(current, self.vm_number, self.service, now, LEASE_TTL_MS)
+            .is_some_and(|lease| {
                 proxy_wasm::hostcalls::set_shared_data(&keys.lease, Some(&lease.encode()), cas)
                     .is_ok()
+            });
+        if held != self.polling {
+            self.polling = held;
+            let who = if self.service {
+                "the poller service"
+            } else {
+                "filter VM"
+            };
+            if held {
+                info!(
+                    "edge-filter: {who} (vm {}) polls the control plane",
+                    self.vm_number
+                );
+            } else {
+                info!("edge-filter: {who} (vm {}) stopped polling", self.vm_number);
             }
-            None => false,
         }
+        held
+    }
+
+    /// Still the poller: an answer to a call made before the lease moved is dropped.
+    fn still_polling(&self, keys: &Keys, now: u64) -> bool {
+        let current = shared_get(&keys.lease).0.as_deref().and_then(Lease::decode);
+        Lease::is_held_by(current, self.vm_number, now)
     }
 
     fn dispatch(&self, vm: &Vm, path: &str, timeout: Duration) -> Result<u32, Status> {
@@ -343,6 +369,10 @@ impl Context for Root {
             return;
         };
         let now = now_ms();
+        if !self.still_polling(&vm_rc.borrow().keys, now) {
+            // The lease moved (the poller service started): the new poller publishes.
+            return;
+        }
         let body = self.response_body(body_size);
         let mut vm = vm_rc.borrow_mut();
         let retry = vm.config.control_plane.retry_millis;
@@ -411,6 +441,7 @@ impl RootContext for Root {
             },
         );
         self.vm_number = Root::allocate_vm_number(&keys);
+        self.service = config.role == Role::Poller;
         let folded_claim_headers = config
             .claim_headers
             .iter()
@@ -436,7 +467,15 @@ impl RootContext for Root {
         self.next_poll_ms = 0;
         self.next_jwks_ms = 0;
         self.set_tick_period(TICK);
-        info!("edge-filter: configured (vm {})", self.vm_number);
+        info!(
+            "edge-filter: configured (vm {}{})",
+            self.vm_number,
+            if self.service {
+                ", the poller service"
+            } else {
+                ""
+            }
+        );
         true
     }
 
