@@ -142,8 +142,7 @@ if e5:
                    f"B/entry (<= 12, {met(vm <= 12)})")
     if l1k and l1m:
         targets.append(f"E5 lookup at 1M / at 1k = {int(l1m) / int(l1k):.2f}x in instructions "
-                       f"({met(int(l1m) <= 1.1 * int(l1k))} if within 10%; an interpolation "
-                       f"search adds about one probe)")
+                       f"({met(int(l1m) <= 1.1 * int(l1k))} if within 10%)")
 
 if counts:
     p("## Edge: instructions per operation (callgrind, `bench/count.sh`)\n")

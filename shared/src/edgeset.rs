@@ -1,9 +1,11 @@
 //! The revocation set pushed to the edge: compact entries, a binary wire format for
 //! snapshots and deltas, and the lookup the filter runs on every request.
 //!
-//! An entry is 12 bytes in memory: a 64-bit hash of `(kind, value)` and the expiry as u32
-//! seconds (the optional not-before, rare, is kept apart). Lookups interpolate on the
-//! keys, which are uniformly spread hashes, so they cost a few probes at any set size.
+//! An entry is about 11 bytes in memory: a 64-bit hash of `(kind, value)`, a 16-bit
+//! expiry code, and its share of a bucket index on the keys' top bits (the optional
+//! not-before, rare, is kept apart). The keys are uniformly spread hashes and a bucket
+//! holds 2 to 4 of them on average, so a lookup costs the same at any set size
+//! (see [`RevocationSet`]).
 //!
 //! # Wire format, version 2
 //!
@@ -370,54 +372,43 @@ fn sort_and_merge(entries: &mut Vec<Entry>) {
     });
 }
 
-/// Probes [`find`] makes before it bisects what is left of its bracket.
-const INTERPOLATION_STEPS: u32 = 8;
-
-/// The position of `key` in the strictly increasing `keys`.
-///
-/// Keys are SHA-256 prefixes, uniformly spread, so the distance in positions between
-/// two keys is about their difference times `n / 2^64`: the first probe is where the
-/// key would be (off by about sqrt(n) / 2), and each next one moves from the last probe
-/// by the estimated distance (off by about the square root of the last miss), so a few
-/// probes reach it at any size, the last ones stepping by one. Every probe also narrows
-/// a bracket; after [`INTERPOLATION_STEPS`] probes a binary search of the bracket
-/// bounds the cost of any set (skewed keys included) by those probes plus log2(n).
-fn find(keys: &[u64], key: u64) -> Option<usize> {
-    let (&first, &last) = (keys.first()?, keys.last()?);
-    if key < first || key > last {
-        return None;
-    }
-    // Positions per 2^64 of key space, as a 32.32 product: (d >> 32) * n < 2^64.
-    let n = (keys.len() as u64).min(u64::from(u32::MAX));
-    let positions = |distance: u64| ((((distance >> 32) * n) + (1 << 31)) >> 32) as usize;
-    // Invariant: if the key is there, it is in lo..=hi; and lo <= i <= hi.
-    let (mut lo, mut hi) = (0, keys.len() - 1);
-    let mut i = positions(key - first).min(hi);
-    for _ in 0..INTERPOLATION_STEPS {
-        let probe = *keys.get(i)?;
-        if probe < key {
-            if i == hi {
-                return None;
-            }
-            lo = i + 1;
-            i = (i + positions(key - probe).max(1)).min(hi);
-        } else if probe > key {
-            if i == lo {
-                return None;
-            }
-            hi = i - 1;
-            i = i.saturating_sub(positions(probe - key).max(1)).max(lo);
-        } else {
-            return Some(i);
-        }
-    }
-    let j = keys.get(lo..=hi)?.binary_search(&key).ok()?;
-    Some(lo + j)
+/// Buckets of the key index: the largest power of two at most `n / 2`, so a bucket
+/// holds 2 to 4 keys on average whatever the set's size (keys are SHA-256 prefixes,
+/// uniformly spread), and a lookup costs the same at 1,000 and at 1,000,000 entries.
+fn bucket_bits(n: usize) -> u32 {
+    if n < 4 { 0 } else { (n / 2).ilog2().min(32) }
 }
 
+/// The bucket of `key`: its top `bits` bits.
+fn bucket_of(key: u64, bits: u32) -> usize {
+    key.checked_shr(64 - bits).unwrap_or(0) as usize
+}
+
+/// `starts[j]` is the position of the first key of bucket `j` (and `starts[2^bits]` the
+/// number of keys); empty for no keys.
+fn bucket_starts(keys: &[u64], bits: u32) -> Vec<u32> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let mut starts = vec![0u32; (1usize << bits) + 1];
+    for &key in keys {
+        starts[bucket_of(key, bits) + 1] += 1;
+    }
+    for j in 1..starts.len() {
+        starts[j] += starts[j - 1];
+    }
+    starts
+}
+
+/// Buckets longer than this (only keys chosen to collide make them) are bisected.
+const SCAN_LIMIT: usize = 16;
+
+/// Bits of mantissa of an in-memory expiry code (see [`RevocationSet`]).
+const SET_MANTISSA_BITS: u32 = 11;
+
 const BLOB_MAGIC: &[u8; 4] = b"PQRS";
-const BLOB_VERSION: u8 = 1;
-const BLOB_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8 + 8;
+const BLOB_VERSION: u8 = 2;
+const BLOB_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 4 + 8 + 8;
 
 fn le_u64s(bytes: &[u8]) -> Vec<u64> {
     bytes
@@ -433,15 +424,26 @@ fn le_u32s(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// The revocation set as one edge VM holds it, 12 bytes an entry: the keys sorted (an
-/// interpolation search over 8-byte keys only), the expiries beside them, and the rare
-/// not-befores (subject revocations with a cut-off) apart, sorted by key.
+/// The revocation set as one edge VM holds it, about 11 bytes an entry at 1,000,000:
+///
+/// - the keys sorted (8 bytes), and a bucket index on their top bits (the position of
+///   each bucket's first key, u32, one bucket per 2 to 4 keys: 1 to 2 bytes an entry), so
+///   a lookup reads two index words and scans a few keys, at any size;
+/// - the expiries as 16-bit codes counted from the set's `expiry_base` (2 bytes): exact
+///   seconds up to 2,047 s, then at most 1/2,048 of the time later, **rounded up**, never
+///   down, like the wire's 13-bit codes but finer; the base is the earliest expiry (or
+///   the update time) of the snapshot the set was built from, so re-encoding a decoded
+///   expiry gives the same code and a delta never moves an entry again;
+/// - the rare not-befores (subject revocations with a cut-off) apart, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationSet {
     seq: u64,
     generated_at: i64,
+    expiry_base: u32,
     keys: Vec<u64>,
-    expires_at: Vec<u32>,
+    expiry_codes: Vec<u16>,
+    bucket_bits: u32,
+    bucket_starts: Vec<u32>,
     not_before: Vec<(u64, u32)>,
 }
 
@@ -451,12 +453,30 @@ impl RevocationSet {
         RevocationSet::default()
     }
 
-    fn from_sorted(seq: u64, generated_at: i64, entries: &[Entry]) -> RevocationSet {
+    /// Builds the set from entries sorted by key with no repeats; expiries before
+    /// `expiry_base` are kept as `expiry_base` (later, never earlier).
+    fn from_sorted(
+        seq: u64,
+        generated_at: i64,
+        expiry_base: u32,
+        entries: &[Entry],
+    ) -> RevocationSet {
+        let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
+        let bucket_bits = bucket_bits(keys.len());
         RevocationSet {
             seq,
             generated_at,
-            keys: entries.iter().map(|e| e.key).collect(),
-            expires_at: entries.iter().map(|e| e.expires_at).collect(),
+            expiry_base,
+            expiry_codes: entries
+                .iter()
+                .map(|e| {
+                    let offset = u64::from(e.expires_at.saturating_sub(expiry_base));
+                    wire::float_code(offset, SET_MANTISSA_BITS)
+                })
+                .collect(),
+            bucket_starts: bucket_starts(&keys, bucket_bits),
+            bucket_bits,
+            keys,
             not_before: entries
                 .iter()
                 .filter(|e| e.not_before != 0)
@@ -465,15 +485,46 @@ impl RevocationSet {
         }
     }
 
+    /// The expiry base for a set built from `entries` in an update made at
+    /// `generated_at`: the earliest time any of them needs.
+    fn base_for(generated_at: i64, entries: &[Entry]) -> u32 {
+        entries
+            .iter()
+            .map(|e| e.expires_at)
+            .fold(clamp_u32(generated_at), u32::min)
+    }
+
+    /// The expiry of the entry at position `i` (seconds since the epoch).
+    fn expiry(&self, i: usize) -> u32 {
+        let code = self.expiry_codes.get(i).copied().unwrap_or(0);
+        let at = u64::from(self.expiry_base) + wire::float_seconds(code, SET_MANTISSA_BITS);
+        u32::try_from(at).unwrap_or(u32::MAX)
+    }
+
+    /// The position of `key`: two index reads and a scan of its bucket.
+    fn find(&self, key: u64) -> Option<usize> {
+        let j = bucket_of(key, self.bucket_bits);
+        let (lo, hi) = (
+            *self.bucket_starts.get(j)? as usize,
+            *self.bucket_starts.get(j + 1)? as usize,
+        );
+        let bucket = self.keys.get(lo..hi)?;
+        if bucket.len() > SCAN_LIMIT {
+            return bucket.binary_search(&key).ok().map(|i| lo + i);
+        }
+        let i = bucket.iter().position(|&k| k >= key)?;
+        (bucket[i] == key).then_some(lo + i)
+    }
+
     /// The entries, sorted by key.
     fn entries(&self) -> Vec<Entry> {
         let mut nbf = self.not_before.iter().peekable();
         self.keys
             .iter()
-            .zip(&self.expires_at)
-            .map(|(&key, &expires_at)| Entry {
+            .enumerate()
+            .map(|(i, &key)| Entry {
                 key,
-                expires_at,
+                expires_at: self.expiry(i),
                 not_before: nbf.next_if(|(k, _)| *k == key).map_or(0, |(_, t)| *t),
             })
             .collect()
@@ -481,7 +532,10 @@ impl RevocationSet {
 
     /// Bytes the entries take in memory (capacity included).
     pub fn memory_bytes(&self) -> usize {
-        self.keys.capacity() * 8 + self.expires_at.capacity() * 4 + self.not_before.capacity() * 16
+        self.keys.capacity() * 8
+            + self.expiry_codes.capacity() * 2
+            + self.bucket_starts.capacity() * 4
+            + self.not_before.capacity() * 16
     }
 
     /// The feed sequence number the set is at.
@@ -517,11 +571,12 @@ impl RevocationSet {
         update: EdgeUpdate,
         max_entries: u64,
     ) -> Result<(), EdgeSetError> {
-        let entries = match update.kind {
+        let (entries, expiry_base) = match update.kind {
             UpdateKind::Snapshot => {
                 let mut entries = update.entries;
                 sort_and_merge(&mut entries);
-                entries
+                let base = RevocationSet::base_for(update.generated_at, &entries);
+                (entries, base)
             }
             UpdateKind::Delta => {
                 if update.base_seq != self.seq {
@@ -530,6 +585,11 @@ impl RevocationSet {
                         current: self.seq,
                     });
                 }
+                let base = if self.keys.is_empty() {
+                    RevocationSet::base_for(update.generated_at, &update.entries)
+                } else {
+                    self.expiry_base
+                };
                 let mut entries = self.entries();
                 if update.entries.len() > 64 {
                     entries.extend(update.entries);
@@ -542,25 +602,26 @@ impl RevocationSet {
                         }
                     }
                 }
-                entries
+                (entries, base)
             }
         };
-        if entries.len() as u64 > max_entries {
+        // Positions in the index are u32.
+        if entries.len() as u64 > max_entries.min(u64::from(u32::MAX)) {
             return Err(EdgeSetError::TooManyEntries(entries.len() as u64));
         }
-        *self = RevocationSet::from_sorted(update.seq, update.generated_at, &entries);
+        *self = RevocationSet::from_sorted(update.seq, update.generated_at, expiry_base, &entries);
         Ok(())
     }
 
     /// Drops entries that can no longer match a valid token.
     pub fn prune(&mut self, now: i64) {
         let now = clamp_u32(now);
-        if self.expires_at.iter().all(|&t| t > now) {
+        if (0..self.keys.len()).all(|i| self.expiry(i) > now) {
             return;
         }
         let mut entries = self.entries();
         entries.retain(|e| e.expires_at > now);
-        *self = RevocationSet::from_sorted(self.seq, self.generated_at, &entries);
+        *self = RevocationSet::from_sorted(self.seq, self.generated_at, self.expiry_base, &entries);
     }
 
     /// The first kind under which the token is revoked at `now`, if any.
@@ -584,38 +645,40 @@ impl RevocationSet {
                 let Some(key) = key else {
                     return false;
                 };
-                let Some(i) = find(&self.keys, key) else {
+                let Some(i) = self.find(key) else {
                     return false;
                 };
                 let not_before = match self.not_before.binary_search_by_key(&key, |(k, _)| *k) {
                     Ok(j) => Some(i64::from(self.not_before[j].1)),
                     Err(_) => None,
                 };
-                self.expires_at[i] > now && covers(not_before, token.iat)
+                self.expiry(i) > now && covers(not_before, token.iat)
             })
             .map(|(kind, _)| kind)
     }
 
     /// The set exactly as held, as bytes, for passing it between the VMs of one filter
     /// build (an internal layout, not a wire format: no rounding, so a set published and
-    /// loaded again is the same set, and loading it is copies and one sortedness check):
+    /// loaded again is the same set, and loading it is copies, one sortedness check and
+    /// the bucket index rebuilt in the same pass):
     ///
     /// ```text
-    /// "PQRS" | 1 | seq u64 | generated_at i64 | n u64 | m u64
-    /// | n keys u64 | n expiries u32 | m not-before keys u64 | m not-befores u32
+    /// "PQRS" | 2 | seq u64 | generated_at i64 | expiry_base u32 | n u64 | m u64
+    /// | n keys u64 | n expiry codes u16 | m not-before keys u64 | m not-befores u32
     /// ```
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = self.keys.len();
         let m = self.not_before.len();
-        let mut out = Vec::with_capacity(BLOB_HEADER_LEN + n * 12 + m * 12);
+        let mut out = Vec::with_capacity(BLOB_HEADER_LEN + n * 10 + m * 12);
         out.extend_from_slice(BLOB_MAGIC);
         out.push(BLOB_VERSION);
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.generated_at.to_le_bytes());
+        out.extend_from_slice(&self.expiry_base.to_le_bytes());
         out.extend_from_slice(&(n as u64).to_le_bytes());
         out.extend_from_slice(&(m as u64).to_le_bytes());
         out.extend(self.keys.iter().flat_map(|k| k.to_le_bytes()));
-        out.extend(self.expires_at.iter().flat_map(|t| t.to_le_bytes()));
+        out.extend(self.expiry_codes.iter().flat_map(|c| c.to_le_bytes()));
         out.extend(self.not_before.iter().flat_map(|(k, _)| k.to_le_bytes()));
         out.extend(self.not_before.iter().flat_map(|(_, t)| t.to_le_bytes()));
         out
@@ -623,7 +686,7 @@ impl RevocationSet {
 
     /// Loads what [`to_bytes`](Self::to_bytes) wrote, refusing a set over `max_entries`
     /// and anything that is not exactly such a set (wrong length, keys out of order, a
-    /// not-before of no entry, a zero not-before).
+    /// not-before of no entry, a zero not-before, an expiry code past `u32::MAX` seconds).
     pub fn from_bytes(bytes: &[u8], max_entries: u64) -> Result<RevocationSet, EdgeSetError> {
         let mut r = wire::Reader { bytes };
         if &r.take::<4>()? != BLOB_MAGIC {
@@ -634,45 +697,62 @@ impl RevocationSet {
         }
         let seq = u64::from_le_bytes(r.take()?);
         let generated_at = i64::from_le_bytes(r.take()?);
+        let expiry_base = u32::from_le_bytes(r.take()?);
         let n = u64::from_le_bytes(r.take()?);
         let m = u64::from_le_bytes(r.take()?);
-        if n > max_entries {
+        if n > max_entries.min(u64::from(u32::MAX)) {
             return Err(EdgeSetError::TooManyEntries(n));
         }
         if m > n {
             return Err(EdgeSetError::Malformed("more not-befores than entries"));
         }
-        // n and m are at most the input's length over 12 once this holds: no overflow.
+        // n and m are at most the input's length over 10 once this holds: no overflow.
         let rest = r.bytes;
-        if n.checked_add(m).and_then(|x| x.checked_mul(12)) != Some(rest.len() as u64) {
+        if n.checked_mul(10)
+            .and_then(|x| x.checked_add(m.checked_mul(12)?))
+            != Some(rest.len() as u64)
+        {
             return Err(EdgeSetError::Malformed("set blob length"));
         }
         let (n, m) = (n as usize, m as usize);
         let (keys, rest) = rest.split_at(n * 8);
-        let (expires_at, rest) = rest.split_at(n * 4);
+        let (codes, rest) = rest.split_at(n * 2);
         let (nbf_keys, nbf_times) = rest.split_at(m * 8);
         let keys = le_u64s(keys);
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(EdgeSetError::Malformed("entries not strictly sorted"));
         }
-        let not_before: Vec<(u64, u32)> = le_u64s(nbf_keys)
-            .into_iter()
-            .zip(le_u32s(nbf_times))
+        let expiry_codes: Vec<u16> = codes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
-        if not_before.windows(2).any(|w| w[0].0 >= w[1].0)
-            || not_before
+        let max_code = wire::float_code(u64::from(u32::MAX - expiry_base), SET_MANTISSA_BITS);
+        if expiry_codes.iter().any(|&c| c > max_code) {
+            return Err(EdgeSetError::Malformed("expiry code past u32::MAX"));
+        }
+        let bucket_bits = bucket_bits(keys.len());
+        let set = RevocationSet {
+            seq,
+            generated_at,
+            expiry_base,
+            bucket_starts: bucket_starts(&keys, bucket_bits),
+            bucket_bits,
+            keys,
+            expiry_codes,
+            not_before: le_u64s(nbf_keys)
+                .into_iter()
+                .zip(le_u32s(nbf_times))
+                .collect(),
+        };
+        if set.not_before.windows(2).any(|w| w[0].0 >= w[1].0)
+            || set
+                .not_before
                 .iter()
-                .any(|&(key, t)| t == 0 || find(&keys, key).is_none())
+                .any(|&(key, t)| t == 0 || set.find(key).is_none())
         {
             return Err(EdgeSetError::Malformed("not-before of no entry"));
         }
-        Ok(RevocationSet {
-            seq,
-            generated_at,
-            keys,
-            expires_at: le_u32s(expires_at),
-            not_before,
-        })
+        Ok(set)
     }
 
     /// The set as a snapshot update.
@@ -730,7 +810,7 @@ mod layout_tests {
             ]
         );
         assert_eq!(set.not_before, vec![(1, 120), (5, 130)]);
-        assert!(set.memory_bytes() >= 105 * 12);
+        assert!(set.memory_bytes() >= 105 * 10);
         set.prune(350);
         let keys: Vec<u64> = set.to_snapshot().entries.iter().map(|e| e.key).collect();
         assert_eq!(&keys[..4], &[3, 5, 9, 100]);
@@ -1068,34 +1148,145 @@ mod wire_tests {
         );
     }
 
+    /// A set holding exactly `keys` (any order, repeats merged), expiring at `AT + 60`.
+    fn set_of_keys(keys: &[u64]) -> RevocationSet {
+        let mut set = RevocationSet::new();
+        let entries = keys
+            .iter()
+            .map(|&key| Entry {
+                key,
+                expires_at: (AT + 60) as u32,
+                not_before: 0,
+            })
+            .collect();
+        set.apply(EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            base_seq: 0,
+            seq: 1,
+            generated_at: AT,
+            entries,
+        })
+        .unwrap();
+        set
+    }
+
     #[test]
-    fn interpolation_finds_what_binary_search_finds_in_any_spread() {
+    fn the_bucket_index_finds_what_binary_search_finds_in_any_spread() {
         let mut seed = 99;
-        let sets: Vec<Vec<u64>> = vec![
-            vec![],
-            vec![42],
+        let mut sets: Vec<Vec<u64>> = vec![
             (0..1_000).map(|_| xorshift(&mut seed)).collect(),
             (0..100_000).map(|_| xorshift(&mut seed)).collect(),
             (0..5_000).collect(),
-            // Clustered: dense runs far apart, and a long tail.
+            // Clustered: dense runs far apart (long buckets, bisected), and a long tail.
             (0..3_000)
                 .map(|i| (i % 3) << 62 | i)
                 .chain((0..40).map(|i| u64::MAX - (1 << i)))
                 .collect(),
             (0..64).map(|i| 1u64 << i).collect(),
+            vec![0, u64::MAX],
         ];
+        // Every size around the bucket-count steps, small sets included.
+        sets.extend((0..40).map(|n| (0..n).map(|_| xorshift(&mut seed)).collect()));
         for mut keys in sets {
             keys.sort_unstable();
             keys.dedup();
+            let set = set_of_keys(&keys);
+            assert_eq!(set.keys, keys);
             let mut probes: Vec<u64> = keys.clone();
             probes.extend(keys.iter().map(|k| k.wrapping_add(1)));
             probes.extend(keys.iter().map(|k| k.wrapping_sub(1)));
             probes.extend((0..2_000).map(|_| xorshift(&mut seed)));
-            probes.extend([0, u64::MAX]);
+            probes.extend([0, 1, u64::MAX - 1, u64::MAX]);
             for key in probes {
-                assert_eq!(find(&keys, key), keys.binary_search(&key).ok(), "{key}");
+                assert_eq!(set.find(key), keys.binary_search(&key).ok(), "{key}");
             }
         }
+    }
+
+    #[test]
+    fn buckets_hold_two_to_four_keys_on_average_at_any_size() {
+        for n in [4usize, 5, 7, 8, 999, 1_000, 1_024, 65_537, 1_000_000] {
+            let buckets = 1usize << bucket_bits(n);
+            let mean = n as f64 / buckets as f64;
+            assert!((2.0..4.0).contains(&mean), "{n}: {mean}");
+        }
+        let mut seed = 7;
+        let keys: Vec<u64> = (0..1_000_000).map(|_| xorshift(&mut seed)).collect();
+        let set = set_of_keys(&keys);
+        // 8 bytes a key, 2 an expiry, 4 per bucket: about 11 bytes an entry, under 12.
+        let per_entry = set.memory_bytes() as f64 / set.len() as f64;
+        assert!(per_entry < 11.1, "{per_entry}");
+    }
+
+    #[test]
+    fn in_memory_expiries_are_rounded_up_by_under_a_2048th_and_kept_through_deltas() {
+        let mut seed = 5;
+        let mut set = RevocationSet::new();
+        let snapshot: Vec<Entry> = (0..5_000)
+            .map(|i| Entry {
+                key: xorshift(&mut seed),
+                expires_at: (AT + (i * i) % 40_000_000) as u32,
+                not_before: 0,
+            })
+            .collect();
+        set.apply(EdgeUpdate {
+            kind: UpdateKind::Snapshot,
+            base_seq: 0,
+            seq: 1,
+            generated_at: AT,
+            entries: snapshot.clone(),
+        })
+        .unwrap();
+        let check = |set: &RevocationSet, given: &[Entry]| {
+            for e in given {
+                let i = set.find(e.key).unwrap();
+                let held = set.expiry(i);
+                let left = e.expires_at - set.expiry_base;
+                assert!(held >= e.expires_at, "{} -> {held}: earlier", e.expires_at);
+                assert!(
+                    held - e.expires_at <= left / 2048,
+                    "{} -> {held}",
+                    e.expires_at
+                );
+            }
+        };
+        check(&set, &snapshot);
+        let held: Vec<u32> = (0..set.len()).map(|i| set.expiry(i)).collect();
+        // A delta re-encodes every entry at the same base: nothing moves.
+        let delta = vec![Entry {
+            key: 3,
+            expires_at: u32::MAX,
+            not_before: 0,
+        }];
+        set.apply(EdgeUpdate {
+            kind: UpdateKind::Delta,
+            base_seq: 1,
+            seq: 2,
+            generated_at: AT + 100,
+            entries: delta.clone(),
+        })
+        .unwrap();
+        check(&set, &snapshot);
+        assert_eq!(set.expiry(set.find(3).unwrap()), u32::MAX);
+        let again: Vec<u32> = (0..set.len())
+            .filter(|&i| set.keys[i] != 3)
+            .map(|i| set.expiry(i))
+            .collect();
+        assert_eq!(again, held);
+        // An expiry before the base comes back as the base: later, never earlier.
+        set.apply(EdgeUpdate {
+            kind: UpdateKind::Delta,
+            base_seq: 2,
+            seq: 3,
+            generated_at: AT + 200,
+            entries: vec![Entry {
+                key: 4,
+                expires_at: 10,
+                not_before: 0,
+            }],
+        })
+        .unwrap();
+        assert_eq!(set.expiry(set.find(4).unwrap()), set.expiry_base);
     }
 
     #[test]
@@ -1109,7 +1300,7 @@ mod wire_tests {
         let blob = set.to_bytes();
         assert_eq!(
             blob.len(),
-            BLOB_HEADER_LEN + set.len() * 12 + set.not_before.len() * 12
+            BLOB_HEADER_LEN + set.len() * 10 + set.not_before.len() * 12
         );
         assert_eq!(RevocationSet::from_bytes(&blob, 1_000).unwrap(), set);
         assert_eq!(
@@ -1130,7 +1321,11 @@ mod wire_tests {
         let mut unsorted = blob.clone();
         unsorted[at..at + 16].rotate_left(8);
         assert!(RevocationSet::from_bytes(&unsorted, 1_000).is_err());
-        let nbf_at = at + set.len() * 12;
+        let mut late = blob.clone();
+        let codes_at = at + set.len() * 8;
+        late[codes_at..codes_at + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(RevocationSet::from_bytes(&late, 1_000).is_err());
+        let nbf_at = at + set.len() * 10;
         let mut stray = blob.clone();
         stray[nbf_at + 3] ^= 1;
         assert!(RevocationSet::from_bytes(&stray, 1_000).is_err());

@@ -14,30 +14,43 @@ const MANTISSA_BITS: u32 = 8;
 /// subnormals: codes 0..512 are exact seconds, then each doubling of the time has 256
 /// codes, so the step is at most 1/256 of the time; the largest code is past 2^32 s.
 pub(super) fn expiry_seconds(code: u16) -> u64 {
-    let exponent = u32::from(code >> MANTISSA_BITS);
-    let mantissa = u64::from(code & 0xff);
-    if exponent == 0 {
-        mantissa
-    } else {
-        (256 + mantissa) << (exponent - 1)
-    }
+    float_seconds(code, MANTISSA_BITS)
 }
 
 /// The smallest code whose time is at or after `seconds` (rounding up, never down);
 /// `seconds` must be below 2^32 (an expiry is a u32 time).
 pub(super) fn expiry_code(seconds: u64) -> u16 {
-    if seconds < 256 {
+    float_code(seconds, MANTISSA_BITS)
+}
+
+/// [`expiry_seconds`] with `mantissa` bits of mantissa (the rest of the code is the
+/// exponent): codes below 2^(mantissa + 1) are exact seconds, then the step is at most
+/// 1/2^mantissa of the time.
+pub(super) fn float_seconds(code: u16, mantissa: u32) -> u64 {
+    let exponent = u32::from(code) >> mantissa;
+    let low = u64::from(code) & ((1 << mantissa) - 1);
+    if exponent == 0 {
+        low
+    } else {
+        ((1 << mantissa) + low) << (exponent - 1)
+    }
+}
+
+/// [`expiry_code`] with `mantissa` bits of mantissa; `seconds` below 2^32 and a
+/// mantissa of 8 to 11 bits keep the code within 16 bits.
+pub(super) fn float_code(seconds: u64, mantissa: u32) -> u16 {
+    let one = 1u64 << mantissa;
+    if seconds < one {
         return seconds as u16;
     }
-    // 256 <= seconds < 2^32: the top 9 bits, rounded up, are 256 + mantissa.
-    let shift = 63 - seconds.leading_zeros() - MANTISSA_BITS;
+    // one <= seconds < 2^32: the top mantissa + 1 bits, rounded up, are one + low bits.
+    let mut shift = 63 - seconds.leading_zeros() - mantissa;
     let mut top = seconds.div_ceil(1 << shift);
-    let mut shift = shift;
-    if top == 512 {
-        top = 256;
+    if top == 2 * one {
+        top = one;
         shift += 1;
     }
-    (((shift + 1) << MANTISSA_BITS) as u16) | (top - 256) as u16
+    (((u64::from(shift) + 1) << mantissa) | (top - one)) as u16
 }
 
 /// The Rice parameter for `count` uniformly spread 64-bit keys: the mean gap is
@@ -264,6 +277,32 @@ impl BitReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eleven_bit_mantissa_codes_round_up_by_under_a_2048th_and_fit_16_bits() {
+        let mut seconds: Vec<u64> = (0..10_000).collect();
+        seconds.extend((0..32).flat_map(|s| {
+            let p = 1u64 << s;
+            [p - 1, p, p + 1]
+        }));
+        seconds.push(u64::from(u32::MAX));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seconds.push(x >> 32);
+        }
+        for s in seconds {
+            let code = float_code(s, 11);
+            let back = float_seconds(code, 11);
+            assert!(back >= s && back - s <= s / 2048, "{s} -> {back}");
+            if code > 0 {
+                assert!(float_seconds(code - 1, 11) < s, "{s}: not the smallest");
+            }
+        }
+        assert!(float_code(u64::from(u32::MAX), 11) < u16::MAX);
+    }
 
     #[test]
     fn expiry_codes_round_up_by_at_most_one_step_and_are_the_smallest() {
