@@ -7,7 +7,10 @@ use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha512};
 
-use super::{KeyTable, canonical_y, radix16};
+use super::{
+    DIGITS, HALF, KeyTable, Multiples, PER_ROW, ROWS, WINDOW, canonical_y, double_fixed_base,
+    signed_digits,
+};
 
 /// Both verifiers' answer; panics when they differ.
 fn agree(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
@@ -91,9 +94,13 @@ fn small_order_and_noncanonical_encodings() -> Vec<[u8; 32]> {
 }
 
 #[test]
-fn a_key_table_holds_40_kib() {
-    // 256 extended points of four field elements (ten u32 limbs in wasm32, five u64 here).
-    assert_eq!(std::mem::size_of::<[[EdwardsPoint; 8]; 32]>(), 40 * 1024);
+fn a_key_table_holds_110_kib() {
+    // 704 extended points of four field elements (ten u32 limbs in wasm32, five u64 here).
+    assert_eq!((ROWS, PER_ROW), (22, 32));
+    assert_eq!(
+        std::mem::size_of::<[[EdwardsPoint; PER_ROW]; ROWS]>(),
+        704 * 160
+    );
 }
 
 #[test]
@@ -272,15 +279,21 @@ fn mixed_order_keys_get_the_same_answer() {
 }
 
 #[test]
-fn radix16_digits_sum_back_to_the_scalar() {
-    for seed in 0..32u8 {
-        let s = scalar(seed, b"digits");
-        let d = radix16(&s);
-        assert!(d[..63].iter().all(|&x| (-8..8).contains(&x)));
-        assert!((-8..=8).contains(&d[63]));
+fn signed_digits_sum_back_to_the_scalar() {
+    let mut scalars: Vec<Scalar> = (0..32u8).map(|seed| scalar(seed, b"digits")).collect();
+    // l - 1, and values whose windows are all at the carry boundary.
+    scalars.push(-Scalar::ONE);
+    scalars.push(Scalar::from_bytes_mod_order([0xff; 32]));
+    scalars.push(Scalar::from(0x8421_0842_1084_2108u64));
+    scalars.push(Scalar::ZERO);
+    for s in scalars {
+        let d = signed_digits(&s);
+        let half = HALF as i8;
+        assert!(d[..DIGITS - 1].iter().all(|&x| (-half..half).contains(&x)));
+        assert!((-half..=half).contains(&d[DIGITS - 1]));
         let mut acc = Scalar::ZERO;
         for &x in d.iter().rev() {
-            acc *= Scalar::from(16u8);
+            acc *= Scalar::from(1u64 << WINDOW);
             acc += if x < 0 {
                 -Scalar::from(x.unsigned_abs())
             } else {
@@ -291,7 +304,19 @@ fn radix16_digits_sum_back_to_the_scalar() {
     }
     let max = -Scalar::ONE; // l - 1
     assert_eq!(ED25519_BASEPOINT_POINT * max, -ED25519_BASEPOINT_POINT);
-    let _ = radix16(&max);
+}
+
+#[test]
+fn the_fixed_base_sum_is_the_variable_base_product() {
+    let p = ED25519_BASEPOINT_POINT * scalar(1, b"p");
+    let q = ED25519_BASEPOINT_POINT * scalar(2, b"q");
+    let (tp, tq) = (Multiples::new(&p), Multiples::new(&q));
+    for seed in 0..16u8 {
+        let (a, b) = (scalar(seed, b"a"), scalar(seed, b"b"));
+        assert_eq!(double_fixed_base(&a, &tp, &b, &tq), p * a + q * b);
+    }
+    let max = -Scalar::ONE;
+    assert_eq!(double_fixed_base(&max, &tp, &max, &tq), -(p + q));
 }
 
 proptest! {
