@@ -121,12 +121,16 @@ stop() {
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-wait_for() { # url what
+wait_for() { # url what [log]: on failure, the end of the log says why
   for _ in $(seq 1 300); do
     if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
     sleep 0.2
   done
   echo "error: $2 did not answer at $1 (logs in $RUN)" >&2
+  if [ -n "${3:-}" ] && [ -f "$3" ]; then
+    echo "last lines of $3:" >&2
+    tail -n 20 "$3" >&2
+  fi
   exit 1
 }
 
@@ -162,7 +166,8 @@ for ((i = 0; i < REGIONS; i++)); do
   PIDS+=($!)
 done
 for ((i = 0; i < REGIONS; i++)); do
-  wait_for "http://127.0.0.1:$((CP_PORT + i))/health" "control plane of region ${names[$i]}"
+  wait_for "http://127.0.0.1:$((CP_PORT + i))/health" "control plane of region ${names[$i]}" \
+    "$RUN/control-plane-${names[$i]}.log"
 done
 if [ "$REGIONS" = 2 ]; then
   # Each region accepts the other's tokens once it has fetched the other's keys.
@@ -191,7 +196,8 @@ for ((i = 0; i < REGIONS; i++)); do
   PIDS+=($!)
 done
 for ((i = 0; i < REGIONS; i++)); do
-  wait_for "http://127.0.0.1:$((ADMIN_PORT + i))/ready" "Envoy of region ${names[$i]}"
+  wait_for "http://127.0.0.1:$((ADMIN_PORT + i))/ready" "Envoy of region ${names[$i]}" \
+    "$RUN/envoy-${names[$i]}.log"
 done
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/" "demo upstream"
 # The filter serves once it holds the keys and a verified revocation set.
