@@ -4,9 +4,12 @@
 //! Shared data (namespaced by `vm_id`) holds three values per feed:
 //! - `lease`: which VM polls, renewed by compare-and-swap on every tick; the singleton
 //!   poller service (`role: poller`, on Envoy's main thread) wins it over filter VMs;
-//! - `state`: a 48-byte [`StateRecord`] every request reads to see if anything changed;
-//! - `set` and `jwks`: the verified set and the JWKS, each prefixed by its version, read
-//!   by a VM only when the version in `state` differs from the one it holds.
+//! - `state`: a 56-byte [`StateRecord`] every request reads to see if anything changed;
+//! - `set` and `jwks`: the verified set's arrays and the JWKS, each prefixed by its
+//!   version, read by a VM only when the version in `state` differs from the one it holds;
+//! - `recent`: the entries deltas added since the arrays were built (at most
+//!   [`RECENT_MAX`](shared::edgeset::RECENT_MAX)), prefixed by its version and the arrays'
+//!   version: what a small delta publishes, so no VM copies the whole set for it.
 
 use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet, UpdateKind};
 
@@ -17,8 +20,10 @@ pub(crate) struct Keys {
     pub(crate) lease: String,
     /// The [`StateRecord`].
     pub(crate) state: String,
-    /// The versioned set blob.
+    /// The versioned set blob (the arrays).
     pub(crate) set: String,
+    /// The versioned recent-entries blob.
+    pub(crate) recent: String,
     /// The versioned JWKS blob.
     pub(crate) jwks: String,
     /// Counter that hands each VM a distinct id.
@@ -38,6 +43,7 @@ impl Keys {
             lease: k("lease"),
             state: k("state"),
             set: k("set"),
+            recent: k("recent"),
             jwks: k("jwks"),
             vm_counter: k("vm_counter"),
             jwks_wanted: k("jwks_wanted"),
@@ -49,8 +55,10 @@ impl Keys {
 /// What every request reads: versions and the times staleness is measured from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StateRecord {
-    /// Version of the set blob; bumped whenever the set changes.
+    /// Version of the set blob; bumped whenever the set's arrays are rebuilt.
     pub(crate) set_version: u64,
+    /// Version of the recent-entries blob; bumped whenever the set changes.
+    pub(crate) recent_version: u64,
     /// Feed sequence number of the set.
     pub(crate) seq: u64,
     /// `generated_at` of the newest verified update (heartbeats included); 0: never synced.
@@ -66,21 +74,22 @@ pub struct StateRecord {
 }
 
 impl StateRecord {
-    /// The 48-byte encoding.
-    pub(crate) fn encode(&self) -> [u8; 48] {
-        let mut out = [0u8; 48];
+    /// The 56-byte encoding.
+    pub(crate) fn encode(&self) -> [u8; 56] {
+        let mut out = [0u8; 56];
         out[0..8].copy_from_slice(&self.set_version.to_le_bytes());
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
         out[16..24].copy_from_slice(&self.generated_at.to_le_bytes());
         out[24..32].copy_from_slice(&self.verified_at.to_le_bytes());
         out[32..40].copy_from_slice(&self.jwks_version.to_le_bytes());
         out[40..48].copy_from_slice(&self.refused_at.to_le_bytes());
+        out[48..56].copy_from_slice(&self.recent_version.to_le_bytes());
         out
     }
 
-    /// Decodes; anything but 48 bytes reads as "nothing published yet".
+    /// Decodes; anything but 56 bytes reads as "nothing published yet".
     pub fn decode(bytes: &[u8]) -> StateRecord {
-        let Ok(b) = <&[u8; 48]>::try_from(bytes) else {
+        let Ok(b) = <&[u8; 56]>::try_from(bytes) else {
             return StateRecord::default();
         };
         let word = |i: usize| {
@@ -95,6 +104,7 @@ impl StateRecord {
             verified_at: i64::from_le_bytes(word(24)),
             jwks_version: u64::from_le_bytes(word(32)),
             refused_at: i64::from_le_bytes(word(40)),
+            recent_version: u64::from_le_bytes(word(48)),
         }
     }
 
@@ -214,6 +224,20 @@ pub fn decode_set(blob: &[u8], max_entries: u64) -> Result<(u64, RevocationSet),
     Ok((version, RevocationSet::from_bytes(payload, max_entries)?))
 }
 
+/// The recent-entries blob: its version, the version of the arrays it goes with, and
+/// [`RevocationSet::recent_to_bytes`].
+pub fn encode_recent(version: u64, set_version: u64, set: &RevocationSet) -> Vec<u8> {
+    versioned(version, &versioned(set_version, &set.recent_to_bytes()))
+}
+
+/// Splits a recent-entries blob into its version, its arrays' version and its payload
+/// (for [`RevocationSet::load_recent`]).
+pub fn decode_recent(blob: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let (version, rest) = unversioned(blob)?;
+    let (set_version, payload) = unversioned(rest)?;
+    Some((version, set_version, payload))
+}
+
 /// Why the poller refused a verified update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -226,7 +250,7 @@ pub enum Refused {
 }
 
 /// Applies a verified update to the poller's set; returns true when the entries changed.
-/// On error the set keeps its entries (bar pruned ones) and its `seq`, so the next poll
+/// On error the set is left exactly as it was, its `seq` included, so the next poll
 /// asks again from there.
 pub fn accept(
     set: &mut RevocationSet,
@@ -240,15 +264,16 @@ pub fn accept(
     let changed = update.kind == UpdateKind::Snapshot
         || !update.entries.is_empty()
         || update.seq != set.seq();
-    // Entries that can match no valid token any more do not count against the limit.
-    set.prune(now);
+    // Entries that can match no valid token any more do not count against the limit
+    // (`apply_at` drops them from the set when it rebuilds it).
     let mut update = update;
     let now_u32 = u32::try_from(now.max(0)).unwrap_or(u32::MAX);
     update.entries.retain(|e| e.expires_at > now_u32);
-    set.apply_within(update, max_entries).map_err(|e| match e {
-        EdgeSetError::TooManyEntries(n) => Refused::TooLarge(n),
-        other => Refused::Gap(other),
-    })?;
+    set.apply_at(update, Some(now), max_entries)
+        .map_err(|e| match e {
+            EdgeSetError::TooManyEntries(n) => Refused::TooLarge(n),
+            other => Refused::Gap(other),
+        })?;
     Ok(changed)
 }
 
@@ -305,8 +330,14 @@ mod tests {
             verified_at: NOW + 1,
             jwks_version: 2,
             refused_at: 7,
+            recent_version: 11,
         };
         assert_eq!(StateRecord::decode(&rec.encode()), rec);
+        assert_eq!(
+            StateRecord::decode(&rec.encode()[..48]),
+            StateRecord::default()
+        );
+        assert_eq!(decode_recent(b"short"), None);
         assert_eq!(StateRecord::decode(b"short"), StateRecord::default());
         let lease = Lease {
             owner: 5,

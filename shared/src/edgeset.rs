@@ -407,6 +407,9 @@ const SCAN_LIMIT: usize = 16;
 const SET_MANTISSA_BITS: u32 = 11;
 
 const BLOB_MAGIC: &[u8; 4] = b"PQRS";
+const RECENT_MAGIC: &[u8; 4] = b"PQRR";
+const RECENT_VERSION: u8 = 1;
+const RECENT_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8;
 const BLOB_VERSION: u8 = 2;
 const BLOB_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 4 + 8 + 8;
 
@@ -434,8 +437,12 @@ fn le_u32s(bytes: &[u8]) -> Vec<u32> {
 ///   down, like the wire's 13-bit codes but finer; the base is the earliest expiry (or
 ///   the update time) of the snapshot the set was built from, so re-encoding a decoded
 ///   expiry gives the same code and a delta never moves an entry again;
-/// - the rare not-befores (subject revocations with a cut-off) apart, sorted by key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// - the rare not-befores (subject revocations with a cut-off) apart, sorted by key;
+/// - the entries deltas added since those arrays were last built, apart ("recent", at
+///   most [`RECENT_MAX`], exact, sorted by key): a delta costs its own size, not the
+///   set's, and the arrays are rebuilt (and expired entries dropped) only when the recent
+///   entries fill up, a snapshot arrives, or the set would otherwise exceed its limit.
+#[derive(Debug, Clone, Default)]
 pub struct RevocationSet {
     seq: u64,
     generated_at: i64,
@@ -445,7 +452,70 @@ pub struct RevocationSet {
     bucket_bits: u32,
     bucket_starts: Vec<u32>,
     not_before: Vec<(u64, u32)>,
+    /// `seq` and `generated_at` when the arrays were built.
+    base_seq: u64,
+    base_generated_at: i64,
+    /// Entries added by deltas since the arrays were built: sorted, one per key.
+    recent: Vec<Entry>,
+    /// How many of `recent` have a key the arrays do not hold.
+    recent_new: usize,
+    /// Bumped each time the arrays are rebuilt.
+    generation: u64,
 }
+
+/// Equal when they hold the same entries the same way; `generation` counts the holder's
+/// own rebuilds and is not compared.
+impl PartialEq for RevocationSet {
+    fn eq(&self, other: &Self) -> bool {
+        let RevocationSet {
+            seq,
+            generated_at,
+            expiry_base,
+            keys,
+            expiry_codes,
+            bucket_bits,
+            bucket_starts,
+            not_before,
+            base_seq,
+            base_generated_at,
+            recent,
+            recent_new,
+            generation: _,
+        } = self;
+        (
+            seq,
+            generated_at,
+            expiry_base,
+            keys,
+            expiry_codes,
+            bucket_bits,
+            bucket_starts,
+            not_before,
+            base_seq,
+            base_generated_at,
+            recent,
+            recent_new,
+        ) == (
+            &other.seq,
+            &other.generated_at,
+            &other.expiry_base,
+            &other.keys,
+            &other.expiry_codes,
+            &other.bucket_bits,
+            &other.bucket_starts,
+            &other.not_before,
+            &other.base_seq,
+            &other.base_generated_at,
+            &other.recent,
+            &other.recent_new,
+        )
+    }
+}
+
+impl Eq for RevocationSet {}
+
+/// Most entries kept apart from the arrays before they are rebuilt.
+pub const RECENT_MAX: usize = 4096;
 
 impl RevocationSet {
     /// An empty set at sequence 0.
@@ -466,6 +536,8 @@ impl RevocationSet {
         RevocationSet {
             seq,
             generated_at,
+            base_seq: seq,
+            base_generated_at: generated_at,
             expiry_base,
             expiry_codes: entries
                 .iter()
@@ -482,6 +554,9 @@ impl RevocationSet {
                 .filter(|e| e.not_before != 0)
                 .map(|e| (e.key, e.not_before))
                 .collect(),
+            recent: Vec::new(),
+            recent_new: 0,
+            generation: 0,
         }
     }
 
@@ -516,8 +591,8 @@ impl RevocationSet {
         (bucket[i] == key).then_some(lo + i)
     }
 
-    /// The entries, sorted by key.
-    fn entries(&self) -> Vec<Entry> {
+    /// The entries of the arrays, sorted by key.
+    fn base_entries(&self) -> Vec<Entry> {
         let mut nbf = self.not_before.iter().peekable();
         self.keys
             .iter()
@@ -530,12 +605,63 @@ impl RevocationSet {
             .collect()
     }
 
+    /// Every entry, the recent ones merged in, sorted by key.
+    fn entries(&self) -> Vec<Entry> {
+        let mut entries = self.base_entries();
+        if !self.recent.is_empty() {
+            entries.extend_from_slice(&self.recent);
+            sort_and_merge(&mut entries);
+        }
+        entries
+    }
+
+    /// The entry under `key`, the arrays' and the recent one merged.
+    fn entry(&self, key: u64) -> Option<Entry> {
+        let base = self.find(key).map(|i| Entry {
+            key,
+            expires_at: self.expiry(i),
+            not_before: self
+                .not_before
+                .binary_search_by_key(&key, |(k, _)| *k)
+                .map_or(0, |j| self.not_before[j].1),
+        });
+        if self.recent.is_empty() {
+            return base;
+        }
+        let recent = match self.recent.binary_search_by_key(&key, |e| e.key) {
+            Ok(j) => self.recent.get(j).copied(),
+            Err(_) => None,
+        };
+        match (base, recent) {
+            (Some(mut b), Some(r)) => {
+                b.merge(&r);
+                Some(b)
+            }
+            (b, r) => b.or(r),
+        }
+    }
+
+    /// Rebuilds the arrays from `entries` (sorted, merged), with no recent entries.
+    fn rebuilt(&self, seq: u64, generated_at: i64, base: u32, entries: &[Entry]) -> RevocationSet {
+        RevocationSet {
+            generation: self.generation.wrapping_add(1),
+            ..RevocationSet::from_sorted(seq, generated_at, base, entries)
+        }
+    }
+
     /// Bytes the entries take in memory (capacity included).
     pub fn memory_bytes(&self) -> usize {
         self.keys.capacity() * 8
             + self.expiry_codes.capacity() * 2
             + self.bucket_starts.capacity() * 4
             + self.not_before.capacity() * 16
+            + self.recent.capacity() * 16
+    }
+
+    /// Counts rebuilds of the arrays: unchanged when an update only added recent entries
+    /// (what the filter's poller publishes then is the recent entries alone).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The feed sequence number the set is at.
@@ -548,14 +674,14 @@ impl RevocationSet {
         self.generated_at
     }
 
-    /// Number of entries.
+    /// Number of entries (expired ones included until the arrays are next rebuilt).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.recent_new
     }
 
     /// True when nothing is revoked.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
     }
 
     /// Applies a snapshot (replaces the set) or a delta (must start at the current `seq`).
@@ -571,62 +697,90 @@ impl RevocationSet {
         update: EdgeUpdate,
         max_entries: u64,
     ) -> Result<(), EdgeSetError> {
-        let (entries, expiry_base) = match update.kind {
-            UpdateKind::Snapshot => {
-                let mut entries = update.entries;
-                sort_and_merge(&mut entries);
-                let base = RevocationSet::base_for(update.generated_at, &entries);
-                (entries, base)
-            }
-            UpdateKind::Delta => {
-                if update.base_seq != self.seq {
-                    return Err(EdgeSetError::SequenceGap {
-                        base: update.base_seq,
-                        current: self.seq,
-                    });
-                }
-                let base = if self.keys.is_empty() {
-                    RevocationSet::base_for(update.generated_at, &update.entries)
-                } else {
-                    self.expiry_base
-                };
-                let mut entries = self.entries();
-                if update.entries.len() > 64 {
-                    entries.extend(update.entries);
-                    sort_and_merge(&mut entries);
-                } else {
-                    for e in update.entries {
-                        match entries.binary_search_by_key(&e.key, |x| x.key) {
-                            Ok(i) => entries[i].merge(&e),
-                            Err(i) => entries.insert(i, e),
-                        }
-                    }
-                }
-                (entries, base)
-            }
-        };
+        self.apply_at(update, None, max_entries)
+    }
+
+    /// Like [`apply_within`](Self::apply_within), and with `now` entries that can match no
+    /// valid token any more are dropped whenever the arrays are rebuilt, and do not count
+    /// against `max_entries` (the arrays are rebuilt at once if they would).
+    ///
+    /// A small delta joins the recent entries (its cost is its own size); a snapshot, a
+    /// delta that fills the recent entries past [`RECENT_MAX`], or one the limit refuses
+    /// otherwise, rebuilds the arrays.
+    pub fn apply_at(
+        &mut self,
+        update: EdgeUpdate,
+        now: Option<i64>,
+        max_entries: u64,
+    ) -> Result<(), EdgeSetError> {
         // Positions in the index are u32.
-        if entries.len() as u64 > max_entries.min(u64::from(u32::MAX)) {
-            return Err(EdgeSetError::TooManyEntries(entries.len() as u64));
+        let max_entries = max_entries.min(u64::from(u32::MAX));
+        let too_many = |n: usize| EdgeSetError::TooManyEntries(n as u64);
+        let live = |e: &Entry| now.is_none_or(|t| i64::from(e.expires_at) > t);
+        if update.kind == UpdateKind::Snapshot {
+            let mut entries = update.entries;
+            sort_and_merge(&mut entries);
+            entries.retain(live);
+            if entries.len() as u64 > max_entries {
+                return Err(too_many(entries.len()));
+            }
+            let base = RevocationSet::base_for(update.generated_at, &entries);
+            *self = self.rebuilt(update.seq, update.generated_at, base, &entries);
+            return Ok(());
         }
-        *self = RevocationSet::from_sorted(update.seq, update.generated_at, expiry_base, &entries);
+        if update.base_seq != self.seq {
+            return Err(EdgeSetError::SequenceGap {
+                base: update.base_seq,
+                current: self.seq,
+            });
+        }
+        if !self.keys.is_empty() && self.recent.len() + update.entries.len() <= RECENT_MAX {
+            let mut recent = self.recent.clone();
+            recent.extend(update.entries.iter().copied());
+            sort_and_merge(&mut recent);
+            recent.retain(live);
+            let recent_new = recent.iter().filter(|e| self.find(e.key).is_none()).count();
+            if (self.keys.len() + recent_new) as u64 <= max_entries {
+                self.recent = recent;
+                self.recent_new = recent_new;
+                self.seq = update.seq;
+                self.generated_at = update.generated_at;
+                return Ok(());
+            }
+            // Over the limit as counted: rebuild, which drops what expired, and count again.
+        }
+        let mut entries = self.entries();
+        entries.extend(update.entries);
+        sort_and_merge(&mut entries);
+        entries.retain(live);
+        if entries.len() as u64 > max_entries {
+            return Err(too_many(entries.len()));
+        }
+        let base = if self.keys.is_empty() {
+            RevocationSet::base_for(update.generated_at, &entries)
+        } else {
+            self.expiry_base
+        };
+        *self = self.rebuilt(update.seq, update.generated_at, base, &entries);
         Ok(())
     }
 
     /// Drops entries that can no longer match a valid token.
     pub fn prune(&mut self, now: i64) {
         let now = clamp_u32(now);
-        if (0..self.keys.len()).all(|i| self.expiry(i) > now) {
+        if (0..self.keys.len()).all(|i| self.expiry(i) > now)
+            && self.recent.iter().all(|e| e.expires_at > now)
+        {
             return;
         }
         let mut entries = self.entries();
         entries.retain(|e| e.expires_at > now);
-        *self = RevocationSet::from_sorted(self.seq, self.generated_at, self.expiry_base, &entries);
+        *self = self.rebuilt(self.seq, self.generated_at, self.expiry_base, &entries);
     }
 
     /// The first kind under which the token is revoked at `now`, if any.
     pub fn check(&self, ids: &TokenIds<'_>, now: i64) -> Option<Kind> {
-        if self.keys.is_empty() {
+        if self.is_empty() {
             return None;
         }
         self.check_keys(&TokenKeys::new(ids), now)
@@ -634,7 +788,7 @@ impl RevocationSet {
 
     /// [`check`](Self::check) with the keys computed beforehand.
     pub fn check_keys(&self, token: &TokenKeys, now: i64) -> Option<Kind> {
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.recent.is_empty() {
             return None;
         }
         let now = clamp_u32(now);
@@ -642,25 +796,23 @@ impl RevocationSet {
             .into_iter()
             .zip(token.keys)
             .find(|&(_, key)| {
-                let Some(key) = key else {
+                let Some(entry) = key.and_then(|key| self.entry(key)) else {
                     return false;
                 };
-                let Some(i) = self.find(key) else {
-                    return false;
-                };
-                let not_before = match self.not_before.binary_search_by_key(&key, |(k, _)| *k) {
-                    Ok(j) => Some(i64::from(self.not_before[j].1)),
-                    Err(_) => None,
-                };
-                self.expiry(i) > now && covers(not_before, token.iat)
+                let not_before = (entry.not_before != 0).then_some(i64::from(entry.not_before));
+                entry.expires_at > now && covers(not_before, token.iat)
             })
             .map(|(kind, _)| kind)
     }
 
-    /// The set exactly as held, as bytes, for passing it between the VMs of one filter
-    /// build (an internal layout, not a wire format: no rounding, so a set published and
-    /// loaded again is the same set, and loading it is copies, one sortedness check and
-    /// the bucket index rebuilt in the same pass):
+    /// The arrays exactly as held (not the recent entries: [`recent_to_bytes`]), as bytes,
+    /// for passing them between the VMs of one filter build (an internal layout, not a
+    /// wire format: no rounding, so arrays published and loaded again are the same, and
+    /// loading them is copies, one sortedness check and the bucket index rebuilt in the
+    /// same pass). `seq` and `generated_at` are those of the last rebuild when recent
+    /// entries were added since:
+    ///
+    /// [`recent_to_bytes`]: Self::recent_to_bytes
     ///
     /// ```text
     /// "PQRS" | 2 | seq u64 | generated_at i64 | expiry_base u32 | n u64 | m u64
@@ -672,8 +824,8 @@ impl RevocationSet {
         let mut out = Vec::with_capacity(BLOB_HEADER_LEN + n * 10 + m * 12);
         out.extend_from_slice(BLOB_MAGIC);
         out.push(BLOB_VERSION);
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&self.generated_at.to_le_bytes());
+        out.extend_from_slice(&self.base_seq.to_le_bytes());
+        out.extend_from_slice(&self.base_generated_at.to_le_bytes());
         out.extend_from_slice(&self.expiry_base.to_le_bytes());
         out.extend_from_slice(&(n as u64).to_le_bytes());
         out.extend_from_slice(&(m as u64).to_le_bytes());
@@ -734,6 +886,8 @@ impl RevocationSet {
         let set = RevocationSet {
             seq,
             generated_at,
+            base_seq: seq,
+            base_generated_at: generated_at,
             expiry_base,
             bucket_starts: bucket_starts(&keys, bucket_bits),
             bucket_bits,
@@ -743,6 +897,9 @@ impl RevocationSet {
                 .into_iter()
                 .zip(le_u32s(nbf_times))
                 .collect(),
+            recent: Vec::new(),
+            recent_new: 0,
+            generation: 0,
         };
         if set.not_before.windows(2).any(|w| w[0].0 >= w[1].0)
             || set
@@ -753,6 +910,74 @@ impl RevocationSet {
             return Err(EdgeSetError::Malformed("not-before of no entry"));
         }
         Ok(set)
+    }
+
+    /// The recent entries (see [`RevocationSet`]) and the set's current `seq` and
+    /// `generated_at`, as bytes for the VMs that hold the arrays already:
+    ///
+    /// ```text
+    /// "PQRR" | 1 | seq u64 | generated_at i64 | n u64 | n x (key u64, expires_at u32, not_before u32)
+    /// ```
+    pub fn recent_to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECENT_HEADER_LEN + self.recent.len() * 16);
+        out.extend_from_slice(RECENT_MAGIC);
+        out.push(RECENT_VERSION);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.generated_at.to_le_bytes());
+        out.extend_from_slice(&(self.recent.len() as u64).to_le_bytes());
+        for e in &self.recent {
+            out.extend_from_slice(&e.key.to_le_bytes());
+            out.extend_from_slice(&e.expires_at.to_le_bytes());
+            out.extend_from_slice(&e.not_before.to_le_bytes());
+        }
+        out
+    }
+
+    /// Replaces the recent entries with what [`recent_to_bytes`](Self::recent_to_bytes)
+    /// wrote for these arrays. Refuses (leaving the set as it was) more than
+    /// [`RECENT_MAX`] entries, keys out of order, a `seq` before the arrays', or a set
+    /// that would hold more than `max_entries`.
+    pub fn load_recent(&mut self, bytes: &[u8], max_entries: u64) -> Result<(), EdgeSetError> {
+        let mut r = wire::Reader { bytes };
+        if &r.take::<4>()? != RECENT_MAGIC {
+            return Err(EdgeSetError::Malformed("bad magic"));
+        }
+        if r.take::<1>()? != [RECENT_VERSION] {
+            return Err(EdgeSetError::Malformed("unsupported version"));
+        }
+        let seq = u64::from_le_bytes(r.take()?);
+        let generated_at = i64::from_le_bytes(r.take()?);
+        let n = u64::from_le_bytes(r.take()?);
+        if n > RECENT_MAX as u64 || n.checked_mul(16) != Some(r.bytes.len() as u64) {
+            return Err(EdgeSetError::Malformed("recent entries length"));
+        }
+        if seq < self.base_seq {
+            return Err(EdgeSetError::Malformed("recent entries older than the set"));
+        }
+        let recent: Vec<Entry> = r
+            .bytes
+            .chunks_exact(16)
+            .map(|c| Entry {
+                key: u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+                expires_at: u32::from_le_bytes(c[8..12].try_into().unwrap_or_default()),
+                not_before: u32::from_le_bytes(c[12..].try_into().unwrap_or_default()),
+            })
+            .collect();
+        if recent.windows(2).any(|w| w[0].key >= w[1].key) {
+            return Err(EdgeSetError::Malformed(
+                "recent entries not strictly sorted",
+            ));
+        }
+        let recent_new = recent.iter().filter(|e| self.find(e.key).is_none()).count();
+        let len = (self.keys.len() + recent_new) as u64;
+        if len > max_entries {
+            return Err(EdgeSetError::TooManyEntries(len));
+        }
+        self.recent = recent;
+        self.recent_new = recent_new;
+        self.seq = seq;
+        self.generated_at = generated_at;
+        Ok(())
     }
 
     /// The set as a snapshot update.
@@ -809,7 +1034,12 @@ mod layout_tests {
                 e(9, 500, 0),
             ]
         );
-        assert_eq!(set.not_before, vec![(1, 120), (5, 130)]);
+        let not_befores: Vec<(u64, u32)> = entries
+            .iter()
+            .filter(|e| e.not_before != 0)
+            .map(|e| (e.key, e.not_before))
+            .collect();
+        assert_eq!(not_befores, vec![(1, 120), (5, 130)]);
         assert!(set.memory_bytes() >= 105 * 10);
         set.prune(350);
         let keys: Vec<u64> = set.to_snapshot().entries.iter().map(|e| e.key).collect();
@@ -1204,6 +1434,130 @@ mod wire_tests {
     }
 
     #[test]
+    fn recent_entries_and_rebuilds_hold_what_one_merged_set_would() {
+        use std::collections::BTreeMap;
+        let mut seed = 11;
+        let mut set = RevocationSet::new();
+        let mut reference: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut rebuilds = 0;
+        for round in 0..300u64 {
+            let size = match round % 9 {
+                0 => 3_000,
+                1 => 0,
+                _ => (xorshift(&mut seed) % 40) as usize,
+            };
+            let entries: Vec<Entry> = (0..size)
+                .map(|_| Entry {
+                    // Half from a small pool, so keys repeat across updates and merge.
+                    key: if xorshift(&mut seed).is_multiple_of(2) {
+                        xorshift(&mut seed) % 2_000
+                    } else {
+                        xorshift(&mut seed)
+                    },
+                    expires_at: (AT + 1_000 + (xorshift(&mut seed) % 100_000) as i64) as u32,
+                    not_before: if xorshift(&mut seed).is_multiple_of(5) {
+                        (AT - (xorshift(&mut seed) % 1_000) as i64) as u32
+                    } else {
+                        0
+                    },
+                })
+                .collect();
+            let snapshot = round % 100 == 0;
+            if snapshot {
+                reference.clear();
+            }
+            for e in &entries {
+                reference
+                    .entry(e.key)
+                    .and_modify(|r| r.merge(e))
+                    .or_insert(*e);
+            }
+            let generation = set.generation();
+            set.apply(EdgeUpdate {
+                kind: if snapshot {
+                    UpdateKind::Snapshot
+                } else {
+                    UpdateKind::Delta
+                },
+                base_seq: if snapshot { 0 } else { round },
+                seq: round + 1,
+                generated_at: AT + round as i64,
+                entries,
+            })
+            .unwrap();
+            rebuilds += usize::from(set.generation() != generation);
+            assert!(set.recent.len() <= RECENT_MAX);
+            assert_eq!(set.len(), reference.len(), "round {round}");
+            for (&key, r) in &reference {
+                let got = set.entry(key).unwrap();
+                assert_eq!(got.not_before, r.not_before, "round {round}");
+                let left = r.expires_at - set.expiry_base;
+                assert!(
+                    got.expires_at >= r.expires_at && got.expires_at - r.expires_at <= left / 1024,
+                    "round {round}: {} held as {}",
+                    r.expires_at,
+                    got.expires_at
+                );
+            }
+            for _ in 0..200 {
+                let key = xorshift(&mut seed);
+                assert_eq!(set.entry(key).is_some(), reference.contains_key(&key));
+            }
+        }
+        // Snapshots, large deltas and a full recent part all rebuilt; most deltas did not.
+        assert!((6..150).contains(&rebuilds), "{rebuilds} rebuilds");
+    }
+
+    #[test]
+    fn recent_entries_travel_apart_and_are_refused_when_they_do_not_fit() {
+        let mut seed = 3;
+        let keys: Vec<u64> = (0..1_000).map(|_| xorshift(&mut seed)).collect();
+        let mut poller = set_of_keys(&keys);
+        let delta: Vec<Entry> = (0..10)
+            .map(|i| Entry {
+                key: if i < 3 { keys[i] } else { xorshift(&mut seed) },
+                expires_at: (AT + 7_200) as u32,
+                not_before: if i == 5 { AT as u32 } else { 0 },
+            })
+            .collect();
+        let generation = poller.generation();
+        poller
+            .apply(EdgeUpdate {
+                kind: UpdateKind::Delta,
+                base_seq: 1,
+                seq: 2,
+                generated_at: AT + 5,
+                entries: delta,
+            })
+            .unwrap();
+        assert_eq!(poller.generation(), generation, "kept apart, no rebuild");
+        assert_eq!(poller.len(), 1_007);
+        // A worker holding the arrays loads the recent part and holds what the poller does.
+        let mut worker = RevocationSet::from_bytes(&poller.to_bytes(), 2_000).unwrap();
+        assert_eq!(worker.seq(), 1);
+        let recent = poller.recent_to_bytes();
+        worker.load_recent(&recent, 2_000).unwrap();
+        assert_eq!((worker.seq(), worker.generated_at()), (2, AT + 5));
+        assert_eq!(worker.to_snapshot(), poller.to_snapshot());
+        assert_eq!(worker.len(), 1_007);
+        // Refused, leaving the worker as it was: over the limit, truncated, out of order.
+        let before = worker.clone();
+        assert_eq!(
+            worker.load_recent(&recent, 1_006),
+            Err(EdgeSetError::TooManyEntries(1_007))
+        );
+        for cut in 0..recent.len() {
+            assert!(worker.load_recent(&recent[..cut], 2_000).is_err());
+        }
+        let mut swapped = recent.clone();
+        let at = RECENT_HEADER_LEN;
+        let (a, b) = swapped[at..at + 32].split_at_mut(16);
+        a.swap_with_slice(b);
+        assert!(worker.load_recent(&swapped, 2_000).is_err());
+        assert_eq!(worker, before);
+    }
+
+    #[test]
     fn buckets_hold_two_to_four_keys_on_average_at_any_size() {
         for n in [4usize, 5, 7, 8, 999, 1_000, 1_024, 65_537, 1_000_000] {
             let buckets = 1usize << bucket_bits(n);
@@ -1252,41 +1606,45 @@ mod wire_tests {
         };
         check(&set, &snapshot);
         let held: Vec<u32> = (0..set.len()).map(|i| set.expiry(i)).collect();
-        // A delta re-encodes every entry at the same base: nothing moves.
-        let delta = vec![Entry {
-            key: 3,
-            expires_at: u32::MAX,
+        // A delta too large to stay apart rebuilds the arrays at the same base: nothing
+        // moves. An expiry before the base comes back as the base: later, never earlier.
+        let mut delta = vec![
+            Entry {
+                key: 3,
+                expires_at: u32::MAX,
+                not_before: 0,
+            },
+            Entry {
+                key: 4,
+                expires_at: 10,
+                not_before: 0,
+            },
+        ];
+        delta.extend((0..RECENT_MAX as u64).map(|i| Entry {
+            key: 5 + i,
+            expires_at: (AT + 60) as u32,
             not_before: 0,
-        }];
+        }));
+        let generation = set.generation();
         set.apply(EdgeUpdate {
             kind: UpdateKind::Delta,
             base_seq: 1,
             seq: 2,
             generated_at: AT + 100,
-            entries: delta.clone(),
+            entries: delta,
         })
         .unwrap();
+        assert_ne!(set.generation(), generation, "rebuilt");
+        assert!(set.recent.is_empty());
         check(&set, &snapshot);
         assert_eq!(set.expiry(set.find(3).unwrap()), u32::MAX);
+        assert_eq!(set.expiry(set.find(4).unwrap()), set.expiry_base);
+        let keys: std::collections::HashSet<u64> = snapshot.iter().map(|e| e.key).collect();
         let again: Vec<u32> = (0..set.len())
-            .filter(|&i| set.keys[i] != 3)
+            .filter(|&i| keys.contains(&set.keys[i]))
             .map(|i| set.expiry(i))
             .collect();
         assert_eq!(again, held);
-        // An expiry before the base comes back as the base: later, never earlier.
-        set.apply(EdgeUpdate {
-            kind: UpdateKind::Delta,
-            base_seq: 2,
-            seq: 3,
-            generated_at: AT + 200,
-            entries: vec![Entry {
-                key: 4,
-                expires_at: 10,
-                not_before: 0,
-            }],
-        })
-        .unwrap();
-        assert_eq!(set.expiry(set.find(4).unwrap()), set.expiry_base);
     }
 
     #[test]

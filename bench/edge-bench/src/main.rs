@@ -59,15 +59,47 @@ fn e5() {
     let started = Instant::now();
     let loaded = RevocationSet::from_bytes(black_box(&blob), u64::from(n));
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    // A steady stream of revocations on the 1M set: one-entry deltas, as the poller
+    // applies them (`sync::accept`) and as each worker then loads what it published.
+    let deltas = 200u64;
+    let mut poller = set.clone();
+    let mut worker = loaded.clone().unwrap_or_default();
+    let (mut apply_ns, mut load_ns, mut recent_bytes) = (0u128, 0u128, 0usize);
+    let mut deltas_ok = true;
+    for i in 0..deltas {
+        let delta = EdgeUpdate {
+            kind: UpdateKind::Delta,
+            base_seq: poller.seq(),
+            seq: poller.seq() + 1,
+            generated_at: NOW + 1 + i as i64,
+            entries: random_entries(&mut seed, 1, NOW + 3_600),
+        };
+        let started = Instant::now();
+        deltas_ok &=
+            edge_filter::sync::accept(&mut poller, delta, NOW, u64::from(n) + deltas).is_ok();
+        apply_ns += started.elapsed().as_nanos();
+        let recent = poller.recent_to_bytes();
+        recent_bytes = recent.len();
+        let started = Instant::now();
+        deltas_ok &= worker
+            .load_recent(black_box(&recent), u64::from(n) + deltas)
+            .is_ok();
+        load_ns += started.elapsed().as_nanos();
+    }
+    deltas_ok &= worker == poller;
     println!(
         "entries {n}\nwire_bytes {}\nwire_bytes_per_entry {:.2}\nvm_bytes_per_entry {:.2}\n\
          decode_and_apply_ms_native {apply_ms:.1}\nshared_blob_bytes {}\n\
-         shared_blob_load_ms_native {load_ms:.1}\nok {}",
+         shared_blob_load_ms_native {load_ms:.1}\n\
+         one_entry_delta_apply_us_native {:.1}\none_entry_delta_load_us_native {:.1}\n\
+         recent_blob_bytes_after_{deltas}_deltas {recent_bytes}\nok {}",
         wire.len(),
         wire.len() as f64 / f64::from(n),
         set.memory_bytes() as f64 / f64::from(n),
         blob.len(),
-        matches!(applied, Ok(Ok(()))) && loaded.as_ref() == Ok(&set),
+        apply_ns as f64 / 1e3 / deltas as f64,
+        load_ns as f64 / 1e3 / deltas as f64,
+        matches!(applied, Ok(Ok(()))) && loaded.as_ref() == Ok(&set) && deltas_ok,
     );
 }
 

@@ -52,14 +52,18 @@ struct Vm {
     keys: Keys,
     authorizer: Authorizer,
     set: RevocationSet,
+    /// Versions of the set's arrays and of its recent entries this VM holds.
     set_version: u64,
+    recent_version: u64,
     jwks_version: u64,
     state: StateRecord,
     metrics: Metrics,
     /// Claim header names folded with [`fold_header_name`].
     folded_claim_headers: Vec<String>,
-    /// A published set version this VM could not decode: not retried per request.
+    /// A published set (or recent-entries) version this VM could not decode: not retried
+    /// per request.
     failed_set_version: Option<u64>,
+    failed_recent_version: Option<u64>,
     /// When this VM last asked the poller for the JWKS (unknown `kid`), in ms.
     last_kid_signal_ms: u64,
 }
@@ -105,6 +109,8 @@ impl Vm {
                 Ok((version, set)) if version == state.set_version => {
                     self.set_version = version;
                     self.set = set;
+                    // The recent entries published with these arrays load next.
+                    self.recent_version = 0;
                     self.failed_set_version = None;
                 }
                 // Published between our two reads: the next request catches up.
@@ -119,11 +125,48 @@ impl Vm {
                 }
             }
         }
+        // The recent entries a small delta published: a copy of their own size.
+        if state.recent_version != self.recent_version
+            && self.set_version == state.set_version
+            && self.failed_recent_version != Some(state.recent_version)
+        {
+            let blob = shared_get(&self.keys.recent).0.unwrap_or_default();
+            match sync::decode_recent(&blob) {
+                Some((version, set_version, payload))
+                    if version == state.recent_version && set_version == self.set_version =>
+                {
+                    match self.set.load_recent(payload, self.config.max_revocations) {
+                        Ok(()) => {
+                            self.recent_version = version;
+                            self.failed_recent_version = None;
+                        }
+                        Err(e) => {
+                            warn!(
+                                "edge-filter: published recent entries version {version} \
+                                 unusable, the set is STALE here: {e}"
+                            );
+                            self.failed_recent_version = Some(version);
+                        }
+                    }
+                }
+                // Published between our reads (or with newer arrays): the next request.
+                Some(_) => {}
+                None => {
+                    warn!(
+                        "edge-filter: published recent entries version {} unusable, the set \
+                         is STALE here: no blob",
+                        state.recent_version
+                    );
+                    self.failed_recent_version = Some(state.recent_version);
+                }
+            }
+        }
         self.state = state;
     }
 
     fn is_stale(&self, now: i64) -> bool {
         self.set_version != self.state.set_version
+            || self.recent_version != self.state.recent_version
             || self
                 .state
                 .is_stale(now, self.config.staleness_bound_seconds)

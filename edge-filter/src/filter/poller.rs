@@ -227,8 +227,10 @@ impl Root {
             }
         };
         vm.refresh();
-        let mut set = vm.set.clone();
-        let changed = match sync::accept(&mut set, update, secs(now), max) {
+        // Applied in place (no copy of a large set per delta): a refused update leaves the
+        // set as it was, and if publishing fails below, the VM reloads what is published.
+        let generation = vm.set.generation();
+        let changed = match sync::accept(&mut vm.set, update, secs(now), max) {
             Ok(changed) => changed,
             Err(Refused::Gap(e)) => {
                 self.want_snapshot = true;
@@ -245,20 +247,55 @@ impl Root {
             }
         };
         self.want_snapshot = false;
+        let published = self.publish_set(vm, changed, generation, now);
+        if published.is_err() {
+            // The set this VM holds is ahead of what the other VMs can see: load the
+            // published one back at the next refresh, and publish the arrays next time.
+            vm.set_version = u64::MAX;
+            vm.recent_version = u64::MAX;
+        }
+        published?;
+        vm.refresh();
+        self.synced = true;
+        Ok(now)
+    }
+
+    /// Publishes what `accept` changed in the VM's set, and the state record: the recent
+    /// entries alone when the set's arrays were not rebuilt (generation unchanged) and
+    /// this VM holds the published arrays, else the arrays too.
+    fn publish_set(
+        &mut self,
+        vm: &mut Vm,
+        changed: bool,
+        generation: u64,
+        now: u64,
+    ) -> Result<(), (SyncRefusal, String)> {
         let publish = |e: String| (SyncRefusal::Publish, e);
-        let version = if changed {
-            let version = vm.state.set_version.wrapping_add(1).max(1);
-            let blob = sync::encode_set(version, &set);
-            proxy_wasm::hostcalls::set_shared_data(&vm.keys.set, Some(&blob), None)
-                .map_err(|e| publish(format!("cannot publish the set: {e:?}")))?;
-            version
+        let (version, recent_version) = if changed {
+            let rebuilt =
+                vm.set.generation() != generation || vm.set_version != vm.state.set_version;
+            let version = if rebuilt {
+                let version = vm.state.set_version.wrapping_add(1).max(1);
+                let blob = sync::encode_set(version, &vm.set);
+                proxy_wasm::hostcalls::set_shared_data(&vm.keys.set, Some(&blob), None)
+                    .map_err(|e| publish(format!("cannot publish the set: {e:?}")))?;
+                version
+            } else {
+                vm.state.set_version
+            };
+            let recent_version = vm.state.recent_version.wrapping_add(1).max(1);
+            let blob = sync::encode_recent(recent_version, version, &vm.set);
+            proxy_wasm::hostcalls::set_shared_data(&vm.keys.recent, Some(&blob), None)
+                .map_err(|e| publish(format!("cannot publish the recent entries: {e:?}")))?;
+            (version, recent_version)
         } else {
-            vm.state.set_version
+            (vm.state.set_version, vm.state.recent_version)
         };
-        let (seq, generated_at) = (set.seq(), set.generated_at());
+        let (seq, generated_at) = (vm.set.seq(), vm.set.generated_at());
         let was_refused = vm.state.refused_at != 0;
         let published = vm.publish_state(|s| {
             s.set_version = version;
+            s.recent_version = recent_version;
             s.seq = seq;
             s.generated_at = generated_at;
             s.verified_at = secs(now);
@@ -271,18 +308,15 @@ impl Root {
         if changed || was_refused {
             info!(
                 "edge-filter: revocation set at seq {seq} with {} entries published",
-                set.len()
+                vm.set.len()
             );
         }
-        if changed {
-            // This VM holds exactly what it published: no need to load it back.
-            vm.set = set;
-            vm.set_version = version;
-            vm.failed_set_version = None;
-        }
-        vm.refresh();
-        self.synced = true;
-        Ok(now)
+        // This VM holds exactly what it published: no need to load it back.
+        vm.set_version = version;
+        vm.recent_version = recent_version;
+        vm.failed_set_version = None;
+        vm.failed_recent_version = None;
+        Ok(())
     }
 
     /// An update this edge cannot hold: the set is marked stale at once (revocations
@@ -453,11 +487,13 @@ impl RootContext for Root {
             authorizer,
             set: RevocationSet::new(),
             set_version: 0,
+            recent_version: 0,
             jwks_version: 0,
             state: StateRecord::default(),
             metrics: Metrics::define(),
             folded_claim_headers,
             failed_set_version: None,
+            failed_recent_version: None,
             last_kid_signal_ms: 0,
         };
         SharedReplay::create_buckets(&vm.keys.dpop_replay, vm.config.dpop_replay_buckets);
