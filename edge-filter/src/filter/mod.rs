@@ -98,7 +98,7 @@ impl Vm {
         }
         // The version is adopted only with a set decoded within the limits: a VM that
         // cannot load what was published stays behind and reads as stale (`is_stale`).
-        if state.set_version != self.set_version
+        if state.set_version > self.set_version
             && self.failed_set_version != Some(state.set_version)
         {
             match shared_get(&self.keys.set)
@@ -106,14 +106,16 @@ impl Vm {
                 .ok_or(EdgeSetError::Malformed("no set blob"))
                 .and_then(|blob| sync::decode_set(&blob, self.config.max_revocations))
             {
-                Ok((version, set)) if version == state.set_version => {
+                // A blob newer than the state record we read is complete too: the poller
+                // publishes blobs before the record that names them.
+                Ok((version, set)) if version >= state.set_version => {
                     self.set_version = version;
                     self.set = set;
                     // The recent entries published with these arrays load next.
                     self.recent_version = 0;
                     self.failed_set_version = None;
                 }
-                // Published between our two reads: the next request catches up.
+                // An older blob: the record names one not written yet; the next request.
                 Ok(_) => {}
                 Err(e) => {
                     warn!(
@@ -126,14 +128,14 @@ impl Vm {
             }
         }
         // The recent entries a small delta published: a copy of their own size.
-        if state.recent_version != self.recent_version
-            && self.set_version == state.set_version
+        if state.recent_version > self.recent_version
+            && self.set_version >= state.set_version
             && self.failed_recent_version != Some(state.recent_version)
         {
             let blob = shared_get(&self.keys.recent).0.unwrap_or_default();
             match sync::decode_recent(&blob) {
                 Some((version, set_version, payload))
-                    if version == state.recent_version && set_version == self.set_version =>
+                    if version >= state.recent_version && set_version == self.set_version =>
                 {
                     match self.set.load_recent(payload, self.config.max_revocations) {
                         Ok(()) => {
@@ -149,7 +151,7 @@ impl Vm {
                         }
                     }
                 }
-                // Published between our reads (or with newer arrays): the next request.
+                // For other arrays (published between our reads): the next request.
                 Some(_) => {}
                 None => {
                     warn!(
@@ -165,8 +167,8 @@ impl Vm {
     }
 
     fn is_stale(&self, now: i64) -> bool {
-        self.set_version != self.state.set_version
-            || self.recent_version != self.state.recent_version
+        self.set_version < self.state.set_version
+            || self.recent_version < self.state.recent_version
             || self
                 .state
                 .is_stale(now, self.config.staleness_bound_seconds)

@@ -34,6 +34,9 @@ pub(super) struct Root {
     service: bool,
     /// This VM held the lease at its last tick.
     polling: bool,
+    /// `generation()` of the set whose arrays this poller last published; `None` until it
+    /// has, or after a failed publish: the next publish includes the arrays.
+    published_generation: Option<u64>,
     in_flight: Vec<Call>,
     next_poll_ms: u64,
     next_jwks_ms: u64,
@@ -76,6 +79,7 @@ impl Root {
             });
         if held != self.polling {
             self.polling = held;
+            self.published_generation = None;
             let who = if self.service {
                 "the poller service"
             } else {
@@ -228,8 +232,7 @@ impl Root {
         };
         vm.refresh();
         // Applied in place (no copy of a large set per delta): a refused update leaves the
-        // set as it was, and if publishing fails below, the VM reloads what is published.
-        let generation = vm.set.generation();
+        // set as it was, and if publishing fails below, the next publish has it all.
         let changed = match sync::accept(&mut vm.set, update, secs(now), max) {
             Ok(changed) => changed,
             Err(Refused::Gap(e)) => {
@@ -247,12 +250,11 @@ impl Root {
             }
         };
         self.want_snapshot = false;
-        let published = self.publish_set(vm, changed, generation, now);
+        let published = self.publish_set(vm, changed, now);
         if published.is_err() {
-            // The set this VM holds is ahead of what the other VMs can see: load the
-            // published one back at the next refresh, and publish the arrays next time.
-            vm.set_version = u64::MAX;
-            vm.recent_version = u64::MAX;
+            // The set this VM holds is ahead of what the other VMs can see: the next
+            // publish includes the arrays, whatever it adds.
+            self.published_generation = None;
         }
         published?;
         vm.refresh();
@@ -261,24 +263,23 @@ impl Root {
     }
 
     /// Publishes what `accept` changed in the VM's set, and the state record: the recent
-    /// entries alone when the set's arrays were not rebuilt (generation unchanged) and
-    /// this VM holds the published arrays, else the arrays too.
+    /// entries alone when the arrays are those this poller last published, else the
+    /// arrays too.
     fn publish_set(
         &mut self,
         vm: &mut Vm,
         changed: bool,
-        generation: u64,
         now: u64,
     ) -> Result<(), (SyncRefusal, String)> {
         let publish = |e: String| (SyncRefusal::Publish, e);
         let (version, recent_version) = if changed {
-            let rebuilt =
-                vm.set.generation() != generation || vm.set_version != vm.state.set_version;
+            let rebuilt = self.published_generation != Some(vm.set.generation());
             let version = if rebuilt {
                 let version = vm.state.set_version.wrapping_add(1).max(1);
                 let blob = sync::encode_set(version, &vm.set);
                 proxy_wasm::hostcalls::set_shared_data(&vm.keys.set, Some(&blob), None)
                     .map_err(|e| publish(format!("cannot publish the set: {e:?}")))?;
+                self.published_generation = Some(vm.set.generation());
                 version
             } else {
                 vm.state.set_version
