@@ -442,7 +442,7 @@ fn le_u32s(bytes: &[u8]) -> Vec<u32> {
 ///   most [`RECENT_MAX`], exact, sorted by key): a delta costs its own size, not the
 ///   set's, and the arrays are rebuilt (and expired entries dropped) only when the recent
 ///   entries fill up, a snapshot arrives, or the set would otherwise exceed its limit.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationSet {
     seq: u64,
     generated_at: i64,
@@ -460,59 +460,22 @@ pub struct RevocationSet {
     /// How many of `recent` have a key the arrays do not hold.
     recent_new: usize,
     /// Bumped each time the arrays are rebuilt.
-    generation: u64,
+    generation: Generation,
 }
 
-/// Equal when they hold the same entries the same way; `generation` counts the holder's
-/// own rebuilds and is not compared.
-impl PartialEq for RevocationSet {
-    fn eq(&self, other: &Self) -> bool {
-        let RevocationSet {
-            seq,
-            generated_at,
-            expiry_base,
-            keys,
-            expiry_codes,
-            bucket_bits,
-            bucket_starts,
-            not_before,
-            base_seq,
-            base_generated_at,
-            recent,
-            recent_new,
-            generation: _,
-        } = self;
-        (
-            seq,
-            generated_at,
-            expiry_base,
-            keys,
-            expiry_codes,
-            bucket_bits,
-            bucket_starts,
-            not_before,
-            base_seq,
-            base_generated_at,
-            recent,
-            recent_new,
-        ) == (
-            &other.seq,
-            &other.generated_at,
-            &other.expiry_base,
-            &other.keys,
-            &other.expiry_codes,
-            &other.bucket_bits,
-            &other.bucket_starts,
-            &other.not_before,
-            &other.base_seq,
-            &other.base_generated_at,
-            &other.recent,
-            &other.recent_new,
-        )
+/// How many times a holder rebuilt a set's arrays: its own bookkeeping, not part of what
+/// the set holds, so two sets with the same entries laid out the same way are equal
+/// whatever their generations.
+#[derive(Debug, Clone, Copy, Default)]
+struct Generation(u64);
+
+impl PartialEq for Generation {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
-impl Eq for RevocationSet {}
+impl Eq for Generation {}
 
 /// Most entries kept apart from the arrays before they are rebuilt.
 pub const RECENT_MAX: usize = 4096;
@@ -556,7 +519,7 @@ impl RevocationSet {
                 .collect(),
             recent: Vec::new(),
             recent_new: 0,
-            generation: 0,
+            generation: Generation(0),
         }
     }
 
@@ -644,7 +607,7 @@ impl RevocationSet {
     /// Rebuilds the arrays from `entries` (sorted, merged), with no recent entries.
     fn rebuilt(&self, seq: u64, generated_at: i64, base: u32, entries: &[Entry]) -> RevocationSet {
         RevocationSet {
-            generation: self.generation.wrapping_add(1),
+            generation: Generation(self.generation.0.wrapping_add(1)),
             ..RevocationSet::from_sorted(seq, generated_at, base, entries)
         }
     }
@@ -661,7 +624,7 @@ impl RevocationSet {
     /// Counts rebuilds of the arrays: unchanged when an update only added recent entries
     /// (what the filter's poller publishes then is the recent entries alone).
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.generation.0
     }
 
     /// The feed sequence number the set is at.
@@ -899,7 +862,7 @@ impl RevocationSet {
                 .collect(),
             recent: Vec::new(),
             recent_new: 0,
-            generation: 0,
+            generation: Generation(0),
         };
         if set.not_before.windows(2).any(|w| w[0].0 >= w[1].0)
             || set

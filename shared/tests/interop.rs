@@ -11,22 +11,26 @@ use shared::jwk::Jwk;
 use shared::jws::{self, Jws, Limits};
 use shared::keys::{Alg, Keyring, SigningKey, VerifyingKey};
 
-#[test]
-fn jwt_simple_verifies_our_eddsa_tokens() {
-    let key = SigningKey::from_seed(Alg::EdDsa, &[7; 32]);
-    let kid = key.kid();
+/// An access token for `sub` signed with `key` the way the control plane signs them.
+fn our_token(key: &SigningKey, sub: &str, jti: &str) -> String {
     let payload = serde_json::json!({
-        "iss": "pq-control-plane", "sub": "alice", "aud": "pq-api",
-        "exp": 4_000_000_000_i64, "iat": 1_700_000_000_i64, "nbf": 1_700_000_000_i64, "jti": "j1"
+        "iss": "pq-control-plane", "sub": sub, "aud": "pq-api",
+        "exp": 4_000_000_000_i64, "iat": 1_700_000_000_i64, "nbf": 1_700_000_000_i64, "jti": jti
     });
-    let token = jws::sign(
-        &key,
+    jws::sign(
+        key,
         "at+jwt",
-        Some(&kid),
+        Some(&key.kid()),
         None,
         payload.to_string().as_bytes(),
     )
-    .expect("sign");
+    .expect("sign")
+}
+
+#[test]
+fn jwt_simple_verifies_our_eddsa_tokens() {
+    let key = SigningKey::from_seed(Alg::EdDsa, &[7; 32]);
+    let token = our_token(&key, "alice", "j1");
     let public = Ed25519PublicKey::from_bytes(&key.verifying_key().to_bytes()).expect("their key");
     let claims: JWTClaims<NoCustomClaims> = public
         .verify_token(&token, Some(VerificationOptions::default()))
@@ -74,18 +78,7 @@ fn we_verify_jwt_simple_eddsa_tokens() {
 fn jwt_simple_verifies_our_ml_dsa_65_tokens_with_our_jwk() {
     let key = SigningKey::from_seed(Alg::MlDsa65, &[9; 32]);
     let kid = key.kid();
-    let payload = serde_json::json!({
-        "iss": "pq-control-plane", "sub": "carol", "aud": "pq-api",
-        "exp": 4_000_000_000_i64, "iat": 1_700_000_000_i64, "nbf": 1_700_000_000_i64, "jti": "j2"
-    });
-    let token = jws::sign(
-        &key,
-        "at+jwt",
-        Some(&kid),
-        None,
-        payload.to_string().as_bytes(),
-    )
-    .expect("sign");
+    let token = our_token(&key, "carol", "j2");
     let jwk = serde_json::to_string(&key.verifying_key().to_jwk()).expect("jwk");
     let public = MLDSA65PublicKey::from_jwk(&jwk).expect("jwt-simple reads our AKP JWK");
     let claims: JWTClaims<NoCustomClaims> = public
