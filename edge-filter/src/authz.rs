@@ -166,11 +166,61 @@ pub enum Outcome {
     Unavailable,
 }
 
+/// The leeway the `exp` check applies: the configured one, unless the revocation feed
+/// says its entries assume less.
+///
+/// A revocation entry covers its tokens until their `exp` plus the control plane's
+/// leeway and then lapses: an edge that accepted tokens for longer would accept a
+/// revoked one once its entry is gone. So `exp` gets `min(configured, feed)`. `nbf` and
+/// `iat` keep the configured leeway: a token accepted early is still covered by every
+/// entry until its `exp` plus the feed's leeway, so how early it may be is clock skew
+/// alone, the operator's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpLeeway {
+    /// `leeway_seconds` as configured: the feed did not say (a control plane built
+    /// before it could), or its entries assume at least as much.
+    Configured(i64),
+    /// The feed's entries assume less than `leeway_seconds`: `exp` gets `feed`.
+    Clamped {
+        /// `leeway_seconds`.
+        configured: i64,
+        /// What the feed's entries assume, applied to `exp`.
+        feed: i64,
+    },
+}
+
+impl ExpLeeway {
+    /// The `exp` leeway for a configured leeway and what the feed says, if anything.
+    pub fn new(configured: i64, feed: Option<u32>) -> ExpLeeway {
+        match feed.map(i64::from) {
+            Some(feed) if feed < configured => ExpLeeway::Clamped { configured, feed },
+            _ => ExpLeeway::Configured(configured),
+        }
+    }
+
+    /// Seconds past `exp` a token is still accepted.
+    pub fn seconds(self) -> i64 {
+        match self {
+            ExpLeeway::Configured(l) | ExpLeeway::Clamped { feed: l, .. } => l,
+        }
+    }
+
+    /// Seconds of the configured leeway not applied (0 when not clamped).
+    pub fn clamped_by(self) -> i64 {
+        match self {
+            ExpLeeway::Configured(_) => 0,
+            ExpLeeway::Clamped { configured, feed } => configured - feed,
+        }
+    }
+}
+
 /// Verifies tokens for one VM: keys, rules and the cache of verified tokens.
 #[derive(Debug)]
 pub struct Authorizer {
     keys: Keyring,
     validation: Validation,
+    /// What the `exp` check applies (see [`ExpLeeway`]).
+    exp_leeway: ExpLeeway,
     limits: Limits,
     claim_headers: Vec<(String, String)>,
     dpop_max_age: i64,
@@ -200,6 +250,7 @@ impl Authorizer {
     pub fn new(keys: Keyring, rules: Rules) -> Self {
         Authorizer {
             keys,
+            exp_leeway: ExpLeeway::Configured(rules.validation.leeway),
             validation: rules.validation,
             limits: rules.limits,
             claim_headers: rules.claim_headers,
@@ -218,6 +269,22 @@ impl Authorizer {
     pub(crate) fn set_keys(&mut self, keys: Keyring) {
         self.keys = keys;
         self.cache.clear();
+    }
+
+    /// Takes the leeway the revocation feed says its entries assume (`None`: it did not
+    /// say). Returns the new [`ExpLeeway`] when it changed, for the caller to log and
+    /// count once per change rather than per request.
+    pub(crate) fn set_feed_leeway(&mut self, feed: Option<u32>) -> Option<ExpLeeway> {
+        let new = ExpLeeway::new(self.validation.leeway, feed);
+        (new != self.exp_leeway).then(|| {
+            self.exp_leeway = new;
+            new
+        })
+    }
+
+    /// What the `exp` check applies now.
+    pub(crate) fn exp_leeway(&self) -> ExpLeeway {
+        self.exp_leeway
     }
 
     /// Number of cached tokens.
@@ -273,13 +340,14 @@ impl Authorizer {
             },
         };
         let deny = |reason| Outcome::Deny { reason, cache_hit };
-        // Time moves on for cached tokens: re-check what depends on it.
-        let leeway = self.validation.leeway;
-        if now >= verified.exp.saturating_add(leeway) {
+        // Time moves on for cached tokens: re-check what depends on it, on every request.
+        // `verify` checked `exp` with the configured leeway; this applies the feed's when
+        // it is less (a token past it is dropped from the cache like any expired one).
+        if now >= verified.exp.saturating_add(self.exp_leeway.seconds()) {
             self.cache.remove(&key);
             return deny(Reason::Expired);
         }
-        if verified.nbf > now.saturating_add(leeway) {
+        if verified.nbf > now.saturating_add(self.validation.leeway) {
             return deny(Reason::NotYetValid);
         }
         if let Some(jkt) = verified.jkt.as_deref()

@@ -4,7 +4,8 @@
 //! Shared data (namespaced by `vm_id`) holds three values per feed:
 //! - `lease`: which VM polls, renewed by compare-and-swap on every tick; the singleton
 //!   poller service (`role: poller`, on Envoy's main thread) wins it over filter VMs;
-//! - `state`: a 56-byte [`StateRecord`] every request reads to see if anything changed;
+//! - `state`: a 64-byte [`StateRecord`] every request reads to see if anything changed
+//!   (and the leeway the feed's revocations assume, which caps the filter's own);
 //! - `set` and `jwks`: the verified set's arrays and the JWKS, each prefixed by its
 //!   version, read by a VM only when the version in `state` differs from the one it holds;
 //! - `recent`: the entries deltas added since the arrays were built (at most
@@ -71,12 +72,15 @@ pub struct StateRecord {
     /// `max_revocations`); 0 while the published set is complete. Non-zero makes the set
     /// stale at once: revocations exist that this edge does not enforce.
     pub(crate) refused_at: i64,
+    /// The leeway (seconds) the newest verified update said its revocations assume
+    /// ([`EdgeUpdate::leeway`]); `None` when it did not say (an older control plane).
+    pub(crate) feed_leeway: Option<u32>,
 }
 
 impl StateRecord {
-    /// The 56-byte encoding.
-    pub(crate) fn encode(&self) -> [u8; 56] {
-        let mut out = [0u8; 56];
+    /// The 64-byte encoding; the feed leeway is stored plus one, so 0 is "not said".
+    pub(crate) fn encode(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
         out[0..8].copy_from_slice(&self.set_version.to_le_bytes());
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
         out[16..24].copy_from_slice(&self.generated_at.to_le_bytes());
@@ -84,12 +88,15 @@ impl StateRecord {
         out[32..40].copy_from_slice(&self.jwks_version.to_le_bytes());
         out[40..48].copy_from_slice(&self.refused_at.to_le_bytes());
         out[48..56].copy_from_slice(&self.recent_version.to_le_bytes());
+        let leeway = self.feed_leeway.map_or(0, |l| u64::from(l) + 1);
+        out[56..64].copy_from_slice(&leeway.to_le_bytes());
         out
     }
 
-    /// Decodes; anything but 56 bytes reads as "nothing published yet".
+    /// Decodes; anything but 64 bytes, or a leeway out of range, reads as "nothing
+    /// published yet".
     pub fn decode(bytes: &[u8]) -> StateRecord {
-        let Ok(b) = <&[u8; 56]>::try_from(bytes) else {
+        let Ok(b) = <&[u8; 64]>::try_from(bytes) else {
             return StateRecord::default();
         };
         let word = |i: usize| {
@@ -97,7 +104,15 @@ impl StateRecord {
             w.copy_from_slice(&b[i..i + 8]);
             w
         };
+        let feed_leeway = match u64::from_le_bytes(word(56)) {
+            0 => None,
+            l => match u32::try_from(l - 1) {
+                Ok(l) => Some(l),
+                Err(_) => return StateRecord::default(),
+            },
+        };
         StateRecord {
+            feed_leeway,
             set_version: u64::from_le_bytes(word(0)),
             seq: u64::from_le_bytes(word(8)),
             generated_at: i64::from_le_bytes(word(16)),
@@ -308,6 +323,7 @@ mod tests {
             seq,
             generated_at: at,
             entries,
+            leeway: None,
         }
     }
 
@@ -331,12 +347,25 @@ mod tests {
             jwks_version: 2,
             refused_at: 7,
             recent_version: 11,
+            feed_leeway: Some(30),
         };
         assert_eq!(StateRecord::decode(&rec.encode()), rec);
+        for feed_leeway in [None, Some(0), Some(u32::MAX)] {
+            let rec = StateRecord { feed_leeway, ..rec };
+            assert_eq!(StateRecord::decode(&rec.encode()), rec);
+        }
         assert_eq!(
             StateRecord::decode(&rec.encode()[..48]),
             StateRecord::default()
         );
+        // The 56-byte record of a build before the feed leeway reads as nothing too.
+        assert_eq!(
+            StateRecord::decode(&rec.encode()[..56]),
+            StateRecord::default()
+        );
+        let mut out_of_range = rec.encode();
+        out_of_range[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(StateRecord::decode(&out_of_range), StateRecord::default());
         assert_eq!(decode_recent(b"short"), None);
         assert_eq!(StateRecord::decode(b"short"), StateRecord::default());
         let lease = Lease {

@@ -43,6 +43,21 @@
 //! declared counts. Version 1 (varint deltas, about 10 bytes an entry) is no longer
 //! read: the control plane and the edge filter ship together and must be upgraded as
 //! a pair.
+//!
+//! # The leeway the revocations assume
+//!
+//! An entry covers its tokens until their `exp` plus the control plane's clock leeway;
+//! an edge that accepted tokens for longer than that would accept a revoked token once
+//! its entry lapsed. So a signed update says the leeway its entries assume, in seconds,
+//! as the member `leeway` of its protected JWS header ([`EdgeUpdate::leeway`]), not in
+//! the binary payload (whose bytes and version stay as they were), and the edge never
+//! applies more than that to `exp`. The member is optional and not `crit`: an edge
+//! built before it existed ignores it and keeps its own leeway, and an edge that meets
+//! an update without it (a control plane built before it existed) does the same. So
+//! control planes are upgraded first, then edges. An update that declares more than
+//! [`MAX_FEED_LEEWAY`] is refused like any malformed one (the set goes stale if nothing
+//! better comes): no control plane allows that much, and applying a huge leeway by
+//! mistake would be worse than not serving.
 
 use crate::JoseError;
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
@@ -54,6 +69,9 @@ mod wire;
 const MAGIC: &[u8; 4] = b"PQRV";
 const VERSION: u8 = 2;
 const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8;
+
+/// The largest leeway an update may declare, in seconds (a day); see the module doc.
+pub const MAX_FEED_LEEWAY: u32 = 86_400;
 
 /// The hash of `(kind, value)` under which an entry is stored.
 pub fn entry_key(kind: Kind, value: &str) -> u64 {
@@ -146,6 +164,12 @@ pub struct EdgeUpdate {
     pub generated_at: i64,
     /// The entries, in any order.
     pub entries: Vec<Entry>,
+    /// The clock leeway in seconds the entries assume: each covers its tokens until their
+    /// `exp` plus this. Travels in the signed protected header, not in the payload:
+    /// [`sign`](EdgeUpdate::sign) writes it, [`open`](EdgeUpdate::open) reads it,
+    /// [`decode`](EdgeUpdate::decode) gives `None`. `None`: the control plane did not say
+    /// (built before the member existed).
+    pub leeway: Option<u32>,
 }
 
 /// Why an edge update was refused.
@@ -325,28 +349,45 @@ impl EdgeUpdate {
             seq,
             generated_at,
             entries,
+            leeway: None,
         })
     }
 
-    /// Signs the update with the region's ML-DSA-65 key.
+    /// Signs the update with the region's ML-DSA-65 key; `leeway`, when set, goes in the
+    /// protected header.
     pub fn sign(&self, key: &SigningKey) -> Result<String, JoseError> {
         let typ = match self.kind {
             UpdateKind::Snapshot => TYP_EDGE_SNAPSHOT,
             UpdateKind::Delta => TYP_EDGE_DELTA,
         };
-        envelope::seal(key, typ, &self.encode())
+        envelope::seal_with_leeway(key, typ, self.leeway, &self.encode())
     }
 
-    /// Verifies and decodes a signed update; its `typ` must agree with its kind.
+    /// Verifies and decodes a signed update; its `typ` must agree with its kind, and a
+    /// declared `leeway` must be at most [`MAX_FEED_LEEWAY`].
     pub fn open(token: &str, keys: &Keyring, max_entries: u64) -> Result<EdgeUpdate, EdgeSetError> {
         let max_len = HEADER_LEN
             .saturating_add((max_entries as usize).saturating_mul(30))
             .saturating_mul(4)
             / 3
             + 8192;
-        let (typ, payload) =
-            envelope::open(token, &[TYP_EDGE_SNAPSHOT, TYP_EDGE_DELTA], keys, max_len)?;
-        let update = EdgeUpdate::decode(&payload, max_entries)?;
+        let opened =
+            envelope::open_with_header(token, &[TYP_EDGE_SNAPSHOT, TYP_EDGE_DELTA], keys, max_len)?;
+        let leeway = opened
+            .header
+            .leeway
+            .map(|l| {
+                u32::try_from(l)
+                    .ok()
+                    .filter(|&l| l <= MAX_FEED_LEEWAY)
+                    .ok_or(EdgeSetError::Malformed("leeway over the maximum"))
+            })
+            .transpose()?;
+        let typ = opened.typ;
+        let update = EdgeUpdate {
+            leeway,
+            ..EdgeUpdate::decode(&opened.payload, max_entries)?
+        };
         let expected = match update.kind {
             UpdateKind::Snapshot => TYP_EDGE_SNAPSHOT,
             UpdateKind::Delta => TYP_EDGE_DELTA,
@@ -951,6 +992,7 @@ impl RevocationSet {
             seq: self.seq,
             generated_at: self.generated_at,
             entries: self.entries(),
+            leeway: None,
         }
     }
 }
@@ -966,6 +1008,7 @@ mod layout_tests {
             seq,
             generated_at: 100,
             entries,
+            leeway: None,
         }
     }
 
@@ -1056,6 +1099,7 @@ mod wire_tests {
             seq: 9,
             generated_at: AT,
             entries,
+            leeway: None,
         }
     }
 
@@ -1313,6 +1357,7 @@ mod wire_tests {
             seq: 1,
             generated_at: AT,
             entries,
+            leeway: None,
         };
         let bytes = update(uniform).encode();
         assert!(bytes.len() < 7_500_000, "{} bytes", bytes.len());
@@ -1358,6 +1403,7 @@ mod wire_tests {
             seq: 1,
             generated_at: AT,
             entries,
+            leeway: None,
         })
         .unwrap();
         set
@@ -1446,6 +1492,7 @@ mod wire_tests {
                 seq: round + 1,
                 generated_at: AT + round as i64,
                 entries,
+                leeway: None,
             })
             .unwrap();
             rebuilds += usize::from(set.generation() != generation);
@@ -1491,6 +1538,7 @@ mod wire_tests {
                 seq: 2,
                 generated_at: AT + 5,
                 entries: delta,
+                leeway: None,
             })
             .unwrap();
         assert_eq!(poller.generation(), generation, "kept apart, no rebuild");
@@ -1552,6 +1600,7 @@ mod wire_tests {
             seq: 1,
             generated_at: AT,
             entries: snapshot.clone(),
+            leeway: None,
         })
         .unwrap();
         let check = |set: &RevocationSet, given: &[Entry]| {
@@ -1595,6 +1644,7 @@ mod wire_tests {
             seq: 2,
             generated_at: AT + 100,
             entries: delta,
+            leeway: None,
         })
         .unwrap();
         assert_ne!(set.generation(), generation, "rebuilt");

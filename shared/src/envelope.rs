@@ -4,7 +4,7 @@
 //! Any JOSE library that knows ML-DSA-65 can check them against the region's JWKS.
 
 use crate::JoseError;
-use crate::jws::{self, Jws, Limits};
+use crate::jws::{self, Header, Jws, Limits};
 use crate::keys::{Alg, Keyring, SigningKey};
 
 /// `typ` of a revocation event.
@@ -21,13 +21,44 @@ pub const TYP_EDGE_DELTA: &str = "edge-delta+jws";
 
 /// Signs `payload` under `typ`; the key must be ML-DSA-65.
 pub fn seal(key: &SigningKey, typ: &str, payload: &[u8]) -> Result<String, JoseError> {
+    seal_with_leeway(key, typ, None, payload)
+}
+
+/// Like [`seal`], with the protected header member `leeway` when given (the leeway the
+/// revocations of an edge update assume; see [`crate::edgeset`]).
+pub fn seal_with_leeway(
+    key: &SigningKey,
+    typ: &str,
+    leeway: Option<u32>,
+    payload: &[u8],
+) -> Result<String, JoseError> {
     if key.alg() != Alg::MlDsa65 {
         return Err(JoseError::AlgMismatch {
             header: key.alg().as_str(),
             key: Alg::MlDsa65.as_str(),
         });
     }
-    jws::sign(key, typ, Some(&key.kid()), None, payload)
+    jws::sign_with_header(
+        key,
+        Header {
+            typ: Some(typ.into()),
+            kid: Some(key.kid()),
+            leeway: leeway.map(u64::from),
+            ..Header::default()
+        },
+        payload,
+    )
+}
+
+/// A verified envelope.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The `typ` found, one of those asked for.
+    pub typ: &'static str,
+    /// The whole protected header (for members such as `leeway`).
+    pub header: Header,
+    /// The payload.
+    pub payload: Vec<u8>,
 }
 
 /// Verifies an envelope of one of the `typs` with an ML-DSA-65 key from `keys`; returns
@@ -38,6 +69,16 @@ pub fn open(
     keys: &Keyring,
     max_len: usize,
 ) -> Result<(&'static str, Vec<u8>), JoseError> {
+    open_with_header(token, typs, keys, max_len).map(|o| (o.typ, o.payload))
+}
+
+/// Like [`open`], also returning the protected header.
+pub fn open_with_header(
+    token: &str,
+    typs: &[&'static str],
+    keys: &Keyring,
+    max_len: usize,
+) -> Result<Opened, JoseError> {
     let jws = Jws::parse(
         token,
         &Limits {
@@ -55,5 +96,9 @@ pub fn open(
         return Err(JoseError::UnsupportedAlg(jws.alg.as_str().into()));
     }
     jws.verify(keys)?;
-    Ok((typ, jws.payload))
+    Ok(Opened {
+        typ,
+        header: jws.header,
+        payload: jws.payload,
+    })
 }

@@ -39,6 +39,12 @@ pub struct Header {
     /// Critical extensions: we understand none, so any value is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crit: Option<serde_json::Value>,
+    /// Edge snapshots and deltas: the clock leeway in seconds their revocations assume
+    /// (each entry covers its tokens until their `exp` plus this). A private member,
+    /// not listed in `crit`: parsers that do not know it ignore it, so an edge built
+    /// before it existed keeps its own leeway (see [`crate::edgeset`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<u64>,
 }
 
 /// A parsed but not yet verified compact JWS.
@@ -145,12 +151,27 @@ pub fn sign(
     jwk: Option<Jwk>,
     payload: &[u8],
 ) -> Result<String, JoseError> {
+    sign_with_header(
+        key,
+        Header {
+            typ: Some(typ.into()),
+            kid: kid.map(str::to_owned),
+            jwk,
+            ..Header::default()
+        },
+        payload,
+    )
+}
+
+/// Signs `payload` as a compact JWS under `header`, whose `alg` is set from the key.
+pub fn sign_with_header(
+    key: &SigningKey,
+    header: Header,
+    payload: &[u8],
+) -> Result<String, JoseError> {
     let header = Header {
         alg: key.alg().as_str().into(),
-        typ: Some(typ.into()),
-        kid: kid.map(str::to_owned),
-        jwk,
-        crit: None,
+        ..header
     };
     let header = serde_json::to_vec(&header).map_err(|_| JoseError::SigningFailed)?;
     let mut token = b64::encode(&header);

@@ -1,12 +1,14 @@
 //! Signed revocation events, the edge set wire format and its lookup.
 
-use shared::edgeset::{EdgeSetError, EdgeUpdate, Entry, RevocationSet, UpdateKind, entry_key};
+use shared::edgeset::{
+    EdgeSetError, EdgeUpdate, Entry, MAX_FEED_LEEWAY, RevocationSet, UpdateKind, entry_key,
+};
 use shared::keys::{Alg, Keyring, SigningKey};
 use shared::revocation::{
     Kind, RevocationEvent, TokenIds, VerifiedRoots, join_batch_member, sign_batch,
     split_batch_member,
 };
-use shared::{JoseError, b64};
+use shared::{JoseError, b64, jws};
 
 fn region_key() -> SigningKey {
     SigningKey::from_seed(Alg::MlDsa65, &[5; 32])
@@ -243,6 +245,7 @@ fn edge_updates_round_trip_signed_and_sorted() {
         seq: 3,
         generated_at: 1_000,
         entries,
+        leeway: None,
     };
     let opened = EdgeUpdate::open(&update.sign(&key).unwrap(), &ring, 10).unwrap();
     assert_eq!(opened.seq, 3);
@@ -254,6 +257,130 @@ fn edge_updates_round_trip_signed_and_sorted() {
     ));
 }
 
+fn snapshot_with_leeway(leeway: Option<u32>) -> EdgeUpdate {
+    EdgeUpdate {
+        kind: UpdateKind::Snapshot,
+        base_seq: 0,
+        seq: 3,
+        generated_at: 1_000,
+        entries: vec![Entry::from_event(&event(Kind::Jti, "a"))],
+        leeway,
+    }
+}
+
+fn protected_header(token: &str) -> serde_json::Value {
+    let header = token.split('.').next().unwrap();
+    serde_json::from_slice(&b64::decode_public(header, "header").unwrap()).unwrap()
+}
+
+#[test]
+fn an_update_carries_its_leeway_in_the_signed_header_and_its_payload_is_unchanged() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let with = snapshot_with_leeway(Some(30));
+    let signed = with.sign(&key).unwrap();
+    assert_eq!(protected_header(&signed)["leeway"], 30);
+    let opened = EdgeUpdate::open(&signed, &ring, 10).unwrap();
+    assert_eq!(opened.leeway, Some(30));
+    assert_eq!(opened.entries.len(), 1);
+    // Not in the payload: version 2 and its bytes stay as they were.
+    let without = snapshot_with_leeway(None);
+    assert_eq!(with.encode(), without.encode());
+    assert_eq!(EdgeUpdate::decode(&with.encode(), 10).unwrap().leeway, None);
+    // An update that says nothing opens as "not said", its header as before the member.
+    let signed = without.sign(&key).unwrap();
+    assert_eq!(
+        protected_header(&signed),
+        serde_json::json!({"alg": "ML-DSA-65", "typ": "edge-snapshot+jws", "kid": key.kid()})
+    );
+    assert_eq!(EdgeUpdate::open(&signed, &ring, 10).unwrap().leeway, None);
+    // Zero is a leeway like any other, not "not said".
+    let zero = snapshot_with_leeway(Some(0)).sign(&key).unwrap();
+    assert_eq!(EdgeUpdate::open(&zero, &ring, 10).unwrap().leeway, Some(0));
+}
+
+#[test]
+fn an_edge_built_before_the_leeway_member_still_opens_an_update_that_has_it() {
+    // What such an edge ran: the header members it knew, unknown ones ignored (only
+    // `crit` is refused), then the payload decoded.
+    #[derive(serde::Deserialize)]
+    #[expect(dead_code, reason = "the members the old parser read, to parse them")]
+    struct OldHeader {
+        alg: String,
+        typ: Option<String>,
+        kid: Option<String>,
+        jwk: Option<serde_json::Value>,
+        crit: Option<serde_json::Value>,
+    }
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let update = snapshot_with_leeway(Some(30));
+    let signed = update.sign(&key).unwrap();
+    let header = signed.split('.').next().unwrap();
+    let old: OldHeader =
+        shared::json::from_slice(&b64::decode_public(header, "header").unwrap(), "header").unwrap();
+    assert!(old.crit.is_none());
+    let (typ, payload) = shared::envelope::open(
+        &signed,
+        &[
+            shared::envelope::TYP_EDGE_SNAPSHOT,
+            shared::envelope::TYP_EDGE_DELTA,
+        ],
+        &ring,
+        64 * 1024,
+    )
+    .unwrap();
+    assert_eq!(typ, shared::envelope::TYP_EDGE_SNAPSHOT);
+    let decoded = EdgeUpdate::decode(&payload, 10).unwrap();
+    assert_eq!(
+        decoded,
+        EdgeUpdate {
+            leeway: None,
+            entries: decoded.entries.clone(),
+            ..update
+        }
+    );
+}
+
+#[test]
+fn an_update_that_declares_a_leeway_over_a_day_is_refused() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let max = snapshot_with_leeway(Some(MAX_FEED_LEEWAY))
+        .sign(&key)
+        .unwrap();
+    assert_eq!(
+        EdgeUpdate::open(&max, &ring, 10).unwrap().leeway,
+        Some(MAX_FEED_LEEWAY)
+    );
+    let over = snapshot_with_leeway(Some(MAX_FEED_LEEWAY + 1))
+        .sign(&key)
+        .unwrap();
+    assert!(matches!(
+        EdgeUpdate::open(&over, &ring, 10),
+        Err(EdgeSetError::Malformed(_))
+    ));
+    // Past u32 too, through the header alone.
+    let huge = jws::sign_with_header(
+        &key,
+        jws::Header {
+            typ: Some(shared::envelope::TYP_EDGE_SNAPSHOT.into()),
+            kid: Some(key.kid()),
+            leeway: Some(u64::MAX),
+            ..jws::Header::default()
+        },
+        &snapshot_with_leeway(None).encode(),
+    )
+    .unwrap();
+    assert!(matches!(
+        EdgeUpdate::open(&huge, &ring, 10),
+        Err(EdgeSetError::Malformed(_))
+    ));
+}
+
 #[test]
 fn malformed_edge_payloads_are_refused() {
     let update = EdgeUpdate {
@@ -262,6 +389,7 @@ fn malformed_edge_payloads_are_refused() {
         seq: 2,
         generated_at: 1_000,
         entries: vec![Entry::from_event(&event(Kind::Sid, "s"))],
+        leeway: None,
     };
     let bytes = update.encode();
     assert_eq!(EdgeUpdate::decode(&bytes, 10).unwrap(), update);
@@ -291,6 +419,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
             Entry::from_event(&event(Kind::Jti, "j1")),
             Entry::from_event(&event(Kind::Sub, "alice")),
         ],
+        leeway: None,
     };
     set.apply(snap).unwrap();
     assert_eq!(set.check(&ids("j1", "bob", 1_500), 1_500), Some(Kind::Jti));
@@ -302,6 +431,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
         seq: 6,
         generated_at: 1_100,
         entries: vec![],
+        leeway: None,
     };
     assert!(matches!(
         set.apply(gap),
@@ -319,6 +449,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
             Entry::from_event(&event(Kind::Kid, "k1")),
             Entry::from_event(&event(Kind::Sid, "s1")),
         ],
+        leeway: None,
     };
     set.apply(delta).unwrap();
     assert_eq!(set.seq(), 4);
@@ -344,6 +475,7 @@ fn a_million_entries_stay_small_on_the_wire() {
         seq: 1,
         generated_at: 1_000,
         entries,
+        leeway: None,
     };
     let bytes = update.encode();
     assert!(bytes.len() < 8_000_000, "{} bytes", bytes.len());
@@ -374,6 +506,7 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
                 seq: 2,
                 generated_at: t3,
                 entries: vec![first, second],
+                leeway: None,
             })
             .unwrap();
         let mut deltas = RevocationSet::new();
@@ -385,6 +518,7 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
                     seq,
                     generated_at: t3,
                     entries: vec![entry],
+                    leeway: None,
                 })
                 .unwrap();
         }

@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use shared::edgeset::EdgeUpdate;
+use shared::{JwkSet, Keyring};
 use tests::envoy::{Poller, shipped_hcm_options};
 use tests::tokens::{self, claims, mint};
 use tests::{eventually, http};
@@ -130,4 +133,90 @@ fn without_the_poller_service_a_filter_vm_polls_and_revocations_reach_every_work
         .unwrap_or_default()
         .to_owned();
     revoke_and_measure(&stack, "jti", &jti, &issued);
+}
+
+/// The leeway the control plane's feed says its revocations assume (from a snapshot
+/// fetched as the filter fetches it).
+fn feed_leeway(stack: &Stack) -> u32 {
+    let jwks = stack.cp.jwks().to_string();
+    let keys = JwkSet::parse(jwks.as_bytes())
+        .and_then(|set| Keyring::from_jwks(&set))
+        .expect("the control plane's JWKS");
+    let r = http::get(stack.cp.port, "/v1/edge/revocations", &[]).expect("GET the feed");
+    assert_eq!(r.status, 200, "feed: {}", r.text());
+    EdgeUpdate::open(r.text().trim(), &keys, 100_000)
+        .expect("a signed update")
+        .leeway
+        .expect("the feed says the leeway its revocations assume")
+}
+
+#[test]
+fn an_edge_configured_with_more_leeway_than_the_feed_assumes_is_clamped_to_it() {
+    // The edge's maximum: over any leeway a control plane's revocations assume.
+    let configured = 3600;
+    let stack = Stack::start(|filter, jwks| {
+        let mut keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+        keys.push(tokens::test_jwk());
+        filter["jwks"] = json!({ "keys": keys });
+        filter["leeway_seconds"] = json!(configured);
+    });
+    stack
+        .envoy
+        .wait_until_serving(&mint(&claims("judy", "jti-judy", "sid-judy")));
+    let feed = i64::from(feed_leeway(&stack));
+    assert!(
+        (10..configured - 60).contains(&feed),
+        "a feed leeway of {feed} s leaves nothing to show"
+    );
+    let expired_ago = |ago: i64, jti: &str| {
+        let mut c = claims("judy", jti, "sid-judy");
+        let now = tokens::now();
+        c["exp"] = json!(now - ago);
+        c["iat"] = json!(now - ago - 300);
+        c["nbf"] = json!(now - ago - 300);
+        mint(&c)
+    };
+    // Within what the revocations cover: still a clock difference.
+    let r = http::get_with_token(
+        stack.envoy.port,
+        "/orders",
+        &expired_ago(feed / 2, "jti-in"),
+    )
+    .expect("request");
+    assert_eq!(r.status, 200, "within the feed's leeway: {}", r.text());
+    // Past it, though within leeway_seconds: a revocation of this token may be gone.
+    for _ in 0..10 {
+        let r = http::get_with_token(
+            stack.envoy.port,
+            "/orders",
+            &expired_ago(feed + 60, "jti-past"),
+        )
+        .expect("request");
+        assert_eq!(r.status, 401, "past the feed's leeway: {}", r.text());
+        assert_eq!(r.json()["error_description"], "expired");
+    }
+    // Counted and logged once per change, naming both values.
+    let gauge = "wasmcustom.edge_filter.leeway_clamped_seconds";
+    let clamped = eventually(Duration::from_secs(5), || {
+        Some(stack.envoy.stat(gauge)).filter(|&v| v > 0)
+    });
+    assert_eq!(clamped, Some((configured - feed) as u64), "{gauge}");
+    let line = format!("leeway_seconds = {configured} clamped to {feed} for exp");
+    let logged = eventually(Duration::from_secs(20), || {
+        let log = stack.envoy.filter_log();
+        let n = log.iter().filter(|l| l.starts_with(&line)).count();
+        (n > 0).then_some(n)
+    });
+    // One line per filter VM (Envoy's main thread and each worker), not one per request.
+    let filter_vms = stack
+        .envoy
+        .filter_log()
+        .iter()
+        .filter(|l| l.starts_with("configured (vm") && !l.contains("poller service"))
+        .count();
+    assert!(
+        logged.is_some_and(|n| n <= filter_vms && n < 10),
+        "{logged:?} lines for {filter_vms} filter VMs: {:?}",
+        stack.envoy.filter_log()
+    );
 }

@@ -92,6 +92,7 @@ pub fn set_of(n: u32) -> RevocationSet {
         seq: 1,
         generated_at: NOW,
         entries,
+        leeway: None,
     };
     set.apply(update).unwrap_or_default();
     set

@@ -47,6 +47,7 @@ fn e5() {
         seq: 1,
         generated_at: NOW,
         entries,
+        leeway: None,
     };
     let wire = update.encode();
     let started = Instant::now();
@@ -73,6 +74,7 @@ fn e5() {
             seq: poller.seq() + 1,
             generated_at: NOW + 1 + i as i64,
             entries: random_entries(&mut seed, 1, NOW + 3_600),
+            leeway: None,
         };
         let started = Instant::now();
         deltas_ok &=
@@ -121,6 +123,7 @@ fn e5_poller() -> Result<(), String> {
             seq,
             generated_at: NOW,
             entries,
+            leeway: None,
         }
     };
     let mut held = RevocationSet::new();
@@ -213,6 +216,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
             seq,
             generated_at: now,
             entries,
+            leeway: None,
         };
         write(
             &format!("snap-{seq}.jws"),
@@ -224,6 +228,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
             seq,
             generated_at: now,
             entries: Vec::new(),
+            leeway: None,
         };
         write(
             &format!("hb-{seq}.jws"),

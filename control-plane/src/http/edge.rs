@@ -12,6 +12,7 @@ use utoipa::IntoParams;
 use super::{ApiError, AppState, ErrorBody, Query, blocking};
 use crate::db;
 use crate::metrics::Metrics;
+use crate::region::Region;
 use crate::time::now;
 
 /// Longest hold of a long-poll, in seconds.
@@ -96,6 +97,7 @@ pub(super) async fn revocations(
             seq: upto,
             generated_at: now(),
             entries,
+            leeway: Some(revocation_leeway(r)),
         }
         .sign(&r.keys().event_key)
         .map_err(crate::region::Error::Signing)
@@ -110,4 +112,16 @@ pub(super) async fn revocations(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-edge-seq", HeaderValue::from(upto));
     Ok(response)
+}
+
+/// The clock leeway, in seconds, that the region's revocation entries assume (each
+/// covers its tokens until their `exp` plus this), declared in every update so that an
+/// edge never applies more to `exp` (see `shared::edgeset`, "The leeway the revocations
+/// assume").
+fn revocation_leeway(region: &Region) -> u32 {
+    // TODO(revocation_leeway): `region.revocation_leeway()` once region.rs has it.
+    let leeway = region.settings().leeway_secs;
+    // The settings keep it far below the maximum; clamped all the same, so a wider bound
+    // there never makes every edge refuse the feed.
+    u32::try_from(leeway.clamp(0, i64::from(shared::edgeset::MAX_FEED_LEEWAY))).unwrap_or(0)
 }

@@ -1,7 +1,8 @@
 //! The edge feed contract: signed snapshots, deltas, long-poll wake-ups and heartbeats.
 
 use serde_json::json;
-use shared::edgeset::{EdgeUpdate, RevocationSet, UpdateKind};
+use shared::Kind;
+use shared::edgeset::{EdgeUpdate, RevocationSet, UpdateKind, entry_key};
 use shared::revocation::TokenIds;
 
 use crate::support::{Reply, TestApp, Transport};
@@ -49,6 +50,44 @@ async fn a_poller_without_a_set_gets_a_signed_snapshot_of_every_live_revocation(
         assert!(set.check(&ids("j-2", "alice", now - 10), now).is_some());
         assert!(set.check(&ids("j-2", "alice", now + 5), now).is_none());
         assert!(set.check(&ids("j-2", "bob", now), now).is_none());
+    }
+}
+
+#[tokio::test]
+async fn every_update_says_the_leeway_its_revocations_assume_and_they_cover_it() {
+    for app in TestApp::both().await {
+        let (token, jti) = app.issue("lee", json!({})).await;
+        let exp = app.validate(&token).await["claims"]["exp"]
+            .as_i64()
+            .unwrap();
+        // A holder revocation: the one that knows its token's `exp`, so lives the least.
+        let reply = app
+            .form("/oauth2/revoke", &format!("token={token}"), false)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let snap = open(&app, &app.get("/v1/edge/revocations").await).await;
+        let leeway = snap.leeway.expect("the snapshot says its leeway");
+        // An edge may apply up to this: never less than the control plane itself does.
+        assert!(i64::from(leeway) >= app.state.region.settings().leeway_secs);
+        let entry = snap
+            .entries
+            .iter()
+            .find(|e| e.key == entry_key(Kind::Jti, &jti))
+            .expect("the revocation");
+        assert!(
+            i64::from(entry.expires_at) >= exp + i64::from(leeway),
+            "the entry lapses at {}, before exp {exp} + {leeway}",
+            entry.expires_at
+        );
+        // Deltas and heartbeats say it too.
+        let heartbeat = open(
+            &app,
+            &app.get(&format!("/v1/edge/revocations?since={}&wait=0", snap.seq))
+                .await,
+        )
+        .await;
+        assert_eq!(heartbeat.kind, UpdateKind::Delta);
+        assert_eq!(heartbeat.leeway, Some(leeway));
     }
 }
 

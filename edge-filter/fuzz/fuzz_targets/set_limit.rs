@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             seq: base + u64::from(head >> 2 & 3),
             generated_at: at,
             entries,
+            leeway: None,
         };
         // Through the wire format too, as the feed delivers it.
         let Ok(update) = EdgeUpdate::decode(&update.encode(), LIMIT) else {

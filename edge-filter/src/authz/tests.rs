@@ -110,6 +110,7 @@ fn set_with(entries: &[(Kind, &str, u32)]) -> RevocationSet {
                 not_before,
             })
             .collect(),
+        leeway: None,
     })
     .unwrap();
     set
@@ -510,4 +511,92 @@ fn the_application_at_jwt_media_type_is_accepted_at_the_edge() {
         let authorization = format!("Bearer {}", token_with(&ed_key(), typ, &claims()));
         assert_eq!(reason(decide(&mut az, &authorization, &set)), None, "{typ}");
     }
+}
+
+fn rules_with_leeway(leeway: i64) -> Rules {
+    let mut rules = rules();
+    rules.validation.leeway = leeway;
+    rules
+}
+
+/// A token whose `exp` passed `ago` seconds before `NOW`.
+fn expired(ago: i64, jti: &str) -> String {
+    let mut c = claims();
+    c["exp"] = json!(NOW - ago);
+    c["jti"] = json!(jti);
+    format!("Bearer {}", token(&c))
+}
+
+#[test]
+fn exp_gets_no_more_leeway_than_the_feed_says_its_revocations_assume() {
+    let set = RevocationSet::new();
+    // leeway_seconds: 120, a feed that says nothing (an older control plane): its own.
+    let mut az = Authorizer::new(keyring(), rules_with_leeway(120));
+    assert_eq!(az.set_feed_leeway(None), None);
+    assert_eq!(reason(decide(&mut az, &expired(60, "j-60"), &set)), None);
+    // The feed's entries assume 30 s: a token 60 s past `exp` is expired, cached or not.
+    assert_eq!(
+        az.set_feed_leeway(Some(30)),
+        Some(ExpLeeway::Clamped {
+            configured: 120,
+            feed: 30
+        })
+    );
+    assert_eq!(az.exp_leeway().clamped_by(), 90);
+    assert_eq!(
+        decide(&mut az, &expired(60, "j-60"), &set),
+        Outcome::Deny {
+            reason: Reason::Expired,
+            cache_hit: true
+        }
+    );
+    assert_eq!(az.cached(), 0);
+    assert_eq!(
+        reason(decide(&mut az, &expired(60, "j-60b"), &set)),
+        Some(Reason::Expired)
+    );
+    assert_eq!(reason(decide(&mut az, &expired(20, "j-20"), &set)), None);
+    // Reported once per change, not per update or request.
+    assert_eq!(az.set_feed_leeway(Some(30)), None);
+    // A feed that stops saying (a control plane rolled back): the configured one again.
+    assert_eq!(az.set_feed_leeway(None), Some(ExpLeeway::Configured(120)));
+    assert_eq!(reason(decide(&mut az, &expired(60, "j-60c"), &set)), None);
+}
+
+#[test]
+fn a_feed_that_assumes_more_leeway_than_configured_changes_nothing() {
+    let set = RevocationSet::new();
+    let mut az = Authorizer::new(keyring(), rules_with_leeway(30));
+    assert_eq!(az.set_feed_leeway(Some(600)), None);
+    assert_eq!(az.set_feed_leeway(Some(30)), None);
+    assert_eq!(az.exp_leeway(), ExpLeeway::Configured(30));
+    assert_eq!(
+        reason(decide(&mut az, &expired(60, "j-60"), &set)),
+        Some(Reason::Expired)
+    );
+    assert_eq!(reason(decide(&mut az, &expired(20, "j-20"), &set)), None);
+    // Zero is a leeway the feed can say.
+    assert_eq!(
+        az.set_feed_leeway(Some(0)),
+        Some(ExpLeeway::Clamped {
+            configured: 30,
+            feed: 0
+        })
+    );
+    assert_eq!(
+        reason(decide(&mut az, &expired(0, "j-0"), &set)),
+        Some(Reason::Expired)
+    );
+}
+
+#[test]
+fn nbf_keeps_the_configured_leeway_when_the_feed_clamps_exp() {
+    let set = RevocationSet::new();
+    let mut az = Authorizer::new(keyring(), rules_with_leeway(120));
+    az.set_feed_leeway(Some(30));
+    let mut c = claims();
+    c["nbf"] = json!(NOW + 60);
+    c["iat"] = json!(NOW + 60);
+    let authorization = format!("Bearer {}", token(&c));
+    assert_eq!(reason(decide(&mut az, &authorization, &set)), None);
 }

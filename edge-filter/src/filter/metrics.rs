@@ -19,6 +19,9 @@ pub(super) struct Metrics {
     pub(super) set_size: Option<u32>,
     pub(super) set_seq: Option<u32>,
     pub(super) staleness: Option<u32>,
+    /// Seconds of `leeway_seconds` the `exp` check does not apply because the feed's
+    /// revocations assume less (0: not clamped).
+    pub(super) leeway_clamped_seconds: Option<u32>,
 }
 
 impl Metrics {
@@ -46,6 +49,7 @@ impl Metrics {
             set_size: gauge("set_size"),
             set_seq: gauge("set_seq"),
             staleness: gauge("staleness_seconds"),
+            leeway_clamped_seconds: gauge("leeway_clamped_seconds"),
         }
     }
 

@@ -10,14 +10,14 @@ mod poller;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use log::warn;
+use log::{info, warn};
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::{LogLevel, Status};
 use shared::edgeset::{EdgeSetError, RevocationSet};
 use shared::{JwkSet, Keyring};
 
-use crate::authz::Authorizer;
-use crate::config::{Config, KeySource};
+use crate::authz::{Authorizer, ExpLeeway};
+use crate::config::{Config, KeySource, Role};
 use crate::sync::{self, Keys, StateRecord};
 use metrics::Metrics;
 use poller::Root;
@@ -163,7 +163,44 @@ impl Vm {
                 }
             }
         }
+        self.adopt_feed_leeway(state.feed_leeway);
         self.state = state;
+    }
+
+    /// Caps the `exp` leeway at what the feed's revocations assume; logs and counts a
+    /// change once (this runs per request, and costs a comparison when nothing changed).
+    fn adopt_feed_leeway(&mut self, feed: Option<u32>) {
+        let Some(applied) = self.authorizer.set_feed_leeway(feed) else {
+            return;
+        };
+        // The poller service checks no request: its `leeway_seconds` may not be the
+        // filter's, and its word on the clamp would flap the gauge.
+        if self.config.role == Role::Poller {
+            return;
+        }
+        self.record_leeway_clamp();
+        match applied {
+            ExpLeeway::Clamped { configured, feed } => warn!(
+                "edge-filter: leeway_seconds = {configured} clamped to {feed} for exp: the \
+                 revocation feed's entries assume {feed} s, and a revoked token would pass \
+                 once its entry lapsed"
+            ),
+            ExpLeeway::Configured(configured) => info!(
+                "edge-filter: leeway_seconds = {configured} applies to exp again (the \
+                 revocation feed assumes at least as much, or does not say)"
+            ),
+        }
+    }
+
+    /// Sets the `leeway_clamped_seconds` gauge (filter VMs only, see above).
+    fn record_leeway_clamp(&self) {
+        if self.config.role != Role::Poller {
+            let clamped = self.authorizer.exp_leeway().clamped_by();
+            Metrics::set(
+                self.metrics.leeway_clamped_seconds,
+                u64::try_from(clamped).unwrap_or(0),
+            );
+        }
     }
 
     fn is_stale(&self, now: i64) -> bool {

@@ -231,6 +231,8 @@ impl Root {
             }
         };
         vm.refresh();
+        // The newest verified update says what its revocations assume (heartbeats too).
+        let feed_leeway = update.leeway;
         // Applied in place (no copy of a large set per delta): a refused update leaves the
         // set as it was, and if publishing fails below, the next publish has it all.
         let changed = match sync::accept(&mut vm.set, update, secs(now), max) {
@@ -250,7 +252,7 @@ impl Root {
             }
         };
         self.want_snapshot = false;
-        let published = self.publish_set(vm, changed, now);
+        let published = self.publish_set(vm, changed, feed_leeway, now);
         if published.is_err() {
             // The set this VM holds is ahead of what the other VMs can see: the next
             // publish includes the arrays, whatever it adds.
@@ -262,13 +264,14 @@ impl Root {
         Ok(now)
     }
 
-    /// Publishes what `accept` changed in the VM's set, and the state record: the recent
-    /// entries alone when the arrays are those this poller last published, else the
-    /// arrays too.
+    /// Publishes what `accept` changed in the VM's set, and the state record (with the
+    /// update's `feed_leeway`): the recent entries alone when the arrays are those this
+    /// poller last published, else the arrays too.
     fn publish_set(
         &mut self,
         vm: &mut Vm,
         changed: bool,
+        feed_leeway: Option<u32>,
         now: u64,
     ) -> Result<(), (SyncRefusal, String)> {
         let publish = |e: String| (SyncRefusal::Publish, e);
@@ -301,6 +304,7 @@ impl Root {
             s.generated_at = generated_at;
             s.verified_at = secs(now);
             s.refused_at = 0;
+            s.feed_leeway = feed_leeway;
         });
         if !published {
             return Err(publish("cannot publish the state".into()));
@@ -528,6 +532,8 @@ impl RootContext for Root {
             Metrics::set(vm.metrics.staleness, u64::try_from(age).unwrap_or(0));
             Metrics::set(vm.metrics.set_size, vm.set.len() as u64);
             Metrics::set(vm.metrics.set_seq, vm.set.seq());
+            // Again per tick: a reconfigured VM starts with the gauge where it was.
+            vm.record_leeway_clamp();
         }
         let keys = vm_rc.borrow().keys.clone();
         if self.holds_lease(&keys, now) {
