@@ -21,6 +21,12 @@ KAFKA_PORT=9092
 DATA_DIR=./data
 BUILD=1
 PROFILE=release
+# With --regions 2, Redis has one ACL user a region (cp-a, cp-b), each with its own
+# password (made at first start into the region's data dir, redis.secret), and the
+# default user is off: nothing that cannot log in reads or writes it. A region's user may
+# run only the commands the control plane issues, on the keys it writes
+# (control-plane/src/redis_cache.rs, refresh.rs).
+REDIS_RULES='resetchannels -@all +ping +select +dbsize +exists +get +mget +set +expire +ttl +evalsha +script|load ~revoked:* ~revoked-cache-epoch ~refresh:* ~dpop:*'
 
 usage() {
   cat <<EOF
@@ -32,7 +38,7 @@ usage: scripts/run.sh [options]
   --upstream-port P    demo upstream                           [$UPSTREAM_PORT]
   --redis-port P       Redis (--regions 2)                     [$REDIS_PORT]
   --kafka-port P       Kafka-protocol broker (--regions 2)     [$KAFKA_PORT]
-  --data-dir D         data directory (kept on exit)           [$DATA_DIR]
+  --data-dir D         data directory (0700, kept on exit)     [$DATA_DIR]
   --profile P          build profile of the control plane: release or debug [$PROFILE]
   --no-build           use the binaries already built
 EOF
@@ -105,10 +111,36 @@ if [ "$REGIONS" = 2 ]; then
   }
 fi
 
+# The data dirs hold the signing keys: the control plane refuses to start on one that
+# group or others can enter, or whose key files they can read. Everything this script
+# creates is private (umask 077), and it fixes the dirs it owns if an older run (or
+# mkdir) left them open.
+umask 077
 mkdir -p "$DATA_DIR"
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 RUN="$DATA_DIR/run"
 mkdir -p "$RUN"
+region_dirs=("$DATA_DIR")
+[ "$REGIONS" = 2 ] && region_dirs=("$DATA_DIR/a" "$DATA_DIR/b")
+for dir in "$DATA_DIR" "$RUN" "${region_dirs[@]}"; do
+  mkdir -p "$dir"
+  chmod 0700 "$dir"
+  for f in "$dir"/control-plane.db "$dir"/control-plane.db-wal "$dir"/control-plane.db-shm \
+    "$dir"/admin.secret "$dir"/dpop-nonce.secret "$dir"/redis.secret; do
+    if [ -f "$f" ]; then chmod 0600 "$f"; fi
+  done
+done
+if [ "$REGIONS" = 2 ]; then
+  # Passwords stay in the data dirs (0600) and the ACL file holds only their SHA-256.
+  acl="user default off"
+  for r in a b; do
+    secret="$DATA_DIR/$r/redis.secret"
+    [ -s "$secret" ] || od -An -vtx1 -N24 /dev/urandom | tr -d ' \n' >"$secret"
+    hash=$(tr -d '\n' <"$secret" | sha256sum | cut -d' ' -f1)
+    acl+=$'\n'"user cp-$r on #$hash $REDIS_RULES"
+  done
+  printf '%s\n' "$acl" >"$RUN/redis-users.acl"
+fi
 PIDS=()
 stop() {
   trap - INT TERM EXIT
@@ -139,7 +171,7 @@ PIDS+=($!)
 
 if [ "$REGIONS" = 2 ]; then
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-    --dir "$RUN" >"$RUN/redis.log" 2>&1 &
+    --dir "$RUN" --aclfile "$RUN/redis-users.acl" >"$RUN/redis.log" 2>&1 &
   PIDS+=($!)
   tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
@@ -151,6 +183,7 @@ fi
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
   port=$((CP_PORT + i))
+  redis_url=
   if [ "$REGIONS" = 1 ]; then
     dir="$DATA_DIR"
     env_args=()
@@ -158,11 +191,14 @@ for ((i = 0; i < REGIONS; i++)); do
     dir="$DATA_DIR/$r"
     peer=$((CP_PORT + 1 - i))
     env_args=(REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
-      REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$i"
       PEER_JWKS="http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10)
+    redis_url="redis://cp-$r:$(tr -d '\n' <"$dir/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
   fi
-  env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir" \
-    >"$RUN/control-plane-$r.log" 2>&1 &
+  # The Redis URL holds the password: exported, never on a command line others can read.
+  (
+    if [ -n "$redis_url" ]; then export REDIS_URL="$redis_url"; fi
+    exec env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir"
+  ) >"$RUN/control-plane-$r.log" 2>&1 &
   PIDS+=($!)
 done
 for ((i = 0; i < REGIONS; i++)); do
@@ -220,7 +256,7 @@ for ((i = 0; i < REGIONS; i++)); do
   echo "region $r: control plane http://127.0.0.1:$((CP_PORT + i))   Envoy http://127.0.0.1:$((ENVOY_PORT + i)) (admin $((ADMIN_PORT + i)))   admin credential $(admin_file "$r")"
 done
 echo "demo upstream http://127.0.0.1:$UPSTREAM_PORT (echoes the x-auth-* headers Envoy forwards)"
-[ "$REGIONS" = 2 ] && echo "Redis 127.0.0.1:$REDIS_PORT (db 0: a, db 1: b)   broker 127.0.0.1:$KAFKA_PORT"
+[ "$REGIONS" = 2 ] && echo "Redis 127.0.0.1:$REDIS_PORT (db 0: a as user cp-a, db 1: b as cp-b; passwords in $DATA_DIR/{a,b}/redis.secret)   broker 127.0.0.1:$KAFKA_PORT"
 EDGE=$((ENVOY_PORT + REGIONS - 1))
 echo
 echo "Try it (the README's walk-through; from another terminal, in $ROOT):"

@@ -35,7 +35,11 @@ pub fn open(settings: Settings) -> anyhow::Result<(Region, Backends)> {
     let mut problems = Vec::new();
     let redis = match &settings.redis_url {
         None => None,
-        Some(url) => match RedisCache::connect(url, settings.redis_timeout) {
+        Some(url) => match RedisCache::connect(
+            url,
+            settings.redis_ca_file.as_deref(),
+            settings.redis_timeout,
+        ) {
             Ok(cache) => Some(Arc::new(cache)),
             Err(e) => {
                 problems.push(e);

@@ -37,8 +37,8 @@ pub struct SettingsArgs {
         global = true
     )]
     pub default_token_minutes: i64,
-    /// Longest token lifetime a request may ask for, in minutes; also how long a
-    /// revocation by `sub`, `kid` or `sid` is kept.
+    /// Longest token lifetime a request may ask for, in minutes (at most
+    /// `CP_FLEET_MAX_TOKEN_MINUTES`).
     #[arg(
         long,
         env = "CP_MAX_TOKEN_MINUTES",
@@ -46,7 +46,15 @@ pub struct SettingsArgs {
         global = true
     )]
     pub max_token_minutes: i64,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    /// Longest token lifetime any region of the fleet may issue, in minutes: a revocation
+    /// that cannot see the tokens it matches (by `sub`, `sid`, `kid`, or a `jti` this
+    /// region did not issue) is kept this long plus the revocation leeway. Set the same
+    /// value on every region, at least every region's `CP_MAX_TOKEN_MINUTES`. Default:
+    /// the larger of 1440 and this region's `CP_MAX_TOKEN_MINUTES`.
+    #[arg(long, env = "CP_FLEET_MAX_TOKEN_MINUTES", global = true)]
+    pub fleet_max_token_minutes: Option<i64>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most
+    /// [`REVOCATION_LEEWAY_SECS`], the leeway every revocation covers).
     #[arg(long, env = "CP_LEEWAY_SECONDS", default_value_t = 30, global = true)]
     pub leeway_seconds: i64,
     /// After `keys rotate`, how long new keys are published in the JWKS before they sign,
@@ -59,11 +67,17 @@ pub struct SettingsArgs {
         global = true
     )]
     pub key_activation_seconds: i64,
-    /// Redis of this region (e.g. `redis://127.0.0.1:6379/0`): revocations are cached
-    /// there under `revoked:{kind}:{value}` for every service of the region. Unset: an
-    /// in-memory cache.
+    /// Redis of this region (e.g. `redis://cp-a:PASSWORD@127.0.0.1:6379/0`, or
+    /// `rediss://` for TLS): revocations are cached there under `revoked:{kind}:{value}`
+    /// for every service of the region. The user part names the region's ACL user and
+    /// its password (percent-encoded). Unset: an in-memory cache.
     #[arg(long, env = "REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA certificate(s) a `rediss://` Redis's certificate must chain to
+    /// (a private CA). Unset: the system's roots. The host in `REDIS_URL` must be a name
+    /// or address the certificate holds.
+    #[arg(long, env = "CP_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Milliseconds a Redis operation may take before a check falls back to SQLite.
     #[arg(long, env = "CP_REDIS_TIMEOUT_MS", default_value_t = 50, global = true)]
     pub redis_timeout_ms: u64,
@@ -158,6 +172,17 @@ pub struct ServeArgs {
     pub dpop_nonce: bool,
 }
 
+/// The clock leeway every revocation covers, in seconds: an entry lives until the tokens
+/// it matches have expired plus this much, and the edge feed says so, so that no checker
+/// (this control plane, `CP_LEEWAY_SECONDS`; an edge filter, its `leeway_seconds`,
+/// clamped to what the feed says) accepts a token for longer than its revocation lives.
+/// A constant, not a setting: entries made under one value must stay valid under the
+/// next.
+pub const REVOCATION_LEEWAY_SECS: i64 = 300;
+
+/// `CP_FLEET_MAX_TOKEN_MINUTES` when unset and `CP_MAX_TOKEN_MINUTES` is lower.
+pub const DEFAULT_FLEET_MAX_TOKEN_MINUTES: i64 = 24 * 60;
+
 /// The settings the domain code reads (no clap types).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -175,6 +200,9 @@ pub struct Settings {
     pub default_token_secs: i64,
     /// Maximum token lifetime, seconds.
     pub max_token_secs: i64,
+    /// Longest token lifetime any region of the fleet may issue, seconds (revocations
+    /// that cannot see their tokens cover it).
+    pub fleet_max_token_secs: i64,
     /// Clock leeway, seconds.
     pub leeway_secs: i64,
     /// Default refresh session lifetime, seconds.
@@ -199,6 +227,8 @@ pub struct Settings {
     pub holder_revokes_per_minute_per_subject: u32,
     /// Redis URL, if any.
     pub redis_url: Option<String>,
+    /// The CA a `rediss://` Redis's certificate is checked against, if not the system's.
+    pub redis_ca_file: Option<PathBuf>,
     /// Redis operation timeout.
     pub redis_timeout: std::time::Duration,
     /// Kafka, if any.
@@ -222,6 +252,7 @@ impl Settings {
             region: "local".into(),
             default_token_secs: 15 * 60,
             max_token_secs: 24 * 3600,
+            fleet_max_token_secs: 24 * 3600,
             leeway_secs: 30,
             refresh_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
@@ -234,6 +265,7 @@ impl Settings {
             holder_revokes_per_minute_per_client: 60,
             holder_revokes_per_minute_per_subject: 10,
             redis_url: None,
+            redis_ca_file: None,
             redis_timeout: std::time::Duration::from_millis(50),
             kafka: None,
             peer_jwks: Vec::new(),
@@ -266,8 +298,21 @@ impl Settings {
             problems
                 .push("CP_DEFAULT_TOKEN_MINUTES must be between 1 and CP_MAX_TOKEN_MINUTES".into());
         }
-        if !(0..=600).contains(&args.leeway_seconds) {
-            problems.push("CP_LEEWAY_SECONDS must be between 0 and 600".to_owned());
+        if !(0..=REVOCATION_LEEWAY_SECS).contains(&args.leeway_seconds) {
+            problems.push(format!(
+                "CP_LEEWAY_SECONDS must be between 0 and {REVOCATION_LEEWAY_SECS} (the leeway revocations cover)"
+            ));
+        }
+        let fleet_max_token_minutes = args
+            .fleet_max_token_minutes
+            .unwrap_or(args.max_token_minutes.max(DEFAULT_FLEET_MAX_TOKEN_MINUTES));
+        if fleet_max_token_minutes < args.max_token_minutes
+            || fleet_max_token_minutes > 366 * 24 * 60
+        {
+            problems.push(format!(
+                "CP_FLEET_MAX_TOKEN_MINUTES ({fleet_max_token_minutes}) must be between CP_MAX_TOKEN_MINUTES ({}) and 527040: revocations must cover every token a region issues",
+                args.max_token_minutes
+            ));
         }
         if !(1..=crate::refresh::MAX_DAYS).contains(&args.refresh_days) {
             problems.push(format!(
@@ -307,10 +352,16 @@ impl Settings {
             settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
             settings.dpop_nonce = serve.dpop_nonce;
         }
-        if let Some(url) = &args.redis_url
-            && let Err(e) = redis::Client::open(url.as_str())
-        {
-            problems.push(format!("REDIS_URL {url:?} is not a Redis URL: {e}"));
+        match &args.redis_url {
+            Some(url) => {
+                if let Err(e) = crate::redis_cache::client(url, args.redis_ca_file.as_deref()) {
+                    problems.push(e);
+                }
+            }
+            None if args.redis_ca_file.is_some() => {
+                problems.push("CP_REDIS_CA_FILE is set but REDIS_URL is not".to_owned());
+            }
+            None => {}
         }
         if !(1..=10_000).contains(&args.redis_timeout_ms) {
             problems.push("CP_REDIS_TIMEOUT_MS must be between 1 and 10000".to_owned());
@@ -350,10 +401,12 @@ impl Settings {
         settings.region = region.clone();
         settings.default_token_secs = args.default_token_minutes * 60;
         settings.max_token_secs = args.max_token_minutes * 60;
+        settings.fleet_max_token_secs = fleet_max_token_minutes * 60;
         settings.leeway_secs = args.leeway_seconds;
         settings.refresh_secs = args.refresh_days * 24 * 3600;
         settings.key_activation_secs = args.key_activation_seconds;
         settings.redis_url = args.redis_url.clone();
+        settings.redis_ca_file = args.redis_ca_file.clone();
         settings.redis_timeout = std::time::Duration::from_millis(args.redis_timeout_ms);
         settings.kafka = args
             .kafka_bootstrap

@@ -6,12 +6,18 @@
 //! event and the signed event. Several revocations of one key merge by the project's
 //! coverage rule (stronger not-before, later expiry), atomically in a Lua script.
 //!
-//! Redis is a cache, never the truth: every check reads a marker key along with the
-//! revocation keys, and answers "unavailable" (so the caller falls back to SQLite) when
-//! Redis errs, is slower than its timeout, lost the marker (restarted empty or flushed),
-//! or missed a write of this process. A background task then rewrites every live
-//! revocation from SQLite, pipelined, and sets the marker again.
+//! Redis is an output for other services, never an input: the control plane decides
+//! with its in-process set ([`crate::cache::MemoryCache`]) and only writes here. Its
+//! reads (the marker key with the revocation keys) serve the rebuild and the tests: when
+//! Redis lost the marker (restarted empty or flushed) or missed a write of this process,
+//! a background task rewrites every live revocation from SQLite, pipelined, and sets the
+//! marker again.
+//!
+//! The URL may name an ACL user and password (`redis://user:password@host:port/db`) and
+//! TLS (`rediss://`, the server's certificate checked against the system's roots or the
+//! CA of `CP_REDIS_CA_FILE`); messages show it with the password masked.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +38,79 @@ pub(crate) const EPOCH_KEY: &str = "revoked-cache-epoch";
 /// The Redis key of a revocation.
 pub(crate) fn key(kind: Kind, value: &str) -> String {
     format!("revoked:{}:{value}", kind.as_str())
+}
+
+/// `url` with the password of its user part (or the whole user part when it has no
+/// `:`) replaced by `***`, for messages and logs.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((user_part, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = match user_part.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{user}@{host}{tail}")
+}
+
+/// The client of `url`. With `rediss://` the server's certificate is checked against the
+/// PEM certificates of `ca_file` when given (a private CA), else the system's roots;
+/// `#insecure` (no check at all) is refused. Errors show the URL redacted.
+pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+    let shown = redacted(url);
+    let client = redis::Client::open(url)
+        .map_err(|e| format!("REDIS_URL {shown:?} is not a Redis URL: {e}"))?;
+    let tls = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+            return Err(format!(
+                "REDIS_URL {shown:?}: #insecure (no certificate check) is refused; trust a private CA with CP_REDIS_CA_FILE"
+            ));
+        }
+        redis::ConnectionAddr::TcpTls { .. } => true,
+        _ => false,
+    };
+    install_tls_provider();
+    let Some(path) = ca_file else {
+        return Ok(client);
+    };
+    if !tls {
+        return Err(format!(
+            "CP_REDIS_CA_FILE is set but REDIS_URL {shown:?} is not rediss:// (TLS)"
+        ));
+    }
+    let shown_path = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("CP_REDIS_CA_FILE {shown_path}: {e}"))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "CP_REDIS_CA_FILE {shown_path} holds no PEM certificate"
+        ));
+    }
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .map_err(|e| format!("CP_REDIS_CA_FILE {shown_path}: {e}"))
+}
+
+/// Makes ring the process's rustls crypto provider (an error means one is installed
+/// already). Named, not left to rustls's crate-feature guess, so a dependency that turns
+/// on another provider cannot make TLS panic at connect.
+#[expect(
+    deprecated,
+    reason = "ring has no post-quantum key exchange (rustls 0.23.48 deprecates it for that); \
+              aws-lc-rs would add X25519MLKEM768, which the Redis servers we run (OpenSSL 3.0) \
+              do not offer anyway"
+)]
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The value stored under a revocation key.
@@ -96,10 +175,16 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
-    /// Connects to `url` (checked at start: an unreachable Redis is a configuration
-    /// error) with `timeout` for every operation.
-    pub fn connect(url: &str, timeout: Duration) -> Result<RedisCache, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL {url:?}: {e}"))?;
+    /// Connects to `url` (checked at start: an unreachable Redis, or one that refuses
+    /// the URL's user, is a configuration error) with `timeout` for every operation;
+    /// `ca_file` is the CA a `rediss://` server's certificate is checked against.
+    pub fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<RedisCache, String> {
+        let client = client(url, ca_file)?;
+        let url = redacted(url);
         let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
@@ -413,5 +498,39 @@ pub(crate) async fn keep_current(
             }
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{client, redacted};
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_password() {
+        for (url, shown) in [
+            (
+                "redis://cp-a:s3cret@127.0.0.1:6379/0",
+                "redis://cp-a:***@127.0.0.1:6379/0",
+            ),
+            ("rediss://s3cret@redis:6380", "rediss://***@redis:6380"),
+            ("redis://cp-a:p@ss@redis/1#x", "redis://cp-a:***@redis/1#x"),
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+    }
+
+    #[test]
+    fn rediss_parses_insecure_is_refused_and_a_ca_needs_tls() {
+        assert!(client("rediss://cp-a:s3cret@127.0.0.1:6380/0", None).is_ok());
+        let insecure =
+            client("rediss://cp-a:s3cret@127.0.0.1:6380/0#insecure", None).expect_err("#insecure");
+        assert!(insecure.contains("#insecure") && !insecure.contains("s3cret"));
+        let ca = std::env::temp_dir().join("no-such-ca.pem");
+        let plain = client("redis://cp-a:s3cret@127.0.0.1:6379/0", Some(&ca)).expect_err("CA");
+        assert!(plain.contains("not rediss://") && !plain.contains("s3cret"));
+        let missing = client("rediss://127.0.0.1:6380/0", Some(&ca)).expect_err("no file");
+        assert!(missing.contains("CP_REDIS_CA_FILE"), "{missing}");
     }
 }

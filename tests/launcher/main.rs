@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
+use tests::services::redis_command;
 use tests::{TempDir, free_port, paths};
 
 /// The shell block between the README's walk-through markers.
@@ -153,6 +154,23 @@ fn run_walkthrough(regions: u8) {
     } else {
         data.0.join("a/admin.secret")
     };
+    // The control plane refuses a data dir others can enter: the launcher makes the one
+    // it is given private (TempDir made it 0755).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| {
+            let mode = std::fs::metadata(p).expect("stat").permissions().mode();
+            format!("{:o}", mode & 0o777)
+        };
+        assert_eq!(mode(&data.0), "700", "the data dir");
+        assert_eq!(
+            mode(admin_file.parent().unwrap()),
+            "700",
+            "the region's dir"
+        );
+        assert_eq!(mode(&admin_file), "600", "the admin credential");
+    }
     let edge = base(1) + u16::from(regions) - 1;
     let out = Command::new("bash")
         .arg("-euo")
@@ -175,6 +193,9 @@ fn run_walkthrough(regions: u8) {
     assert!(stdout.contains(r#""x-auth-sub": "alice""#), "{stdout}");
     assert!(stdout.contains(r#""published":true"#), "{stdout}");
     assert_eq!(stdout.lines().last(), Some("401"), "{stdout}");
+    if regions == 2 {
+        redis_needs_each_regions_password(&data.0, base(4));
+    }
     assert!(launched.terminate(), "the launcher did not stop on SIGTERM");
     for port in [base(0), base(1), base(3)] {
         assert!(
@@ -183,6 +204,37 @@ fn run_walkthrough(regions: u8) {
         );
     }
     assert!(admin_file.exists(), "the data dir is kept");
+}
+
+/// The launcher's Redis lets nobody in without a password; each region logs in as its
+/// own user with the password in its data dir, and wrote the walk-through's revocation.
+fn redis_needs_each_regions_password(data: &std::path::Path, port: u16) {
+    let anonymous = redis_command(port, None, 0, &["EXISTS", "revoked:sub:alice"]);
+    assert!(anonymous.starts_with("-NOAUTH"), "{anonymous}");
+    for (db, region) in [(0, "a"), (1, "b")] {
+        let secret = data.join(region).join("redis.secret");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&secret)
+                .expect("stat")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", secret.display());
+        }
+        let password = std::fs::read_to_string(&secret).expect("the region's Redis password");
+        let user = format!("cp-{region}");
+        let login = Some((user.as_str(), password.trim()));
+        // Region b applies the revocation from the broker a moment later.
+        let written = tests::eventually(Duration::from_secs(10), || {
+            redis_command(port, login, db, &["EXISTS", "revoked:sub:alice"])
+                .starts_with(":1")
+                .then_some(())
+        });
+        assert!(written.is_some(), "region {region} never wrote to Redis");
+        let wrong = redis_command(port, Some((user.as_str(), "guess")), db, &["PING"]);
+        assert!(wrong.starts_with("-WRONGPASS"), "{wrong}");
+    }
 }
 
 #[test]
@@ -254,6 +306,47 @@ fn docker_compose_uses_the_names_ports_and_paths_of_the_code_and_the_launcher() 
         assert!(
             config.contains(&format!("\"{var}\"")),
             "the code does not read {var}"
+        );
+    }
+    // Redis: the launcher's ACL rules for each region's user, the default user off, and
+    // each region logs in as its own user.
+    let rules = tests::services::launcher_redis_rules();
+    let redis_command = compose
+        .split_once("  redis:\n")
+        .and_then(|(_, rest)| rest.split_once("\n  cp-a:"))
+        .map(|(redis, _)| redis)
+        .expect("a redis service before cp-a");
+    assert!(redis_command.contains(r#"--user, default, "off""#));
+    for region in ["a", "b"] {
+        let quoted = |t: &str| {
+            if t.starts_with(['~', '>']) || t.contains('|') {
+                format!("\"{t}\"")
+            } else {
+                t.to_owned()
+            }
+        };
+        let user = [
+            "--user".to_owned(),
+            format!("cp-{region}"),
+            "\"on\"".to_owned(),
+            format!(
+                "\">${{REDIS_PASSWORD_{}:-change-me-redis-{region}}}\"",
+                region.to_uppercase()
+            ),
+        ]
+        .into_iter()
+        .chain(rules.split_whitespace().map(quoted))
+        .collect::<Vec<_>>()
+        .join(", ");
+        assert!(
+            redis_command.contains(&user),
+            "compose's redis lacks {user}"
+        );
+        assert!(
+            compose.contains(&format!(
+                "REDIS_URL: redis://cp-{region}:${{REDIS_PASSWORD_"
+            )),
+            "region {region} logs in to Redis"
         );
     }
     // The launcher's default ports are compose's host ports.

@@ -747,6 +747,142 @@ fn with_redis_dpop_proofs_and_refresh_sessions_are_shared_through_it() {
     assert!(replay.text().contains("replay"), "{}", replay.text());
 }
 
+#[test]
+fn what_anyone_writes_to_redis_changes_no_decision_of_the_control_plane() {
+    let _turn = turn();
+    let redis = Redis::start();
+    let cp = ControlPlane::start_with(
+        free_port(),
+        vec![
+            ("REDIS_URL".to_owned(), redis.url(0)),
+            ("CP_HOLDER_REVOKES_PER_MINUTE".to_owned(), "0".to_owned()),
+        ],
+    );
+    let auth = admin(&cp);
+    let post = |path: &str, headers: &[(&str, &str)], body: Value| {
+        http::post_json(cp.port, path, headers, &body).expect(path)
+    };
+
+    // A revoked subject whose Redis key is deleted, under a marker that says Redis is
+    // current, is still revoked on every route that answers for it.
+    let token = cp.issue("lena");
+    cp.revoke("sub", "lena");
+    let key = "revoked:sub:lena";
+    assert!(
+        eventually(Duration::from_secs(10), || redis
+            .command(0, &["EXISTS", key])
+            .starts_with(":1")
+            .then_some(()))
+        .is_some(),
+        "the revocation never reached Redis"
+    );
+    assert!(redis.command(0, &["DEL", key]).starts_with(":1"));
+    let validated = post("/token/validate", &[], json!({ "token": token })).json();
+    assert_eq!(validated["valid"], false, "{validated}");
+    assert_eq!(validated["revoked"], true, "{validated}");
+    let introspected = http::send(
+        cp.port,
+        "POST",
+        "/oauth2/introspect",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        format!("token={token}").as_bytes(),
+    )
+    .expect("introspect")
+    .json();
+    assert_eq!(introspected["active"], false, "{introspected}");
+    let checked = post("/v1/revocations/check", &[], json!({ "sub": "lena" })).json();
+    assert_eq!(checked["revoked"], true, "{checked}");
+
+    // DPoP: a deleted proof key lets no replay through; a planted one refuses no proof.
+    let device = SigningKey::generate(Alg::EdDsa);
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let bound = |subject: &str| {
+        let issued = post(
+            "/token",
+            &[("authorization", &auth)],
+            json!({ "subject": subject, "additional_claims": { "cnf": { "jkt": jkt } } }),
+        );
+        assert_eq!(issued.status, 200, "{}", issued.text());
+        issued.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    let proof_for = |token: &str, jti: &str| {
+        shared::dpop::sign_proof(
+            &device,
+            &shared::dpop::DpopClaims {
+                jti: jti.to_owned(),
+                htm: "POST".into(),
+                htu: format!("http://127.0.0.1:{}/revoke/token", cp.port),
+                iat: tests::tokens::now(),
+                ath: Some(shared::dpop::ath(token)),
+                nonce: None,
+            },
+        )
+        .expect("proof")
+    };
+    let first = bound("nils");
+    let jti = shared::random::id();
+    let proof = proof_for(&first, &jti);
+    let send = |token: &str, proof: &str| {
+        post(
+            "/revoke/token",
+            &[("dpop", proof)],
+            json!({ "token": token }),
+        )
+    };
+    assert_eq!(send(&first, &proof).status, 200);
+    redis.command(0, &["DEL", &format!("dpop:local:{jkt}:{jti}")]);
+    let replay = send(&first, &proof);
+    assert_eq!(replay.status, 401, "a replay passed once Redis forgot it");
+    let second = bound("nils-2");
+    let planted = shared::random::id();
+    redis.command(0, &["SET", &format!("dpop:local:{jkt}:{planted}"), "1"]);
+    let fresh = send(&second, &proof_for(&second, &planted));
+    assert_eq!(
+        fresh.status,
+        200,
+        "a fresh proof was refused: {}",
+        fresh.text()
+    );
+
+    // A revoked refresh session stays revoked whatever Redis says about it.
+    let created = post(
+        "/token/refresh/create",
+        &[("authorization", &auth)],
+        json!({ "subject": "olga" }),
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    let sid = created.json()["session_id"].as_str().unwrap().to_owned();
+    let refresh_token = created.json()["refresh_token"].as_str().unwrap().to_owned();
+    let revoked = post(
+        "/token/refresh/revoke",
+        &[],
+        json!({ "refresh_token": refresh_token }),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let state_key = format!("refresh:{sid}");
+    let lie = redis
+        .command(0, &["GET", &state_key])
+        .replace(r#""state":"revoked""#, r#""state":"active""#);
+    let lie = lie.lines().nth(1).unwrap_or_default().to_owned();
+    redis.command(0, &["SET", &state_key, &lie]);
+    let refreshed = post(
+        "/token/refresh",
+        &[],
+        json!({ "refresh_token": refresh_token }),
+    );
+    assert_eq!(refreshed.status, 400, "{}", refreshed.text());
+    redis.command(0, &["DEL", &state_key]);
+    let refreshed = post(
+        "/token/refresh",
+        &[],
+        json!({ "refresh_token": refresh_token }),
+    );
+    assert_eq!(refreshed.status, 400, "{}", refreshed.text());
+}
+
 /// The TTL Redis reports for `key` in database `db` (-2: no key, -1: no TTL).
 fn ttl_of(redis: &Redis, db: u8, key: &str) -> i64 {
     redis
@@ -755,4 +891,184 @@ fn ttl_of(redis: &Redis, db: u8, key: &str) -> i64 {
         .trim_start_matches(':')
         .parse()
         .expect("TTL answers an integer")
+}
+
+/// Runs `control-plane serve` on a fresh data dir with `env`, expecting it to refuse to
+/// start; returns what it printed.
+fn refused_start(env: &[(&str, &str)]) -> String {
+    let dir = tests::TempDir::new("refused");
+    let mut child = std::process::Command::new(tests::paths::control_plane_bin())
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run control-plane serve");
+    let exited = eventually(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("its output");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        exited.is_some_and(|status| !status.success()),
+        "the control plane started with {env:?}:\n{printed}"
+    );
+    printed
+}
+
+/// Waits (10 s at most) until `key` exists in database 0 of `redis`.
+fn wait_key(redis: &Redis, key: &str) {
+    let seen = eventually(Duration::from_secs(10), || {
+        redis
+            .command(0, &["EXISTS", key])
+            .starts_with(":1")
+            .then_some(())
+    });
+    assert!(seen.is_some(), "{key} never reached Redis");
+}
+
+#[test]
+fn as_its_launcher_acl_user_a_region_writes_every_redis_key_and_strangers_are_refused() {
+    let _turn = turn();
+    let rules = tests::services::launcher_redis_rules();
+    let password = shared::random::id();
+    let redis = Redis::start_with_users(&[("cp-a", &password, &rules)]);
+    let cp = ControlPlane::start_with(
+        free_port(),
+        vec![
+            ("REGION".to_owned(), "a".to_owned()),
+            (
+                "REDIS_URL".to_owned(),
+                redis.url_as("cp-a", &password, 0, false),
+            ),
+        ],
+    );
+    let auth = admin(&cp);
+
+    // The rebuild's pipelined SETs, the merge script (EVALSHA, SCRIPT LOAD), the refresh
+    // state and the DPoP record all pass the launcher's rules.
+    wait_key(&redis, "revoked-cache-epoch");
+    cp.revoke("sub", "mia");
+    wait_key(&redis, "revoked:sub:mia");
+    let created = http::post_json(
+        cp.port,
+        "/token/refresh/create",
+        &[("authorization", &auth)],
+        &json!({ "subject": "mia" }),
+    )
+    .expect("create");
+    assert_eq!(created.status, 200, "{}", created.text());
+    let sid = created.json()["session_id"].as_str().unwrap().to_owned();
+    wait_key(&redis, &format!("refresh:{sid}"));
+    let device = SigningKey::generate(Alg::EdDsa);
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let issued = http::post_json(
+        cp.port,
+        "/token",
+        &[("authorization", &auth)],
+        &json!({ "subject": "nico", "additional_claims": { "cnf": { "jkt": jkt } } }),
+    )
+    .expect("issue");
+    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let jti = shared::random::id();
+    let proof = shared::dpop::sign_proof(
+        &device,
+        &shared::dpop::DpopClaims {
+            jti: jti.clone(),
+            htm: "POST".into(),
+            htu: format!("http://127.0.0.1:{}/revoke/token", cp.port),
+            iat: tests::tokens::now(),
+            ath: Some(shared::dpop::ath(&token)),
+            nonce: None,
+        },
+    )
+    .expect("proof");
+    let revoked = http::post_json(
+        cp.port,
+        "/revoke/token",
+        &[("dpop", &proof)],
+        &json!({ "token": token }),
+    )
+    .expect("revoke/token");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    wait_key(&redis, &format!("dpop:a:{jkt}:{jti}"));
+    let logs = ["stdout.log", "stderr.log"]
+        .map(|f| std::fs::read_to_string(cp.dir.0.join(f)).unwrap_or_default())
+        .concat();
+    assert!(!logs.contains("NOPERM"), "a write was refused:\n{logs}");
+
+    // Nobody else gets in: no login, a wrong password, and the region's own user outside
+    // its commands and keys.
+    let key = "revoked:sub:mia";
+    let anonymous = redis.command_as(None, 0, &["GET", key]);
+    assert!(anonymous.starts_with("-NOAUTH"), "{anonymous}");
+    let guessed = redis.command_as(Some(("cp-a", "guess")), 0, &["GET", key]);
+    assert!(guessed.starts_with("-WRONGPASS"), "{guessed}");
+    let user = Some(("cp-a", password.as_str()));
+    for command in [
+        &["FLUSHDB"][..],
+        &["KEYS", "*"],
+        &["DEL", key],
+        &["CONFIG", "SET", "requirepass", ""],
+        &["SET", "elsewhere", "1"],
+    ] {
+        let reply = redis.command_as(user, 0, command);
+        assert!(reply.starts_with("-NOPERM"), "{command:?}: {reply}");
+    }
+
+    // A wrong password stops the start, and the password never reaches the output.
+    let wrong = "not-the-password";
+    let printed = refused_start(&[("REDIS_URL", &redis.url_as("cp-a", wrong, 0, false))]);
+    assert!(printed.contains("cp-a:***@"), "{printed}");
+    assert!(
+        !printed.contains(wrong),
+        "the password was printed:\n{printed}"
+    );
+}
+
+#[test]
+fn rediss_works_with_the_ca_of_cp_redis_ca_file_and_an_unknown_ca_is_refused() {
+    let _turn = turn();
+    let password = shared::random::id();
+    let redis = Redis::start_with_tls(&[("cp-a", &password, "~* +@all")]);
+    let url = redis.url_as("cp-a", &password, 0, true);
+    let ca_file = redis.ca_file().display().to_string();
+
+    // The system's roots do not know the test's CA; "#insecure" and a CA file without
+    // TLS are configuration errors.
+    let printed = refused_start(&[("REDIS_URL", &url)]);
+    assert!(printed.contains("UnknownIssuer"), "{printed}");
+    let printed = refused_start(&[("REDIS_URL", &format!("{url}#insecure"))]);
+    assert!(printed.contains("#insecure"), "{printed}");
+    let printed = refused_start(&[
+        ("REDIS_URL", &redis.url_as("cp-a", &password, 0, false)),
+        ("CP_REDIS_CA_FILE", &ca_file),
+    ]);
+    assert!(printed.contains("not rediss://"), "{printed}");
+    assert!(!printed.contains(&password), "{printed}");
+
+    // With the CA it serves, and its revocations reach Redis over TLS.
+    let cp = ControlPlane::start_with(
+        free_port(),
+        vec![
+            ("REDIS_URL".to_owned(), url),
+            ("CP_REDIS_CA_FILE".to_owned(), ca_file),
+        ],
+    );
+    cp.revoke("sub", "olga");
+    wait_key(&redis, "revoked:sub:olga");
+    let clients = redis.command(0, &["CLIENT", "LIST"]);
+    let tls_port = redis.tls_port.expect("a TLS port");
+    assert!(
+        clients.contains(&format!("laddr=127.0.0.1:{tls_port}")),
+        "the control plane is connected on the TLS port: {clients}"
+    );
 }

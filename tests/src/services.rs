@@ -1,14 +1,16 @@
 //! Real Redis (`redis-server`) and a real Kafka-protocol broker (`tansu`), each started
-//! on a free loopback port by the test itself and stopped when dropped.
+//! on a free loopback port by the test itself and stopped when dropped. Redis may run
+//! with ACL users (the default user off) and a TLS port whose certificate a CA made for
+//! the test signed.
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{TempDir, eventually, free_port};
+use crate::{TempDir, eventually, free_port, paths};
 
 fn log(dir: &TempDir, name: &str) -> Stdio {
     File::options()
@@ -44,31 +46,99 @@ fn answers(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
+/// The ACL rules `scripts/run.sh` gives each region's Redis user (its `REDIS_RULES`
+/// line), so tests run the control plane under exactly the launcher's rights.
+pub fn launcher_redis_rules() -> String {
+    let script = std::fs::read_to_string(paths::workspace().join("scripts/run.sh"))
+        .expect("read scripts/run.sh");
+    script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("REDIS_RULES='"))
+        .and_then(|rest| rest.strip_suffix('\''))
+        .map(str::to_owned)
+        .expect("a REDIS_RULES='...' line in scripts/run.sh")
+}
+
 /// A Redis server with no persistence: a restart starts it empty.
 #[derive(Debug)]
 pub struct Redis {
-    /// Its port on 127.0.0.1.
+    /// Its plain (TCP) port on 127.0.0.1.
     pub port: u16,
+    /// Its TLS port, when started with TLS.
+    pub tls_port: Option<u16>,
     dir: TempDir,
     child: Option<Child>,
+    /// The test's own all-rights user that [`Redis::command`] logs in as, when the
+    /// server has ACL users.
+    admin: Option<(String, String)>,
 }
+
+/// One ACL user: name, password, rules (e.g. `~revoked:* -@all +get`).
+pub type RedisUser<'a> = (&'a str, &'a str, &'a str);
 
 impl Redis {
     /// Starts redis-server on a free port.
     pub fn start() -> Redis {
         let mut redis = Redis {
             port: free_port(),
+            tls_port: None,
             dir: TempDir::new("redis"),
             child: None,
+            admin: None,
         };
         redis.resume();
         redis
     }
 
+    /// Starts redis-server with these ACL users and the `default` user off: a client
+    /// that does not log in can run nothing. [`Redis::command`] logs in as a user of
+    /// the test's own with every right.
+    pub fn start_with_users(users: &[RedisUser<'_>]) -> Redis {
+        Redis::start_secured(users, false)
+    }
+
+    /// As [`Redis::start_with_users`], plus a TLS port whose certificate (for
+    /// `127.0.0.1` and `localhost`) is signed by a CA made for this server
+    /// ([`Redis::ca_file`]), with the `openssl` CLI.
+    pub fn start_with_tls(users: &[RedisUser<'_>]) -> Redis {
+        Redis::start_secured(users, true)
+    }
+
+    fn start_secured(users: &[RedisUser<'_>], tls: bool) -> Redis {
+        let dir = TempDir::new("redis");
+        let admin = ("e2e-admin".to_owned(), shared::random::id());
+        let mut acl = format!(
+            "user default off\nuser {} on >{} ~* &* +@all\n",
+            admin.0, admin.1
+        );
+        for (name, password, rules) in users {
+            acl.push_str(&format!("user {name} on >{password} {rules}\n"));
+        }
+        std::fs::write(dir.0.join("users.acl"), acl).expect("write the ACL file");
+        if tls {
+            make_certificates(&dir.0);
+        }
+        let mut redis = Redis {
+            port: free_port(),
+            tls_port: tls.then(free_port),
+            dir,
+            child: None,
+            admin: Some(admin),
+        };
+        redis.resume();
+        redis
+    }
+
+    /// The PEM file of the CA that signed the TLS port's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.0.join("ca.crt")
+    }
+
     /// Starts it again on the same port (empty).
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "redis already running");
-        let child = Command::new(program("redis-server", "REDIS_SERVER_BIN"))
+        let mut command = Command::new(program("redis-server", "REDIS_SERVER_BIN"));
+        command
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -80,7 +150,23 @@ impl Redis {
             ])
             .arg(self.port.to_string())
             .arg("--dir")
-            .arg(&self.dir.0)
+            .arg(&self.dir.0);
+        if self.admin.is_some() {
+            command.arg("--aclfile").arg(self.dir.0.join("users.acl"));
+        }
+        if let Some(tls_port) = self.tls_port {
+            command
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(self.dir.0.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.0.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.ca_file())
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = command
             .stdout(log(&self.dir, "redis.log"))
             .stderr(log(&self.dir, "redis.log"))
             .spawn()
@@ -89,7 +175,8 @@ impl Redis {
         let port = self.port;
         assert!(
             eventually(Duration::from_secs(10), || self.ping().then_some(())).is_some(),
-            "redis-server on {port} did not answer"
+            "redis-server on {port} did not answer; log in {}",
+            self.dir.0.display()
         );
     }
 
@@ -101,46 +188,120 @@ impl Redis {
         }
     }
 
-    /// The URL of database `db`.
+    /// The URL of database `db` (no user).
     pub fn url(&self, db: u8) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Sends one command (RESP) and returns the raw reply.
+    /// The URL of database `db` for `user` with `password`, over TLS when `tls`.
+    pub fn url_as(&self, user: &str, password: &str, db: u8, tls: bool) -> String {
+        match (tls, self.tls_port) {
+            (true, Some(port)) => format!("rediss://{user}:{password}@127.0.0.1:{port}/{db}"),
+            (true, None) => panic!("this Redis has no TLS port"),
+            (false, _) => format!("redis://{user}:{password}@127.0.0.1:{}/{db}", self.port),
+        }
+    }
+
+    /// Sends one command (RESP) and returns the raw reply; logs in first as the test's
+    /// own user when the server has ACL users.
     pub fn command(&self, db: u8, args: &[&str]) -> String {
-        let mut request = format!(
-            "*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n",
-            db.to_string().len()
-        );
-        request.push_str(&format!("*{}\r\n", args.len()));
-        for a in args {
-            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.write_all(request.as_bytes());
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 65536];
-        // "+OK\r\n" for SELECT, then the reply to the command.
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            reply.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&reply);
-            if let Some(rest) = text.strip_prefix("+OK\r\n")
-                && complete(rest)
-            {
-                return rest.to_owned();
-            }
-        }
-        String::from_utf8_lossy(&reply).into_owned()
+        let login = self.admin.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        self.command_as(login, db, args)
+    }
+
+    /// Sends one command as `login` (user, password), or without logging in: see
+    /// [`redis_command`].
+    pub fn command_as(&self, login: Option<(&str, &str)>, db: u8, args: &[&str]) -> String {
+        redis_command(self.port, login, db, args)
     }
 
     fn ping(&self) -> bool {
         self.command(0, &["PING"]).starts_with("+PONG")
+    }
+}
+
+/// Sends one command (RESP) to the Redis on 127.0.0.1:`port`, database `db`, logged in
+/// as `login` (user, password) or not at all; returns the raw reply, or the error line
+/// of the login or the `SELECT` when one failed (e.g. `-NOAUTH ...`).
+pub fn redis_command(port: u16, login: Option<(&str, &str)>, db: u8, args: &[&str]) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let db = db.to_string();
+    let mut preamble: Vec<Vec<&str>> = Vec::new();
+    if let Some((user, password)) = login {
+        preamble.push(vec!["AUTH", user, password]);
+    }
+    preamble.push(vec!["SELECT", &db]);
+    for step in &preamble {
+        let _ = stream.write_all(&resp(step));
+        // "+OK\r\n", or an error line.
+        let line = read_reply(&mut stream, |r| r.ends_with("\r\n"));
+        if !line.starts_with("+OK") {
+            return line;
+        }
+    }
+    let _ = stream.write_all(&resp(args));
+    read_reply(&mut stream, complete)
+}
+
+/// A command as a RESP array of bulk strings.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    request.into_bytes()
+}
+
+/// Reads until `done` says the reply is whole, the peer closes, or 2 s pass.
+fn read_reply(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        if done(&String::from_utf8_lossy(&reply)) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Writes `ca.crt` and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.crt`, `server.key`) into `dir`, with the `openssl` CLI.
+fn make_certificates(dir: &Path) {
+    let openssl = program("openssl", "OPENSSL_BIN");
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write server.ext");
+    let ec_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    for step in [
+        format!(
+            "req -x509 {ec_key} -keyout ca.key -out ca.crt -days 2 -subj /CN=redis-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        ),
+        format!("req {ec_key} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+         -days 2 -extfile server.ext"
+            .to_owned(),
+    ] {
+        let out = Command::new(&openssl)
+            .args(step.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
