@@ -25,8 +25,14 @@ COPY dist/control-plane dist/edge_filter.wasm /dist/
 FROM ${BINARIES} AS binaries
 
 # The control plane: one region; data (SQLite, keys, admin.secret) in the /data volume.
+# It runs as an unprivileged user (uid/gid 10001, numeric so no passwd entry is needed)
+# that owns /data, mode 0700: the service refuses a data dir others can enter. A named
+# volume starts as a copy of the image's /data, owner and mode included; a bind-mounted
+# host dir must be made so by hand (chown 10001:10001 DIR && chmod 0700 DIR).
 FROM debian:bookworm-slim AS control-plane
 COPY --from=binaries /dist/control-plane /usr/local/bin/control-plane
+RUN mkdir -m 0700 /data && chown 10001:10001 /data
+USER 10001:10001
 VOLUME /data
 EXPOSE 8000
 ENTRYPOINT ["control-plane"]

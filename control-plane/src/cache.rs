@@ -1,8 +1,9 @@
-//! The revocation cache consulted on every check.
+//! The live revocation set, and the caches that mirror it.
 //!
-//! The embedded default keeps every live revocation in memory, loaded from SQLite at
-//! start. With `REDIS_URL` set, the region's revocations live in Redis (`redis_cache`)
-//! behind the same trait; when it fails, checks fall back to SQLite.
+//! Every check reads [`MemoryCache`]: every live revocation this process committed or
+//! verified, loaded from SQLite at start. With `REDIS_URL` set, the same revocations are
+//! also written to Redis (`redis_cache`, behind the same trait) for other services of
+//! the region; nothing is ever read back from it for a decision.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -10,7 +11,7 @@ use std::sync::RwLock;
 use shared::revocation::{TokenIds, covers, strongest};
 use shared::{Kind, RevocationEvent};
 
-/// The cache could not answer; the caller falls back to SQLite.
+/// The cache could not answer or take a write.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("revocation cache unavailable: {0}")]
 pub struct CacheError(pub String);
@@ -46,8 +47,9 @@ pub trait RevocationCache: Send + Sync + 'static {
     }
 
     /// Records `key` for `ttl_secs` unless it is there already: `Some(Ok(true))` when it
-    /// is new, `Some(Ok(false))` when it was seen. `None` for a cache no other process
-    /// shares (then SQLite alone decides). Used for DPoP proof `jti`s.
+    /// is new, `Some(Ok(false))` when it was seen; `None` for a cache no other process
+    /// shares. DPoP proof `jti`s are published this way for other services; the answer
+    /// decides nothing (SQLite does).
     fn remember_once(&self, _key: &str, _ttl_secs: i64) -> Option<Result<bool, CacheError>> {
         None
     }

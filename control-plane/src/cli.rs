@@ -391,6 +391,7 @@ fn rotate(args: &SettingsArgs, remote: Remote) -> anyhow::Result<()> {
 fn open_existing(data_dir: &Path) -> anyhow::Result<db::Db> {
     let path = data_dir.join(db::DB_FILE);
     anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    crate::data_dir::check(data_dir)?;
     db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))
 }
 

@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS keys (
     retired_at INTEGER,
     active_from INTEGER
 );
+CREATE TABLE IF NOT EXISTS horizons (
+    name  TEXT PRIMARY KEY,
+    until INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS revocations (
     event_id   TEXT PRIMARY KEY,
     kind       TEXT NOT NULL,
@@ -562,6 +566,35 @@ pub(crate) fn audit_after(
     )?;
     rows.collect()
 }
+
+/// The horizon `name` (0 when never set): see [`reserve_horizon`].
+pub(crate) fn horizon(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT until FROM horizons WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Moves the horizon `name` to `until` unless it is already later; answers the stored
+/// value. Used for [`ISSUED_UNTIL`]: the latest `exp` this region may have handed out,
+/// recorded before a token carrying it is, so a restart under shorter settings still
+/// knows how long its revocations must last.
+pub(crate) fn reserve_horizon(conn: &Connection, name: &str, until: i64) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "INSERT INTO horizons (name, until) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET until = MAX(until, excluded.until)
+         RETURNING until",
+        params![name, until],
+        |r| r.get(0),
+    )
+}
+
+/// The horizon past every `exp` of a token this region issued.
+pub(crate) const ISSUED_UNTIL: &str = "issued_until";
 
 /// Where a relay of this database stopped (0 before its first run).
 pub(crate) fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {

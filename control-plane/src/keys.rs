@@ -132,6 +132,43 @@ pub(crate) fn rotate(
     Ok(changes)
 }
 
+/// Retires `kid` at once if it is one of this region's keys that has not retired yet
+/// (it was revoked: nothing may be signed with it again), and creates a key that signs
+/// at once for an algorithm left without one. `None` when `kid` is not such a key.
+pub(crate) fn retire_now(
+    conn: &Connection,
+    kid: &str,
+    now: i64,
+) -> rusqlite::Result<Option<KeyChanges>> {
+    let Some(mut key) = list(conn)?
+        .into_iter()
+        .find(|k| k.kid == kid && k.retired_at.is_none_or(|t| t > now))
+    else {
+        return Ok(None);
+    };
+    // Every other key of its algorithm that has not retired retires too (a key waiting
+    // to sign, or the one it was to replace), and one fresh key signs from now: one
+    // signing key per algorithm, none revoked.
+    let mut changes = KeyChanges::default();
+    for other in list(conn)?
+        .into_iter()
+        .filter(|k| k.alg == key.alg && k.kid != kid && k.retired_at.is_none_or(|t| t > now))
+    {
+        changes.retired.push(KeyInfo {
+            retired_at: Some(now),
+            ..other
+        });
+    }
+    conn.execute(
+        "UPDATE keys SET retired_at = ?1 WHERE alg = ?2 AND (retired_at IS NULL OR retired_at > ?1)",
+        params![now, key.alg],
+    )?;
+    key.retired_at = Some(now);
+    changes.retired.insert(0, key);
+    changes.created = ensure_active(conn, now)?.created;
+    Ok(Some(changes))
+}
+
 /// Every stored key, oldest first.
 pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
     let mut stmt = conn

@@ -11,6 +11,7 @@ mod cache;
 pub mod cli;
 pub mod config;
 mod consumer;
+mod data_dir;
 mod db;
 mod http;
 mod keys;

@@ -11,6 +11,10 @@ use control_plane::config::Settings;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before anything can create a file: the data dir, the database with its WAL and
+    // shared-memory files and the secrets stay the owner's whatever umask launched us.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()

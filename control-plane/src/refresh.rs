@@ -327,7 +327,7 @@ fn mint(region: &Region, session: &Session, t: i64) -> Result<Issued, Error> {
         t,
         ttl,
     );
-    let (token, _kid) = region.sign_access(&claims)?;
+    let (token, _kid, _alg) = region.sign_access(&claims)?;
     Ok(Issued {
         token,
         claims,
@@ -476,7 +476,7 @@ pub(crate) fn check_possession(
     }
     let t = now();
     let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token), None)?;
-    fresh_in_shared_cache(region, &jkt, &jti)?;
+    publish_proof(region, &jkt, &jti);
     let mut conn = region.db().lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !remember_proof(&tx, &jkt, &jti, t)? {
@@ -552,20 +552,16 @@ fn verify_proof(
     Ok((verified.jkt, jti))
 }
 
-/// Checks a proof's jti against the region's shared cache (Redis), when there is one:
-/// processes of one region that share Redis but not the SQLite file (replicas) still
-/// refuse each other's replays. SQLite stays the truth; a Redis failure leaves it alone.
-fn fresh_in_shared_cache(region: &Region, jkt: &str, jti: &str) -> Result<(), Error> {
+/// Records a proof's jti in the region's shared cache (Redis), when there is one, for
+/// services that read it. Only SQLite decides whether a proof was replayed: what anyone
+/// writes to or deletes from Redis can neither let a replay through nor refuse a proof.
+fn publish_proof(region: &Region, jkt: &str, jti: &str) {
     let key = format!("dpop:{}:{jkt}:{jti}", region.settings().region);
-    match region.cache().remember_once(&key, 2 * PROOF_MAX_AGE + 1) {
-        Some(Ok(false)) => Err(Error::InvalidProof(
-            "DPoP proof replayed: its jti was already used".into(),
-        )),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "DPoP replay check in Redis failed; SQLite decides");
-            Ok(())
-        }
-        Some(Ok(true)) | None => Ok(()),
+    if let Some(Some(Err(e))) = region
+        .shared_cache()
+        .map(|c| c.remember_once(&key, 2 * PROOF_MAX_AGE + 1))
+    {
+        tracing::warn!(error = %e, "DPoP proof jti not published to Redis");
     }
 }
 
@@ -581,11 +577,10 @@ fn publish_session_state(region: &Region, session: &Session, generation: Option<
         "state": state, "expires_at": session.expires_at,
         "device_jkt": session.device_jkt,
     });
-    if let Err(e) =
-        region
-            .cache()
-            .put_state(&format!("refresh:{}", session.sid), &value.to_string(), ttl)
-    {
+    let Some(cache) = region.shared_cache() else {
+        return;
+    };
+    if let Err(e) = cache.put_state(&format!("refresh:{}", session.sid), &value.to_string(), ttl) {
         tracing::warn!(error = %e, sid = %session.sid, "refresh state not published to Redis");
     }
 }
@@ -736,7 +731,7 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
     let access = mint(region, &session, t)?;
 
     if let Some((jkt, jti)) = &proof {
-        fresh_in_shared_cache(region, jkt, jti)?;
+        publish_proof(region, jkt, jti);
     }
     let mut conn = region.db().lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

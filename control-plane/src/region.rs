@@ -9,6 +9,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rusqlite::TransactionBehavior;
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 use crate::audit::{self, AppendError};
 use crate::bus::{EventBus, LocalBus};
 use crate::cache::{self, MemoryCache, RevocationCache};
-use crate::config::Settings;
+use crate::config::{REVOCATION_LEEWAY_SECS, Settings};
 use crate::db::{self, Db};
 use crate::keys::{self, KeyChanges, KeySet};
 use crate::metrics::Metrics;
@@ -182,17 +183,10 @@ fn check_strings(what: &str, value: &Value) -> Result<(), Error> {
     }
 }
 
-/// Creates the data directory (mode 0700) if missing.
-pub(crate) fn create_data_dir(dir: &Path) -> std::io::Result<()> {
-    if !dir.exists() {
-        fs::create_dir_all(dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        }
-    }
-    Ok(())
+/// Creates the data directory (mode 0700) if missing; refuses one that group or others
+/// can enter or whose key files they can read (see [`crate::data_dir`]).
+pub(crate) fn create_data_dir(dir: &Path) -> Result<(), crate::data_dir::DataDirError> {
+    crate::data_dir::prepare(dir)
 }
 
 /// Reads the admin secret stored in a data directory.
@@ -232,7 +226,14 @@ pub struct Region {
     keys: Arc<RwLock<Arc<KeySet>>>,
     /// The other regions' keys (`PEER_JWKS`): their tokens are valid here too.
     peer_keys: RwLock<Arc<(JwkSet, Keyring)>>,
-    cache: Arc<dyn RevocationCache>,
+    /// Every live revocation this process verified or wrote: the only set its decisions
+    /// read (Redis is never asked whether something is revoked).
+    revoked: MemoryCache,
+    /// The region's shared cache (Redis), written for other services; never read back.
+    shared_cache: Option<Arc<dyn RevocationCache>>,
+    /// A time past every `exp` this region may have issued (durable, see
+    /// [`db::reserve_horizon`]); revocations last at least until it.
+    issued_until: AtomicI64,
     /// Signatures already checked, by token digest (cleared when keys change).
     verified: cache::VerifiedTokens,
     bus: Arc<dyn EventBus>,
@@ -264,7 +265,8 @@ impl Region {
         Region::open_with(settings, Arc::new(MemoryCache::new()), Arc::new(LocalBus))
     }
 
-    /// Opens a region with the given cache and event bus.
+    /// Opens a region with the given cache and event bus. A cache other than the in-memory
+    /// one (Redis) is kept current for other services and never read for a decision.
     pub fn open_with(
         settings: Settings,
         cache: Arc<dyn RevocationCache>,
@@ -272,8 +274,7 @@ impl Region {
     ) -> anyhow::Result<Region> {
         use anyhow::Context as _;
         let dir = settings.data_dir.clone();
-        create_data_dir(&dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        create_data_dir(&dir)?;
         let db_path = dir.join(db::DB_FILE);
         let db = Db::open(&db_path)
             .with_context(|| format!("cannot open database {}", db_path.display()))?;
@@ -323,14 +324,17 @@ impl Region {
             "{} holds no usable secret",
             admin_path.display()
         );
-        let head = {
+        let shared_cache = (!cache.is_local()).then_some(cache);
+        let revoked = MemoryCache::new();
+        let (head, issued_until) = {
             let conn = db.read()?;
             for (_, event) in db::feed_range(&conn, 0, u64::MAX, Some(t))? {
-                if let Err(e) = cache.insert(&event) {
-                    tracing::warn!(error = %e, "could not load a revocation into the cache");
+                revoked.insert(&event).ok();
+                if let Some(Err(e)) = shared_cache.as_ref().map(|c| c.insert(&event)) {
+                    tracing::warn!(error = %e, "could not load a revocation into Redis");
                 }
             }
-            db::feed_head(&conn)?
+            (db::feed_head(&conn)?, db::horizon(&conn, db::ISSUED_UNTIL)?)
         };
         let keys = Arc::new(RwLock::new(Arc::new(keyset)));
         let source = keys.clone();
@@ -348,7 +352,9 @@ impl Region {
             signer: EventSigner::start(key_source),
             keys,
             peer_keys: RwLock::new(Arc::new((JwkSet::default(), Keyring::new()))),
-            cache,
+            revoked,
+            shared_cache,
+            issued_until: AtomicI64::new(issued_until),
             verified: cache::VerifiedTokens::default(),
             bus,
             feed: watch::Sender::new(head),
@@ -386,9 +392,14 @@ impl Region {
         self.signer.stats()
     }
 
-    /// The cache.
-    pub(crate) fn cache(&self) -> &dyn RevocationCache {
-        self.cache.as_ref()
+    /// The live revocations this process decides with.
+    pub(crate) fn revocations(&self) -> &MemoryCache {
+        &self.revoked
+    }
+
+    /// The region's shared cache (Redis), if any: an output for other services.
+    pub(crate) fn shared_cache(&self) -> Option<&dyn RevocationCache> {
+        self.shared_cache.as_deref()
     }
 
     /// The event bus name.
@@ -501,6 +512,15 @@ impl Region {
         via: &'static str,
     ) -> Result<Issued, Error> {
         let (claims, ttl) = self.issue_claims(request)?;
+        // Reserved here, awaited: signing on this thread must not block on a commit.
+        if claims.exp > self.issued_until.load(Ordering::Acquire) {
+            let until = self.issued_until_step(claims.exp);
+            let stored = self
+                .writer
+                .run_async(move |tx| db::reserve_horizon(tx, db::ISSUED_UNTIL, until))
+                .await?;
+            self.issued_until.fetch_max(stored, Ordering::AcqRel);
+        }
         let (claims, token, row) = if self.keys().token_key.alg() == shared::Alg::EdDsa {
             let (token, row) = self.sign_issued(&claims, via)?;
             (claims, token, row)
@@ -524,11 +544,10 @@ impl Region {
 
     /// Signs issued claims; returns the token and the writer job of its audit row.
     fn sign_issued(&self, claims: &AccessClaims, via: &str) -> Result<(String, IssuedRow), Error> {
-        let keys = self.keys();
-        let (token, kid) = self.sign_access(claims)?;
+        let (token, kid, alg) = self.sign_access(claims)?;
         let row = json!({
             "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
-            "exp": claims.exp, "kid": kid, "alg": keys.token_key.alg().as_str(),
+            "exp": claims.exp, "kid": kid, "alg": alg.as_str(),
             "sid": claims.sid, "scope": claims.scope, "client_id": claims.client_id,
             "via": via,
         });
@@ -618,41 +637,21 @@ impl Region {
         }
     }
 
-    /// The live revocation that covers a token, from the cache or, if the cache fails,
-    /// from SQLite.
+    /// The live revocation that covers a token, from the in-process set (everything
+    /// this process committed or verified and applied; never Redis).
     pub(crate) fn revocation_of(
         &self,
         ids: &TokenIds<'_>,
     ) -> Result<Option<RevocationEvent>, Error> {
-        let t = now();
-        match cache::check(self.cache.as_ref(), ids, t) {
-            Ok(hit) => Ok(hit),
-            Err(e) => {
-                tracing::warn!(error = %e, "falling back to SQLite for a revocation check");
-                let conn = self.db.read()?;
-                for kind in Kind::ALL {
-                    if let Some(value) = ids.value(kind)
-                        && let Some(ev) = db::find_revocation(&conn, kind, value, t)?
-                        && ev.matches(ids)
-                    {
-                        return Ok(Some(ev));
-                    }
-                }
-                Ok(None)
-            }
-        }
+        Ok(cache::check(&self.revoked, ids, now()).unwrap_or_default())
     }
 
     /// The live revocation of one identifier (any not-before for `sub`).
     pub(crate) fn find(&self, kind: Kind, value: &str) -> Result<Option<RevocationEvent>, Error> {
-        let t = now();
-        match self.cache.find(kind, value, None, t) {
-            Ok(hit) => Ok(hit),
-            Err(e) => {
-                tracing::warn!(error = %e, "falling back to SQLite for a revocation lookup");
-                Ok(db::find_revocation(&*self.db.read()?, kind, value, t)?)
-            }
-        }
+        Ok(self
+            .revoked
+            .find(kind, value, None, now())
+            .unwrap_or_default())
     }
 
     /// Verifies a token's signature against the region's keys, then the peers'. A token
@@ -720,7 +719,11 @@ impl Region {
                 });
             }
         };
-        let claims_error = claims.validate(&self.settings.validation(), now()).err();
+        let claims_error = claims
+            .validate(&self.settings.validation(), now())
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| self.lifetime_error(&claims));
         let revocation = if check_revocation {
             self.revocation_of(&TokenIds {
                 jti: &claims.jti,
@@ -733,7 +736,7 @@ impl Region {
             None
         };
         let message = match (&claims_error, &revocation) {
-            (Some(e), _) => e.to_string(),
+            (Some(e), _) => e.clone(),
             (None, Some(r)) => format!("token {}", describe(r)),
             (None, None) => "token is valid".to_owned(),
         };
@@ -751,22 +754,55 @@ impl Region {
         })
     }
 
-    /// The default lifetime of a revocation that cannot see the tokens it matches: the
-    /// longest token lifetime plus the leeway.
-    pub(crate) fn default_revocation_expiry(&self, at: i64) -> i64 {
-        at + self.settings.max_token_secs + self.settings.leeway_secs
+    /// Why a token outlives what a revocation made after its issue is sure to cover (it
+    /// lives longer than any region may issue, and this region did not issue it), if it
+    /// does: such a token could be accepted after its revocation lapsed.
+    pub(crate) fn lifetime_error(&self, claims: &AccessClaims) -> Option<String> {
+        let issued = claims.iat.min(claims.nbf);
+        let covered = issued
+            .saturating_add(self.settings.fleet_max_token_secs)
+            .max(self.issued_until.load(Ordering::Acquire));
+        (claims.exp > covered).then(|| {
+            format!(
+                "token lifetime {} s exceeds the fleet's longest, {} s (CP_FLEET_MAX_TOKEN_MINUTES): a revocation could lapse before it",
+                claims.exp.saturating_sub(issued),
+                self.settings.fleet_max_token_secs
+            )
+        })
     }
 
-    /// When a revocation made at `at` expires: when asked (`requested`), but never after
-    /// the last token it can match has expired, so the live set at the edges only holds
-    /// entries that still matter. A `jti`, `sub` or `sid` revocation matches tokens issued
-    /// at or before `at` (sessions it ends are marked in SQLite, so they need no entry);
-    /// a `kid` revocation keeps what the admin asked, since the key may still sign.
+    /// The clock leeway every revocation of this region covers (the edge feed carries it,
+    /// and edges clamp their own leeway to it).
+    pub(crate) fn revocation_leeway(&self) -> i64 {
+        REVOCATION_LEEWAY_SECS
+    }
+
+    /// Until when a revocation made at `at` must live when it cannot see the tokens it
+    /// matches: past the last `exp` any region may have issued by then (the fleet's
+    /// longest lifetime, and every `exp` this region ever handed out, whatever its
+    /// settings were), plus the leeway any checker may apply.
+    pub(crate) fn revocation_bound(&self, at: i64) -> i64 {
+        at.saturating_add(self.settings.fleet_max_token_secs)
+            .max(self.issued_until.load(Ordering::Acquire))
+            .saturating_add(self.revocation_leeway())
+    }
+
+    /// When a token that expires at `exp` can no longer be accepted anywhere.
+    pub(crate) fn token_end(&self, exp: i64) -> i64 {
+        exp.saturating_add(self.revocation_leeway())
+    }
+
+    /// When a revocation made at `at` expires. Unasked, at [`Region::revocation_bound`]:
+    /// a `jti`, `sub` or `sid` revocation matches tokens issued at or before `at` (sessions
+    /// it ends are marked in SQLite, so they need no entry), which all end by then. Asked
+    /// (`requested`, e.g. a holder revocation that knows its token's `exp`, or an admin's
+    /// `ttl_seconds`), never later than that bound; a `kid` revocation never ends before
+    /// it, since tokens that key signed live until then.
     pub(crate) fn revocation_expiry(&self, kind: Kind, requested: Option<i64>, at: i64) -> i64 {
-        let bound = self.default_revocation_expiry(at);
+        let bound = self.revocation_bound(at);
         match (kind, requested) {
             (_, None) => bound,
-            (Kind::Kid, Some(requested)) => requested,
+            (Kind::Kid, Some(requested)) => requested.max(bound),
             (_, Some(requested)) => requested.min(bound),
         }
     }
@@ -787,6 +823,9 @@ impl Region {
         // The cheap check first: a repeat must not cost an ML-DSA signature.
         if let Some(existing) = self.find(kind, value)?.filter(|e| e.matches(ids)) {
             return self.existing(existing);
+        }
+        if kind == Kind::Kid {
+            self.retire_revoked_key(value, via)?;
         }
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
         let record = self.recorder(via);
@@ -849,6 +888,9 @@ impl Region {
         expires_at: Option<i64>,
         via: &str,
     ) -> Result<Revoked, Error> {
+        if kind == Kind::Kid {
+            self.retire_revoked_key(value, via)?;
+        }
         let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
         let record = self.recorder(via);
         let job_event = event.clone();
@@ -867,6 +909,13 @@ impl Region {
         expires_at: Option<i64>,
         via: &'static str,
     ) -> Result<Revoked, Error> {
+        if kind == Kind::Kid {
+            let region = self.clone();
+            let kid = value.clone();
+            tokio::task::spawn_blocking(move || region.retire_revoked_key(&kid, via))
+                .await
+                .map_err(|e| Error::InvalidRequest(format!("key retirement failed: {e}")))??;
+        }
         let (event, signed) = self.sign_revocation_async(kind, &value, expires_at).await?;
         let record = self.recorder(via);
         let job_event = event.clone();
@@ -990,6 +1039,9 @@ impl Region {
         };
         self.apply_local(event);
         self.advance_feed(inserted.feed_seq);
+        if event.kind == Kind::Kid {
+            self.retire_revoked_key(&event.value, &format!("revocation from {}", event.origin))?;
+        }
         tracing::info!(
             event_id = %event.event_id, origin = %event.origin, kind = event.kind.as_str(),
             feed_seq = inserted.feed_seq, "peer revocation applied"
@@ -997,11 +1049,18 @@ impl Region {
         Ok(true)
     }
 
-    /// Signs access-token claims with the current token key; the caller writes the
-    /// audit row. Returns the compact JWS and the key id.
-    pub(crate) fn sign_access(&self, claims: &AccessClaims) -> Result<(String, String), Error> {
+    /// Signs access-token claims with the current token key (one snapshot of the keys);
+    /// the caller writes the audit row. Returns the compact JWS, the key id and its
+    /// algorithm. The token's `exp` is durably within [`db::ISSUED_UNTIL`] before it is
+    /// signed, so revocations made later, even after a restart with shorter lifetimes,
+    /// cover it.
+    pub(crate) fn sign_access(
+        &self,
+        claims: &AccessClaims,
+    ) -> Result<(String, String, shared::Alg), Error> {
         let payload = serde_json::to_vec(claims)
             .map_err(|e| Error::InvalidRequest(format!("claims do not serialize: {e}")))?;
+        self.reserve_issued_until(claims.exp)?;
         let keys = self.keys();
         let kid = keys.token_key.kid();
         let token = jws::sign(
@@ -1021,12 +1080,32 @@ impl Region {
             )));
         }
         Metrics::inc(&self.metrics.tokens_issued);
-        Ok((token, kid))
+        Ok((token, kid, keys.token_key.alg()))
+    }
+
+    /// Makes sure [`db::ISSUED_UNTIL`] is at or past `exp`. Moving it takes a commit, so
+    /// it moves ahead by a step (up to an hour) and most tokens need no write.
+    fn reserve_issued_until(&self, exp: i64) -> Result<(), Error> {
+        if exp <= self.issued_until.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let until = self.issued_until_step(exp);
+        let stored = self
+            .writer
+            .run(move |tx| db::reserve_horizon(tx, db::ISSUED_UNTIL, until))?;
+        self.issued_until.fetch_max(stored, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Where [`db::ISSUED_UNTIL`] moves to for a token expiring at `exp`.
+    fn issued_until_step(&self, exp: i64) -> i64 {
+        exp.saturating_add(self.settings.max_token_secs.clamp(60, 3600))
     }
 
     fn apply_local(&self, event: &RevocationEvent) {
-        if let Err(e) = self.cache.insert(event) {
-            tracing::warn!(error = %e, "revocation committed but not cached; checks use SQLite");
+        self.revoked.insert(event).ok();
+        if let Some(Err(e)) = self.shared_cache.as_ref().map(|c| c.insert(event)) {
+            tracing::warn!(error = %e, "revocation committed but not written to Redis");
         }
     }
 
@@ -1069,6 +1148,37 @@ impl Region {
         Ok(())
     }
 
+    /// When `kid` is one of this region's keys that still signs (or is about to), retires
+    /// it now and makes a fresh key sign in its place, before the revocation is signed:
+    /// nothing is signed with a revoked key, not even the revocation itself. The new key
+    /// is in the JWKS at once; edges and peers fetch it when they meet its `kid`.
+    fn retire_revoked_key(&self, kid: &str, via: &str) -> Result<(), Error> {
+        let owned = (kid.to_owned(), via.to_owned(), self.settings.region.clone());
+        let changes = self.writer.run(move |tx| {
+            let (kid, via, region) = owned;
+            let t = now();
+            let Some(changes) = keys::retire_now(tx, &kid, t)? else {
+                return Ok::<_, Error>(None);
+            };
+            audit::append_row(
+                tx,
+                t,
+                &region,
+                "keys.revoked",
+                json!({ "kid": kid, "created": changes.created, "retired": changes.retired, "via": via }),
+            )?;
+            Ok(Some(changes))
+        })?;
+        if let Some(changes) = changes {
+            self.reload_keys()?;
+            tracing::warn!(
+                kid, via, created = ?changes.created.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+                "a revoked signing key of this region was retired and replaced"
+            );
+        }
+        Ok(())
+    }
+
     /// Picks up what other writers of the same database did (the operator CLI, later
     /// the event consumer): new feed rows, rotated keys. Also prunes the cache.
     pub fn sync(&self) -> Result<(), Error> {
@@ -1091,7 +1201,7 @@ impl Region {
             tracing::info!("signing keys changed; reloading");
             self.reload_keys()?;
         }
-        self.cache.prune(t);
+        self.revoked.prune(t);
         // Rows appended by other connections (the CLI, refresh sessions) get sealed.
         self.writer.poke();
         Ok(())

@@ -119,9 +119,8 @@ pub(super) async fn revocations(
 /// edge never applies more to `exp` (see `shared::edgeset`, "The leeway the revocations
 /// assume").
 fn revocation_leeway(region: &Region) -> u32 {
-    // TODO(revocation_leeway): `region.revocation_leeway()` once region.rs has it.
-    let leeway = region.settings().leeway_secs;
-    // The settings keep it far below the maximum; clamped all the same, so a wider bound
-    // there never makes every edge refuse the feed.
+    let leeway = region.revocation_leeway();
+    // A constant far below the maximum; clamped all the same, so a wider one never makes
+    // every edge refuse the feed.
     u32::try_from(leeway.clamp(0, i64::from(shared::edgeset::MAX_FEED_LEEWAY))).unwrap_or(0)
 }

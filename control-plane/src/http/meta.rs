@@ -64,7 +64,7 @@ async fn parts(state: &AppState) -> Result<Parts, ApiError> {
             outbox_depth,
             redis,
             kafka,
-            live_revocations: r.cache().len(),
+            live_revocations: crate::cache::RevocationCache::len(r.revocations()),
         })
     })
     .await

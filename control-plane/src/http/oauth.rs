@@ -79,7 +79,7 @@ pub(super) async fn revoke(
         {
             return Ok(());
         }
-        let expires_at = claims.exp.saturating_add(r.settings().leeway_secs);
+        let expires_at = r.token_end(claims.exp);
         r.revoke(Kind::Jti, &claims.jti, Some(expires_at), "oauth2/revoke")
             .map(|_| ())
     })

@@ -190,7 +190,7 @@ pub(super) async fn revoke_token(
             iat: claims.iat,
         };
         // A jti revocation only has to outlive the token itself.
-        let jti_end = claims.exp.saturating_add(r.settings().leeway_secs);
+        let jti_end = r.token_end(claims.exp);
         kinds
             .into_iter()
             .map(|kind| {

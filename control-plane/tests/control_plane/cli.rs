@@ -127,13 +127,15 @@ async fn the_cli_talks_to_a_running_server() {
 fn identifiers_that_begin_with_a_dash_are_values_not_flags() {
     // Random jtis are base64url: about one in 32 begins with '-'.
     let dir = tempfile::tempdir().unwrap();
+    // A data dir the binary creates (tempfile makes its dirs 0755, which it refuses).
+    let data = dir.path().join("data");
     let (ok, stdout, err) = run_cli(
-        dir.path(),
+        &data,
         &["revoke", "--type", "jti", "--value", "-NdashedJti"],
     );
     assert!(ok, "{err}");
     assert!(stdout.contains("event_id"), "{stdout}");
-    let (ok, _, err) = run_cli(dir.path(), &["issue", "--subject", "-dash-user"]);
+    let (ok, _, err) = run_cli(&data, &["issue", "--subject", "-dash-user"]);
     assert!(ok, "{err}");
 }
 
@@ -184,9 +186,15 @@ async fn an_online_backup_restores_into_a_working_region() {
     }
     let (ok, _, err) = run_cli(&app.data_dir(), &["backup", "--to", copy.to_str().unwrap()]);
     assert!(!ok && err.contains("exists"), "{err}");
-    // Restore: the copy becomes the database of a fresh data dir.
+    // Restore: the copy becomes the database of a fresh data dir (0700, like every data
+    // dir; the copy keeps its 0600).
     let restored = dir.path().join("restored");
     std::fs::create_dir_all(&restored).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&restored, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     std::fs::copy(&copy, restored.join("control-plane.db")).unwrap();
     let (ok, out, err) = run_cli(&restored, &["audit", "verify"]);
     assert!(ok, "{out} {err}");

@@ -1,13 +1,15 @@
 //! Tests of the control plane: every route in-process and over TCP, revocation of each
-//! kind, durability across `kill -9`, audit tampering, the edge feed, the CLI and
-//! refresh sessions.
+//! kind, durability across `kill -9`, audit tampering, the edge feed, the CLI, refresh
+//! sessions and the data directory's permissions.
 
 mod api;
 mod audit_log;
 mod cli;
+mod data_dir;
 mod durability;
 mod edge_feed;
 mod events;
+mod lifetimes;
 mod oauth_token;
 mod refresh;
 mod revocation_kinds;
