@@ -25,7 +25,7 @@ PROFILE=release
 # password (made at first start into the region's data dir, redis.secret), and the
 # default user is off: nothing that cannot log in reads or writes it. A region's user may
 # run only the commands the control plane issues, on the keys it writes
-# (control-plane/src/redis_cache.rs, refresh.rs).
+# (control-plane/src/cache/redis.rs, refresh/mod.rs).
 REDIS_RULES='resetchannels -@all +ping +select +dbsize +exists +get +mget +set +expire +ttl +evalsha +script|load ~revoked:* ~revoked-cache-epoch ~refresh:* ~dpop:*'
 
 usage() {

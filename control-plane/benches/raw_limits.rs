@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use control_plane::Db;
-use control_plane::audit;
+use control_plane::store::audit;
 use serde_json::json;
 use shared::{Alg, Kind, RevocationEvent, SigningKey};
 

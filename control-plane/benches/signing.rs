@@ -11,7 +11,7 @@
 
 use std::hint::black_box;
 
-use control_plane::audit::Checkpoint;
+use control_plane::store::audit::Checkpoint;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shared::merkle::{Tree, leaf_hash};
 use shared::revocation::sign_batch;

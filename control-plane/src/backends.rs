@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::{EventBus, KafkaBus, LocalBus};
+use crate::Region;
+use crate::cache::redis::{self as redis_cache, RedisCache};
 use crate::cache::{MemoryCache, RevocationCache};
 use crate::config::Settings;
-use crate::consumer::{self, ConsumerStats};
-use crate::peers::Peers;
-use crate::redis_cache::{self, RedisCache};
-use crate::{Region, outbox, token_events};
+use crate::replication::bus::{EventBus, KafkaBus, LocalBus};
+use crate::replication::consumer::{self, ConsumerStats};
+use crate::replication::peers::Peers;
+use crate::replication::{outbox, token_events};
 
 /// How long start-up waits for Redis and the broker to answer.
 const START_WAIT: Duration = Duration::from_secs(5);

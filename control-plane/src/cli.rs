@@ -12,7 +12,7 @@ use shared::Kind;
 
 use crate::config::{ServeArgs, Settings, SettingsArgs};
 use crate::region::{IssueRequest, Region, read_admin_secret};
-use crate::{audit, db, keys};
+use crate::store::{audit, db, keys};
 
 /// `control-plane`: token service and operator tool.
 #[derive(Debug, Parser)]
@@ -391,7 +391,7 @@ fn rotate(args: &SettingsArgs, remote: Remote) -> anyhow::Result<()> {
 fn open_existing(data_dir: &Path) -> anyhow::Result<db::Db> {
     let path = data_dir.join(db::DB_FILE);
     anyhow::ensure!(path.exists(), "no database at {}", path.display());
-    crate::data_dir::check(data_dir)?;
+    crate::store::data_dir::check(data_dir)?;
     db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))
 }
 

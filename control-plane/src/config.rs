@@ -232,7 +232,7 @@ pub struct Settings {
     /// Redis operation timeout.
     pub redis_timeout: std::time::Duration,
     /// Kafka, if any.
-    pub kafka: Option<crate::bus::KafkaSettings>,
+    pub kafka: Option<crate::replication::bus::KafkaSettings>,
     /// Peer JWKS sources.
     pub peer_jwks: Vec<String>,
     /// How long a revocation answer waits for the broker.
@@ -354,7 +354,7 @@ impl Settings {
         }
         match &args.redis_url {
             Some(url) => {
-                if let Err(e) = crate::redis_cache::client(url, args.redis_ca_file.as_deref()) {
+                if let Err(e) = crate::cache::redis::client(url, args.redis_ca_file.as_deref()) {
                     problems.push(e);
                 }
             }
@@ -379,7 +379,7 @@ impl Settings {
         if args.publish_wait_ms > 10_000 {
             problems.push("CP_PUBLISH_WAIT_MS must be at most 10000".to_owned());
         }
-        let peer_jwks = match crate::peers::parse_sources(&args.peer_jwks.join(",")) {
+        let peer_jwks = match crate::replication::peers::parse_sources(&args.peer_jwks.join(",")) {
             Ok(sources) => sources,
             Err(found) => {
                 problems.extend(found);
@@ -408,19 +408,19 @@ impl Settings {
         settings.redis_url = args.redis_url.clone();
         settings.redis_ca_file = args.redis_ca_file.clone();
         settings.redis_timeout = std::time::Duration::from_millis(args.redis_timeout_ms);
-        settings.kafka = args
-            .kafka_bootstrap
-            .as_ref()
-            .map(|bootstrap| crate::bus::KafkaSettings {
-                bootstrap: bootstrap.clone(),
-                revocations_topic: args.kafka_revocations_topic.clone(),
-                token_events_topic: args.kafka_token_events_topic.clone(),
-                group: args
-                    .kafka_group
-                    .clone()
-                    .unwrap_or_else(|| format!("cp-{region}")),
-                fetch_wait_ms: args.kafka_fetch_wait_ms,
-            });
+        settings.kafka =
+            args.kafka_bootstrap
+                .as_ref()
+                .map(|bootstrap| crate::replication::bus::KafkaSettings {
+                    bootstrap: bootstrap.clone(),
+                    revocations_topic: args.kafka_revocations_topic.clone(),
+                    token_events_topic: args.kafka_token_events_topic.clone(),
+                    group: args
+                        .kafka_group
+                        .clone()
+                        .unwrap_or_else(|| format!("cp-{region}")),
+                    fetch_wait_ms: args.kafka_fetch_wait_ms,
+                });
         settings.peer_jwks = peer_jwks;
         settings.publish_wait = std::time::Duration::from_millis(args.publish_wait_ms);
         Ok(settings)

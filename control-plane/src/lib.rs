@@ -4,39 +4,27 @@
 //! [`http::app`] builds the router over an [`http::AppState`]; [`serve`] runs it with the
 //! background sync task. `main.rs` only parses the command line.
 
-pub mod audit;
 mod backends;
-mod bus;
 mod cache;
 pub mod cli;
 pub mod config;
-mod consumer;
-mod data_dir;
-mod db;
 mod http;
-mod keys;
 mod metrics;
-mod nonce;
-mod outbox;
-mod peers;
-mod redis_cache;
 mod refresh;
 mod region;
-mod server;
-mod signer;
+mod replication;
+pub mod store;
 mod time;
-mod token_events;
-mod writer;
 
 // The public surface: what the binary, the integration tests and the operator tools use.
 pub use backends::{Backends, open};
-pub use bus::{EventBus, LocalBus};
 pub use cache::{CacheError, MemoryCache, RevocationCache};
-pub use db::Db;
+pub use http::nonce::{DpopNonces, SECRET_FILE as DPOP_NONCE_SECRET_FILE};
 pub use http::{AppState, app};
-pub use nonce::{DpopNonces, SECRET_FILE as DPOP_NONCE_SECRET_FILE};
 pub use refresh::transcript as refresh_transcript;
 pub use region::{Region, read_admin_secret};
+pub use replication::bus::{EventBus, LocalBus};
+pub use store::db::Db;
 pub use time::now;
 
 use std::future::Future;
@@ -73,13 +61,13 @@ pub async fn serve(
         closer.close_long_polls();
     };
     let settings = state.region.settings();
-    let limits = server::Limits {
-        max_connections: server::fit_connection_cap(settings.max_connections),
+    let limits = http::server::Limits {
+        max_connections: http::server::fit_connection_cap(settings.max_connections),
         header_timeout: settings.header_timeout,
         idle_timeout: settings.idle_timeout,
     };
     let region = state.region.clone();
-    let result = server::run(listener, app(state), limits, region, shutdown).await;
+    let result = http::server::run(listener, app(state), limits, region, shutdown).await;
     sync.abort();
     result
 }

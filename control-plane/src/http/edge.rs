@@ -10,9 +10,9 @@ use shared::edgeset::{EdgeUpdate, Entry, UpdateKind};
 use utoipa::IntoParams;
 
 use super::{ApiError, AppState, ErrorBody, Query, blocking};
-use crate::db;
 use crate::metrics::Metrics;
 use crate::region::Region;
+use crate::store::db;
 use crate::time::now;
 
 /// Longest hold of a long-poll, in seconds.

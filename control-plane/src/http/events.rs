@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Admin, ApiError, AppState, ErrorBody, Json, Query, blocking};
-use crate::db::{self, SignedEvent};
+use crate::store::db::{self, SignedEvent};
 
 /// Most events one page holds.
 pub(crate) const MAX_LIMIT: u32 = 1000;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use utoipa::{OpenApi as _, ToSchema};
 
 use super::{Admin, ApiDoc, ApiError, AppState, ErrorBody, Json, blocking};
-use crate::keys::KeyChanges;
+use crate::store::keys::KeyChanges;
 
 /// Probe answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -49,7 +49,7 @@ async fn parts(state: &AppState) -> Result<Parts, ApiError> {
         let sqlite = conn
             .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
             .is_ok();
-        let outbox_depth = crate::db::outbox_depth(&conn).unwrap_or(0);
+        let outbox_depth = crate::store::db::outbox_depth(&conn).unwrap_or(0);
         drop(conn);
         let redis = backends.redis.as_ref().map(|redis| {
             let up = redis.marker_present();

@@ -6,9 +6,11 @@ pub(crate) mod edge;
 pub(crate) mod events;
 pub(crate) mod limits;
 pub(crate) mod meta;
+pub(crate) mod nonce;
 pub(crate) mod oauth;
 pub(crate) mod refresh;
 pub(crate) mod revocations;
+pub(crate) mod server;
 pub(crate) mod token_endpoint;
 pub(crate) mod tokens;
 
@@ -42,7 +44,7 @@ pub struct AppState {
     /// Redis, Kafka and the peers, when configured.
     pub(crate) backends: crate::backends::Backends,
     /// DPoP server nonces of `/oauth2/token`, unless turned off (`CP_DPOP_NONCE`).
-    nonces: Option<Arc<crate::nonce::DpopNonces>>,
+    nonces: Option<Arc<crate::http::nonce::DpopNonces>>,
 }
 
 impl AppState {
@@ -60,10 +62,10 @@ impl AppState {
         );
         let long_polls = tokio::sync::Semaphore::new(settings.max_long_polls);
         let nonces = settings.dpop_nonce.then(|| {
-            crate::nonce::DpopNonces::load(&settings.data_dir).unwrap_or_else(|e| {
+            crate::http::nonce::DpopNonces::load(&settings.data_dir).unwrap_or_else(|e| {
                 // Nonces still work, only not across restarts or processes.
                 tracing::warn!(error = %e, "DPoP nonce secret unavailable; using a per-process one");
-                crate::nonce::DpopNonces::new(shared::random::bytes::<32>())
+                crate::http::nonce::DpopNonces::new(shared::random::bytes::<32>())
             })
         });
         AppState {

@@ -19,9 +19,9 @@ use shared::dpop::{self, ProofRequirements};
 use shared::kem::{self, SealedBox};
 use shared::{Jwk, Kind, b64, random, sha256};
 
-use crate::audit;
-use crate::db;
 use crate::region::{self, Issued, Region, check_value};
+use crate::store::audit;
+use crate::store::db;
 use crate::time::{now, rfc3339};
 
 /// Longest refresh session a request or `CP_REFRESH_DAYS` may ask for, in days.
@@ -815,7 +815,11 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
 /// A session revocation committed but not yet cached, fed to the edges or published.
 struct PendingRevocation {
     session_id: String,
-    committed: Option<(shared::RevocationEvent, crate::db::Inserted, &'static str)>,
+    committed: Option<(
+        shared::RevocationEvent,
+        crate::store::db::Inserted,
+        &'static str,
+    )>,
     event_id: String,
 }
 

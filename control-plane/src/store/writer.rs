@@ -9,7 +9,7 @@
 //! busy one amortises the fsync over everything that arrived meanwhile.
 //!
 //! After each commit the writer hands the new audit chain head to the sealer thread,
-//! which signs a checkpoint ([`crate::audit`]) off the request path (at most one every
+//! which signs a checkpoint ([`crate::store::audit`]) off the request path (at most one every
 //! [`SEAL_INTERVAL`]) and gives it back to the writer to store in the next group.
 //!
 //! The writer never copies the WAL back into the database file itself (SQLite's
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use crate::audit::{self, Checkpoint};
-use crate::keys::KeySet;
+use crate::store::audit::{self, Checkpoint};
+use crate::store::keys::KeySet;
 use crate::time::now;
 
 /// Most operations committed together.

@@ -2,8 +2,10 @@
 //!
 //! Every check reads [`MemoryCache`]: every live revocation this process committed or
 //! verified, loaded from SQLite at start. With `REDIS_URL` set, the same revocations are
-//! also written to Redis (`redis_cache`, behind the same trait) for other services of
+//! also written to Redis ([`redis`], behind the same trait) for other services of
 //! the region; nothing is ever read back from it for a decision.
+
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shared::revocation::VerifiedRoots;
 use shared::{JoseError, Keyring, RevocationEvent};
 
-use crate::keys::KeySet;
+use crate::store::keys::KeySet;
 use shared::jwk::JwkSet;
 
 /// How often the peer JWKS are fetched when nothing asks earlier.

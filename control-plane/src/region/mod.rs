@@ -22,16 +22,16 @@ use shared::{
 };
 use tokio::sync::watch;
 
-use crate::audit::{self, AppendError};
-use crate::bus::{EventBus, LocalBus};
 use crate::cache::{self, MemoryCache, RevocationCache};
 use crate::config::{REVOCATION_LEEWAY_SECS, Settings};
-use crate::db::{self, Db};
-use crate::keys::{self, KeyChanges, KeySet};
 use crate::metrics::Metrics;
-use crate::signer::EventSigner;
+use crate::replication::bus::{EventBus, LocalBus};
+use crate::replication::signer::EventSigner;
+use crate::store::audit::{self, AppendError};
+use crate::store::db::{self, Db};
+use crate::store::keys::{self, KeyChanges, KeySet};
+use crate::store::writer::Writer;
 use crate::time::{now, rfc3339};
-use crate::writer::Writer;
 
 /// File name of the admin credential inside the data directory.
 pub(crate) const ADMIN_FILE: &str = "admin.secret";
@@ -184,9 +184,9 @@ fn check_strings(what: &str, value: &Value) -> Result<(), Error> {
 }
 
 /// Creates the data directory (mode 0700) if missing; refuses one that group or others
-/// can enter or whose key files they can read (see [`crate::data_dir`]).
-pub(crate) fn create_data_dir(dir: &Path) -> Result<(), crate::data_dir::DataDirError> {
-    crate::data_dir::prepare(dir)
+/// can enter or whose key files they can read (see [`crate::store::data_dir`]).
+pub(crate) fn create_data_dir(dir: &Path) -> Result<(), crate::store::data_dir::DataDirError> {
+    crate::store::data_dir::prepare(dir)
 }
 
 /// Reads the admin secret stored in a data directory.
@@ -338,7 +338,7 @@ impl Region {
         };
         let keys = Arc::new(RwLock::new(Arc::new(keyset)));
         let source = keys.clone();
-        let key_source: crate::writer::KeySource =
+        let key_source: crate::store::writer::KeySource =
             Arc::new(move || source.read().unwrap_or_else(|e| e.into_inner()).clone());
         let writer = Writer::start(
             db.open_connection()?,
@@ -388,7 +388,7 @@ impl Region {
     }
 
     /// What the event signer has done (events and signatures).
-    pub(crate) fn signer_stats(&self) -> &crate::signer::SignerStats {
+    pub(crate) fn signer_stats(&self) -> &crate::replication::signer::SignerStats {
         self.signer.stats()
     }
 

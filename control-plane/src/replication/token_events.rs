@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use shared::envelope::{self, TYP_TOKEN_EVENT};
 
 use crate::Region;
-use crate::bus::Topic;
-use crate::db;
+use crate::replication::bus::Topic;
+use crate::store::db;
 
 const RELAY: &str = "token-events";
 const BATCH: usize = 200;

@@ -100,7 +100,7 @@ pub(crate) fn prepare(dir: &Path) -> Result<(), DataDirError> {
         })?;
     }
     check(dir)?;
-    let db = dir.join(crate::db::DB_FILE);
+    let db = dir.join(crate::store::db::DB_FILE);
     match create_private_file(&db) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -207,13 +207,13 @@ mod tests {
 
     #[test]
     fn the_list_names_every_file_that_holds_keys_or_credentials() {
-        let db = crate::db::DB_FILE;
+        let db = crate::store::db::DB_FILE;
         for name in [
             db.to_owned(),
             format!("{db}-wal"),
             format!("{db}-shm"),
             crate::region::ADMIN_FILE.to_owned(),
-            crate::nonce::SECRET_FILE.to_owned(),
+            crate::http::nonce::SECRET_FILE.to_owned(),
         ] {
             assert!(SECRET_FILES.contains(&name.as_str()), "{name}");
         }
@@ -225,7 +225,7 @@ mod tests {
         let dir = tmp.path().join("a").join("data");
         prepare(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join(crate::db::DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(crate::store::db::DB_FILE)), 0o600);
         // Idempotent on what it made.
         prepare(&dir).unwrap();
     }
@@ -243,7 +243,7 @@ mod tests {
             "{message}"
         );
         assert!(
-            !dir.join(crate::db::DB_FILE).exists(),
+            !dir.join(crate::store::db::DB_FILE).exists(),
             "nothing is written into a refused directory"
         );
     }

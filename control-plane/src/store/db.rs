@@ -3,7 +3,7 @@
 //!
 //! Every commit waits for the disk (`synchronous = FULL`), so an answered request is
 //! never lost. The hot writes go through the group-committing writer thread
-//! ([`crate::writer`]) on a connection of its own; reads take a read-only connection from
+//! ([`crate::store::writer`]) on a connection of its own; reads take a read-only connection from
 //! a small pool ([`Db::read`]: WAL readers never wait for the writer); the remaining
 //! occasional writes (key rotation, refresh sessions) use the connection behind
 //! [`Db::lock`], serialized with the writer by SQLite's lock and the busy timeout.

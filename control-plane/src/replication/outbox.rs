@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Region;
-use crate::bus::Topic;
-use crate::db;
 use crate::metrics::Metrics;
+use crate::replication::bus::Topic;
+use crate::store::db;
 use crate::time::now;
 
 /// Rows read per round.

@@ -17,8 +17,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use shared::{JoseError, RevocationEvent};
 
 use crate::Region;
-use crate::bus::KafkaSettings;
-use crate::peers::{self, Peers};
+use crate::replication::bus::KafkaSettings;
+use crate::replication::peers::{self, Peers};
 use crate::time::now;
 
 /// Most messages applied together.

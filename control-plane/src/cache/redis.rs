@@ -486,7 +486,7 @@ pub(crate) async fn keep_current(
         if needed {
             let (region, cache) = (region.clone(), cache.clone());
             let done = tokio::task::spawn_blocking(move || {
-                let events = crate::db::live_signed(&region.db().lock(), now())
+                let events = crate::store::db::live_signed(&region.db().lock(), now())
                     .map_err(|e| CacheError(e.to_string()))?;
                 cache.rebuild(&events)
             })

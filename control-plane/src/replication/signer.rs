@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use shared::{JoseError, RevocationEvent};
 
-use crate::writer::KeySource;
+use crate::store::writer::KeySource;
 
 /// Most events signed under one signature (a proof of at most 8 hashes).
 pub(crate) const MAX_BATCH: usize = 256;
@@ -178,7 +178,7 @@ mod tests {
     use shared::{Kind, random};
 
     use super::*;
-    use crate::keys::KeySet;
+    use crate::store::keys::KeySet;
 
     fn event(value: &str) -> RevocationEvent {
         RevocationEvent {

@@ -1,0 +1,9 @@
+//! The region's durable state: the SQLite database (the only SQL), the group-committing
+//! writer that is its one write door, the hash-chained audit log, the signing keys, and
+//! the data directory that holds them.
+
+pub mod audit;
+pub(crate) mod data_dir;
+pub(crate) mod db;
+pub(crate) mod keys;
+pub(crate) mod writer;
