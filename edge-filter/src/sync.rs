@@ -324,6 +324,7 @@ mod tests {
             generated_at: at,
             entries,
             leeway: None,
+            feed: None,
         }
     }
 

@@ -58,6 +58,18 @@
 //! [`MAX_FEED_LEEWAY`] is refused like any malformed one (the set goes stale if nothing
 //! better comes): no control plane allows that much, and applying a huge leeway by
 //! mistake would be worse than not serving.
+//!
+//! # The feed an update belongs to
+//!
+//! Sequence numbers count in one feed: the history of one control-plane database. A
+//! second control plane, or one restored from a backup, counts in another, and a delta
+//! from it applied on top of a set from the first would skip revocations. So an update
+//! names its feed in the protected header member `feed` ([`EdgeUpdate::feed`]): a random
+//! id made when the feed's history starts (new after a restore), at most
+//! [`MAX_FEED_ID_LEN`] characters of `A-Z a-z 0-9 - _`; anything else is refused like a
+//! malformed update. An edge applies a delta only to a set from the same feed and takes
+//! a snapshot first otherwise. Optional and not `crit`, like `leeway`: older edges
+//! ignore it.
 
 use crate::JoseError;
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
@@ -72,6 +84,18 @@ const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8;
 
 /// The largest leeway an update may declare, in seconds (a day); see the module doc.
 pub const MAX_FEED_LEEWAY: u32 = 86_400;
+
+/// The longest feed id an update may carry; see the module doc.
+pub const MAX_FEED_ID_LEN: usize = 64;
+
+/// True when `id` is a well-formed feed id: 1 to [`MAX_FEED_ID_LEN`] characters of the
+/// base64url alphabet.
+pub fn is_feed_id(id: &str) -> bool {
+    (1..=MAX_FEED_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// The hash of `(kind, value)` under which an entry is stored.
 pub fn entry_key(kind: Kind, value: &str) -> u64 {
@@ -170,6 +194,9 @@ pub struct EdgeUpdate {
     /// [`decode`](EdgeUpdate::decode) gives `None`. `None`: the control plane did not say
     /// (built before the member existed).
     pub leeway: Option<u32>,
+    /// The feed the update belongs to (see the module doc): in the signed protected
+    /// header like `leeway`; `None` from a control plane built before the member existed.
+    pub feed: Option<String>,
 }
 
 /// Why an edge update was refused.
@@ -350,6 +377,7 @@ impl EdgeUpdate {
             generated_at,
             entries,
             leeway: None,
+            feed: None,
         })
     }
 
@@ -360,11 +388,15 @@ impl EdgeUpdate {
             UpdateKind::Snapshot => TYP_EDGE_SNAPSHOT,
             UpdateKind::Delta => TYP_EDGE_DELTA,
         };
-        envelope::seal_with_leeway(key, typ, self.leeway, &self.encode())
+        if self.feed.as_deref().is_some_and(|f| !is_feed_id(f)) {
+            return Err(JoseError::Malformed("feed id"));
+        }
+        envelope::seal_edge(key, typ, self.leeway, self.feed.as_deref(), &self.encode())
     }
 
     /// Verifies and decodes a signed update; its `typ` must agree with its kind, and a
-    /// declared `leeway` must be at most [`MAX_FEED_LEEWAY`].
+    /// declared `leeway` must be at most [`MAX_FEED_LEEWAY`], a declared `feed` a
+    /// well-formed id ([`is_feed_id`]).
     pub fn open(token: &str, keys: &Keyring, max_entries: u64) -> Result<EdgeUpdate, EdgeSetError> {
         let max_len = HEADER_LEN
             .saturating_add((max_entries as usize).saturating_mul(30))
@@ -383,9 +415,14 @@ impl EdgeUpdate {
                     .ok_or(EdgeSetError::Malformed("leeway over the maximum"))
             })
             .transpose()?;
+        let feed = match opened.header.feed {
+            Some(f) if !is_feed_id(&f) => return Err(EdgeSetError::Malformed("bad feed id")),
+            feed => feed,
+        };
         let typ = opened.typ;
         let update = EdgeUpdate {
             leeway,
+            feed,
             ..EdgeUpdate::decode(&opened.payload, max_entries)?
         };
         let expected = match update.kind {
@@ -993,6 +1030,7 @@ impl RevocationSet {
             generated_at: self.generated_at,
             entries: self.entries(),
             leeway: None,
+            feed: None,
         }
     }
 }
@@ -1009,6 +1047,7 @@ mod layout_tests {
             generated_at: 100,
             entries,
             leeway: None,
+            feed: None,
         }
     }
 
@@ -1100,6 +1139,7 @@ mod wire_tests {
             generated_at: AT,
             entries,
             leeway: None,
+            feed: None,
         }
     }
 
@@ -1358,6 +1398,7 @@ mod wire_tests {
             generated_at: AT,
             entries,
             leeway: None,
+            feed: None,
         };
         let bytes = update(uniform).encode();
         assert!(bytes.len() < 7_500_000, "{} bytes", bytes.len());
@@ -1404,6 +1445,7 @@ mod wire_tests {
             generated_at: AT,
             entries,
             leeway: None,
+            feed: None,
         })
         .unwrap();
         set
@@ -1493,6 +1535,7 @@ mod wire_tests {
                 generated_at: AT + round as i64,
                 entries,
                 leeway: None,
+                feed: None,
             })
             .unwrap();
             rebuilds += usize::from(set.generation() != generation);
@@ -1539,6 +1582,7 @@ mod wire_tests {
                 generated_at: AT + 5,
                 entries: delta,
                 leeway: None,
+                feed: None,
             })
             .unwrap();
         assert_eq!(poller.generation(), generation, "kept apart, no rebuild");
@@ -1601,6 +1645,7 @@ mod wire_tests {
             generated_at: AT,
             entries: snapshot.clone(),
             leeway: None,
+            feed: None,
         })
         .unwrap();
         let check = |set: &RevocationSet, given: &[Entry]| {
@@ -1645,6 +1690,7 @@ mod wire_tests {
             generated_at: AT + 100,
             entries: delta,
             leeway: None,
+            feed: None,
         })
         .unwrap();
         assert_ne!(set.generation(), generation, "rebuilt");

@@ -32,6 +32,19 @@ pub fn seal_with_leeway(
     leeway: Option<u32>,
     payload: &[u8],
 ) -> Result<String, JoseError> {
+    seal_edge(key, typ, leeway, None, payload)
+}
+
+/// Like [`seal`], with the protected header members of an edge update when given:
+/// `leeway` (the leeway its revocations assume) and `feed` (the id of the feed it
+/// belongs to); see [`crate::edgeset`].
+pub fn seal_edge(
+    key: &SigningKey,
+    typ: &str,
+    leeway: Option<u32>,
+    feed: Option<&str>,
+    payload: &[u8],
+) -> Result<String, JoseError> {
     if key.alg() != Alg::MlDsa65 {
         return Err(JoseError::AlgMismatch {
             header: key.alg().as_str(),
@@ -44,6 +57,7 @@ pub fn seal_with_leeway(
             typ: Some(typ.into()),
             kid: Some(key.kid()),
             leeway: leeway.map(u64::from),
+            feed: feed.map(str::to_owned),
             ..Header::default()
         },
         payload,

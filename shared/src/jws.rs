@@ -45,6 +45,11 @@ pub struct Header {
     /// before it existed keeps its own leeway (see [`crate::edgeset`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leeway: Option<u64>,
+    /// Edge snapshots and deltas: the id of the feed they belong to (made when the
+    /// feed's history starts, new after a restore). Private and not `crit`, like
+    /// `leeway`: an edge built before it existed ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
 }
 
 /// A parsed but not yet verified compact JWS.

@@ -246,6 +246,7 @@ fn edge_updates_round_trip_signed_and_sorted() {
         generated_at: 1_000,
         entries,
         leeway: None,
+        feed: None,
     };
     let opened = EdgeUpdate::open(&update.sign(&key).unwrap(), &ring, 10).unwrap();
     assert_eq!(opened.seq, 3);
@@ -265,7 +266,69 @@ fn snapshot_with_leeway(leeway: Option<u32>) -> EdgeUpdate {
         generated_at: 1_000,
         entries: vec![Entry::from_event(&event(Kind::Jti, "a"))],
         leeway,
+        feed: None,
     }
+}
+
+#[test]
+fn an_update_names_its_feed_in_the_signed_header() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let with = EdgeUpdate {
+        feed: Some("Zm9vYmFyYmF6cXV4MTIzNA".into()),
+        ..snapshot_with_leeway(Some(30))
+    };
+    let signed = with.sign(&key).unwrap();
+    assert_eq!(protected_header(&signed)["feed"], "Zm9vYmFyYmF6cXV4MTIzNA");
+    let opened = EdgeUpdate::open(&signed, &ring, 10).unwrap();
+    assert_eq!(opened.feed.as_deref(), Some("Zm9vYmFyYmF6cXV4MTIzNA"));
+    assert_eq!(opened.leeway, Some(30));
+    // Not in the payload: an edge built before the member decodes the same update.
+    assert_eq!(with.encode(), snapshot_with_leeway(Some(30)).encode());
+    // Without it, the header is as before the member, and opens as "not said".
+    let without = snapshot_with_leeway(None).sign(&key).unwrap();
+    assert!(protected_header(&without).get("feed").is_none());
+    assert_eq!(EdgeUpdate::open(&without, &ring, 10).unwrap().feed, None);
+}
+
+#[test]
+fn a_malformed_feed_id_is_neither_signed_nor_accepted() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let too_long = "a".repeat(shared::edgeset::MAX_FEED_ID_LEN + 1);
+    for bad in ["", "has space", "dot.ted", "é", too_long.as_str()] {
+        assert!(!shared::edgeset::is_feed_id(bad), "{bad:?}");
+        let update = EdgeUpdate {
+            feed: Some(bad.into()),
+            ..snapshot_with_leeway(None)
+        };
+        assert!(update.sign(&key).is_err(), "{bad:?} signed");
+        // Signed through the header alone: the edge refuses it.
+        let forged = jws::sign_with_header(
+            &key,
+            jws::Header {
+                typ: Some(shared::envelope::TYP_EDGE_SNAPSHOT.into()),
+                kid: Some(key.kid()),
+                feed: Some(bad.into()),
+                ..jws::Header::default()
+            },
+            &update.encode(),
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                EdgeUpdate::open(&forged, &ring, 10),
+                Err(EdgeSetError::Malformed(_))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    let longest = "a".repeat(shared::edgeset::MAX_FEED_ID_LEN);
+    assert!(shared::edgeset::is_feed_id(&longest));
+    // What the control plane makes: 16 random bytes, base64url.
+    assert!(shared::edgeset::is_feed_id(&b64::encode(&[0xfb; 16])));
 }
 
 fn protected_header(token: &str) -> serde_json::Value {
@@ -338,6 +401,7 @@ fn an_edge_built_before_the_leeway_member_still_opens_an_update_that_has_it() {
         decoded,
         EdgeUpdate {
             leeway: None,
+            feed: None,
             entries: decoded.entries.clone(),
             ..update
         }
@@ -390,6 +454,7 @@ fn malformed_edge_payloads_are_refused() {
         generated_at: 1_000,
         entries: vec![Entry::from_event(&event(Kind::Sid, "s"))],
         leeway: None,
+        feed: None,
     };
     let bytes = update.encode();
     assert_eq!(EdgeUpdate::decode(&bytes, 10).unwrap(), update);
@@ -420,6 +485,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
             Entry::from_event(&event(Kind::Sub, "alice")),
         ],
         leeway: None,
+        feed: None,
     };
     set.apply(snap).unwrap();
     assert_eq!(set.check(&ids("j1", "bob", 1_500), 1_500), Some(Kind::Jti));
@@ -432,6 +498,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
         generated_at: 1_100,
         entries: vec![],
         leeway: None,
+        feed: None,
     };
     assert!(matches!(
         set.apply(gap),
@@ -450,6 +517,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
             Entry::from_event(&event(Kind::Sid, "s1")),
         ],
         leeway: None,
+        feed: None,
     };
     set.apply(delta).unwrap();
     assert_eq!(set.seq(), 4);
@@ -476,6 +544,7 @@ fn a_million_entries_stay_small_on_the_wire() {
         generated_at: 1_000,
         entries,
         leeway: None,
+        feed: None,
     };
     let bytes = update.encode();
     assert!(bytes.len() < 8_000_000, "{} bytes", bytes.len());
@@ -507,6 +576,7 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
                 generated_at: t3,
                 entries: vec![first, second],
                 leeway: None,
+                feed: None,
             })
             .unwrap();
         let mut deltas = RevocationSet::new();
@@ -519,6 +589,7 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
                     generated_at: t3,
                     entries: vec![entry],
                     leeway: None,
+                    feed: None,
                 })
                 .unwrap();
         }

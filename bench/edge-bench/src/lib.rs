@@ -93,6 +93,7 @@ pub fn set_of(n: u32) -> RevocationSet {
         generated_at: NOW,
         entries,
         leeway: None,
+        feed: None,
     };
     set.apply(update).unwrap_or_default();
     set

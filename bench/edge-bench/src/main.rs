@@ -48,6 +48,7 @@ fn e5() {
         generated_at: NOW,
         entries,
         leeway: None,
+        feed: None,
     };
     let wire = update.encode();
     let started = Instant::now();
@@ -75,6 +76,7 @@ fn e5() {
             generated_at: NOW + 1 + i as i64,
             entries: random_entries(&mut seed, 1, NOW + 3_600),
             leeway: None,
+            feed: None,
         };
         let started = Instant::now();
         deltas_ok &=
@@ -124,6 +126,7 @@ fn e5_poller() -> Result<(), String> {
             generated_at: NOW,
             entries,
             leeway: None,
+            feed: None,
         }
     };
     let mut held = RevocationSet::new();
@@ -217,6 +220,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
             generated_at: now,
             entries,
             leeway: None,
+            feed: None,
         };
         write(
             &format!("snap-{seq}.jws"),
@@ -229,6 +233,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
             generated_at: now,
             entries: Vec::new(),
             leeway: None,
+            feed: None,
         };
         write(
             &format!("hb-{seq}.jws"),

@@ -98,6 +98,7 @@ pub(super) async fn revocations(
             generated_at: now(),
             entries,
             leeway: Some(revocation_leeway(r)),
+            feed: None,
         }
         .sign(&r.keys().event_key)
         .map_err(crate::region::Error::Signing)

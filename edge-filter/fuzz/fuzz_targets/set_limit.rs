@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
             generated_at: at,
             entries,
             leeway: None,
+            feed: None,
         };
         // Through the wire format too, as the feed delivers it.
         let Ok(update) = EdgeUpdate::decode(&update.encode(), LIMIT) else {

@@ -111,6 +111,7 @@ fn set_with(entries: &[(Kind, &str, u32)]) -> RevocationSet {
             })
             .collect(),
         leeway: None,
+        feed: None,
     })
     .unwrap();
     set
