@@ -63,7 +63,7 @@ pub struct SettingsArgs {
     #[arg(
         long,
         env = "CP_KEY_ACTIVATION_SECONDS",
-        default_value_t = 60,
+        default_value_t = DEFAULT_KEY_ACTIVATION_SECONDS,
         global = true
     )]
     pub key_activation_seconds: i64,
@@ -180,6 +180,11 @@ pub struct ServeArgs {
 /// next.
 pub const REVOCATION_LEEWAY_SECS: i64 = 300;
 
+/// `CP_KEY_ACTIVATION_SECONDS` by default: above the edge filter's default
+/// `jwks_refresh_seconds` (300) with a margin for a slow fetch, so every edge holds a new
+/// key before the first token or update it signs arrives.
+pub const DEFAULT_KEY_ACTIVATION_SECONDS: i64 = 330;
+
 /// `CP_FLEET_MAX_TOKEN_MINUTES` when unset and `CP_MAX_TOKEN_MINUTES` is lower.
 pub const DEFAULT_FLEET_MAX_TOKEN_MINUTES: i64 = 24 * 60;
 
@@ -257,7 +262,7 @@ impl Settings {
             refresh_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
             feed_max_delta: 10_000,
-            key_activation_secs: 60,
+            key_activation_secs: DEFAULT_KEY_ACTIVATION_SECONDS,
             max_connections: 4096,
             max_long_polls: 1024,
             header_timeout: std::time::Duration::from_secs(10),

@@ -1,7 +1,7 @@
 //! RFC 7009 token revocation and RFC 7662 token introspection.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::Kind;
@@ -39,15 +39,20 @@ impl TokenForm {
 
 /// Revokes the presented token: an access token by its `jti`, a refresh token with its
 /// whole session (`sid`). As RFC 7009 requires, an invalid, expired or already revoked
-/// token also gets 200.
+/// token also gets 200. An access token bound to a device key (`cnf.jkt`) needs a DPoP
+/// proof of that key, as at `/revoke/token`: whoever copied the token alone cannot end
+/// it (401 `invalid_token` with a `DPoP` challenge otherwise).
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "revoked, or nothing to revoke"),
         (status = 400, body = ErrorBody),
+        (status = 401, description = "a DPoP-bound access token without a valid proof of its key", body = ErrorBody),
         (status = 429, description = "rate limited per client address; see Retry-After", body = ErrorBody)))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    uri: Uri,
     Form(form): Form<TokenForm>,
 ) -> Result<StatusCode, ApiError> {
     // Anyone may call this: it writes events, so it shares the holder revocation limit.
@@ -70,18 +75,30 @@ pub(super) async fn revoke(
         outcome.await?;
         return Ok(StatusCode::OK);
     }
+    let proof = super::refresh::dpop_header(&headers)?;
+    let target = super::refresh::proof_target(&headers, &uri);
     blocking(&state, move |r| {
         let Ok((claims, _)) = r.verify(&token) else {
             return Ok(());
         };
-        if claims.validate(&r.settings().validation(), now()).is_err()
-            || r.find(Kind::Jti, &claims.jti)?.is_some()
-        {
+        if claims.validate(&r.settings().validation(), now()).is_err() {
+            return Ok(());
+        }
+        if let Some(cnf) = &claims.cnf {
+            refresh::check_possession(r, proof.as_deref(), &token, &cnf.jkt, &target).map_err(
+                |e| match ApiError::from(e) {
+                    // The bound token is the credential here: a protected-resource 401.
+                    ApiError::InvalidDpopProof(d) => ApiError::InvalidDpopCredential(d),
+                    other => other,
+                },
+            )?;
+        }
+        if r.find(Kind::Jti, &claims.jti)?.is_some() {
             return Ok(());
         }
         let expires_at = r.token_end(claims.exp);
-        r.revoke(Kind::Jti, &claims.jti, Some(expires_at), "oauth2/revoke")
-            .map(|_| ())
+        r.revoke(Kind::Jti, &claims.jti, Some(expires_at), "oauth2/revoke")?;
+        Ok::<_, ApiError>(())
     })
     .await?;
     Ok(StatusCode::OK)

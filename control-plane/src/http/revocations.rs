@@ -109,7 +109,8 @@ pub(crate) struct RevokeTokenResponse {
 /// (every token of a key) and expired tokens need the admin credential. Repeating a
 /// revocation that already covers the token answers with the same event and writes
 /// nothing; a holder's revocation never outlives what it can match. Holders are rate
-/// limited per client address and per subject (429 with `Retry-After`).
+/// limited per client address, and per subject once their token and proof checked out
+/// (429 with `Retry-After`).
 #[utoipa::path(post, path = "/revoke/token", tag = "revocations", request_body = RevokeTokenRequest,
     security((), ("admin" = [])),
     params(("DPoP" = Option<String>, Header,
@@ -146,10 +147,6 @@ pub(super) async fn revoke_token(
         .verify(&body.token)
         .map_err(|e| ApiError::Unauthorized(format!("token is not valid: {e}")))?;
     if !admin {
-        state
-            .holder_limits
-            .subject(&claims.sub)
-            .map_err(rate_limited)?;
         if let Err(e) = claims.validate(&region.settings().validation(), now()) {
             return Err(ApiError::Unauthorized(format!("token is not valid: {e}")));
         }
@@ -172,6 +169,13 @@ pub(super) async fn revoke_token(
                 other => other,
             })?;
         }
+        // Counted only once the caller proved to hold a valid token (and its key): a
+        // stranger with a stolen bound token or an expired one cannot burn the real
+        // holder's budget.
+        state
+            .holder_limits
+            .subject(&claims.sub)
+            .map_err(rate_limited)?;
     }
     if claims.sid.is_none() && kinds.contains(&Kind::Sid) {
         return Err(ApiError::BadRequest("the token has no sid claim".into()));

@@ -594,6 +594,8 @@ impl Region {
             }
         }
         for (name, value) in &extra {
+            // The name too: the edge may copy a claim into a header named after it.
+            check_text("an additional_claims name", name)?;
             check_strings(&format!("additional_claims.{name}"), value)?;
         }
         let cnf = match extra.remove("cnf") {

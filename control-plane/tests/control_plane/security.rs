@@ -206,6 +206,7 @@ async fn control_characters_in_claims_are_refused_at_issue_time() {
         json!({ "client_id": "app\u{0}" }),
         json!({ "role": ["ok", "bad\n"] }),
         json!({ "nested": { "k\t": "v" } }),
+        json!({ "x-role\r\nx-auth-sub": "admin" }),
     ] {
         let why = app
             .admin_json(
@@ -405,4 +406,98 @@ fn idle_and_half_open_connections_cannot_lock_out_a_revocation() {
         cut.elapsed()
     );
     drop(idle);
+}
+
+#[tokio::test]
+async fn strangers_cannot_burn_the_holder_revocation_budget_of_a_subject() {
+    let app = TestApp::with_settings(Transport::Tcp, |s| {
+        s.holder_revokes_per_minute_per_client = 100;
+        s.holder_revokes_per_minute_per_subject = 3;
+    })
+    .await;
+    // Ten tries with an expired token of the subject, and ten with a stolen bound token
+    // and no key: all refused, none counted.
+    let expired = app.forge(|c| {
+        c.sub = "wendy".into();
+        c.iat -= 3600;
+        c.nbf -= 3600;
+        c.exp = c.iat + 60;
+    });
+    let device = SigningKey::generate(Alg::EdDsa);
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let (stolen, _) = app.issue("wendy", json!({ "cnf": { "jkt": jkt } })).await;
+    for _ in 0..10 {
+        app.post_json("/revoke/token", &json!({ "token": expired }))
+            .await
+            .error(401, "unauthorized");
+        app.post_json("/revoke/token", &json!({ "token": stolen }))
+            .await
+            .error(401, "invalid_dpop_proof");
+    }
+    // The real holder logs out.
+    let (own, _) = app.issue("wendy", json!({})).await;
+    let done = app
+        .post_json("/revoke/token", &json!({ "token": own }))
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+}
+
+#[tokio::test]
+async fn oauth2_revoke_needs_a_proof_of_the_key_a_token_is_bound_to() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let device = SigningKey::generate(Alg::EdDsa);
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let (token, _) = app.issue("xena", json!({ "cnf": { "jkt": jkt } })).await;
+    let url = format!("{}/oauth2/revoke", app.base_url());
+    let send = |proof: Option<String>| {
+        let app = &app;
+        let body = format!("token={token}").into_bytes();
+        async move {
+            let mut headers = vec![];
+            if let Some(p) = &proof {
+                headers.push(("dpop", p.as_str()));
+            }
+            app.request(
+                "POST",
+                "/oauth2/revoke",
+                &headers,
+                Some(("application/x-www-form-urlencoded", body)),
+            )
+            .await
+        }
+    };
+    // A copy of the token alone revokes nothing.
+    send(None).await.error(401, "invalid_dpop_proof");
+    let other = SigningKey::generate(Alg::EdDsa);
+    send(Some(proof(&other, &url, &token)))
+        .await
+        .error(401, "invalid_dpop_proof");
+    assert_eq!(
+        app.validate(&token).await["valid"],
+        true,
+        "nothing was revoked"
+    );
+    // The holder, with its key.
+    let done = send(Some(proof(&device, &url, &token))).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(app.validate(&token).await["valid"], false);
+    // A token bound to no key still revokes with the token alone (RFC 7009).
+    let (plain, _) = app.issue("yara", json!({})).await;
+    let done = app
+        .form("/oauth2/revoke", &format!("token={plain}"), false)
+        .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(app.validate(&plain).await["valid"], false);
+}
+
+#[test]
+fn new_keys_sign_only_after_every_edge_refreshed_its_jwks_by_default() {
+    // The edge filter's default `jwks_refresh_seconds` (edge-filter/src/config.rs).
+    const EDGE_JWKS_REFRESH_SECONDS: i64 = 300;
+    let settings = control_plane::config::Settings::new("unused");
+    assert!(
+        settings.key_activation_secs > EDGE_JWKS_REFRESH_SECONDS,
+        "new keys would sign {} s after publication, before edges refetch every {EDGE_JWKS_REFRESH_SECONDS} s",
+        settings.key_activation_secs
+    );
 }
