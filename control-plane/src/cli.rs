@@ -60,10 +60,22 @@ pub enum Command {
     Events(EventsCommand),
     /// Copies the region's database to a new file while it runs (SQLite `VACUUM INTO`:
     /// one consistent snapshot). The copy holds the signing keys: it is created mode 0600.
+    /// It has no edge feed id: whatever opens it starts a new feed.
     Backup {
         /// The file to create (must not exist).
         #[arg(long)]
         to: PathBuf,
+    },
+    /// Puts a backup in place as the data dir's database (the region must be stopped),
+    /// with a new edge feed id, so every edge takes a snapshot instead of applying deltas
+    /// numbered in the history the backup lost.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing database (and drop its `-wal` and `-shm` files).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -191,6 +203,7 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Consume => consume(settings_args),
         Command::Probe { url } => probe(&url),
         Command::Backup { to } => backup(&settings_args.data_dir, &to),
+        Command::Restore { from, replace } => restore(&settings_args.data_dir, &from, replace),
         Command::Events(EventsCommand::Export { since }) => {
             events_export(&settings_args.data_dir, since)
         }
@@ -230,8 +243,63 @@ fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))?;
     }
+    // A restored copy must count in a new feed: edges hold sequence numbers of the
+    // history after the backup, which the copy does not have.
+    let copy =
+        rusqlite::Connection::open(to).with_context(|| format!("cannot open {}", to.display()))?;
+    db::clear_feed_id(&copy).with_context(|| format!("cannot write {}", to.display()))?;
+    drop(copy);
     let bytes = std::fs::metadata(to)?.len();
     print(&serde_json::json!({ "backup": target, "bytes": bytes }));
+    Ok(())
+}
+
+fn restore(data_dir: &Path, from: &Path, replace: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let source = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+    anyhow::ensure!(
+        source.starts_with(b"SQLite format 3\0"),
+        "{} is not an SQLite database",
+        from.display()
+    );
+    let target = data_dir.join(db::DB_FILE);
+    // `prepare` makes an empty file: only a non-empty one is a database to keep.
+    anyhow::ensure!(
+        replace || std::fs::metadata(&target).map_or(true, |m| m.len() == 0),
+        "{} exists; stop the region and pass --replace to overwrite it",
+        target.display()
+    );
+    crate::store::data_dir::prepare(data_dir)?;
+    let staged = data_dir.join(format!("{}.restoring", db::DB_FILE));
+    let _ = std::fs::remove_file(&staged);
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&staged)
+            .with_context(|| format!("cannot create {}", staged.display()))?;
+        file.write_all(&source)?;
+        file.sync_all()?;
+    }
+    // The old database's journal must not be replayed onto the copy.
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let stale = data_dir.join(format!("{}{suffix}", db::DB_FILE));
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", stale.display())),
+        }
+    }
+    std::fs::rename(&staged, &target)
+        .with_context(|| format!("cannot move the copy to {}", target.display()))?;
+    let db = db::Db::open(&target).with_context(|| format!("cannot open {}", target.display()))?;
+    let feed = db::new_feed_id(&db.lock())?;
+    print(&serde_json::json!({ "restored": target, "from": from, "feed": feed }));
     Ok(())
 }
 

@@ -155,6 +155,15 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers once it starts one.
     #[arg(long, env = "CP_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_timeout_seconds: u64,
+    /// Seconds a client has to send a request's whole body once its headers are in; a
+    /// slower body gets 400 and the connection is closed.
+    #[arg(long, env = "CP_BODY_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub body_timeout_seconds: u64,
+    /// A second address serving the same API with its own connection cap, for the
+    /// operators and services that issue and revoke (like Hydra's admin port): traffic on
+    /// `--listen` can never starve a revocation sent here. Keep it off the public network.
+    #[arg(long, env = "CP_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Seconds a connection may stay open with no request in progress.
     #[arg(long, env = "CP_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
     pub idle_timeout_seconds: u64,
@@ -226,6 +235,8 @@ pub struct Settings {
     pub header_timeout: std::time::Duration,
     /// Idle connection timeout.
     pub idle_timeout: std::time::Duration,
+    /// Time allowed for a request body.
+    pub body_timeout: std::time::Duration,
     /// Holder revocations per minute per client address.
     pub holder_revokes_per_minute_per_client: u32,
     /// Holder revocations per minute per subject.
@@ -267,6 +278,7 @@ impl Settings {
             max_long_polls: 1024,
             header_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(30),
+            body_timeout: std::time::Duration::from_secs(10),
             holder_revokes_per_minute_per_client: 60,
             holder_revokes_per_minute_per_subject: 10,
             redis_url: None,
@@ -344,6 +356,12 @@ impl Settings {
             if !(1..=300).contains(&serve.header_timeout_seconds) {
                 problems.push("CP_HEADER_TIMEOUT_SECONDS must be between 1 and 300".to_owned());
             }
+            if !(1..=300).contains(&serve.body_timeout_seconds) {
+                problems.push("CP_BODY_TIMEOUT_SECONDS must be between 1 and 300".to_owned());
+            }
+            if serve.admin_listen.is_some() && serve.admin_listen == Some(serve.listen) {
+                problems.push("CP_ADMIN_LISTEN must differ from CP_LISTEN".to_owned());
+            }
             if !(1..=3600).contains(&serve.idle_timeout_seconds) {
                 problems.push("CP_IDLE_TIMEOUT_SECONDS must be between 1 and 3600".to_owned());
             }
@@ -353,6 +371,7 @@ impl Settings {
             settings.max_long_polls = serve.max_long_polls;
             settings.header_timeout = std::time::Duration::from_secs(serve.header_timeout_seconds);
             settings.idle_timeout = std::time::Duration::from_secs(serve.idle_timeout_seconds);
+            settings.body_timeout = std::time::Duration::from_secs(serve.body_timeout_seconds);
             settings.holder_revokes_per_minute_per_client = serve.holder_revokes_per_minute;
             settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
             settings.dpop_nonce = serve.dpop_nonce;

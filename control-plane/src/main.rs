@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                 eprintln!("invalid configuration:\n{problems}");
                 ExitCode::from(2)
             }
-            Ok(settings) => match run_server(settings, serve.listen) {
+            Ok(settings) => match run_server(settings, serve.listen, serve.admin_listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -40,7 +40,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+fn run_server(
+    settings: Settings,
+    listen: std::net::SocketAddr,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (region, backends) =
@@ -63,8 +67,20 @@ fn run_server(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Resul
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
-        control_plane::serve(
+        let admin = match admin_listen {
+            Some(at) => {
+                let admin = tokio::net::TcpListener::bind(at).await?;
+                tracing::info!(
+                    "admin API (own connection cap) on http://{}",
+                    admin.local_addr()?
+                );
+                Some(admin)
+            }
+            None => None,
+        };
+        control_plane::serve_with_admin(
             listener,
+            admin,
             AppState::with_backends(region, backends),
             shutdown(),
         )

@@ -109,7 +109,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
     let parts = parts(&state).await?;
     let region = &state.region;
     let mut body = region.metrics().render(
-        *region.feed().borrow(),
+        region.feed().head(),
         parts.live_revocations,
         state.is_ready(),
     );

@@ -1,18 +1,25 @@
 //! Accepting connections so that no unauthenticated client can starve the service: a
 //! connection cap below the open-files limit where the longest-idle connection makes
-//! room for a new one, header-read and idle timeouts, and the peer address for handlers.
+//! room for a new one, header-read, body-read and idle timeouts, and the peer address for
+//! handlers. The admin listener (`--admin-listen`) runs its own accept loop with its own
+//! cap, so nothing on the public one can starve a revocation.
 //!
 //! A connection is idle while no request is in progress on it: freshly accepted, sending
 //! headers slowly, or kept alive between requests. Held edge long polls are requests in
 //! progress, so they are never evicted; their number has its own cap (`http::edge`).
 
 use std::collections::HashMap;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
+use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -37,6 +44,62 @@ pub(crate) struct Limits {
     pub header_timeout: Duration,
     /// Time a connection may stay open with no request in progress.
     pub idle_timeout: Duration,
+    /// Time allowed to send a request's whole body, counted from its headers.
+    pub body_timeout: Duration,
+}
+
+/// The request body took longer than [`Limits::body_timeout`] to arrive.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+pub(crate) struct BodyTimeout(Duration);
+
+/// A request body that fails once its deadline passes: a client sending one byte now
+/// and then cannot hold a connection (and a slot of the cap) for longer than that.
+struct DeadlineBody<B> {
+    inner: B,
+    limit: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyTimeout(this.limit).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Raises the soft open-files limit to the hard one and returns the connection cap that
@@ -203,8 +266,10 @@ pub(crate) async fn run(
         let router = router.clone();
         let epoch = registry.epoch;
         let served = conn.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
             let busy = Busy::new(&served, epoch);
+            let mut request = request
+                .map(|body| axum::body::Body::new(DeadlineBody::new(body, limits.body_timeout)));
             request.extensions_mut().insert(ConnectInfo(peer));
             let response = tower::ServiceExt::oneshot(router.clone(), request);
             async move {

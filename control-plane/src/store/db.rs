@@ -89,6 +89,13 @@ CREATE TABLE IF NOT EXISTS dpop_jtis (
     PRIMARY KEY (jkt, jti)
 );
 CREATE INDEX IF NOT EXISTS dpop_jtis_by_expiry ON dpop_jtis (expires_at);
+-- The edge feed's identity: one row, made when the feed's history starts and replaced
+-- on restore (see feed_id); sequence numbers count in this id alone.
+CREATE TABLE IF NOT EXISTS feed_identity (
+    one        INTEGER PRIMARY KEY CHECK (one = 1),
+    id         TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     id   INTEGER PRIMARY KEY AUTOINCREMENT,
     upto INTEGER NOT NULL UNIQUE,
@@ -162,6 +169,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
+        ensure_feed_id(&conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -595,6 +603,43 @@ pub(crate) fn reserve_horizon(conn: &Connection, name: &str, until: i64) -> rusq
 
 /// The horizon past every `exp` of a token this region issued.
 pub(crate) const ISSUED_UNTIL: &str = "issued_until";
+
+/// The id of this database's edge feed (see [`shared::edgeset`], "The feed an update
+/// belongs to"); made by [`Db::open`] when missing.
+pub(crate) fn feed_id(conn: &Connection) -> rusqlite::Result<String> {
+    conn.query_row("SELECT id FROM feed_identity WHERE one = 1", [], |r| {
+        r.get(0)
+    })
+}
+
+/// Gives the feed an id unless it has one: a database made before ids existed, or a
+/// backup (whose copy has none, so whatever opens it counts in a new feed).
+fn ensure_feed_id(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO feed_identity (one, id, created_at) VALUES (1, ?1, ?2)",
+        params![shared::random::id(), crate::time::now()],
+    )?;
+    Ok(())
+}
+
+/// Replaces the feed id with a new random one and answers it: after a restore the
+/// database's sequence numbers may again reach values an edge already holds from the
+/// lost history, so edges must see a new feed and take a snapshot.
+pub(crate) fn new_feed_id(conn: &Connection) -> rusqlite::Result<String> {
+    let id = shared::random::id();
+    conn.execute(
+        "INSERT INTO feed_identity (one, id, created_at) VALUES (1, ?1, ?2)
+         ON CONFLICT (one) DO UPDATE SET id = excluded.id, created_at = excluded.created_at",
+        params![id, crate::time::now()],
+    )?;
+    Ok(id)
+}
+
+/// Forgets the feed id (in a backup copy): whatever opens the copy makes a new one.
+pub(crate) fn clear_feed_id(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM feed_identity", [])?;
+    Ok(())
+}
 
 /// Where a relay of this database stopped (0 before its first run).
 pub(crate) fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {

@@ -501,3 +501,77 @@ fn new_keys_sign_only_after_every_edge_refreshed_its_jwks_by_default() {
         settings.key_activation_secs
     );
 }
+
+#[test]
+fn slow_bodies_cannot_lock_out_a_revocation() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin_at = format!("127.0.0.1:{admin_port}");
+    let server = Server::start_with(
+        &data,
+        &[
+            "--max-connections",
+            "64",
+            "--max-long-polls",
+            "16",
+            "--body-timeout-seconds",
+            "2",
+            "--admin-listen",
+            &admin_at,
+        ],
+        None,
+    );
+    let secret = control_plane::read_admin_secret(&data).unwrap();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    // Every slot of the public listener: complete headers, then one body byte.
+    let mut slow = Vec::new();
+    for i in 0..64 {
+        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        s.write_all(
+            b"POST /revoke/token HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 1000\r\n\r\n{",
+        )
+        .unwrap();
+        slow.push(s);
+    }
+    // The admin listener has its own cap: a revocation there is answered at once.
+    let started = Instant::now();
+    let (status, body) = blocking_json(
+        "POST",
+        &format!("http://{admin_at}/revoke"),
+        Some(&secret),
+        &json!({ "type": "revoke_jti", "value": "under-slow-siege" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slow bodies are cut off at their deadline, freeing the public listener.
+    let first = &mut slow[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let cut = Instant::now();
+    let mut buf = [0u8; 512];
+    let _ = first.read(&mut buf);
+    assert!(
+        cut.elapsed() < Duration::from_secs(6),
+        "open for {:?}",
+        cut.elapsed()
+    );
+    let (status, body) = blocking_json(
+        "POST",
+        &format!("{}/revoke", server.url),
+        Some(&secret),
+        &json!({ "type": "revoke_jti", "value": "after-slow-siege" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    drop(slow);
+}
