@@ -108,6 +108,15 @@ impl MemoryCache {
     pub fn new() -> MemoryCache {
         MemoryCache::default()
     }
+
+    /// Calls `f` with every revocation still live at `now` (the edge feed's snapshots are
+    /// built from this, once per feed head).
+    pub(crate) fn for_each_live(&self, now: i64, mut f: impl FnMut(&RevocationEvent)) {
+        let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        for event in map.values().flatten().filter(|e| e.expires_at > now) {
+            f(event);
+        }
+    }
 }
 
 impl RevocationCache for MemoryCache {

@@ -2,18 +2,16 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use shared::edgeset::{EdgeUpdate, Entry, UpdateKind};
 use utoipa::IntoParams;
 
-use super::{ApiError, AppState, ErrorBody, Query, blocking};
+use super::{ApiError, AppState, ErrorBody, Query};
 use crate::metrics::Metrics;
-use crate::region::Region;
-use crate::store::db;
-use crate::time::now;
+use crate::replication::feed::{Feed, Want};
 
 /// Longest hold of a long-poll, in seconds.
 pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
@@ -35,24 +33,34 @@ pub(crate) struct FeedQuery {
 /// than the retained delta window; otherwise a delta of the rows after `since`, held up
 /// to `wait` seconds until one exists. On timeout: an empty delta (a signed heartbeat).
 /// `since=0` is a set at sequence 0 (an empty feed), so it is held like any other.
+/// Answers are prepared once per `(since, head)` and shared by every poller asking the
+/// same (see [`crate::replication::feed`]); each names the feed in its signed header.
 #[utoipa::path(get, path = "/v1/edge/revocations", tag = "edge", params(FeedQuery),
     responses((status = 200, content_type = "application/jose",
         description = "compact JWS of a shared::edgeset::EdgeUpdate, signed with ML-DSA-65",
-        headers(("x-edge-seq" = u64, description = "the feed sequence number of the update"))),
+        headers(("x-edge-seq" = u64, description = "the feed sequence number of the update"),
+            ("x-edge-feed" = String, description = "the feed id the update names in its signed header"))),
         (status = 400, body = ErrorBody)))]
 pub(super) async fn revocations(
     State(state): State<AppState>,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_secs(query.wait.min(MAX_WAIT_SECONDS));
-    let mut head_rx = state.region.feed().subscribe();
+    let feed = state.region.feed();
+    let mut head_rx = feed.subscribe();
     let head = *head_rx.borrow_and_update();
     let window = state.region.settings().feed_max_delta;
     let since = query.since.unwrap_or_default();
-    let (kind, base, upto) = if query.since.is_none() || since > head || head - since > window {
-        (UpdateKind::Snapshot, 0, head)
+    let want = if query.since.is_none() || since > head || head - since > window {
+        Want {
+            since: None,
+            upto: head,
+        }
     } else if head > since {
-        (UpdateKind::Delta, since, head)
+        Want {
+            since: Some(since),
+            upto: head,
+        }
     } else {
         // Held polls are capped below the connection cap, so idle pollers can never
         // take every connection a revocation needs.
@@ -71,57 +79,28 @@ pub(super) async fn revocations(
             }
         })
         .await;
-        match woke {
-            Ok(Some(head)) => (UpdateKind::Delta, since, head),
-            _ => (UpdateKind::Delta, since, since),
+        // Woken: the delta every poller parked at `since` shares. Timed out: the
+        // heartbeat every idle poller shares.
+        let upto = match woke {
+            Ok(Some(head)) => head,
+            _ => since,
+        };
+        Want {
+            since: Some(since),
+            upto,
         }
     };
-    let signed = blocking(&state, move |r| {
-        let entries: Vec<Entry> = if upto == base && kind == UpdateKind::Delta {
-            Vec::new()
-        } else {
-            db::feed_range(&*r.db().read()?, base, upto, Some(now()))?
-                .iter()
-                .map(|(_, event)| Entry::from_event(event))
-                .collect()
-        };
-        let metrics = r.metrics();
-        Metrics::inc(match (kind, upto == base) {
-            (UpdateKind::Snapshot, _) => &metrics.edge_snapshots,
-            (UpdateKind::Delta, false) => &metrics.edge_deltas,
-            (UpdateKind::Delta, true) => &metrics.edge_heartbeats,
-        });
-        EdgeUpdate {
-            kind,
-            base_seq: base,
-            seq: upto,
-            generated_at: now(),
-            entries,
-            leeway: Some(revocation_leeway(r)),
-            feed: None,
-        }
-        .sign(&r.keys().event_key)
-        .map_err(crate::region::Error::Signing)
-    })
-    .await?;
-    let mut response = signed.into_response();
+    let prepared = Feed::prepare(&state.region, want).await?;
+    let mut response = Body::from(prepared.body.clone()).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/jose"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-edge-seq", HeaderValue::from(upto));
+    headers.insert("x-edge-seq", HeaderValue::from(prepared.seq));
+    if let Ok(id) = HeaderValue::from_str(feed.id()) {
+        headers.insert("x-edge-feed", id);
+    }
     Ok(response)
-}
-
-/// The clock leeway, in seconds, that the region's revocation entries assume (each
-/// covers its tokens until their `exp` plus this), declared in every update so that an
-/// edge never applies more to `exp` (see `shared::edgeset`, "The leeway the revocations
-/// assume").
-fn revocation_leeway(region: &Region) -> u32 {
-    let leeway = region.revocation_leeway();
-    // A constant far below the maximum; clamped all the same, so a wider one never makes
-    // every edge refuse the feed.
-    u32::try_from(leeway.clamp(0, i64::from(shared::edgeset::MAX_FEED_LEEWAY))).unwrap_or(0)
 }

@@ -26,6 +26,7 @@ use crate::cache::{self, MemoryCache, RevocationCache};
 use crate::config::{REVOCATION_LEEWAY_SECS, Settings};
 use crate::metrics::Metrics;
 use crate::replication::bus::{EventBus, LocalBus};
+use crate::replication::feed::Feed;
 use crate::replication::signer::EventSigner;
 use crate::store::audit::{self, AppendError};
 use crate::store::db::{self, Db};
@@ -237,7 +238,8 @@ pub struct Region {
     /// Signatures already checked, by token digest (cleared when keys change).
     verified: cache::VerifiedTokens,
     bus: Arc<dyn EventBus>,
-    feed: watch::Sender<u64>,
+    /// The edge feed: its id, head, recent entries and prepared updates.
+    feed: Feed,
     /// Wakes the outbox relay after a commit.
     outbox_wake: tokio::sync::Notify,
     /// The highest outbox row the relay has handed to the broker.
@@ -326,15 +328,22 @@ impl Region {
         );
         let shared_cache = (!cache.is_local()).then_some(cache);
         let revoked = MemoryCache::new();
-        let (head, issued_until) = {
+        let (feed, issued_until) = {
             let conn = db.read()?;
-            for (_, event) in db::feed_range(&conn, 0, u64::MAX, Some(t))? {
-                revoked.insert(&event).ok();
-                if let Some(Err(e)) = shared_cache.as_ref().map(|c| c.insert(&event)) {
+            let live = db::feed_range(&conn, 0, u64::MAX, Some(t))?;
+            for (_, event) in &live {
+                revoked.insert(event).ok();
+                if let Some(Err(e)) = shared_cache.as_ref().map(|c| c.insert(event)) {
                     tracing::warn!(error = %e, "could not load a revocation into Redis");
                 }
             }
-            (db::feed_head(&conn)?, db::horizon(&conn, db::ISSUED_UNTIL)?)
+            let feed = Feed::new(
+                db::feed_id(&conn)?,
+                db::feed_head(&conn)?,
+                &live,
+                settings.feed_max_delta,
+            );
+            (feed, db::horizon(&conn, db::ISSUED_UNTIL)?)
         };
         let keys = Arc::new(RwLock::new(Arc::new(keyset)));
         let source = keys.clone();
@@ -357,7 +366,7 @@ impl Region {
             issued_until: AtomicI64::new(issued_until),
             verified: cache::VerifiedTokens::default(),
             bus,
-            feed: watch::Sender::new(head),
+            feed,
             outbox_wake: tokio::sync::Notify::new(),
             outbox_published: watch::Sender::new(0),
             relay_healthy: std::sync::atomic::AtomicBool::new(true),
@@ -468,20 +477,10 @@ impl Region {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The edge feed head: the latest sequence number, and a way to wait for the next.
-    pub(crate) fn feed(&self) -> &watch::Sender<u64> {
+    /// The edge feed: its id, its head (and a way to wait for the next), its prepared
+    /// updates.
+    pub(crate) fn feed(&self) -> &Feed {
         &self.feed
-    }
-
-    fn advance_feed(&self, seq: u64) {
-        self.feed.send_if_modified(|head| {
-            if seq > *head {
-                *head = seq;
-                true
-            } else {
-                false
-            }
-        });
     }
 
     /// True when `presented` is the admin secret (compared in constant time).
@@ -996,7 +995,7 @@ impl Region {
         via: &str,
     ) -> Revoked {
         self.apply_local(&event);
-        self.advance_feed(inserted.feed_seq);
+        self.feed.committed(inserted.feed_seq, &event);
         self.metrics.revoked(event.kind);
         let published = self.outbox_mode() == db::Outbox::Local;
         if !published {
@@ -1040,7 +1039,7 @@ impl Region {
             return Ok(false);
         };
         self.apply_local(event);
-        self.advance_feed(inserted.feed_seq);
+        self.feed.committed(inserted.feed_seq, event);
         if event.kind == Kind::Kid {
             self.retire_revoked_key(&event.value, &format!("revocation from {}", event.origin))?;
         }
@@ -1184,7 +1183,7 @@ impl Region {
     /// Picks up what other writers of the same database did (the operator CLI, later
     /// the event consumer): new feed rows, rotated keys. Also prunes the cache.
     pub fn sync(&self) -> Result<(), Error> {
-        let head = *self.feed.borrow();
+        let head = self.feed.head();
         let t = now();
         let (rows, new_head, version) = {
             let conn = self.db.read()?;
@@ -1197,7 +1196,7 @@ impl Region {
         for (_, event) in &rows {
             self.apply_local(event);
         }
-        self.advance_feed(new_head);
+        self.feed.caught_up(&rows, new_head);
         let current = self.keys();
         if version != current.version || current.refresh_at.is_some_and(|at| t >= at) {
             tracing::info!("signing keys changed; reloading");

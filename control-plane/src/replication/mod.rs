@@ -1,9 +1,10 @@
 //! What crosses the region's boundary: the event signer, the outbox relay and event bus
-//! (Kafka or local), the consumer of peers' events, the peers' keys, and the signed
-//! token-lifecycle events.
+//! (Kafka or local), the consumer of peers' events, the peers' keys, the signed
+//! token-lifecycle events, and the edge feed's prepared updates.
 
 pub(crate) mod bus;
 pub(crate) mod consumer;
+pub(crate) mod feed;
 pub(crate) mod outbox;
 pub(crate) mod peers;
 pub(crate) mod signer;

@@ -1,8 +1,10 @@
 //! The edge feed contract: signed snapshots, deltas, long-poll wake-ups and heartbeats.
 
 use serde_json::json;
+use shared::Keyring;
 use shared::Kind;
 use shared::edgeset::{EdgeUpdate, RevocationSet, UpdateKind, entry_key};
+use shared::jwk::JwkSet;
 use shared::revocation::TokenIds;
 
 use crate::support::{Reply, TestApp, Transport};
@@ -240,4 +242,150 @@ async fn shutting_down_ends_held_long_polls_with_a_heartbeat() {
             (UpdateKind::Delta, 1, 1)
         );
     }
+}
+
+#[tokio::test]
+async fn every_update_names_the_feed_and_the_header_says_it_too() {
+    for app in TestApp::both().await {
+        let snap = app.get("/v1/edge/revocations").await;
+        let id = open(&app, &snap)
+            .await
+            .feed
+            .expect("a snapshot names its feed");
+        assert!(shared::edgeset::is_feed_id(&id), "{id}");
+        assert_eq!(snap.header("x-edge-feed"), id);
+        app.revoke("jti", "j-1").await;
+        let delta = open(&app, &app.get("/v1/edge/revocations?since=0").await).await;
+        let beat = open(&app, &app.get("/v1/edge/revocations?since=1").await).await;
+        assert_eq!(delta.feed.as_deref(), Some(id.as_str()));
+        assert_eq!(beat.feed.as_deref(), Some(id.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn parked_pollers_of_one_change_share_one_signed_update() {
+    let app = std::sync::Arc::new(TestApp::new(Transport::Tcp).await);
+    app.revoke("jti", "j-1").await;
+    let pollers: Vec<_> = (0..40)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/v1/edge/revocations?since=1&wait=30").await })
+        })
+        .collect();
+    // Give the polls a moment to park (correctness does not depend on it).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.revoke("jti", "j-2").await;
+    let mut bodies = std::collections::HashSet::new();
+    for poller in pollers {
+        let reply = poller.await.unwrap();
+        assert_eq!(reply.status, 200);
+        bodies.insert(reply.text());
+    }
+    // Signed once (twice at most if the reuse window ended in between), not 40 times.
+    assert!(bodies.len() <= 2, "{} distinct bodies", bodies.len());
+    for body in &bodies {
+        let update = EdgeUpdate::open(body, &app.jwks_keyring().await, MAX_ENTRIES).unwrap();
+        assert_eq!(
+            (update.kind, update.base_seq, update.seq),
+            (UpdateKind::Delta, 1, 2)
+        );
+        assert_eq!(update.entries.len(), 1);
+    }
+    // Heartbeats are shared as well.
+    let a = app.get("/v1/edge/revocations?since=2").await.text();
+    let b = app.get("/v1/edge/revocations?since=2").await.text();
+    let c = app.get("/v1/edge/revocations?since=2").await.text();
+    assert!(
+        a == b || b == c,
+        "three heartbeats in a row, each signed anew"
+    );
+}
+
+#[tokio::test]
+async fn a_change_written_by_another_process_reaches_the_feed() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let (ok, _, err) = crate::support::run_cli(
+        &app.data_dir(),
+        &["revoke", "--type", "jti", "--value", "from-the-cli"],
+    );
+    assert!(ok, "{err}");
+    // The server picks it up within its sync interval (1 s); the poll is held until then.
+    let reply = app.get("/v1/edge/revocations?since=0&wait=10").await;
+    let delta = open(&app, &reply).await;
+    assert_eq!((delta.base_seq, delta.seq, delta.entries.len()), (0, 1, 1));
+    // A delta from the window and a snapshot agree afterwards.
+    app.revoke("jti", "from-the-server").await;
+    let delta = open(&app, &app.get("/v1/edge/revocations?since=1").await).await;
+    assert_eq!((delta.base_seq, delta.seq, delta.entries.len()), (1, 2, 1));
+    let snap = open(&app, &app.get("/v1/edge/revocations").await).await;
+    assert_eq!((snap.seq, snap.entries.len()), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_backup_starts_a_new_feed() {
+    use crate::support::{Server, run_cli};
+    let app = TestApp::new(Transport::Tcp).await;
+    app.revoke("jti", "before-the-backup").await;
+    let first = open(&app, &app.get("/v1/edge/revocations").await).await;
+    let original = first.feed.clone().expect("a feed id");
+    let dir = tempfile::TempDir::new().unwrap();
+    let copy = dir.path().join("backup.db");
+    let (ok, _, err) = run_cli(&app.data_dir(), &["backup", "--to", copy.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    // Restored into a new data dir, and over an existing one.
+    let restored = dir.path().join("restored");
+    let (ok, out, err) = run_cli(&restored, &["restore", "--from", copy.to_str().unwrap()]);
+    assert!(ok, "{out} {err}");
+    let said: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let new_id = said["feed"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, original);
+    let (ok, _, err) = run_cli(&restored, &["restore", "--from", copy.to_str().unwrap()]);
+    assert!(!ok && err.contains("--replace"), "{err}");
+    let (ok, out, err) = run_cli(
+        &restored,
+        &["restore", "--from", copy.to_str().unwrap(), "--replace"],
+    );
+    assert!(ok, "{out} {err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(again["feed"], said["feed"], "every restore is a new feed");
+
+    let snapshot_of = |dir: &std::path::Path| {
+        let server = Server::start(dir);
+        let get = |path: &str| {
+            reqwest::blocking::get(format!("{}{path}", server.url))
+                .unwrap()
+                .bytes()
+                .unwrap()
+        };
+        let ring =
+            Keyring::from_jwks(&JwkSet::parse(&get("/.well-known/jwks.json")).unwrap()).unwrap();
+        let body = get("/v1/edge/revocations");
+        EdgeUpdate::open(std::str::from_utf8(&body).unwrap(), &ring, MAX_ENTRIES).unwrap()
+    };
+    let snap = tokio::task::block_in_place(|| snapshot_of(&restored));
+    assert_eq!(snap.feed.as_deref(), again["feed"].as_str());
+    assert_eq!(
+        (snap.seq, snap.entries.len()),
+        (1, 1),
+        "the history is back"
+    );
+    let snap = tokio::task::block_in_place(|| snapshot_of(&restored));
+    assert_eq!(
+        snap.feed.as_deref(),
+        again["feed"].as_str(),
+        "a restart keeps the feed"
+    );
+    // A copy put in place by hand (no restore command) is a new feed too: a backup
+    // carries no id, so whatever opens it makes one.
+    let by_hand = dir.path().join("by-hand");
+    std::fs::create_dir_all(&by_hand).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&by_hand, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::copy(&copy, by_hand.join("control-plane.db")).unwrap();
+    let snap = tokio::task::block_in_place(|| snapshot_of(&by_hand));
+    let id = snap.feed.expect("a feed id");
+    assert!(id != original && Some(id.as_str()) != again["feed"].as_str());
 }
