@@ -262,6 +262,14 @@ pub enum Refused {
     Gap(EdgeSetError),
     /// The set would hold more than `max_revocations` entries: this edge cannot hold it.
     TooLarge(u64),
+    /// A delta (or heartbeat) of another feed than the set's: its sequence numbers count
+    /// in another history, so it is never applied; ask for a snapshot.
+    OtherFeed {
+        /// The feed of the set held (`None`: a control plane that names no feed).
+        held: Option<String>,
+        /// The feed the update named.
+        got: Option<String>,
+    },
 }
 
 /// Applies a verified update to the poller's set; returns true when the entries changed.
@@ -289,6 +297,29 @@ pub fn accept(
             EdgeSetError::TooManyEntries(n) => Refused::TooLarge(n),
             other => Refused::Gap(other),
         })?;
+    Ok(changed)
+}
+
+/// [`accept`] for a set that came from the feed `held` (`None`: from a control plane that
+/// names no feed, or no set yet): a delta applies only when it names the same feed (see
+/// `shared::edgeset`, "The feed an update belongs to"); a snapshot replaces the set
+/// whatever its feed, and `held` becomes its feed. On error nothing changes.
+pub fn accept_from_feed(
+    set: &mut RevocationSet,
+    held: &mut Option<String>,
+    update: EdgeUpdate,
+    now: i64,
+    max_entries: u64,
+) -> Result<bool, Refused> {
+    if update.kind == UpdateKind::Delta && update.feed != *held {
+        return Err(Refused::OtherFeed {
+            held: held.clone(),
+            got: update.feed,
+        });
+    }
+    let feed = update.feed.clone();
+    let changed = accept(set, update, now, max_entries)?;
+    *held = feed;
     Ok(changed)
 }
 
@@ -462,6 +493,97 @@ mod tests {
         let replay = update(UpdateKind::Delta, 6, 7, NOW - 100, vec![]);
         assert_eq!(accept(&mut set, replay, NOW, 100), Err(Refused::Rollback));
         assert_eq!(set.seq(), 6);
+    }
+
+    fn of_feed(feed: &str, update: EdgeUpdate) -> EdgeUpdate {
+        EdgeUpdate {
+            feed: Some(feed.into()),
+            ..update
+        }
+    }
+
+    #[test]
+    fn a_delta_of_another_feed_is_never_applied_and_a_snapshot_of_it_replaces_the_set() {
+        let mut set = RevocationSet::new();
+        let mut held = None;
+        let snap = of_feed(
+            "A",
+            update(UpdateKind::Snapshot, 0, 5, NOW, vec![entry("a")]),
+        );
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, snap, NOW, 100),
+            Ok(true)
+        );
+        assert_eq!(held.as_deref(), Some("A"));
+        // Feed B's delta 5 -> 6 numbers another history: applying it could skip the
+        // revocations B has at 1..=5. Refused, the set as it was.
+        let other = of_feed(
+            "B",
+            update(UpdateKind::Delta, 5, 6, NOW + 1, vec![entry("b")]),
+        );
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, other, NOW, 100),
+            Err(Refused::OtherFeed {
+                held: Some("A".into()),
+                got: Some("B".into())
+            })
+        );
+        let beat = of_feed("B", update(UpdateKind::Delta, 5, 5, NOW + 1, vec![]));
+        assert!(matches!(
+            accept_from_feed(&mut set, &mut held, beat, NOW, 100),
+            Err(Refused::OtherFeed { .. })
+        ));
+        // Nor one that names no feed, once the set has one.
+        let unnamed = update(UpdateKind::Delta, 5, 6, NOW + 1, vec![entry("b")]);
+        assert!(matches!(
+            accept_from_feed(&mut set, &mut held, unnamed, NOW, 100),
+            Err(Refused::OtherFeed { .. })
+        ));
+        assert_eq!((set.seq(), set.len(), held.as_deref()), (5, 1, Some("A")));
+        // B's snapshot replaces the set (a lower seq too) and B's deltas apply after it.
+        let snap = of_feed(
+            "B",
+            update(UpdateKind::Snapshot, 0, 2, NOW + 2, vec![entry("c")]),
+        );
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, snap, NOW, 100),
+            Ok(true)
+        );
+        assert_eq!((set.seq(), set.len(), held.as_deref()), (2, 1, Some("B")));
+        assert!(set.check(&ids("a"), NOW).is_none());
+        let delta = of_feed(
+            "B",
+            update(UpdateKind::Delta, 2, 3, NOW + 3, vec![entry("d")]),
+        );
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, delta, NOW, 100),
+            Ok(true)
+        );
+        assert!(set.check(&ids("d"), NOW).is_some());
+        // A refused snapshot (a replay) leaves the feed as it was.
+        let replay = of_feed("A", update(UpdateKind::Snapshot, 0, 9, NOW - 100, vec![]));
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, replay, NOW, 100),
+            Err(Refused::Rollback)
+        );
+        assert_eq!(held.as_deref(), Some("B"));
+    }
+
+    #[test]
+    fn a_control_plane_that_names_no_feed_keeps_working() {
+        let mut set = RevocationSet::new();
+        let mut held = None;
+        let snap = update(UpdateKind::Snapshot, 0, 5, NOW, vec![entry("a")]);
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, snap, NOW, 100),
+            Ok(true)
+        );
+        let delta = update(UpdateKind::Delta, 5, 6, NOW + 1, vec![entry("b")]);
+        assert_eq!(
+            accept_from_feed(&mut set, &mut held, delta, NOW, 100),
+            Ok(true)
+        );
+        assert_eq!((set.seq(), held), (6, None));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub(super) struct Root {
     next_poll_ms: u64,
     next_jwks_ms: u64,
     want_snapshot: bool,
+    /// The feed the set this poller applied came from (`None`: a control plane that names
+    /// none); a delta of another feed is never applied (see `sync::accept_from_feed`).
+    feed: Option<String>,
     /// This VM's poller has applied an update since it took the lease.
     synced: bool,
     /// Feed calls that failed in a row: the pause before the next one doubles with each.
@@ -235,22 +238,35 @@ impl Root {
         let feed_leeway = update.leeway;
         // Applied in place (no copy of a large set per delta): a refused update leaves the
         // set as it was, and if publishing fails below, the next publish has it all.
-        let changed = match sync::accept(&mut vm.set, update, secs(now), max) {
-            Ok(changed) => changed,
-            Err(Refused::Gap(e)) => {
-                self.want_snapshot = true;
-                return Err((SyncRefusal::Gap, format!("asking for a snapshot: {e}")));
-            }
-            Err(Refused::Rollback) => {
-                return Err((
-                    SyncRefusal::Rollback,
-                    "update older than the set: refused".into(),
-                ));
-            }
-            Err(Refused::TooLarge(n)) => {
-                return Err(self.too_large(vm, &format!("would hold {n} entries"), now));
-            }
-        };
+        let changed =
+            match sync::accept_from_feed(&mut vm.set, &mut self.feed, update, secs(now), max) {
+                Ok(changed) => changed,
+                Err(Refused::Gap(e)) => {
+                    self.want_snapshot = true;
+                    return Err((SyncRefusal::Gap, format!("asking for a snapshot: {e}")));
+                }
+                Err(Refused::OtherFeed { held, got }) => {
+                    // Its sequence numbers count in another history: only a snapshot is safe.
+                    self.want_snapshot = true;
+                    return Err((
+                        SyncRefusal::Gap,
+                        format!(
+                            "update of feed {} on a set of feed {}: asking for a snapshot",
+                            got.as_deref().unwrap_or("(none)"),
+                            held.as_deref().unwrap_or("(none)")
+                        ),
+                    ));
+                }
+                Err(Refused::Rollback) => {
+                    return Err((
+                        SyncRefusal::Rollback,
+                        "update older than the set: refused".into(),
+                    ));
+                }
+                Err(Refused::TooLarge(n)) => {
+                    return Err(self.too_large(vm, &format!("would hold {n} entries"), now));
+                }
+            };
         self.want_snapshot = false;
         let published = self.publish_set(vm, changed, feed_leeway, now);
         if published.is_err() {
