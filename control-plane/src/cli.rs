@@ -1,5 +1,5 @@
 //! The operator command line: `serve` plus `issue`, `revoke`, `inspect`, `keys`,
-//! `audit` and `events`, working on a data directory or (`--server`) against a running
+//! `audit`, `events` and `edge-credential`, working on a data directory or (`--server`) against a running
 //! service.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +46,11 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Edge credentials, the bearer secrets Envoy filters poll the edge feed with. With no
+    /// subcommand: creates one and prints its secret alone on stdout (shown once; only
+    /// its hash is stored). Rotate by creating a new one, deploying it, then revoking the
+    /// old one. A running server sees the change within a second.
+    EdgeCredential(EdgeCredentialArgs),
     /// Exits 0 when `url` answers 2xx within 3 s (container health checks need no curl).
     Probe {
         /// e.g. http://127.0.0.1:8000/ready
@@ -144,6 +149,35 @@ pub enum KeysCommand {
     List,
 }
 
+/// `edge-credential` flags and subcommands.
+#[derive(Debug, Args)]
+pub struct EdgeCredentialArgs {
+    /// What to do (default: create).
+    #[command(subcommand)]
+    pub command: Option<EdgeCredentialCommand>,
+    /// Name of the new credential (default: `edge-` and 8 random hex digits).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `edge-credential` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EdgeCredentialCommand {
+    /// Creates a credential and prints its secret alone on stdout.
+    Create {
+        /// Its name (default: `edge-` and 8 random hex digits).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lists the credentials as JSON (names and times, never secrets).
+    List,
+    /// Revokes a credential: the edge feed refuses it from then on.
+    Revoke {
+        /// Its name.
+        name: String,
+    },
+}
+
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -201,6 +235,7 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Audit(AuditCommand::Export) => audit_export(&settings_args.data_dir),
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
         Command::Consume => consume(settings_args),
+        Command::EdgeCredential(a) => edge_credential(settings_args, a),
         Command::Probe { url } => probe(&url),
         Command::Backup { to } => backup(&settings_args.data_dir, &to),
         Command::Restore { from, replace } => restore(&settings_args.data_dir, &from, replace),
@@ -461,6 +496,41 @@ fn open_existing(data_dir: &Path) -> anyhow::Result<db::Db> {
     anyhow::ensure!(path.exists(), "no database at {}", path.display());
     crate::store::data_dir::check(data_dir)?;
     db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+fn edge_credential(args: &SettingsArgs, a: EdgeCredentialArgs) -> anyhow::Result<()> {
+    use crate::store::credentials;
+    let t = crate::time::now();
+    let command = match (a.command, a.name) {
+        (None, name) => EdgeCredentialCommand::Create { name },
+        (Some(command), None) => command,
+        (Some(_), Some(_)) => {
+            bail!("--name belongs to creating: edge-credential [create] --name NAME")
+        }
+    };
+    match command {
+        EdgeCredentialCommand::Create { name } => {
+            // The first credential of a new deployment may come before the first start.
+            crate::store::data_dir::prepare(&args.data_dir)?;
+            let path = args.data_dir.join(db::DB_FILE);
+            let db =
+                db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let name = name.unwrap_or_else(credentials::default_name);
+            let secret = credentials::create_recorded(&db, &name, t, &args.region)?;
+            println!("{secret}");
+            eprintln!("edge credential {name:?} created; its secret (above) is shown only once");
+        }
+        EdgeCredentialCommand::List => {
+            let db = open_existing(&args.data_dir)?;
+            print(&serde_json::to_value(credentials::list(&*db.read()?)?)?);
+        }
+        EdgeCredentialCommand::Revoke { name } => {
+            let db = open_existing(&args.data_dir)?;
+            let was_valid = credentials::revoke_recorded(&db, &name, t, &args.region)?;
+            print(&json!({ "name": name, "revoked": true, "was_valid": was_valid }));
+        }
+    }
+    Ok(())
 }
 
 fn list_keys(data_dir: &Path) -> anyhow::Result<()> {

@@ -152,6 +152,19 @@ pub struct ServeArgs {
     /// half of the connection cap.
     #[arg(long, env = "CP_MAX_LONG_POLLS", default_value_t = 1024)]
     pub max_long_polls: usize,
+    /// Whether `GET /v1/edge/revocations` requires an edge credential
+    /// (`Authorization: Bearer <credential>`, made by `control-plane edge-credential`):
+    /// `off` (never checked), `warn` (default: a poll without one is served, counted in
+    /// `cp_edge_polls_unauthenticated_total` and logged; a wrong or revoked one is 401)
+    /// or `required` (401 without a valid one). Upgrade order: control planes, filter
+    /// module, filter config with `edge_credential`, then `required`.
+    #[arg(long, env = "CP_EDGE_CREDENTIALS", value_enum, default_value_t = EdgeCredentials::Warn)]
+    pub edge_credentials: EdgeCredentials,
+    /// Most feed requests one edge credential may have in progress at once (polls
+    /// without a credential, in `warn` mode, share one such allowance), so one caller
+    /// cannot take every long-poll slot. Default: half of `CP_MAX_LONG_POLLS`.
+    #[arg(long, env = "CP_MAX_LONG_POLLS_PER_CREDENTIAL")]
+    pub max_long_polls_per_credential: Option<usize>,
     /// Seconds a client has to send a request's headers once it starts one.
     #[arg(long, env = "CP_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
     pub header_timeout_seconds: u64,
@@ -179,6 +192,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CP_DPOP_NONCE", default_value_t = true,
         action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub dpop_nonce: bool,
+}
+
+/// Whether the edge feed asks for an edge credential (`CP_EDGE_CREDENTIALS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EdgeCredentials {
+    /// Not checked at all.
+    Off,
+    /// A missing credential is served, counted and logged; a wrong one is refused.
+    Warn,
+    /// A valid credential is required.
+    Required,
 }
 
 /// The clock leeway every revocation covers, in seconds: an entry lives until the tokens
@@ -231,6 +255,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Cap on held long polls.
     pub max_long_polls: usize,
+    /// Whether the edge feed asks for an edge credential.
+    pub edge_credentials: EdgeCredentials,
+    /// Cap on feed requests in progress per edge credential.
+    pub max_long_polls_per_credential: usize,
     /// Header read timeout.
     pub header_timeout: std::time::Duration,
     /// Idle connection timeout.
@@ -276,6 +304,8 @@ impl Settings {
             key_activation_secs: DEFAULT_KEY_ACTIVATION_SECONDS,
             max_connections: 4096,
             max_long_polls: 1024,
+            edge_credentials: EdgeCredentials::Warn,
+            max_long_polls_per_credential: 512,
             header_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(30),
             body_timeout: std::time::Duration::from_secs(10),
@@ -369,6 +399,17 @@ impl Settings {
             settings.feed_max_delta = serve.feed_max_delta;
             settings.max_connections = serve.max_connections;
             settings.max_long_polls = serve.max_long_polls;
+            let per_credential = serve
+                .max_long_polls_per_credential
+                .unwrap_or(serve.max_long_polls.div_ceil(2));
+            if per_credential == 0 || per_credential > serve.max_long_polls {
+                problems.push(
+                    "CP_MAX_LONG_POLLS_PER_CREDENTIAL must be between 1 and CP_MAX_LONG_POLLS"
+                        .to_owned(),
+                );
+            }
+            settings.edge_credentials = serve.edge_credentials;
+            settings.max_long_polls_per_credential = per_credential;
             settings.header_timeout = std::time::Duration::from_secs(serve.header_timeout_seconds);
             settings.idle_timeout = std::time::Duration::from_secs(serve.idle_timeout_seconds);
             settings.body_timeout = std::time::Duration::from_secs(serve.body_timeout_seconds);

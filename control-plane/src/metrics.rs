@@ -30,6 +30,14 @@ pub(crate) struct Metrics {
     pub long_polls_refused: AtomicU64,
     /// Requests answered 429 by a rate limit.
     pub rate_limited: AtomicU64,
+    /// Edge feed polls served without an edge credential (`CP_EDGE_CREDENTIALS=warn`).
+    pub edge_polls_unauthenticated: AtomicU64,
+    /// Edge feed polls answered 401 for carrying no credential (`required`).
+    pub edge_polls_missing_credential: AtomicU64,
+    /// Edge feed polls answered 401 for a wrong or revoked credential.
+    pub edge_polls_invalid_credential: AtomicU64,
+    /// Edge feed polls answered 503 because their credential had every slot of its share.
+    pub edge_polls_over_credential_share: AtomicU64,
     /// Connections open now (a gauge).
     pub connections_open: AtomicU64,
     /// Idle connections closed to make room for a new one at the cap.
@@ -122,6 +130,29 @@ impl Metrics {
             "cp_long_polls_refused_total",
             "Edge long polls answered 503 because every long-poll slot was taken.",
             &[("", get(&self.long_polls_refused))],
+        );
+        counter(
+            "cp_edge_polls_unauthenticated_total",
+            "Edge feed polls served without an edge credential (CP_EDGE_CREDENTIALS=warn).",
+            &[("", get(&self.edge_polls_unauthenticated))],
+        );
+        counter(
+            "cp_edge_polls_refused_total",
+            "Edge feed polls refused by credential checks, by reason.",
+            &[
+                (
+                    "{reason=\"missing_credential\"}",
+                    get(&self.edge_polls_missing_credential),
+                ),
+                (
+                    "{reason=\"invalid_credential\"}",
+                    get(&self.edge_polls_invalid_credential),
+                ),
+                (
+                    "{reason=\"credential_share\"}",
+                    get(&self.edge_polls_over_credential_share),
+                ),
+            ],
         );
         counter(
             "cp_rate_limited_total",

@@ -3,6 +3,7 @@
 
 pub(crate) mod docs;
 pub(crate) mod edge;
+pub(crate) mod edge_auth;
 pub(crate) mod events;
 pub(crate) mod limits;
 pub(crate) mod meta;
@@ -41,6 +42,8 @@ pub struct AppState {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     holder_limits: Arc<limits::HolderLimits>,
     long_polls: Arc<tokio::sync::Semaphore>,
+    /// Edge credentials of the feed, and the long-poll slots each holds.
+    edge_auth: Arc<edge_auth::EdgeAuth>,
     /// Redis, Kafka and the peers, when configured.
     pub(crate) backends: crate::backends::Backends,
     /// DPoP server nonces of `/oauth2/token`, unless turned off (`CP_DPOP_NONCE`).
@@ -61,6 +64,10 @@ impl AppState {
             settings.holder_revokes_per_minute_per_subject,
         );
         let long_polls = tokio::sync::Semaphore::new(settings.max_long_polls);
+        let edge_auth = edge_auth::EdgeAuth::new(
+            settings.edge_credentials,
+            settings.max_long_polls_per_credential,
+        );
         let nonces = settings.dpop_nonce.then(|| {
             crate::http::nonce::DpopNonces::load(&settings.data_dir).unwrap_or_else(|e| {
                 // Nonces still work, only not across restarts or processes.
@@ -74,6 +81,7 @@ impl AppState {
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             holder_limits: Arc::new(holder_limits),
             long_polls: Arc::new(long_polls),
+            edge_auth: Arc::new(edge_auth),
             backends,
             nonces: nonces.map(Arc::new),
         }
@@ -121,7 +129,13 @@ pub fn app(state: AppState) -> Router {
             "/.well-known/oauth-authorization-server",
             get(token_endpoint::metadata),
         )
-        .route("/v1/edge/revocations", get(edge::revocations))
+        .route(
+            "/v1/edge/revocations",
+            get(edge::revocations).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                edge_auth::require,
+            )),
+        )
         .route("/v1/events", get(events::list))
         .route("/admin/keys/rotate", post(meta::rotate_keys))
         .route("/.well-known/jwks.json", get(meta::jwks))

@@ -89,6 +89,13 @@ CREATE TABLE IF NOT EXISTS dpop_jtis (
     PRIMARY KEY (jkt, jti)
 );
 CREATE INDEX IF NOT EXISTS dpop_jtis_by_expiry ON dpop_jtis (expires_at);
+-- Edge credentials (see crate::store::credentials): only the SHA-256 of each secret.
+CREATE TABLE IF NOT EXISTS edge_credentials (
+    name       TEXT PRIMARY KEY,
+    hash       BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
 -- The edge feed's identity: one row, made when the feed's history starts and replaced
 -- on restore (see feed_id); sequence numbers count in this id alone.
 CREATE TABLE IF NOT EXISTS feed_identity (

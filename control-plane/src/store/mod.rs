@@ -3,6 +3,7 @@
 //! the data directory that holds them.
 
 pub mod audit;
+pub(crate) mod credentials;
 pub(crate) mod data_dir;
 pub(crate) mod db;
 pub(crate) mod keys;

@@ -7,6 +7,7 @@ mod audit_log;
 mod cli;
 mod data_dir;
 mod durability;
+mod edge_credentials;
 mod edge_feed;
 mod events;
 mod lifetimes;
