@@ -126,9 +126,19 @@ for dir in "$DATA_DIR" "$RUN" "${region_dirs[@]}"; do
   mkdir -p "$dir"
   chmod 0700 "$dir"
   for f in "$dir"/control-plane.db "$dir"/control-plane.db-wal "$dir"/control-plane.db-shm \
-    "$dir"/admin.secret "$dir"/dpop-nonce.secret "$dir"/redis.secret; do
+    "$dir"/admin.secret "$dir"/dpop-nonce.secret "$dir"/redis.secret "$dir"/edge.credential; do
     if [ -f "$f" ]; then chmod 0600 "$f"; fi
   done
+done
+# Each region's Envoy polls its feed with an edge credential made at the first start
+# (0600, beside admin.secret); the control planes require it.
+for ((i = 0; i < REGIONS; i++)); do
+  cred="${region_dirs[$i]}/edge.credential"
+  if [ ! -s "$cred" ]; then
+    "$CP_BIN" edge-credential --data-dir "${region_dirs[$i]}" \
+      --name "envoy-${names[$i]}-$(date +%Y%m%d%H%M%S)" >"$cred.new"
+    mv "$cred.new" "$cred"
+  fi
 done
 if [ "$REGIONS" = 2 ]; then
   # Passwords stay in the data dirs (0600) and the ACL file holds only their SHA-256.
@@ -186,11 +196,11 @@ for ((i = 0; i < REGIONS; i++)); do
   redis_url=
   if [ "$REGIONS" = 1 ]; then
     dir="$DATA_DIR"
-    env_args=()
+    env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}")
   else
     dir="$DATA_DIR/$r"
     peer=$((CP_PORT + 1 - i))
-    env_args=(REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+    env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
       PEER_JWKS="http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10)
     redis_url="redis://cp-$r:$(tr -d '\n' <"$dir/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
   fi
@@ -220,7 +230,10 @@ fi
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
   config="$RUN/envoy-$r.yaml"
-  sed -e "s|port_value: 9901|port_value: $((ADMIN_PORT + i))|" \
+  # The config holds the edge credential: it stays in the private run dir (umask 077).
+  credential=$(tr -d '\n' <"${region_dirs[$i]}/edge.credential")
+  sed -e "s|\"poll_wait_seconds\": 10|\"poll_wait_seconds\": 10, \"edge_credential\": \"$credential\"|" \
+    -e "s|port_value: 9901|port_value: $((ADMIN_PORT + i))|" \
     -e "s|port_value: 10000|port_value: $((ENVOY_PORT + i))|" \
     -e "s|port_value: 8081|port_value: $UPSTREAM_PORT|" \
     -e "s|port_value: 8000|port_value: $((CP_PORT + i))|" \

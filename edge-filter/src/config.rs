@@ -36,6 +36,38 @@ pub(crate) struct ControlPlane {
     pub(crate) retry_millis: u64,
     /// Least time between two JWKS fetches triggered by tokens with an unknown `kid`.
     pub(crate) jwks_min_refetch_seconds: u64,
+    /// The edge credential sent with feed calls (`authorization: Bearer ...`), if any.
+    pub(crate) edge_credential: Option<String>,
+    /// The name this edge gives itself in feed calls (`x-edge-instance`); `None` until
+    /// `on_configure` fills in Envoy's node id.
+    pub(crate) edge_instance: Option<String>,
+}
+
+/// Longest `edge_credential`.
+const MAX_CREDENTIAL: usize = 256;
+
+/// Longest `edge_instance` (the control plane refuses longer ones).
+pub(crate) const MAX_INSTANCE: usize = 128;
+
+fn is_instance_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._~:@/+=-".contains(&b)
+}
+
+/// `edge_instance` from Envoy's node id: characters the control plane refuses become
+/// `_`, cut to its length limit; `None` when nothing is left.
+pub(crate) fn instance_from_node_id(id: &str) -> Option<String> {
+    let name: String = id
+        .bytes()
+        .take(MAX_INSTANCE)
+        .map(|b| {
+            if is_instance_char(b) {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Longest pause between calls after failures in a row, unless `retry_millis` is longer.
@@ -117,6 +149,8 @@ struct RawControlPlane {
     retry_millis: u64,
     #[serde(default = "default_min_refetch")]
     jwks_min_refetch_seconds: u64,
+    edge_credential: Option<String>,
+    edge_instance: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +285,26 @@ impl Config {
         if cp.jwks_min_refetch_seconds == 0 || cp.jwks_min_refetch_seconds > 3600 {
             problems.push("control_plane.jwks_min_refetch_seconds: must be 1..=3600".into());
         }
+        if let Some(credential) = &cp.edge_credential {
+            // Sent as a header value: visible ASCII only, never a header injection.
+            let ok = !credential.is_empty()
+                && credential.len() <= MAX_CREDENTIAL
+                && credential.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                problems.push(format!(
+                    "control_plane.edge_credential: must be 1..={MAX_CREDENTIAL} visible ASCII characters"
+                ));
+            }
+        }
+        if let Some(instance) = &cp.edge_instance
+            && (instance.is_empty()
+                || instance.len() > MAX_INSTANCE
+                || !instance.bytes().all(is_instance_char))
+        {
+            problems.push(format!(
+                "control_plane.edge_instance: must be 1..={MAX_INSTANCE} characters of A-Z a-z 0-9 . _ ~ : @ / + = -"
+            ));
+        }
         if !(1..=65_536).contains(&raw.dpop_replay_buckets) {
             problems.push("dpop_replay_buckets: must be 1..=65536".into());
         }
@@ -328,6 +382,8 @@ impl Config {
                 jwks_refresh_seconds: cp.jwks_refresh_seconds,
                 retry_millis: cp.retry_millis,
                 jwks_min_refetch_seconds: cp.jwks_min_refetch_seconds,
+                edge_credential: cp.edge_credential,
+                edge_instance: cp.edge_instance,
             },
             staleness_bound_seconds: raw.staleness_bound_seconds,
             on_stale: raw.on_stale,
@@ -396,6 +452,41 @@ mod tests {
         assert!(Config::parse(br#"{"control_plane":{"cluster":"cp"},"isuer":"x"}"#).is_err());
         assert!(Config::parse(b"not json").is_err());
         assert!(Config::parse(b"{}").is_err());
+    }
+
+    #[test]
+    fn the_edge_credential_and_instance_are_optional_and_checked() {
+        let c = Config::parse(br#"{"control_plane":{"cluster":"cp"}}"#).unwrap();
+        assert_eq!(c.control_plane.edge_credential, None);
+        assert_eq!(c.control_plane.edge_instance, None);
+        let c = Config::parse(
+            br#"{"control_plane":{"cluster":"cp","edge_credential":"ec_abc","edge_instance":"node-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.control_plane.edge_credential.as_deref(), Some("ec_abc"));
+        assert_eq!(c.control_plane.edge_instance.as_deref(), Some("node-1"));
+        for bad in [
+            r#"{"control_plane":{"cluster":"cp","edge_credential":""}}"#,
+            r#"{"control_plane":{"cluster":"cp","edge_credential":"a b"}}"#,
+            "{\"control_plane\":{\"cluster\":\"cp\",\"edge_credential\":\"a\\r\\nx: y\"}}",
+            r#"{"control_plane":{"cluster":"cp","edge_instance":"a b"}}"#,
+        ] {
+            assert!(Config::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_node_id_becomes_an_instance_name_the_control_plane_accepts() {
+        assert_eq!(
+            instance_from_node_id("sidecar~10.0.0.1~pod-1.ns~ns.svc.cluster.local").as_deref(),
+            Some("sidecar~10.0.0.1~pod-1.ns~ns.svc.cluster.local")
+        );
+        assert_eq!(instance_from_node_id("a b\"c").as_deref(), Some("a_b_c"));
+        assert_eq!(instance_from_node_id(""), None);
+        assert_eq!(
+            instance_from_node_id(&"x".repeat(500)).map(|s| s.len()),
+            Some(MAX_INSTANCE)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! propagation times mean more without neighbours.
 
 mod auth;
+mod credentials;
 mod hardening;
 mod revocation;
 mod robustness;
@@ -53,6 +54,7 @@ impl Stack {
         let cp = ControlPlane::start();
         let upstream = Upstream::start();
         let mut filter = filter_config();
+        filter["control_plane"]["edge_credential"] = json!(cp.edge_credential());
         configure(&mut filter, &cp.jwks());
         let envoy = Envoy::start_with(cp.port, upstream.port, &filter, hcm_options, poller);
         Stack {

@@ -142,7 +142,13 @@ fn feed_leeway(stack: &Stack) -> u32 {
     let keys = JwkSet::parse(jwks.as_bytes())
         .and_then(|set| Keyring::from_jwks(&set))
         .expect("the control plane's JWKS");
-    let r = http::get(stack.cp.port, "/v1/edge/revocations", &[]).expect("GET the feed");
+    let bearer = format!("Bearer {}", stack.cp.edge_credential());
+    let r = http::get(
+        stack.cp.port,
+        "/v1/edge/revocations",
+        &[("authorization", &bearer)],
+    )
+    .expect("GET the feed");
     assert_eq!(r.status, 200, "feed: {}", r.text());
     EdgeUpdate::open(r.text().trim(), &keys, 100_000)
         .expect("a signed update")

@@ -16,18 +16,23 @@ pub struct ControlPlane {
     /// Its data directory.
     pub dir: TempDir,
     admin: String,
+    edge_credential: String,
     child: Option<Child>,
     env: Vec<(String, String)>,
 }
 
 impl ControlPlane {
-    /// Starts a control plane on a fresh data dir and waits until it answers.
+    /// Starts a control plane on a fresh data dir and waits until it answers. Its feed
+    /// requires an edge credential ([`edge_credential`](ControlPlane::edge_credential)).
     pub fn start() -> ControlPlane {
         // New keys sign at once after a rotation: the edge tests meet a key the filter
         // has not fetched yet (production publishes keys before they sign).
         ControlPlane::start_with(
             free_port(),
-            vec![("CP_KEY_ACTIVATION_SECONDS".into(), "0".into())],
+            vec![
+                ("CP_KEY_ACTIVATION_SECONDS".into(), "0".into()),
+                ("CP_EDGE_CREDENTIALS".into(), "required".into()),
+            ],
         )
     }
 
@@ -37,11 +42,37 @@ impl ControlPlane {
             port,
             dir: TempDir::new("control-plane"),
             admin: String::new(),
+            edge_credential: String::new(),
             child: None,
             env,
         };
+        // Made before the first start, as the launcher does.
+        cp.edge_credential = cp.edge_credential_command(&["--name", "e2e"]);
         cp.resume();
         cp
+    }
+
+    /// The edge credential `e2e` made at the first start.
+    pub fn edge_credential(&self) -> &str {
+        &self.edge_credential
+    }
+
+    /// Runs `control-plane edge-credential ARGS` on its data dir; returns its stdout,
+    /// trimmed (for a new credential: the secret).
+    pub fn edge_credential_command(&self, args: &[&str]) -> String {
+        let output = Command::new(paths::control_plane_bin())
+            .arg("edge-credential")
+            .arg("--data-dir")
+            .arg(self.dir.0.join("data"))
+            .args(args)
+            .output()
+            .expect("cannot run control-plane edge-credential");
+        assert!(
+            output.status.success(),
+            "edge-credential {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// The admin credential.

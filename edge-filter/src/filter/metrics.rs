@@ -95,10 +95,12 @@ pub(super) enum SyncRefusal {
     Rollback,
     /// Shared data refused the write.
     Publish,
+    /// The control plane answered 401: the edge credential is missing, wrong or revoked.
+    Unauthorized,
 }
 
 impl SyncRefusal {
-    const ALL: [SyncRefusal; 7] = [
+    const ALL: [SyncRefusal; 8] = [
         SyncRefusal::Unreachable,
         SyncRefusal::TooLarge,
         SyncRefusal::UnknownKey,
@@ -106,6 +108,7 @@ impl SyncRefusal {
         SyncRefusal::Gap,
         SyncRefusal::Rollback,
         SyncRefusal::Publish,
+        SyncRefusal::Unauthorized,
     ];
 
     pub(super) fn as_str(self) -> &'static str {
@@ -117,6 +120,7 @@ impl SyncRefusal {
             SyncRefusal::Gap => "gap",
             SyncRefusal::Rollback => "rollback",
             SyncRefusal::Publish => "publish",
+            SyncRefusal::Unauthorized => "unauthorized",
         }
     }
 }

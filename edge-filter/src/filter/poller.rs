@@ -15,7 +15,7 @@ use super::http::{Filter, SharedReplay};
 use super::metrics::{Metrics, SyncRefusal};
 use super::{LEASE_TTL_MS, TICK, Vm, now_ms, secs, shared_get};
 use crate::authz::{Authorizer, Rules};
-use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS, Role};
+use crate::config::{Config, KeySource, OnStale, RETRY_CAP_MILLIS, Role, instance_from_node_id};
 use crate::request::fold_header_name;
 use crate::sync::{self, Keys, Lease, Refused, StateRecord};
 
@@ -106,20 +106,26 @@ impl Root {
         Lease::is_held_by(current, self.vm_number, now)
     }
 
-    fn dispatch(&self, vm: &Vm, path: &str, timeout: Duration) -> Result<u32, Status> {
+    /// Calls the control plane; `feed` calls carry the edge credential and instance name
+    /// (the JWKS is public: the credential goes nowhere it is not needed).
+    fn dispatch(&self, vm: &Vm, path: &str, timeout: Duration, feed: bool) -> Result<u32, Status> {
         let cp = &vm.config.control_plane;
-        proxy_wasm::hostcalls::dispatch_http_call(
-            &cp.cluster,
-            vec![
-                (":method", "GET"),
-                (":path", path),
-                (":authority", &cp.authority),
-                ("accept", "application/jose, application/json"),
-            ],
-            None,
-            vec![],
-            timeout,
-        )
+        let bearer = (cp.edge_credential.as_ref())
+            .filter(|_| feed)
+            .map(|c| format!("Bearer {c}"));
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", cp.authority.as_str()),
+            ("accept", "application/jose, application/json"),
+        ];
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer));
+        }
+        if let Some(instance) = cp.edge_instance.as_deref().filter(|_| feed) {
+            headers.push(("x-edge-instance", instance));
+        }
+        proxy_wasm::hostcalls::dispatch_http_call(&cp.cluster, headers, None, vec![], timeout)
     }
 
     /// The poller's step: fetch keys when due, keep one long poll running.
@@ -148,7 +154,7 @@ impl Root {
             }
         }
         if fetch_keys && !jwks_busy && now >= self.next_jwks_ms {
-            match self.dispatch(&vm, &cp.jwks_path, Duration::from_secs(10)) {
+            match self.dispatch(&vm, &cp.jwks_path, Duration::from_secs(10), false) {
                 Ok(id) => self.in_flight.push(Call::Jwks(id)),
                 Err(e) => {
                     warn!(
@@ -177,7 +183,7 @@ impl Root {
             )
         };
         let timeout = Duration::from_secs(cp.poll_wait_seconds.saturating_add(5));
-        match self.dispatch(&vm, &path, timeout) {
+        match self.dispatch(&vm, &path, timeout, true) {
             Ok(id) => self.in_flight.push(Call::Feed(id)),
             Err(e) => {
                 warn!(
@@ -404,6 +410,20 @@ impl Root {
     }
 }
 
+/// The refusal of a feed answer 401: the control plane does not take this edge's
+/// credential (missing, wrong or revoked).
+fn refused_credential(vm: &Vm) -> (SyncRefusal, String) {
+    let what = if vm.config.control_plane.edge_credential.is_some() {
+        "refused control_plane.edge_credential (wrong or revoked?)"
+    } else {
+        "requires an edge credential: set control_plane.edge_credential"
+    };
+    (
+        SyncRefusal::Unauthorized,
+        format!("the control plane {what}; the set goes stale at staleness_bound_seconds"),
+    )
+}
+
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
@@ -428,11 +448,18 @@ impl Context for Root {
             // The lease moved (the poller service started): the new poller publishes.
             return;
         }
+        // A refused credential is told apart from other failures: it needs the operator.
+        let unauthorized = matches!(call, Call::Feed(_))
+            && self.get_http_call_response_header(":status").as_deref() == Some("401");
         let body = self.response_body(body_size);
         let mut vm = vm_rc.borrow_mut();
         let retry = vm.config.control_plane.retry_millis;
         match call {
-            Call::Feed(_) => match self.on_feed(&mut vm, body, now) {
+            Call::Feed(_) => match if unauthorized {
+                Err(refused_credential(&vm))
+            } else {
+                self.on_feed(&mut vm, body, now)
+            } {
                 // Usually at once: the next long poll is what carries the next revocation.
                 Ok(next) => {
                     self.failures = 0;
@@ -473,7 +500,15 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let config = match Config::parse(&bytes) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                if c.control_plane.edge_instance.is_none() {
+                    c.control_plane.edge_instance = self
+                        .get_property(vec!["node", "id"])
+                        .and_then(|id| String::from_utf8(id).ok())
+                        .and_then(|id| instance_from_node_id(&id));
+                }
+                c
+            }
             Err(e) => {
                 log::error!("edge-filter: {e}");
                 return false;
