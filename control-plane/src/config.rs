@@ -113,6 +113,13 @@ pub struct SettingsArgs {
         global = true
     )]
     pub kafka_fetch_wait_ms: u32,
+    /// librdkafka properties for every Kafka client of the region (producer, consumer,
+    /// admin), comma-separated `key=value`: the broker's own protection, e.g.
+    /// `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=cp-a,sasl.password=...,ssl.ca.location=/etc/kafka/ca.pem`.
+    /// The properties the delivery guarantees rest on (`bootstrap.servers`, `group.id`,
+    /// `acks`, `enable.idempotence`, `enable.auto.commit`, ...) are refused.
+    #[arg(long, env = "CP_KAFKA_CLIENT_CONFIG", global = true)]
+    pub kafka_client_config: Option<String>,
     /// The other regions' JWKS: comma-separated URLs or files. Their ML-DSA-65 keys (and
     /// this region's own) are the only ones whose events this region applies.
     #[arg(long, env = "PEER_JWKS", global = true, value_delimiter = ',')]
@@ -441,6 +448,15 @@ impl Settings {
         if !(1..=10_000).contains(&args.kafka_fetch_wait_ms) {
             problems.push("CP_KAFKA_FETCH_WAIT_MS must be between 1 and 10000".to_owned());
         }
+        let kafka_client = match crate::replication::bus::parse_client_config(
+            args.kafka_client_config.as_deref().unwrap_or(""),
+        ) {
+            Ok(pairs) => pairs,
+            Err(found) => {
+                problems.extend(found);
+                Vec::new()
+            }
+        };
         if args.publish_wait_ms > 10_000 {
             problems.push("CP_PUBLISH_WAIT_MS must be at most 10000".to_owned());
         }
@@ -485,6 +501,7 @@ impl Settings {
                         .clone()
                         .unwrap_or_else(|| format!("cp-{region}")),
                     fetch_wait_ms: args.kafka_fetch_wait_ms,
+                    client: kafka_client,
                 });
         settings.peer_jwks = peer_jwks;
         settings.publish_wait = std::time::Duration::from_millis(args.publish_wait_ms);

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -158,8 +157,8 @@ fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<RevocationEven
 
 /// Creates the region's consumer (its own group), subscribed to the revocations topic.
 pub(crate) fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, String> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.bootstrap)
+    let consumer: StreamConsumer = settings
+        .client_config()
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

@@ -190,3 +190,22 @@ fn a_fleet_maximum_below_the_region_maximum_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("CP_FLEET_MAX_TOKEN_MINUTES"), "{stderr}");
 }
+
+#[test]
+fn kafka_client_properties_that_would_weaken_delivery_are_refused_at_start() {
+    let dir = TempDir::new().expect("temp dir");
+    let output = crate::support::binary()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("KAFKA_BOOTSTRAP", "127.0.0.1:1")
+        .env(
+            "CP_KAFKA_CLIENT_CONFIG",
+            "security.protocol=SASL_SSL,acks=1,sasl.password",
+        )
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("may not set acks"), "{stderr}");
+    assert!(stderr.contains("sasl.password"), "{stderr}");
+}
