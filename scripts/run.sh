@@ -13,6 +13,7 @@ ROOT=$PWD
 
 REGIONS=1
 CP_PORT=8000
+CP_ADMIN_PORT=8100
 ENVOY_PORT=10000
 ADMIN_PORT=9901
 UPSTREAM_PORT=8081
@@ -33,6 +34,7 @@ usage() {
 usage: scripts/run.sh [options]
   --regions N          1 (default) or 2
   --cp-port P          control plane of region a (b: P+1)      [$CP_PORT]
+  --cp-admin-port P    its admin listener (b: P+1)             [$CP_ADMIN_PORT]
   --envoy-port P       Envoy listener of region a (b: P+1)     [$ENVOY_PORT]
   --envoy-admin-port P Envoy admin of region a (b: P+1)        [$ADMIN_PORT]
   --upstream-port P    demo upstream                           [$UPSTREAM_PORT]
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --regions) REGIONS="$2"; shift 2 ;;
     --cp-port) CP_PORT="$2"; shift 2 ;;
+    --cp-admin-port) CP_ADMIN_PORT="$2"; shift 2 ;;
     --envoy-port) ENVOY_PORT="$2"; shift 2 ;;
     --envoy-admin-port) ADMIN_PORT="$2"; shift 2 ;;
     --upstream-port) UPSTREAM_PORT="$2"; shift 2 ;;
@@ -79,6 +82,7 @@ names=(a b)
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
   check_port $((CP_PORT + i)) "control plane of region $r" --cp-port
+  check_port $((CP_ADMIN_PORT + i)) "admin listener of region $r" --cp-admin-port
   check_port $((ENVOY_PORT + i)) "Envoy of region $r" --envoy-port
   check_port $((ADMIN_PORT + i)) "Envoy admin of region $r" --envoy-admin-port
 done
@@ -207,7 +211,8 @@ for ((i = 0; i < REGIONS; i++)); do
   # The Redis URL holds the password: exported, never on a command line others can read.
   (
     if [ -n "$redis_url" ]; then export REDIS_URL="$redis_url"; fi
-    exec env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir"
+    exec env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" \
+      --admin-listen "127.0.0.1:$((CP_ADMIN_PORT + i))" --data-dir "$dir"
   ) >"$RUN/control-plane-$r.log" 2>&1 &
   PIDS+=($!)
 done
@@ -266,7 +271,7 @@ echo
 echo "== running (Ctrl-C stops everything; data stays in $DATA_DIR)"
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
-  echo "region $r: control plane http://127.0.0.1:$((CP_PORT + i))   Envoy http://127.0.0.1:$((ENVOY_PORT + i)) (admin $((ADMIN_PORT + i)))   admin credential $(admin_file "$r")"
+  echo "region $r: control plane http://127.0.0.1:$((CP_PORT + i)) (admin API http://127.0.0.1:$((CP_ADMIN_PORT + i)))   Envoy http://127.0.0.1:$((ENVOY_PORT + i)) (admin $((ADMIN_PORT + i)))   admin credential $(admin_file "$r")"
 done
 echo "demo upstream http://127.0.0.1:$UPSTREAM_PORT (echoes the x-auth-* headers Envoy forwards)"
 [ "$REGIONS" = 2 ] && echo "Redis 127.0.0.1:$REDIS_PORT (db 0: a as user cp-a, db 1: b as cp-b; passwords in $DATA_DIR/{a,b}/redis.secret)   broker 127.0.0.1:$KAFKA_PORT"

@@ -115,7 +115,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn run_walkthrough(regions: u8) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let data = TempDir::new("launcher-data");
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
     // Region b takes each base port + 1: keep those free too.
     let base = |i: usize| ports[i];
     let mut args: Vec<String> = vec![
@@ -134,6 +134,8 @@ fn run_walkthrough(regions: u8) {
         base(2).to_string(),
         "--upstream-port".into(),
         base(3).to_string(),
+        "--cp-admin-port".into(),
+        base(6).to_string(),
     ];
     if regions == 2 {
         args.extend([
@@ -170,6 +172,11 @@ fn run_walkthrough(regions: u8) {
             "the region's dir"
         );
         assert_eq!(mode(&admin_file), "600", "the admin credential");
+    }
+    // Each control plane also serves its admin listener (its own connection cap).
+    for i in 0..u16::from(regions) {
+        let health = tests::http::get(base(6) + i, "/health", &[]).expect("admin listener");
+        assert_eq!(health.status, 200, "admin listener of region {i}");
     }
     let edge = base(1) + u16::from(regions) - 1;
     let out = Command::new("bash")
@@ -358,6 +365,8 @@ fn docker_compose_uses_the_names_ports_and_paths_of_the_code_and_the_launcher() 
         ("ADMIN_PORT=9901", "127.0.0.1:9901:9901"),
         ("ADMIN_PORT=9901", "127.0.0.1:9902:9901"),
         ("UPSTREAM_PORT=8081", "127.0.0.1:8081:8081"),
+        ("CP_ADMIN_PORT=8100", "127.0.0.1:8100:8100"),
+        ("CP_ADMIN_PORT=8100", "127.0.0.1:8101:8100"),
     ] {
         assert!(launcher.contains(default), "launcher default {default}");
         assert!(compose.contains(published), "compose publishes {published}");
