@@ -224,6 +224,8 @@ pub struct Authorizer {
     limits: Limits,
     claim_headers: Vec<(String, String)>,
     dpop_max_age: i64,
+    /// `scheme://authority` values a DPoP proof's `htu` may name; empty: the request's own.
+    dpop_origins: Vec<String>,
     fail_open: bool,
     cache: TokenCache<Verified>,
 }
@@ -255,9 +257,17 @@ impl Authorizer {
             limits: rules.limits,
             claim_headers: rules.claim_headers,
             dpop_max_age: rules.dpop_max_age,
+            dpop_origins: Vec::new(),
             fail_open: rules.fail_open,
             cache: TokenCache::new(rules.cache_max_entries),
         }
+    }
+
+    /// Restricts DPoP proofs to these public origins (`scheme://authority`, lower case):
+    /// a request that names another authority cannot pass a proof made for another
+    /// resource server as one made for us.
+    pub(crate) fn set_dpop_origins(&mut self, origins: Vec<String>) {
+        self.dpop_origins = origins;
     }
 
     /// The trusted keys (also used to check signed revocation updates).
@@ -378,6 +388,12 @@ impl Authorizer {
         let Some(proof) = req.dpop.and_then(|p| std::str::from_utf8(p).ok()) else {
             return false;
         };
+        if !self.dpop_origins.is_empty() {
+            let origin = format!("{}://{}", req.scheme, req.authority).to_ascii_lowercase();
+            if !self.dpop_origins.contains(&origin) {
+                return false;
+            }
+        }
         let uri = crate::request::htu(req.scheme, req.authority, req.path);
         verify_proof(
             proof,

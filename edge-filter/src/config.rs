@@ -130,6 +130,9 @@ pub struct Config {
     pub(crate) dpop_max_age_seconds: i64,
     /// Buckets of the DPoP replay cache (each holds up to 16 live proofs).
     pub(crate) dpop_replay_buckets: u32,
+    /// The public origins (`scheme://authority`, lower case) a DPoP proof may be made
+    /// for; empty: whatever `:scheme` and `:authority` the request names.
+    pub(crate) dpop_origins: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +189,22 @@ struct RawConfig {
     dpop_max_age_seconds: i64,
     #[serde(default = "default_replay_buckets")]
     dpop_replay_buckets: u32,
+    #[serde(default)]
+    dpop_origins: Vec<String>,
+}
+
+/// `scheme://authority` in lower case, when `origin` is an http(s) origin with no path,
+/// query, fragment, user info or white space.
+fn parse_origin(origin: &str) -> Option<String> {
+    let lower = origin.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))?;
+    let clean = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    clean.then_some(lower)
 }
 
 fn default_feed_path() -> String {
@@ -327,6 +346,15 @@ impl Config {
         if !(1..=3600).contains(&raw.dpop_max_age_seconds) {
             problems.push("dpop_max_age_seconds: must be 1..=3600".into());
         }
+        let mut dpop_origins = Vec::new();
+        for origin in &raw.dpop_origins {
+            match parse_origin(origin) {
+                Some(o) => dpop_origins.push(o),
+                None => problems.push(format!(
+                    "dpop_origins: {origin:?} is not an http(s)://host[:port] origin (no path)"
+                )),
+            }
+        }
         if raw.cache_max_entries == 0 {
             problems.push("cache_max_entries: must be positive".into());
         }
@@ -395,6 +423,7 @@ impl Config {
             max_revocations: raw.max_revocations,
             dpop_max_age_seconds: raw.dpop_max_age_seconds,
             dpop_replay_buckets: raw.dpop_replay_buckets,
+            dpop_origins,
         })
     }
 }
@@ -402,6 +431,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpop_origins_are_http_origins_without_a_path() {
+        assert_eq!(
+            parse_origin("HTTPS://API.example:8443").as_deref(),
+            Some("https://api.example:8443")
+        );
+        for bad in [
+            "api.example",
+            "https://",
+            "https://a/b",
+            "ftp://a",
+            "https://a?b",
+            "https://u@a",
+        ] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn a_minimal_config_gets_the_documented_defaults() {

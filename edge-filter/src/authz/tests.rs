@@ -601,3 +601,62 @@ fn nbf_keeps_the_configured_leeway_when_the_feed_clamps_exp() {
     let authorization = format!("Bearer {}", token(&c));
     assert_eq!(reason(decide(&mut az, &authorization, &set)), None);
 }
+
+#[test]
+fn a_dpop_proof_for_another_origin_is_refused_when_the_origins_are_configured() {
+    let device = SigningKey::from_seed(Alg::EdDsa, &[3; 32]);
+    let mut c = claims();
+    c["cnf"] = json!({"jkt": device.kid()});
+    let access = token(&c);
+    let bearer = format!("DPoP {access}");
+    let proof = |htu: &str, jti: &str| {
+        sign_proof(
+            &device,
+            &DpopClaims {
+                jti: jti.into(),
+                htm: "GET".into(),
+                htu: htu.into(),
+                iat: NOW,
+                ath: Some(ath(&access)),
+                nonce: None,
+            },
+        )
+        .unwrap()
+    };
+    let set = RevocationSet::new();
+    let run = |az: &mut Authorizer, authority: &str, dpop: &str| {
+        let req = Request {
+            authority,
+            dpop: Some(dpop.as_bytes()),
+            ..request(&bearer)
+        };
+        az.authorize(
+            &req,
+            &set,
+            Freshness::Fresh,
+            NOW,
+            &mut MemoryGuard::default(),
+        )
+    };
+    // A proof made for another resource server, replayed here with its Host.
+    let foreign = proof("https://other.test/things", "p-foreign");
+    let mut open = Authorizer::new(keyring(), rules());
+    assert!(
+        matches!(
+            run(&mut open, "other.test", &foreign),
+            Outcome::Allow { .. }
+        ),
+        "without configured origins the request's own authority is trusted"
+    );
+    let mut pinned = Authorizer::new(keyring(), rules());
+    pinned.set_dpop_origins(vec!["https://api.test".into()]);
+    assert_eq!(
+        reason(run(&mut pinned, "other.test", &foreign)),
+        Some(Reason::InvalidDpopProof)
+    );
+    let ours = proof("https://api.test/things", "p-ours");
+    assert!(matches!(
+        run(&mut pinned, "api.test", &ours),
+        Outcome::Allow { .. }
+    ));
+}

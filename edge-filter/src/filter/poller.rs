@@ -519,7 +519,7 @@ impl RootContext for Root {
             KeySource::Inline(ring) => ring.clone(),
             KeySource::Fetched => Keyring::new(),
         };
-        let authorizer = Authorizer::new(
+        let mut authorizer = Authorizer::new(
             ring,
             Rules {
                 validation: config.validation.clone(),
@@ -530,6 +530,7 @@ impl RootContext for Root {
                 cache_max_entries: config.cache_max_entries,
             },
         );
+        authorizer.set_dpop_origins(config.dpop_origins.clone());
         self.vm_number = Root::allocate_vm_number(&keys);
         self.service = config.role == Role::Poller;
         let folded_claim_headers = config
