@@ -4,7 +4,8 @@
 # core: control-plane/benches/raw_limits.rs), then starts the control plane on a fresh
 # data directory and drives POST /token (EdDSA, then ML-DSA-65 on a second fresh
 # server), POST /revoke and POST /token/validate with wrk at several concurrencies, and
-# one revocation at a time on an otherwise idle server. Ends with a table of the
+# one revocation at a time on an otherwise idle server, and a refresh and a refresh
+# reuse one at a time while wrk revokes (bench/refresh.py). Ends with a table of the
 # measurements against the targets of issue 9 (at -t2 -c32) and `audit verify`.
 # The Criterion micro-benchmarks of the signing code are apart:
 # `cargo bench -p control-plane --bench signing`.
@@ -82,6 +83,13 @@ export TOKENS_FILE="$work/tokens.txt"
 run revoke-idle revoke 1 1
 for c in $CONCURRENCY; do run token-eddsa token 2 "$c"; done
 for c in $CONCURRENCY; do run revoke revoke 2 "$c"; done
+echo "== refresh and refresh reuse one at a time (bench/refresh.py) while wrk revokes at -c32"
+ROUTE=revoke wrk -t2 -c32 -d"${SECS}s" --latency -s bench/cp.lua "$CP" >"$work/revoke-beside.txt" &
+beside=$!
+python3 bench/refresh.py "$CP" "$ADMIN_SECRET" "$SECS" | tee -a "$results"
+wait "$beside"
+line=$(grep '^RESULT' "$work/revoke-beside.txt" || echo "RESULT 0 0 0 0 0")
+echo "revoke-beside-refresh 32 ${line#RESULT }" | tee -a "$results"
 echo "== revocation events signed, and the ML-DSA-65 signatures they took (batched)"
 curl -s "$CP/metrics" | grep -E '^cp_event(s_signed|_signatures)_total' | tee "$work/signer.txt"
 for c in $CONCURRENCY; do run validate validate 2 "$c"; done

@@ -270,7 +270,8 @@ fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", to.display()))?;
     }
     let target = to.to_string_lossy().into_owned();
-    db.lock()
+    // A read-only connection: VACUUM INTO writes only the copy.
+    db.read()?
         .execute("VACUUM INTO ?1", [&target])
         .with_context(|| format!("cannot write {}", to.display()))?;
     #[cfg(unix)]
@@ -333,7 +334,7 @@ fn restore(data_dir: &Path, from: &Path, replace: bool) -> anyhow::Result<()> {
     std::fs::rename(&staged, &target)
         .with_context(|| format!("cannot move the copy to {}", target.display()))?;
     let db = db::Db::open(&target).with_context(|| format!("cannot open {}", target.display()))?;
-    let feed = db::new_feed_id(&db.lock())?;
+    let feed = db.renew_feed_id()?;
     print(&serde_json::json!({ "restored": target, "from": from, "feed": feed }));
     Ok(())
 }
@@ -535,14 +536,14 @@ fn edge_credential(args: &SettingsArgs, a: EdgeCredentialArgs) -> anyhow::Result
 
 fn list_keys(data_dir: &Path) -> anyhow::Result<()> {
     let db = open_existing(data_dir)?;
-    let list = keys::list(&db.lock())?;
+    let list = keys::list(&*db.read()?)?;
     print(&serde_json::to_value(list)?);
     Ok(())
 }
 
 fn audit_tail(data_dir: &Path, limit: i64) -> anyhow::Result<()> {
     let db = open_existing(data_dir)?;
-    let rows = audit::tail(&db.lock(), limit)?;
+    let rows = audit::tail(&*db.read()?, limit)?;
     print(&serde_json::to_value(rows)?);
     Ok(())
 }
@@ -553,8 +554,8 @@ fn events_export(data_dir: &Path, since: u64) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut after = since;
     loop {
-        // Pages, so the lock is never held for the whole export.
-        let page = db::signed_events(&db.lock(), after, 1000)?;
+        // Pages, so no read transaction lasts the whole export.
+        let page = db::signed_events(&*db.read()?, after, 1000)?;
         let Some(last) = page.last() else {
             break;
         };
@@ -570,7 +571,7 @@ fn events_export(data_dir: &Path, since: u64) -> anyhow::Result<()> {
 fn audit_export(data_dir: &Path) -> anyhow::Result<()> {
     use std::io::Write as _;
     let db = open_existing(data_dir)?;
-    let conn = db.lock();
+    let conn = db.read()?;
     let ring = keys::audit_keyring(&conn)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     audit::export(&conn, &ring, &mut out)?;
@@ -585,7 +586,7 @@ fn audit_verify(data_dir: &Path, file: Option<&Path>) -> ExitCode {
             .with_context(|| format!("cannot open {}", path.display()))
             .map(|f| audit::verify_export(std::io::BufReader::new(f))),
         None => open_existing(data_dir).and_then(|db| {
-            let conn = db.lock();
+            let conn = db.read()?;
             let ring = keys::audit_keyring(&conn)?;
             Ok(audit::verify(&conn, &ring))
         }),

@@ -486,7 +486,10 @@ pub(crate) async fn keep_current(
         if needed {
             let (region, cache) = (region.clone(), cache.clone());
             let done = tokio::task::spawn_blocking(move || {
-                let events = crate::store::db::live_signed(&region.db().lock(), now())
+                let events = region
+                    .db()
+                    .read()
+                    .and_then(|conn| crate::store::db::live_signed(&conn, now()))
                     .map_err(|e| CacheError(e.to_string()))?;
                 cache.rebuild(&events)
             })

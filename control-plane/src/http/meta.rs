@@ -45,12 +45,14 @@ struct Parts {
 async fn parts(state: &AppState) -> Result<Parts, ApiError> {
     let backends = state.backends.clone();
     blocking(state, move |r| {
-        let conn = r.db().lock();
-        let sqlite = conn
-            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
-            .is_ok();
-        let outbox_depth = crate::store::db::outbox_depth(&conn).unwrap_or(0);
-        drop(conn);
+        let (sqlite, outbox_depth) = match r.db().read() {
+            Ok(conn) => (
+                conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                    .is_ok(),
+                crate::store::db::outbox_depth(&conn).unwrap_or(0),
+            ),
+            Err(_) => (false, 0),
+        };
         let redis = backends.redis.as_ref().map(|redis| {
             let up = redis.marker_present();
             (up.is_ok(), up.unwrap_or(false) && redis.is_trusted())

@@ -6,13 +6,14 @@
 //! plain `client_binding` string (the seed's weaker mode). Refresh tokens are opaque
 //! random strings; only their SHA-256 is stored. Every refresh rotates the presented
 //! token; presenting a rotated one again revokes the whole session through the signed
-//! revocation path (`Kind::Sid`), in the same SQLite transaction that marks it revoked.
+//! revocation path (`Kind::Sid`), stored in the same commit that marks it revoked.
+//! Every write goes through the region's writer, and nothing is signed inside it.
 //!
 //! With `kem_public_key` the rotated token is sealed to the client's ephemeral X-Wing
 //! key over the [`transcript`] of the exchange, so a recorded exchange cannot be opened
 //! later once the client has dropped its ephemeral secret.
 
-use rusqlite::{OptionalExtension as _, Transaction, TransactionBehavior, params};
+use rusqlite::{OptionalExtension as _, Transaction, params};
 use serde_json::json;
 use shared::claims::Confirmation;
 use shared::dpop::{self, ProofRequirements};
@@ -391,9 +392,17 @@ pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Resu
     };
     let access = mint(region, &session, t)?;
     let refresh_token = new_token();
-    {
-        let mut conn = region.db().lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let job_session = session.clone();
+    let first_hash = token_hash(&refresh_token);
+    let audit_row = json!({
+        "sid": session.sid, "sub": session.subject, "scope": session.scope,
+        "device_jkt": session.device_jkt,
+        "client_binding": session.binding_hash.is_some(),
+        "expires_at": session.expires_at, "jti": access.claims.jti, "via": via,
+    });
+    let origin = region.settings().region.clone();
+    region.writer().run(move |tx| {
+        let session = job_session;
         tx.execute(
             "INSERT INTO refresh_sessions
              (sid, subject, scope, device_jkt, binding_hash, created_at, expires_at)
@@ -411,28 +420,11 @@ pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Resu
         tx.execute(
             "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
              VALUES (?1, ?2, 0, 'active', ?3, ?4)",
-            params![
-                token_hash(&refresh_token),
-                session.sid,
-                t,
-                session.expires_at
-            ],
+            params![first_hash, session.sid, t, session.expires_at],
         )?;
-        audit::append(
-            &tx,
-            &region.keys().event_key,
-            t,
-            &region.settings().region,
-            "refresh.created",
-            json!({
-                "sid": session.sid, "sub": session.subject, "scope": session.scope,
-                "device_jkt": session.device_jkt,
-                "client_binding": session.binding_hash.is_some(),
-                "expires_at": session.expires_at, "jti": access.claims.jti, "via": via,
-            }),
-        )?;
-        tx.commit()?;
-    }
+        audit::append_row(tx, t, &origin, "refresh.created", audit_row)?;
+        Ok::<_, Error>(())
+    })?;
     publish_session_state(region, &session, Some(0), "active");
     Ok(Created {
         refresh_token,
@@ -477,14 +469,14 @@ pub(crate) fn check_possession(
     let t = now();
     let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token), None)?;
     publish_proof(region, &jkt, &jti);
-    let mut conn = region.db().lock();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if !remember_proof(&tx, &jkt, &jti, t)? {
+    let fresh = region
+        .writer()
+        .run(move |tx| remember_proof(tx, &jkt, &jti, t))?;
+    if !fresh {
         return Err(Error::InvalidProof(
             "DPoP proof was already used (replay)".into(),
         ));
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -602,7 +594,7 @@ fn remember_proof(tx: &Transaction<'_>, jkt: &str, jti: &str, t: i64) -> rusqlit
 fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, Error> {
     if let Some(at) = session.revoked_at {
         let event = match &session.revocation_event {
-            Some(id) => db::revocation_by_id(&region.db().lock(), id)?,
+            Some(id) => db::revocation_by_id(&*region.db().read()?, id)?,
             None => None,
         };
         return Ok(Some(match event {
@@ -629,9 +621,10 @@ fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, 
     Ok(None)
 }
 
-/// Rotates a refresh token: checks the binding, seals the new token and, in one
-/// IMMEDIATE transaction, records the proof, re-checks the token's state and either
-/// rotates it or (for a rotated token) revokes the whole session.
+/// Rotates a refresh token: checks the binding, seals the new token and signs the
+/// access token, then, in one writer job, records the proof, re-checks the token's state
+/// and rotates it. A rotated token presented again revokes the whole session
+/// ([`revoke_session`]: signed after that job, stored by another).
 pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Error> {
     // Not trimmed: the transcript hashes the token exactly as the client sent it.
     let presented = request.refresh_token;
@@ -657,7 +650,7 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
     }
     let hash = token_hash(&presented);
     let t = now();
-    let row = find_token(&region.db().lock(), &hash)?.ok_or(Error::UnknownToken)?;
+    let row = find_token(&*region.db().read()?, &hash)?.ok_or(Error::UnknownToken)?;
     let session = row.session.clone();
 
     // Who may refresh: checked before the state, so neither a stolen token without
@@ -733,148 +726,188 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
     if let Some((jkt, jti)) = &proof {
         publish_proof(region, jkt, jti);
     }
-    let mut conn = region.db().lock();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some((jkt, jti)) = &proof
-        && !remember_proof(&tx, jkt, jti, t)?
-    {
-        return Err(Error::InvalidProof(
-            "DPoP proof replayed: its jti was already used".into(),
-        ));
-    }
-    // Re-read inside the transaction: a concurrent refresh may have rotated it.
-    let row = find_token(&tx, &hash)?.ok_or(Error::UnknownToken)?;
-    if let Some(at) = row.session.revoked_at {
-        tx.commit()?; // keep the proof's jti
-        return Err(Error::Revoked(format!(
-            "refresh session was revoked at {}",
-            rfc3339(at)
-        )));
-    }
-    match row.state.as_str() {
-        "active" => {}
-        "rotated" => {
-            let revoked = revoke_session_in(region, tx, &row.session, "refresh token reuse")?;
-            drop(conn);
-            let revoked = revoked.announce(region);
-            tracing::warn!(sid = %revoked.session_id, "refresh token reuse: session revoked");
-            return Err(Error::ReusedRefreshToken {
-                sid: revoked.session_id,
-                event_id: revoked.event_id,
-            });
-        }
-        _ => {
-            return Err(Error::Revoked(
-                "refresh token was revoked with its session".into(),
-            ));
-        }
-    }
-    if row.session.expires_at <= t {
-        tx.commit()?;
-        return Err(Error::Expired(row.session.expires_at));
-    }
-    let generation = row.generation + 1;
-    tx.execute(
-        "UPDATE refresh_tokens SET state = 'rotated', used_at = ?2 WHERE hash = ?1",
-        params![hash, t],
-    )?;
-    tx.execute(
-        "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
-         VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
-        params![
-            token_hash(&next),
-            session.sid,
-            generation,
-            t,
-            row.session.expires_at
-        ],
-    )?;
-    audit::append(
-        &tx,
-        &region.keys().event_key,
+    let rotation = Rotation {
+        hash,
+        next_hash: token_hash(&next),
+        proof,
         t,
-        &region.settings().region,
-        "refresh.rotated",
-        json!({
-            "sid": session.sid, "generation": generation, "jti": access.claims.jti,
+        region: region.settings().region.clone(),
+        audit_row: json!({
+            "sid": session.sid, "jti": access.claims.jti,
             "sealed": matches!(delivery, Delivery::Sealed { .. }),
             "device_jkt": session.device_jkt,
         }),
-    )?;
-    tx.commit()?;
-    drop(conn);
-    publish_session_state(region, &row.session, Some(generation), "active");
-    Ok(Refreshed {
-        access,
-        delivery,
-        session_id: session.sid,
-        refresh_expires_in: row.session.expires_at - t,
-    })
-}
-
-/// A session revocation committed but not yet cached, fed to the edges or published.
-struct PendingRevocation {
-    session_id: String,
-    committed: Option<(
-        shared::RevocationEvent,
-        crate::store::db::Inserted,
-        &'static str,
-    )>,
-    event_id: String,
-}
-
-impl PendingRevocation {
-    fn announce(self, region: &Region) -> SessionRevoked {
-        if let Some((event, inserted, via)) = self.committed {
-            region.announce_revocation(event, inserted, via);
+    };
+    match region.writer().run(move |tx| rotation.write(tx))? {
+        Rotated::Done {
+            generation,
+            session,
+        } => {
+            publish_session_state(region, &session, Some(generation), "active");
+            Ok(Refreshed {
+                access,
+                delivery,
+                session_id: session.sid,
+                refresh_expires_in: session.expires_at - t,
+            })
         }
-        SessionRevoked {
-            session_id: self.session_id,
-            event_id: self.event_id,
+        Rotated::Reused(session) => {
+            // Signed now, with no transaction open; committed by a second writer job.
+            let revoked = revoke_session(region, &session, "refresh token reuse")?;
+            tracing::warn!(sid = %revoked.session_id, "refresh token reuse: session revoked");
+            Err(Error::ReusedRefreshToken {
+                sid: revoked.session_id,
+                event_id: revoked.event_id,
+            })
         }
+        Rotated::SessionRevoked(at) => Err(Error::Revoked(format!(
+            "refresh session was revoked at {}",
+            rfc3339(at)
+        ))),
+        Rotated::TokenRevoked => Err(Error::Revoked(
+            "refresh token was revoked with its session".into(),
+        )),
+        Rotated::Expired(at) => Err(Error::Expired(at)),
     }
 }
 
-/// Marks the session and its tokens revoked and writes the signed `sid` revocation in
-/// the same transaction, then commits it.
-fn revoke_session_in(
+/// A refresh's writer job: records the proof's `jti`, re-reads the presented token
+/// (a concurrent refresh may have rotated it since it was checked) and rotates it when
+/// it is still active. It never signs: a reuse is only reported here and revoked by
+/// [`revoke_session`].
+struct Rotation {
+    hash: Vec<u8>,
+    next_hash: Vec<u8>,
+    proof: Option<(String, String)>,
+    t: i64,
+    region: String,
+    /// The `refresh.rotated` audit row, without its generation.
+    audit_row: serde_json::Value,
+}
+
+/// What the writer found and did for a [`Rotation`]. Every outcome commits, so the
+/// proof's `jti` is kept whatever the answer; only an active token is rotated.
+enum Rotated {
+    /// Rotated: the new token has this generation.
+    Done { generation: i64, session: Session },
+    /// The token was rotated before: the session must be revoked.
+    Reused(Session),
+    /// The session was revoked at this time.
+    SessionRevoked(i64),
+    /// The token was revoked with its session.
+    TokenRevoked,
+    /// The session expired at this time.
+    Expired(i64),
+}
+
+impl Rotation {
+    fn write(self, tx: &Transaction<'_>) -> Result<Rotated, Error> {
+        let t = self.t;
+        if let Some((jkt, jti)) = &self.proof
+            && !remember_proof(tx, jkt, jti, t)?
+        {
+            return Err(Error::InvalidProof(
+                "DPoP proof replayed: its jti was already used".into(),
+            ));
+        }
+        let row = find_token(tx, &self.hash)?.ok_or(Error::UnknownToken)?;
+        if let Some(at) = row.session.revoked_at {
+            return Ok(Rotated::SessionRevoked(at));
+        }
+        match row.state.as_str() {
+            "active" => {}
+            "rotated" => return Ok(Rotated::Reused(row.session)),
+            _ => return Ok(Rotated::TokenRevoked),
+        }
+        if row.session.expires_at <= t {
+            return Ok(Rotated::Expired(row.session.expires_at));
+        }
+        let generation = row.generation + 1;
+        tx.execute(
+            "UPDATE refresh_tokens SET state = 'rotated', used_at = ?2 WHERE hash = ?1",
+            params![self.hash, t],
+        )?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
+            params![
+                self.next_hash,
+                row.session.sid,
+                generation,
+                t,
+                row.session.expires_at
+            ],
+        )?;
+        let mut audit_row = self.audit_row;
+        audit_row["generation"] = generation.into();
+        audit::append_row(tx, t, &self.region, "refresh.rotated", audit_row)?;
+        Ok(Rotated::Done {
+            generation,
+            session: row.session,
+        })
+    }
+}
+
+/// Revokes a session through the signed revocation path: the `sid` event is signed
+/// first, outside any transaction (the event signer may batch it with others), then one
+/// writer job re-reads the session and, unless a revocation got there first, marks it
+/// and its tokens revoked and stores the event with its feed, outbox and audit rows.
+/// Revoking a revoked session answers with its first revocation event; a signed event
+/// that lost that race is dropped, never stored.
+fn revoke_session(
     region: &Region,
-    tx: Transaction<'_>,
     session: &Session,
     via: &'static str,
-) -> Result<PendingRevocation, Error> {
+) -> Result<SessionRevoked, Error> {
     if let Some(event_id) = &session.revocation_event {
-        return Ok(PendingRevocation {
+        return Ok(SessionRevoked {
             session_id: session.sid.clone(),
-            committed: None,
             event_id: event_id.clone(),
         });
     }
     let (event, signed) = region.sign_revocation(Kind::Sid, &session.sid, None)?;
-    let t = event.issued_at;
-    tx.execute(
-        "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3 WHERE sid = ?1",
-        params![session.sid, t, event.event_id],
-    )?;
-    tx.execute(
-        "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
-        params![session.sid],
-    )?;
-    let inserted = region.record_revocation(&tx, &event, &signed, via)?;
-    audit::append(
-        &tx,
-        &region.keys().event_key,
-        t,
-        &region.settings().region,
-        "refresh.revoked",
-        json!({ "sid": session.sid, "event_id": event.event_id, "via": via }),
-    )?;
-    tx.commit()?;
-    publish_session_state(region, session, None, "revoked");
-    Ok(PendingRevocation {
+    let record = region.recorder(via);
+    let origin = region.settings().region.clone();
+    let job_event = event.clone();
+    let sid = session.sid.clone();
+    let outcome = region.writer().run(move |tx| {
+        let event = job_event;
+        let current = find_session(tx, &sid)?.ok_or_else(|| Error::UnknownSession(sid.clone()))?;
+        if let Some(first) = current.revocation_event {
+            return Ok::<_, Error>(Err(first));
+        }
+        let t = event.issued_at;
+        tx.execute(
+            "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3 WHERE sid = ?1",
+            params![sid, t, event.event_id],
+        )?;
+        tx.execute(
+            "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
+            params![sid],
+        )?;
+        let inserted = record.write(tx, &event, &signed)?;
+        audit::append_row(
+            tx,
+            t,
+            &origin,
+            "refresh.revoked",
+            json!({ "sid": sid, "event_id": event.event_id, "via": via }),
+        )?;
+        Ok(Ok(inserted))
+    })?;
+    let event_id = match outcome {
+        Ok(inserted) => {
+            publish_session_state(region, session, None, "revoked");
+            region
+                .announce_revocation(event, inserted, via)
+                .event
+                .event_id
+        }
+        Err(first) => first,
+    };
+    Ok(SessionRevoked {
         session_id: session.sid.clone(),
-        event_id: event.event_id.clone(),
-        committed: Some((event, inserted, via)),
+        event_id,
     })
 }
 
@@ -900,16 +933,19 @@ pub(crate) fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRev
             (None, Some(sid), "api:/token/refresh/revoke (admin)")
         }
     };
-    let mut conn = region.db().lock();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let session = match (hash, sid) {
-        (Some(hash), _) => find_token(&tx, &hash)?.ok_or(Error::UnknownToken)?.session,
-        (None, Some(sid)) => find_session(&tx, &sid)?.ok_or(Error::UnknownSession(sid))?,
-        (None, None) => return Err(Error::InvalidRequest("nothing to revoke".into())),
+    let session = {
+        let conn = region.db().read()?;
+        match (hash, sid) {
+            (Some(hash), _) => {
+                find_token(&conn, &hash)?
+                    .ok_or(Error::UnknownToken)?
+                    .session
+            }
+            (None, Some(sid)) => find_session(&conn, &sid)?.ok_or(Error::UnknownSession(sid))?,
+            (None, None) => return Err(Error::InvalidRequest("nothing to revoke".into())),
+        }
     };
-    let pending = revoke_session_in(region, tx, &session, via)?;
-    drop(conn);
-    Ok(pending.announce(region))
+    revoke_session(region, &session, via)
 }
 
 #[cfg(test)]

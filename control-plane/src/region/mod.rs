@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use rusqlite::TransactionBehavior;
 use serde_json::{Map, Value, json};
 use shared::claims::{Audience, Confirmation, TYP_ACCESS_TOKEN};
 use shared::jws::{self, Limits};
@@ -61,6 +60,10 @@ pub enum Error {
     /// No usable signing key is stored.
     #[error("no active signing key is stored")]
     NoKeys,
+    /// A task on the blocking pool panicked or was cancelled (an internal failure: a
+    /// 500 whose body stays generic; the cause is logged).
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A token request (the `POST /token` body).
@@ -281,44 +284,22 @@ impl Region {
         let db = Db::open(&db_path)
             .with_context(|| format!("cannot open database {}", db_path.display()))?;
         let t = now();
-        let keyset = {
-            let mut conn = db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let created = keys::ensure_active(&tx, t)?;
-            let keyset = keys::load(&tx, settings.signing_alg, t, settings.max_token_secs)?
-                .context("no signing keys after creating them")?;
-            if !created.created.is_empty() {
-                audit::append(
-                    &tx,
-                    &keyset.event_key,
-                    t,
-                    &settings.region,
-                    "keys.created",
-                    json!({ "keys": created.created }),
-                )?;
-            }
-            // Rows a crash left unsealed, or the ones just written.
-            audit::seal(&tx, &keyset.event_key, t, &settings.region)?;
-            tx.commit()?;
-            keyset
-        };
         let admin_path = dir.join(ADMIN_FILE);
         let created = ensure_admin_secret(&admin_path)
             .with_context(|| format!("cannot create {}", admin_path.display()))?;
-        if created {
-            let mut conn = db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            audit::append(
-                &tx,
-                &keyset.event_key,
-                t,
-                &settings.region,
-                "admin.created",
-                json!({ "path": admin_path.display().to_string() }),
-            )?;
-            audit::seal(&tx, &keyset.event_key, t, &settings.region)?;
-            tx.commit()?;
-        }
+        // The one write before the writer runs; its rows (and any a crash left unsealed)
+        // are sealed by the writer's first checkpoint.
+        let keyset = keys::prepare(
+            &db,
+            &keys::Prepare {
+                token_alg: settings.signing_alg,
+                now: t,
+                max_token_secs: settings.max_token_secs,
+                region: &settings.region,
+                admin_created: created.then(|| admin_path.display().to_string()),
+            },
+        )?
+        .context("no signing keys after creating them")?;
         let secret = read_admin_secret(&dir)
             .with_context(|| format!("cannot read {}", admin_path.display()))?;
         anyhow::ensure!(
@@ -349,11 +330,7 @@ impl Region {
         let source = keys.clone();
         let key_source: crate::store::writer::KeySource =
             Arc::new(move || source.read().unwrap_or_else(|e| e.into_inner()).clone());
-        let writer = Writer::start(
-            db.open_connection()?,
-            key_source.clone(),
-            settings.region.clone(),
-        );
+        let writer = Writer::start(&db, key_source.clone(), settings.region.clone())?;
         Ok(Region {
             settings,
             db,
@@ -399,6 +376,13 @@ impl Region {
     /// What the event signer has done (events and signatures).
     pub(crate) fn signer_stats(&self) -> &crate::replication::signer::SignerStats {
         self.signer.stats()
+    }
+
+    /// Test hook: pauses the event signer until the guard is dropped, so a test can
+    /// watch what the region does while a revocation waits for its signature.
+    #[doc(hidden)]
+    pub fn pause_event_signer(&self) -> crate::replication::signer::SignerPause {
+        self.signer.pause()
     }
 
     /// The live revocations this process decides with.
@@ -493,7 +477,7 @@ impl Region {
     /// Issues an access token and records it in the audit log.
     pub(crate) fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
         let (claims, ttl) = self.issue_claims(request)?;
-        let (token, row) = self.sign_issued(&claims, via)?;
+        let (token, row) = self.sign_issued(&self.keys(), &claims, via)?;
         self.writer.run(move |tx| row.write(tx))?;
         Ok(Issued {
             token,
@@ -520,18 +504,19 @@ impl Region {
                 .await?;
             self.issued_until.fetch_max(stored, Ordering::AcqRel);
         }
-        let (claims, token, row) = if self.keys().token_key.alg() == shared::Alg::EdDsa {
-            let (token, row) = self.sign_issued(&claims, via)?;
+        // One key snapshot decides where to sign and signs.
+        let keys = self.keys();
+        let (claims, token, row) = if keys.token_key.alg() == shared::Alg::EdDsa {
+            let (token, row) = self.sign_issued(&keys, &claims, via)?;
             (claims, token, row)
         } else {
             let region = self.clone();
             tokio::task::spawn_blocking(move || {
                 region
-                    .sign_issued(&claims, via)
+                    .sign_issued(&keys, &claims, via)
                     .map(|(token, row)| (claims, token, row))
             })
-            .await
-            .map_err(|e| Error::InvalidRequest(format!("signing task failed: {e}")))??
+            .await??
         };
         self.writer.run_async(move |tx| row.write(tx)).await?;
         Ok(Issued {
@@ -541,9 +526,15 @@ impl Region {
         })
     }
 
-    /// Signs issued claims; returns the token and the writer job of its audit row.
-    fn sign_issued(&self, claims: &AccessClaims, via: &str) -> Result<(String, IssuedRow), Error> {
-        let (token, kid, alg) = self.sign_access(claims)?;
+    /// Signs issued claims with `keys`; returns the token and the writer job of its audit
+    /// row.
+    fn sign_issued(
+        &self,
+        keys: &KeySet,
+        claims: &AccessClaims,
+        via: &str,
+    ) -> Result<(String, IssuedRow), Error> {
+        let (token, kid, alg) = self.sign_access_with(keys, claims)?;
         let row = json!({
             "jti": claims.jti, "sub": claims.sub, "aud": claims.aud, "iat": claims.iat,
             "exp": claims.exp, "kid": kid, "alg": alg.as_str(),
@@ -862,8 +853,10 @@ impl Region {
         }
     }
 
-    /// What [`Recorder::write`] needs, owned, for the writer thread.
-    fn recorder(&self, via: &str) -> Recorder {
+    /// What [`Recorder::write`] needs, owned, for a writer job: it writes a signed event
+    /// with its feed, outbox and audit rows, so other state can change in the same
+    /// commit. Call [`Region::announce_revocation`] after the commit.
+    pub(crate) fn recorder(&self, via: &str) -> Recorder {
         Recorder {
             outbox: self.outbox_mode(),
             region: self.settings.region.clone(),
@@ -913,9 +906,7 @@ impl Region {
         if kind == Kind::Kid {
             let region = self.clone();
             let kid = value.clone();
-            tokio::task::spawn_blocking(move || region.retire_revoked_key(&kid, via))
-                .await
-                .map_err(|e| Error::InvalidRequest(format!("key retirement failed: {e}")))??;
+            tokio::task::spawn_blocking(move || region.retire_revoked_key(&kid, via)).await??;
         }
         let (event, signed) = self.sign_revocation_async(kind, &value, expires_at).await?;
         let record = self.recorder(via);
@@ -971,19 +962,6 @@ impl Region {
     ) -> Result<(RevocationEvent, String), Error> {
         let event = self.new_revocation(kind, value, expires_at)?;
         self.signer.sign_async(event).await.map_err(Error::Signing)
-    }
-
-    /// Writes a signed event, its feed and outbox rows and its audit row inside the
-    /// caller's transaction, so other state can change in the same commit. Call
-    /// [`Region::announce_revocation`] after the commit.
-    pub(crate) fn record_revocation(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        event: &RevocationEvent,
-        signed: &str,
-        via: &str,
-    ) -> Result<db::Inserted, Error> {
-        self.recorder(via).write(tx, event, signed)
     }
 
     /// After the commit: caches the event, advances the edge feed and wakes the outbox
@@ -1059,10 +1037,18 @@ impl Region {
         &self,
         claims: &AccessClaims,
     ) -> Result<(String, String, shared::Alg), Error> {
+        self.sign_access_with(&self.keys(), claims)
+    }
+
+    /// [`Region::sign_access`] with a key snapshot the caller already took.
+    fn sign_access_with(
+        &self,
+        keys: &KeySet,
+        claims: &AccessClaims,
+    ) -> Result<(String, String, shared::Alg), Error> {
         let payload = serde_json::to_vec(claims)
             .map_err(|e| Error::InvalidRequest(format!("claims do not serialize: {e}")))?;
         self.reserve_issued_until(claims.exp)?;
-        let keys = self.keys();
         let kid = keys.token_key.kid();
         let token = jws::sign(
             &keys.token_key,
@@ -1111,27 +1097,27 @@ impl Region {
     }
 
     /// Creates new keys, published at once and signing after the activation delay, when
-    /// the current ones retire; recorded in the audit log.
+    /// the current ones retire; recorded in the audit log. Goes through the writer like
+    /// every other write; the audit sealer signs the row's checkpoint after the commit.
     pub(crate) fn rotate_keys(&self, via: &str) -> Result<KeyChanges, Error> {
-        let t = now();
-        let old = self.keys();
-        let changes = {
-            let mut conn = self.db.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let changes = keys::rotate(&tx, t, self.settings.key_activation_secs)?;
-            // Signed by the retiring key: the chain stays verifiable by the key it knew.
-            audit::append(
-                &tx,
-                &old.event_key,
+        let owned = (
+            via.to_owned(),
+            self.settings.region.clone(),
+            self.settings.key_activation_secs,
+        );
+        let changes = self.writer.run(move |tx| {
+            let (via, region, activation) = owned;
+            let t = now();
+            let changes = keys::rotate(tx, t, activation)?;
+            audit::append_row(
+                tx,
                 t,
-                &self.settings.region,
+                &region,
                 "keys.rotated",
                 json!({ "created": changes.created, "retired": changes.retired, "via": via }),
             )?;
-            audit::seal(&tx, &old.event_key, t, &self.settings.region)?;
-            tx.commit()?;
-            changes
-        };
+            Ok::<_, Error>(changes)
+        })?;
         self.reload_keys()?;
         Ok(changes)
     }
@@ -1203,7 +1189,7 @@ impl Region {
             self.reload_keys()?;
         }
         self.revoked.prune(t);
-        // Rows appended by other connections (the CLI, refresh sessions) get sealed.
+        // Rows appended by other processes (the CLI) get sealed.
         self.writer.poke();
         Ok(())
     }
@@ -1230,14 +1216,14 @@ impl IssuedRow {
 }
 
 /// Writes a signed revocation with its feed, outbox and audit rows, in the writer thread.
-struct Recorder {
+pub(crate) struct Recorder {
     outbox: db::Outbox,
     region: String,
     via: String,
 }
 
 impl Recorder {
-    fn write(
+    pub(crate) fn write(
         &self,
         tx: &rusqlite::Transaction<'_>,
         event: &RevocationEvent,

@@ -8,9 +8,9 @@
 //! idle region signs batches of one, with no added wait; under load the batch grows with
 //! the queue, so the signature cost per event falls as the rate rises.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,12 +41,62 @@ pub(crate) struct SignerStats {
     pub(crate) signatures: AtomicU64,
 }
 
+/// A test hook: while closed, the signer takes the next batch and holds it unsigned.
+#[derive(Debug)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+    /// Events submitted and not signed yet.
+    waiting: tokio::sync::watch::Sender<usize>,
+}
+
+impl Gate {
+    /// Returns at once when the gate is open; otherwise waits until it opens.
+    fn pass(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn set_open(&self, value: bool) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = value;
+        self.opened.notify_all();
+    }
+}
+
+/// The event signer paused by [`EventSigner::pause`] (a test hook, so tests can look
+/// at what the rest of the region does while a revocation waits for its signature);
+/// dropping it resumes the signer.
+#[derive(Debug)]
+pub struct SignerPause {
+    gate: Arc<Gate>,
+}
+
+impl SignerPause {
+    /// Resolves once at least `events` events wait for their signature.
+    pub async fn holding(&self, events: usize) {
+        let mut waiting = self.gate.waiting.subscribe();
+        let _ = waiting.wait_for(|waiting| *waiting >= events).await;
+    }
+
+    /// Lets the signer sign what it holds and everything after it.
+    pub fn resume(self) {}
+}
+
+impl Drop for SignerPause {
+    fn drop(&mut self) {
+        self.gate.set_open(true);
+    }
+}
+
 /// Handle to the signer thread; dropping it lets the thread finish what is queued and
 /// joins it.
 pub(crate) struct EventSigner {
     tx: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<SignerStats>,
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for EventSigner {
@@ -61,14 +111,30 @@ impl EventSigner {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SignerStats::default());
         let counted = stats.clone();
+        let gate = Arc::new(Gate {
+            open: Mutex::new(true),
+            opened: Condvar::new(),
+            waiting: tokio::sync::watch::Sender::new(0),
+        });
+        let at_gate = gate.clone();
         let thread = std::thread::Builder::new()
             .name("event-signer".into())
-            .spawn(move || run(&rx, &keys, &counted))
+            .spawn(move || run(&rx, &keys, &counted, &at_gate))
             .expect("cannot start the event signer thread");
         EventSigner {
             tx: Some(tx),
             thread: Some(thread),
             stats,
+            gate,
+        }
+    }
+
+    /// Pauses signing until the returned guard is dropped: the next batch is taken from
+    /// the queue and held unsigned, later events queue behind it. A test hook.
+    pub(crate) fn pause(&self) -> SignerPause {
+        self.gate.set_open(false);
+        SignerPause {
+            gate: self.gate.clone(),
         }
     }
 
@@ -82,6 +148,7 @@ impl EventSigner {
         event: RevocationEvent,
     ) -> tokio::sync::oneshot::Receiver<Result<(RevocationEvent, String), JoseError>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        self.gate.waiting.send_modify(|waiting| *waiting += 1);
         if let Some(tx) = &self.tx {
             // A send fails only once the thread has stopped; the dropped reply then
             // reports it to the caller.
@@ -121,7 +188,7 @@ impl Drop for EventSigner {
     }
 }
 
-fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats) {
+fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats, gate: &Gate) {
     let mut concurrent = false;
     while let Ok(first) = rx.recv() {
         // Under concurrent load a short wait fills the batch: one signature then covers
@@ -141,6 +208,7 @@ fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats) {
             }
         }
         concurrent = jobs.len() > 1;
+        gate.pass();
         // One key snapshot for the whole batch: every event names the key that signs it.
         let key = keys().event_key.clone();
         let kid = key.kid();
@@ -152,6 +220,7 @@ fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats) {
                 (event, job.reply)
             })
             .unzip();
+        let count = events.len();
         match shared::revocation::sign_batch(&events, &key) {
             Ok(signed) => {
                 stats.signatures.fetch_add(1, Ordering::Relaxed);
@@ -169,6 +238,8 @@ fn run(rx: &Receiver<Job>, keys: &KeySource, stats: &SignerStats) {
                 }
             }
         }
+        gate.waiting
+            .send_modify(|waiting| *waiting = waiting.saturating_sub(count));
     }
 }
 
@@ -235,6 +306,27 @@ mod tests {
             signatures <= 8,
             "{signatures} signatures for 64 queued events"
         );
+    }
+
+    #[test]
+    fn a_paused_signer_holds_its_batch_until_resumed() {
+        let keyset = keyset();
+        let source = keyset.clone();
+        let signer = EventSigner::start(Arc::new(move || source.clone()));
+        let pause = signer.pause();
+        let mut pending = signer.submit(event("held"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(pause.holding(1));
+        assert!(
+            pending.try_recv().is_err(),
+            "nothing is signed while paused"
+        );
+        assert_eq!(signer.stats().signatures.load(Ordering::Relaxed), 0);
+        pause.resume();
+        let (event, _) = pending.blocking_recv().unwrap().unwrap();
+        assert_eq!(event.value, "held");
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(crate) async fn run(region: Arc<Region>) {
     loop {
         let reader = region.clone();
         let batch = tokio::task::spawn_blocking(move || {
-            let conn = reader.db().lock();
+            let conn = reader.db().read()?;
             let from = db::relay_position(&conn, RELAY)?;
             db::audit_after(&conn, from, BATCH)
         })
@@ -114,12 +114,11 @@ pub(crate) async fn run(region: Arc<Region>) {
             continue;
         }
         backoff = Duration::from_millis(200);
-        let writer = region.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            db::set_relay_position(&writer.db().lock(), RELAY, last)
-        })
-        .await;
-        if !matches!(saved, Ok(Ok(()))) {
+        let saved = region
+            .writer()
+            .run_async(move |tx| db::set_relay_position(tx, RELAY, last))
+            .await;
+        if saved.is_err() {
             tracing::warn!("token-event relay could not record its position");
         }
     }

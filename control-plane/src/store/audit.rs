@@ -98,20 +98,9 @@ pub(crate) fn last_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
         .query_row([], |r| r.get(0))
 }
 
-/// Appends a row inside the caller's transaction; returns its `seq`. The row is sealed
-/// by the next checkpoint, not signed on its own: `_key` is kept for callers.
-pub(crate) fn append(
-    conn: &Connection,
-    _key: &SigningKey,
-    at: i64,
-    region: &str,
-    action: &str,
-    data: serde_json::Value,
-) -> Result<i64, AppendError> {
-    append_row(conn, at, region, action, data)
-}
-
-/// Appends a hash-chained row inside the caller's transaction; returns its `seq`.
+/// Appends a hash-chained row inside the caller's transaction (a writer job); returns
+/// its `seq`. The row is not signed on its own: the writer's sealer signs a checkpoint
+/// over it after the commit.
 pub fn append_row(
     conn: &Connection,
     at: i64,
@@ -206,26 +195,6 @@ pub(crate) fn store_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite::
     )?
     .execute(params![cp.upto, cp.body, cp.kid, cp.sig])?;
     Ok(true)
-}
-
-/// Signs and stores a checkpoint of the current head inside the caller's transaction,
-/// if rows were appended since the last one (the slow paths: start-up, key rotation,
-/// the CLI, shutdown). Returns the row it covers.
-pub(crate) fn seal(
-    conn: &Connection,
-    key: &SigningKey,
-    at: i64,
-    region: &str,
-) -> Result<Option<i64>, AppendError> {
-    let Some((upto, hash)) = head(conn)? else {
-        return Ok(None);
-    };
-    if upto <= last_checkpoint(conn)? {
-        return Ok(None);
-    }
-    let cp = Checkpoint::sign(key, upto, hash, at, region)?;
-    store_checkpoint(conn, &cp)?;
-    Ok(Some(upto))
 }
 
 /// What a successful verification saw.

@@ -2,11 +2,12 @@
 //! revocations and the edge feed.
 //!
 //! Every commit waits for the disk (`synchronous = FULL`), so an answered request is
-//! never lost. The hot writes go through the group-committing writer thread
-//! ([`crate::store::writer`]) on a connection of its own; reads take a read-only connection from
-//! a small pool ([`Db::read`]: WAL readers never wait for the writer); the remaining
-//! occasional writes (key rotation, refresh sessions) use the connection behind
-//! [`Db::lock`], serialized with the writer by SQLite's lock and the busy timeout.
+//! never lost. Every write of the serving process (issuing, revoking, ingesting, refresh
+//! sessions, DPoP replay records, key rotation) goes through the group-committing writer
+//! thread ([`crate::store::writer`]) on a connection of its own; reads take a read-only
+//! connection from a small pool ([`Db::read`]: WAL readers never wait for the writer).
+//! The connection behind [`Db::lock`] serves only start-up, before the writer runs
+//! ([`crate::store::keys::prepare`]); clippy refuses it outside `store/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS dpop_jtis (
     PRIMARY KEY (jkt, jti)
 );
 CREATE INDEX IF NOT EXISTS dpop_jtis_by_expiry ON dpop_jtis (expires_at);
+CREATE TABLE IF NOT EXISTS relay_state (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 -- Edge credentials (see crate::store::credentials): only the SHA-256 of each secret.
 CREATE TABLE IF NOT EXISTS edge_credentials (
     name       TEXT PRIMARY KEY,
@@ -219,8 +221,15 @@ impl Db {
         })
     }
 
-    /// The connection; a panic while holding it cannot leave a half-done transaction
-    /// (rusqlite rolls back on drop), so a poisoned lock is still usable.
+    /// Gives a restored database a new feed id ([`new_feed_id`]): the `restore` command's
+    /// one write, made with no server running.
+    pub(crate) fn renew_feed_id(&self) -> rusqlite::Result<String> {
+        new_feed_id(&self.lock())
+    }
+
+    /// The start-up connection (see the module doc: nothing else may write through it);
+    /// a panic while holding it cannot leave a half-done transaction (rusqlite rolls back
+    /// on drop), so a poisoned lock is still usable.
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -650,9 +659,6 @@ pub(crate) fn clear_feed_id(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Where a relay of this database stopped (0 before its first run).
 pub(crate) fn relay_position(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS relay_state (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
-    )?;
     Ok(conn
         .query_row(
             "SELECT seq FROM relay_state WHERE name = ?1",

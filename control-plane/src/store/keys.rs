@@ -9,9 +9,13 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde_json::json;
 use shared::jwk::JwkSet;
 use shared::{Alg, Keyring, SigningKey, VerifyingKey};
+
+use crate::store::audit::{self, AppendError};
+use crate::store::db::Db;
 
 /// A stored key's public facts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -65,6 +69,52 @@ pub(crate) struct KeyChanges {
     pub created: Vec<KeyInfo>,
     /// Keys retired by this change.
     pub retired: Vec<KeyInfo>,
+}
+
+/// What [`prepare`] needs to know.
+#[derive(Debug)]
+pub(crate) struct Prepare<'a> {
+    /// The algorithm that signs access tokens.
+    pub(crate) token_alg: Alg,
+    /// Now.
+    pub(crate) now: i64,
+    /// The longest token lifetime (retired keys verify that long).
+    pub(crate) max_token_secs: i64,
+    /// The region named in the audit rows.
+    pub(crate) region: &'a str,
+    /// Where the admin credential was just created, if it was.
+    pub(crate) admin_created: Option<String>,
+}
+
+/// Start-up, before the region's writer runs (the only write that does not go through
+/// it): creates a key for each algorithm that has none, records new keys and a new admin
+/// credential in the audit log, and loads the key set, in one transaction. Nothing is
+/// signed here: the writer seals these rows as it starts, before the region serves.
+pub(crate) fn prepare(db: &Db, with: &Prepare<'_>) -> Result<Option<KeySet>, AppendError> {
+    let mut conn = db.lock();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let created = ensure_active(&tx, with.now)?;
+    if !created.created.is_empty() {
+        audit::append_row(
+            &tx,
+            with.now,
+            with.region,
+            "keys.created",
+            json!({ "keys": created.created }),
+        )?;
+    }
+    if let Some(path) = &with.admin_created {
+        audit::append_row(
+            &tx,
+            with.now,
+            with.region,
+            "admin.created",
+            json!({ "path": path }),
+        )?;
+    }
+    let keyset = load(&tx, with.token_alg, with.now, with.max_token_secs)?;
+    tx.commit()?;
+    Ok(keyset)
 }
 
 /// Creates an active key for each algorithm that has none.

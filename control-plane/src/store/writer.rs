@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::store::audit::{self, Checkpoint};
+use crate::store::db::Db;
 use crate::store::keys::KeySet;
 use crate::time::now;
 
@@ -82,8 +83,14 @@ fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
 }
 
 impl Writer {
-    /// Starts the writer (and its sealer) on `conn`, which must be in WAL mode.
-    pub(crate) fn start(conn: Connection, keys: KeySource, region: String) -> Writer {
+    /// Starts the writer (and its sealer) on a connection of its own to `db`. Rows
+    /// written at start-up or left unsealed by a crash are sealed first, before the region
+    /// serves (signed, then stored).
+    pub(crate) fn start(db: &Db, keys: KeySource, region: String) -> rusqlite::Result<Writer> {
+        let mut conn = db.open_connection()?;
+        if let Err(e) = seal_tail(&mut conn, &keys, &region) {
+            tracing::warn!(error = %e, "could not seal the audit log's tail at start");
+        }
         let (checkpointer_stop, stop_rx) = mpsc::channel::<()>();
         let checkpointer = match conn.path().map(std::path::PathBuf::from) {
             Some(path) if !path.as_os_str().is_empty() => {
@@ -122,12 +129,12 @@ impl Writer {
                 state.run(&rx);
             })
             .expect("cannot start the database writer thread");
-        Writer {
+        Ok(Writer {
             tx,
             thread: Some(thread),
             checkpointer_stop: Some(checkpointer_stop),
             checkpointer,
-        }
+        })
     }
 
     fn send(&self, msg: Msg) -> bool {
@@ -236,6 +243,26 @@ fn checkpointer(path: &std::path::Path, stop: &Receiver<()>) {
     }
 }
 
+/// Signs a checkpoint of the chain head, if rows were appended since the last one, and
+/// stores it (the signature is made before the transaction opens).
+fn seal_tail(
+    conn: &mut Connection,
+    keys: &KeySource,
+    region: &str,
+) -> Result<(), audit::AppendError> {
+    let Some((upto, head)) = audit::head(conn)? else {
+        return Ok(());
+    };
+    if upto <= audit::last_checkpoint(conn)? {
+        return Ok(());
+    }
+    let cp = Checkpoint::sign(&keys().event_key, upto, head, now(), region)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    audit::store_checkpoint(&tx, &cp)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Runs `op` in a savepoint, so its failure undoes only its own writes.
 fn in_savepoint<T, E, F>(tx: &Transaction<'_>, op: F) -> Result<T, E>
 where
@@ -341,12 +368,7 @@ impl WriterState {
     }
 
     fn seal_now(&mut self) -> Result<(), audit::AppendError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        audit::seal(&tx, &(self.keys)().event_key, now(), &self.region)?;
-        tx.commit()?;
-        Ok(())
+        seal_tail(&mut self.conn, &self.keys, &self.region)
     }
 }
 

@@ -436,6 +436,135 @@ async fn two_concurrent_refreshes_of_one_token_give_one_success_and_the_loser_re
     assert_eq!(app.validate(&winner.access_token).await["revoked"], true);
 }
 
+/// A reuse signs its `sid` revocation outside any transaction: while the event signer
+/// is paused with that revocation in hand, other writes commit (a token issued, another
+/// session created and rotated), and once the signer resumes the reuse revokes the family.
+/// Deterministic: the test waits for the signer to hold the event, never for a time.
+#[tokio::test]
+async fn a_refresh_reuse_waiting_for_its_signature_holds_no_write_transaction() {
+    let app = TestApp::new(Transport::InProcess).await;
+    let mut device = Device::create(&app, Alg::EdDsa).await;
+    let first_access = device.access_token.clone();
+    let mut thief = Device {
+        key: SigningKey::from_seed(device.key.alg(), &device.key.seed()),
+        sid: device.sid.clone(),
+        refresh_token: device.refresh_token.clone(),
+        access_token: String::new(),
+    };
+    assert_eq!(device.refresh(&app).await.status, 200);
+    let mut other = Device::create(&app, Alg::EdDsa).await;
+
+    let pause = app.state.region.pause_event_signer();
+    let reuse = thief.refresh(&app);
+    tokio::pin!(reuse);
+    tokio::select! {
+        waited = tokio::time::timeout(std::time::Duration::from_secs(10), pause.holding(1)) => {
+            waited.expect("the reuse's revocation reaches the paused signer");
+        }
+        reply = &mut reuse => panic!("the reuse answered with the signer paused: {}", reply.text()),
+    }
+
+    // A write transaction held meanwhile would make these wait for SQLite's busy timeout
+    // (10 s) and fail; the bound only turns such a hang into a failure.
+    let meanwhile = async {
+        let (token, _) = app.issue("bob", json!({})).await;
+        assert_eq!(app.validate(&token).await["valid"], true);
+        let third = Device::create(&app, Alg::EdDsa).await;
+        let rotated = other.refresh(&app).await;
+        assert_eq!(rotated.status, 200, "{}", rotated.text());
+        third
+    };
+    let third = tokio::time::timeout(std::time::Duration::from_secs(5), meanwhile)
+        .await
+        .expect("writes commit while the reuse waits for its signature");
+    assert_eq!(
+        app.validate(&first_access).await["valid"],
+        true,
+        "not revoked before it is signed"
+    );
+
+    pause.resume();
+    let why = reuse.await.error(400, "invalid_grant");
+    assert_eq!(why, "refresh token reuse detected; session revoked");
+    for token in [&first_access, &device.access_token] {
+        let body = app.validate(token).await;
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("token revoked by session at "),
+            "{body}"
+        );
+    }
+    let why = device.refresh(&app).await.error(400, "invalid_grant");
+    assert!(why.contains("revoked"), "{why}");
+    // The other sessions are untouched.
+    assert_eq!(app.validate(&other.access_token).await["valid"], true);
+    assert_eq!(app.validate(&third.access_token).await["valid"], true);
+}
+
+/// Revoking a session twice, the second time while the first revocation is being
+/// signed, stores one event: the later writer job sees the first and answers with it.
+#[tokio::test]
+async fn a_session_revoked_while_its_reuse_is_signed_keeps_its_first_event() {
+    let app = TestApp::new(Transport::InProcess).await;
+    let mut device = Device::create(&app, Alg::EdDsa).await;
+    let mut thief = Device {
+        key: SigningKey::from_seed(device.key.alg(), &device.key.seed()),
+        sid: device.sid.clone(),
+        refresh_token: device.refresh_token.clone(),
+        access_token: String::new(),
+    };
+    assert_eq!(device.refresh(&app).await.status, 200);
+
+    let pause = app.state.region.pause_event_signer();
+    let by_id = json!({ "session_id": device.sid });
+    let both = async {
+        tokio::join!(
+            thief.refresh(&app),
+            app.admin_json("/token/refresh/revoke", &by_id)
+        )
+    };
+    tokio::pin!(both);
+    tokio::select! {
+        waited = tokio::time::timeout(std::time::Duration::from_secs(10), pause.holding(2)) => {
+            waited.expect("both revocations reach the paused signer");
+        }
+        _ = &mut both => panic!("answered with the signer paused"),
+    }
+    pause.resume();
+    let (reuse, revoke) = both.await;
+    assert_eq!(
+        reuse.error(400, "invalid_grant"),
+        "refresh token reuse detected; session revoked"
+    );
+    assert_eq!(revoke.status, 200, "{}", revoke.text());
+    let stored: i64 = app
+        .state
+        .region
+        .db()
+        .lock()
+        .query_row(
+            "SELECT COUNT(*) FROM revocations WHERE kind = 'sid' AND value = ?1",
+            [&device.sid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 1, "one sid revocation for the session");
+    let event_id: String = app
+        .state
+        .region
+        .db()
+        .lock()
+        .query_row(
+            "SELECT event_id FROM revocations WHERE kind = 'sid' AND value = ?1",
+            [&device.sid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(revoke.json()["event_id"], event_id.as_str());
+}
+
 #[tokio::test]
 async fn client_binding_mode_rotates_in_clear_and_refuses_a_wrong_binding() {
     for app in TestApp::both().await {
