@@ -6,6 +6,7 @@
 
 mod auth;
 mod credentials;
+mod feed_switch;
 mod hardening;
 mod revocation;
 mod robustness;
