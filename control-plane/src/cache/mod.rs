@@ -13,10 +13,37 @@ use std::sync::RwLock;
 use shared::revocation::{TokenIds, covers, strongest};
 use shared::{Kind, RevocationEvent};
 
-/// The cache could not answer or take a write.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("revocation cache unavailable: {0}")]
-pub struct CacheError(pub String);
+/// Why the cache could not answer or take a write.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Redis answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// Redis did not answer in time.
+    #[error("redis did not answer within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
+    /// Redis is being rebuilt from SQLite: what it says is not trusted until then.
+    #[error("redis is being rebuilt")]
+    Rebuilding,
+    /// Redis failed a moment ago; it is left alone for a short while.
+    #[error("redis failed a moment ago")]
+    BackingOff,
+    /// Redis answered nothing at all.
+    #[error("redis answered nothing")]
+    NoAnswer,
+    /// Redis lost the revocation set (restarted empty or flushed).
+    #[error("redis lost the revocation set")]
+    Lost,
+    /// An event could not be encoded for it.
+    #[error("cannot encode an event for redis: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// SQLite could not be read to rebuild it.
+    #[error("cannot read the database to rebuild redis: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// Another implementation's failure (tests use it for a cache that always fails).
+    #[error("revocation cache unavailable")]
+    Unavailable,
+}
 
 /// A store of live revocations keyed by `(kind, value)`.
 pub trait RevocationCache: Send + Sync + 'static {

@@ -262,11 +262,8 @@ impl RedisCache {
         });
         match rx.recv_timeout(limit + Duration::from_millis(50)) {
             Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(e))) => Err(CacheError(format!("redis: {e}"))),
-            Ok(Err(_)) | Err(_) => Err(CacheError(format!(
-                "redis did not answer within {} ms",
-                limit.as_millis()
-            ))),
+            Ok(Ok(Err(e))) => Err(CacheError::Redis(e)),
+            Ok(Err(_)) | Err(_) => Err(CacheError::Timeout(limit)),
         }
     }
 
@@ -354,8 +351,7 @@ impl RevocationCache for RedisCache {
         if ttl <= 0 {
             return Ok(());
         }
-        let value =
-            serde_json::to_string(&stored(event, None)).map_err(|e| CacheError(e.to_string()))?;
+        let value = serde_json::to_string(&stored(event, None))?;
         let k = key(event.kind, &event.value);
         let not_before = event.not_before.map_or_else(String::new, |t| t.to_string());
         let merge = self.merge.clone();
@@ -396,11 +392,11 @@ impl RevocationCache for RedisCache {
         now: i64,
     ) -> Result<Vec<Option<RevocationEvent>>, CacheError> {
         if !self.is_trusted() {
-            return Err(CacheError("redis is being rebuilt".into()));
+            return Err(CacheError::Rebuilding);
         }
         let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         if now_ms < self.down_until_ms.load(Ordering::Relaxed) {
-            return Err(CacheError("redis failed a moment ago".into()));
+            return Err(CacheError::BackingOff);
         }
         let mut keys = vec![EPOCH_KEY.to_owned()];
         keys.extend(asked.iter().map(|(kind, value)| key(*kind, value)));
@@ -413,12 +409,12 @@ impl RevocationCache for RedisCache {
                     .store(now_ms + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
             })?;
         let Some((marker, found)) = values.split_first() else {
-            return Err(CacheError("redis answered nothing".into()));
+            return Err(CacheError::NoAnswer);
         };
         if marker.is_none() {
             // Restarted empty or flushed: its silence means nothing until rebuilt.
             self.trusted.store(false, Ordering::SeqCst);
-            return Err(CacheError("redis lost the revocation set".into()));
+            return Err(CacheError::Lost);
         }
         Ok(found
             .iter()
@@ -489,8 +485,7 @@ pub(crate) async fn keep_current(
                 let events = region
                     .db()
                     .read()
-                    .and_then(|conn| crate::store::db::live_signed(&conn, now()))
-                    .map_err(|e| CacheError(e.to_string()))?;
+                    .and_then(|conn| crate::store::db::live_signed(&conn, now()))?;
                 cache.rebuild(&events)
             })
             .await;

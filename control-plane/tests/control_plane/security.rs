@@ -22,7 +22,7 @@ struct BrokenCache;
 
 impl RevocationCache for BrokenCache {
     fn insert(&self, _: &RevocationEvent) -> Result<(), CacheError> {
-        Err(CacheError("broken on purpose".into()))
+        Err(CacheError::Unavailable)
     }
     fn find(
         &self,
@@ -31,7 +31,7 @@ impl RevocationCache for BrokenCache {
         _: Option<i64>,
         _: i64,
     ) -> Result<Option<RevocationEvent>, CacheError> {
-        Err(CacheError("broken on purpose".into()))
+        Err(CacheError::Unavailable)
     }
     fn prune(&self, _: i64) {}
     fn len(&self) -> usize {
