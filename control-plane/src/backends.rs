@@ -43,7 +43,7 @@ pub fn open(settings: Settings) -> anyhow::Result<(Region, Backends)> {
         ) {
             Ok(cache) => Some(Arc::new(cache)),
             Err(e) => {
-                problems.push(e);
+                problems.push(e.to_string());
                 None
             }
         },
@@ -115,7 +115,7 @@ pub(crate) fn spawn(
         tasks.push(tokio::spawn(token_events::run(region.clone())));
     }
     if consume && let (Some(kafka), Some(peers)) = (&region.settings().kafka, &backends.peers) {
-        let consumer = consumer::subscribe(kafka).map_err(anyhow::Error::msg)?;
+        let consumer = consumer::subscribe(kafka)?;
         tasks.push(tokio::spawn(consumer::run(
             region.clone(),
             peers.clone(),

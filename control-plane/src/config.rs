@@ -427,7 +427,7 @@ impl Settings {
         match &args.redis_url {
             Some(url) => {
                 if let Err(e) = crate::cache::redis::client(url, args.redis_ca_file.as_deref()) {
-                    problems.push(e);
+                    problems.push(e.to_string());
                 }
             }
             None if args.redis_ca_file.is_some() => {

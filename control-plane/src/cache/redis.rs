@@ -58,18 +58,77 @@ pub(crate) fn redacted(url: &str) -> String {
     format!("{scheme}://{user}@{host}{tail}")
 }
 
+/// Why Redis could not be set up; every message shows the URL redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `REDIS_URL` does not parse.
+    #[error("REDIS_URL {url:?} is not a Redis URL: {source}")]
+    NotAUrl {
+        /// The URL, redacted.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// `rediss://...#insecure` asks for no certificate check.
+    #[error(
+        "REDIS_URL {0:?}: #insecure (no certificate check) is refused; trust a private CA with CP_REDIS_CA_FILE"
+    )]
+    Insecure(String),
+    /// A CA file is given for a URL without TLS.
+    #[error("CP_REDIS_CA_FILE is set but REDIS_URL {0:?} is not rediss:// (TLS)")]
+    CaWithoutTls(String),
+    /// The CA file cannot be read.
+    #[error("CP_REDIS_CA_FILE {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The CA file holds no PEM certificate.
+    #[error("CP_REDIS_CA_FILE {0} holds no PEM certificate")]
+    NoCertificate(String),
+    /// The TLS client cannot be built with the CA.
+    #[error("CP_REDIS_CA_FILE {path}: {source}")]
+    Tls {
+        /// The CA file.
+        path: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// The thread that runs Redis I/O could not start or died at once.
+    #[error("cannot start the Redis I/O thread: {0}")]
+    IoThread(String),
+    /// Redis did not answer in time.
+    #[error("Redis at {url} did not answer {what}")]
+    NoAnswer {
+        /// The URL, redacted.
+        url: String,
+        /// To what: "within 5 s" (connecting) or "PING".
+        what: &'static str,
+    },
+    /// Redis refused the connection or the command.
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Refused {
+        /// The URL, redacted.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+}
+
 /// The client of `url`. With `rediss://` the server's certificate is checked against the
 /// PEM certificates of `ca_file` when given (a private CA), else the system's roots;
 /// `#insecure` (no check at all) is refused. Errors show the URL redacted.
-pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, String> {
+pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, SetupError> {
     let shown = redacted(url);
-    let client = redis::Client::open(url)
-        .map_err(|e| format!("REDIS_URL {shown:?} is not a Redis URL: {e}"))?;
+    let client = redis::Client::open(url).map_err(|source| SetupError::NotAUrl {
+        url: shown.clone(),
+        source,
+    })?;
     let tls = match client.get_connection_info().addr() {
         redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
-            return Err(format!(
-                "REDIS_URL {shown:?}: #insecure (no certificate check) is refused; trust a private CA with CP_REDIS_CA_FILE"
-            ));
+            return Err(SetupError::Insecure(shown));
         }
         redis::ConnectionAddr::TcpTls { .. } => true,
         _ => false,
@@ -79,16 +138,15 @@ pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client,
         return Ok(client);
     };
     if !tls {
-        return Err(format!(
-            "CP_REDIS_CA_FILE is set but REDIS_URL {shown:?} is not rediss:// (TLS)"
-        ));
+        return Err(SetupError::CaWithoutTls(shown));
     }
-    let shown_path = path.display();
-    let pem = std::fs::read(path).map_err(|e| format!("CP_REDIS_CA_FILE {shown_path}: {e}"))?;
+    let shown_path = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+        path: shown_path.clone(),
+        source,
+    })?;
     if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!(
-            "CP_REDIS_CA_FILE {shown_path} holds no PEM certificate"
-        ));
+        return Err(SetupError::NoCertificate(shown_path));
     }
     redis::Client::build_with_tls(
         url,
@@ -97,7 +155,10 @@ pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client,
             root_cert: Some(pem),
         },
     )
-    .map_err(|e| format!("CP_REDIS_CA_FILE {shown_path}: {e}"))
+    .map_err(|source| SetupError::Tls {
+        path: shown_path,
+        source,
+    })
 }
 
 /// Makes ring the process's rustls crypto provider (an error means one is installed
@@ -182,7 +243,7 @@ impl RedisCache {
         url: &str,
         ca_file: Option<&Path>,
         timeout: Duration,
-    ) -> Result<RedisCache, String> {
+    ) -> Result<RedisCache, SetupError> {
         let client = client(url, ca_file)?;
         let url = redacted(url);
         let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
@@ -206,10 +267,11 @@ impl RedisCache {
                     let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                 });
             })
-            .map_err(|e| format!("cannot start the Redis I/O thread: {e}"))?;
+            .map_err(|e| SetupError::IoThread(e.to_string()))?;
         let io = handle_rx
             .recv()
-            .map_err(|_| "the Redis I/O thread died".to_owned())??;
+            .map_err(|_| SetupError::IoThread("it died".to_owned()))?
+            .map_err(SetupError::IoThread)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(timeout.max(Duration::from_millis(20))))
@@ -222,8 +284,14 @@ impl RedisCache {
         });
         let conn = conn_rx
             .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| format!("Redis at {url} did not answer within 5 s"))?
-            .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+            .map_err(|_| SetupError::NoAnswer {
+                url: url.clone(),
+                what: "within 5 s",
+            })?
+            .map_err(|source| SetupError::Refused {
+                url: url.clone(),
+                source,
+            })?;
         let (ping_tx, ping_rx) = std::sync::mpsc::sync_channel(1);
         let mut pinger = conn.clone();
         io.spawn(async move {
@@ -233,8 +301,14 @@ impl RedisCache {
         });
         ping_rx
             .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| format!("Redis at {url} did not answer PING"))?
-            .map_err(|e| format!("Redis at {url}: {e}"))?;
+            .map_err(|_| SetupError::NoAnswer {
+                url: url.clone(),
+                what: "PING",
+            })?
+            .map_err(|source| SetupError::Refused {
+                url: url.clone(),
+                source,
+            })?;
         Ok(RedisCache {
             io,
             conn,
@@ -501,7 +575,7 @@ pub(crate) async fn keep_current(
 
 #[cfg(test)]
 mod tests {
-    use super::{client, redacted};
+    use super::{SetupError, client, redacted};
 
     #[test]
     fn a_redis_url_is_shown_without_its_password() {
@@ -524,11 +598,19 @@ mod tests {
         assert!(client("rediss://cp-a:s3cret@127.0.0.1:6380/0", None).is_ok());
         let insecure =
             client("rediss://cp-a:s3cret@127.0.0.1:6380/0#insecure", None).expect_err("#insecure");
+        assert!(matches!(insecure, SetupError::Insecure(_)));
+        let insecure = insecure.to_string();
         assert!(insecure.contains("#insecure") && !insecure.contains("s3cret"));
         let ca = std::env::temp_dir().join("no-such-ca.pem");
         let plain = client("redis://cp-a:s3cret@127.0.0.1:6379/0", Some(&ca)).expect_err("CA");
+        assert!(matches!(plain, SetupError::CaWithoutTls(_)));
+        let plain = plain.to_string();
         assert!(plain.contains("not rediss://") && !plain.contains("s3cret"));
         let missing = client("rediss://127.0.0.1:6380/0", Some(&ca)).expect_err("no file");
-        assert!(missing.contains("CP_REDIS_CA_FILE"), "{missing}");
+        assert!(matches!(missing, SetupError::CaFile { .. }), "{missing}");
+        assert!(
+            missing.to_string().contains("CP_REDIS_CA_FILE"),
+            "{missing}"
+        );
     }
 }

@@ -156,7 +156,7 @@ fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<RevocationEven
 }
 
 /// Creates the region's consumer (its own group), subscribed to the revocations topic.
-pub(crate) fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, String> {
+pub(crate) fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, SubscribeError> {
     let consumer: StreamConsumer = settings
         .client_config()
         .set("group.id", &settings.group)
@@ -167,11 +167,22 @@ pub(crate) fn subscribe(settings: &KafkaSettings) -> Result<StreamConsumer, Stri
         .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "2000")
         .create()
-        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+        .map_err(SubscribeError::Create)?;
     consumer
         .subscribe(&[&settings.revocations_topic])
-        .map_err(|e| format!("cannot subscribe to {}: {e}", settings.revocations_topic))?;
+        .map_err(|e| SubscribeError::Subscribe(settings.revocations_topic.clone(), e))?;
     Ok(consumer)
+}
+
+/// Why the region's consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubscribeError {
+    /// librdkafka refused the consumer's configuration.
+    #[error("cannot create a Kafka consumer: {0}")]
+    Create(rdkafka::error::KafkaError),
+    /// The topic could not be subscribed to.
+    #[error("cannot subscribe to {0}: {1}")]
+    Subscribe(String, rdkafka::error::KafkaError),
 }
 
 /// Consumes until the task is dropped.

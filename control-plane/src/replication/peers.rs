@@ -193,21 +193,33 @@ impl Peers {
         region.set_peer_keys((*self.jwks()).clone(), (*self.keyring()).clone());
     }
 
-    async fn fetch(&self, source: &str) -> Result<JwkSet, String> {
+    async fn fetch(&self, source: &str) -> Result<JwkSet, FetchError> {
         let bytes = if source.starts_with("http://") || source.starts_with("https://") {
-            let response = self
-                .http
-                .get(source)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let response = self.http.get(source).send().await?;
             if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status()));
+                return Err(FetchError::Status(response.status()));
             }
-            response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+            response.bytes().await?.to_vec()
         } else {
-            tokio::fs::read(source).await.map_err(|e| e.to_string())?
+            tokio::fs::read(source).await?
         };
-        JwkSet::parse(&bytes).map_err(|e| e.to_string())
+        Ok(JwkSet::parse(&bytes)?)
     }
+}
+
+/// Why a peer's JWKS could not be fetched.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The request failed.
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered with an error status.
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// The file could not be read.
+    #[error("{0}")]
+    File(#[from] std::io::Error),
+    /// What it holds is not a JWK set.
+    #[error("{0}")]
+    Jwks(#[from] shared::JoseError),
 }

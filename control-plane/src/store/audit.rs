@@ -70,6 +70,23 @@ impl From<rusqlite::Error> for AuditError {
     }
 }
 
+/// Why a row's or checkpoint's signature does not hold.
+#[derive(Debug, thiserror::Error)]
+enum SignatureError {
+    /// No key of the log has this id.
+    #[error("signed by unknown key {0:?}")]
+    UnknownKey(String),
+    /// The key is not an ML-DSA-65 key.
+    #[error("not signed with ML-DSA-65")]
+    NotMlDsa65,
+    /// The signature is not canonical base64url.
+    #[error("{0}")]
+    Encoding(shared::JoseError),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    DoesNotVerify,
+}
+
 /// Errors while appending.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -248,17 +265,17 @@ impl<'k> Verifier<'k> {
         }
     }
 
-    fn verify_sig(&self, kid: &str, text: &str, sig: &str) -> Result<(), String> {
+    fn verify_sig(&self, kid: &str, text: &str, sig: &str) -> Result<(), SignatureError> {
         let key = self
             .keys
             .get(kid)
-            .ok_or_else(|| format!("signed by unknown key {kid:?}"))?;
+            .ok_or_else(|| SignatureError::UnknownKey(kid.to_owned()))?;
         if key.alg() != shared::Alg::MlDsa65 {
-            return Err("not signed with ML-DSA-65".into());
+            return Err(SignatureError::NotMlDsa65);
         }
-        let sig = b64::decode(sig, "signature").map_err(|e| e.to_string())?;
+        let sig = b64::decode(sig, "signature").map_err(SignatureError::Encoding)?;
         key.verify(text.as_bytes(), &sig)
-            .map_err(|_| "signature does not verify".to_owned())
+            .map_err(|_| SignatureError::DoesNotVerify)
     }
 
     /// Checks the next row, then the checkpoints that cover it.
@@ -290,7 +307,7 @@ impl<'k> Verifier<'k> {
         }
         if !row.sig.is_empty() {
             self.verify_sig(&row.kid, &row.entry, &row.sig)
-                .map_err(|e| bad(&e))?;
+                .map_err(|e| bad(&e.to_string()))?;
         }
         self.prev.clone_from(&row.hash);
         self.expected_seq += 1;
@@ -312,7 +329,7 @@ impl<'k> Verifier<'k> {
                 return Err(bad_cp("body does not describe this checkpoint".into()));
             }
             self.verify_sig(&cp.kid, &cp.body, &cp.sig)
-                .map_err(bad_cp)?;
+                .map_err(|e| bad_cp(e.to_string()))?;
             if body.head != row.hash {
                 return Err(bad_cp(format!(
                     "the signed chain head differs from row {upto}'s hash: a row in {}..={upto} \
