@@ -703,27 +703,9 @@ fn with_redis_dpop_proofs_and_refresh_sessions_are_shared_through_it() {
     // A DPoP proof used with a bound token is recorded in Redis, and a replay is refused.
     let device = SigningKey::generate(Alg::EdDsa);
     let jkt = device.verifying_key().to_jwk().thumbprint();
-    let issued = http::post_json(
-        regions.a.port,
-        "/token",
-        &[("authorization", &auth)],
-        &json!({ "subject": "vera", "additional_claims": { "cnf": { "jkt": jkt } } }),
-    )
-    .expect("issue");
-    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let token = bound_token(regions.a.port, &auth, "vera", &device);
     let jti = shared::random::id();
-    let proof = shared::dpop::sign_proof(
-        &device,
-        &shared::dpop::DpopClaims {
-            jti: jti.clone(),
-            htm: "POST".into(),
-            htu: format!("http://127.0.0.1:{}/revoke/token", regions.a.port),
-            iat: tests::tokens::now(),
-            ath: Some(shared::dpop::ath(&token)),
-            nonce: None,
-        },
-    )
-    .expect("proof");
+    let proof = revoke_proof(&device, regions.a.port, &token, &jti);
     let send = || {
         http::post_json(
             regions.a.port,
@@ -799,29 +781,8 @@ fn what_anyone_writes_to_redis_changes_no_decision_of_the_control_plane() {
     // DPoP: a deleted proof key lets no replay through; a planted one refuses no proof.
     let device = SigningKey::generate(Alg::EdDsa);
     let jkt = device.verifying_key().to_jwk().thumbprint();
-    let bound = |subject: &str| {
-        let issued = post(
-            "/token",
-            &[("authorization", &auth)],
-            json!({ "subject": subject, "additional_claims": { "cnf": { "jkt": jkt } } }),
-        );
-        assert_eq!(issued.status, 200, "{}", issued.text());
-        issued.json()["access_token"].as_str().unwrap().to_owned()
-    };
-    let proof_for = |token: &str, jti: &str| {
-        shared::dpop::sign_proof(
-            &device,
-            &shared::dpop::DpopClaims {
-                jti: jti.to_owned(),
-                htm: "POST".into(),
-                htu: format!("http://127.0.0.1:{}/revoke/token", cp.port),
-                iat: tests::tokens::now(),
-                ath: Some(shared::dpop::ath(token)),
-                nonce: None,
-            },
-        )
-        .expect("proof")
-    };
+    let bound = |subject: &str| bound_token(cp.port, &auth, subject, &device);
+    let proof_for = |token: &str, jti: &str| revoke_proof(&device, cp.port, token, jti);
     let first = bound("nils");
     let jti = shared::random::id();
     let proof = proof_for(&first, &jti);
@@ -881,6 +842,36 @@ fn what_anyone_writes_to_redis_changes_no_decision_of_the_control_plane() {
         json!({ "refresh_token": refresh_token }),
     );
     assert_eq!(refreshed.status, 400, "{}", refreshed.text());
+}
+
+/// An access token for `subject` bound to `device` (`cnf.jkt`), issued by the admin.
+fn bound_token(port: u16, auth: &str, subject: &str, device: &SigningKey) -> String {
+    let jkt = device.verifying_key().to_jwk().thumbprint();
+    let issued = http::post_json(
+        port,
+        "/token",
+        &[("authorization", auth)],
+        &json!({ "subject": subject, "additional_claims": { "cnf": { "jkt": jkt } } }),
+    )
+    .expect("issue");
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    issued.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A DPoP proof by `device` for `POST /revoke/token` on `port` with `token`.
+fn revoke_proof(device: &SigningKey, port: u16, token: &str, jti: &str) -> String {
+    shared::dpop::sign_proof(
+        device,
+        &shared::dpop::DpopClaims {
+            jti: jti.to_owned(),
+            htm: "POST".into(),
+            htu: format!("http://127.0.0.1:{port}/revoke/token"),
+            iat: tests::tokens::now(),
+            ath: Some(shared::dpop::ath(token)),
+            nonce: None,
+        },
+    )
+    .expect("proof")
 }
 
 /// The TTL Redis reports for `key` in database `db` (-2: no key, -1: no TTL).
@@ -970,27 +961,9 @@ fn as_its_launcher_acl_user_a_region_writes_every_redis_key_and_strangers_are_re
     wait_key(&redis, &format!("refresh:{sid}"));
     let device = SigningKey::generate(Alg::EdDsa);
     let jkt = device.verifying_key().to_jwk().thumbprint();
-    let issued = http::post_json(
-        cp.port,
-        "/token",
-        &[("authorization", &auth)],
-        &json!({ "subject": "nico", "additional_claims": { "cnf": { "jkt": jkt } } }),
-    )
-    .expect("issue");
-    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let token = bound_token(cp.port, &auth, "nico", &device);
     let jti = shared::random::id();
-    let proof = shared::dpop::sign_proof(
-        &device,
-        &shared::dpop::DpopClaims {
-            jti: jti.clone(),
-            htm: "POST".into(),
-            htu: format!("http://127.0.0.1:{}/revoke/token", cp.port),
-            iat: tests::tokens::now(),
-            ath: Some(shared::dpop::ath(&token)),
-            nonce: None,
-        },
-    )
-    .expect("proof");
+    let proof = revoke_proof(&device, cp.port, &token, &jti);
     let revoked = http::post_json(
         cp.port,
         "/revoke/token",

@@ -241,6 +241,22 @@ fn proof(key: &SigningKey, url: &str, token: &str) -> String {
     .unwrap()
 }
 
+/// POSTs `body` (of `content_type`) to `path`, with a `DPoP` header when `proof` is set.
+async fn post_with_proof(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    proof: Option<String>,
+) -> crate::support::Reply {
+    let mut headers = vec![];
+    if let Some(p) = &proof {
+        headers.push(("dpop", p.as_str()));
+    }
+    app.request("POST", path, &headers, Some((content_type, body)))
+        .await
+}
+
 #[tokio::test]
 async fn a_bound_token_revokes_only_with_a_proof_of_its_key() {
     let app = TestApp::new(Transport::Tcp).await;
@@ -250,21 +266,13 @@ async fn a_bound_token_revokes_only_with_a_proof_of_its_key() {
     let url = format!("{}/revoke/token", app.base_url());
     let body = json!({ "token": token, "scopes": ["sub"] });
     let send = |proof: Option<String>| {
-        let body = body.to_string().into_bytes();
-        let app = &app;
-        async move {
-            let mut headers = vec![];
-            if let Some(p) = &proof {
-                headers.push(("dpop", p.as_str()));
-            }
-            app.request(
-                "POST",
-                "/revoke/token",
-                &headers,
-                Some(("application/json", body)),
-            )
-            .await
-        }
+        post_with_proof(
+            &app,
+            "/revoke/token",
+            "application/json",
+            body.to_string().into_bytes(),
+            proof,
+        )
     };
     // A thief with the token only.
     let why = send(None).await.error(401, "invalid_dpop_proof");
@@ -450,21 +458,13 @@ async fn oauth2_revoke_needs_a_proof_of_the_key_a_token_is_bound_to() {
     let (token, _) = app.issue("xena", json!({ "cnf": { "jkt": jkt } })).await;
     let url = format!("{}/oauth2/revoke", app.base_url());
     let send = |proof: Option<String>| {
-        let app = &app;
-        let body = format!("token={token}").into_bytes();
-        async move {
-            let mut headers = vec![];
-            if let Some(p) = &proof {
-                headers.push(("dpop", p.as_str()));
-            }
-            app.request(
-                "POST",
-                "/oauth2/revoke",
-                &headers,
-                Some(("application/x-www-form-urlencoded", body)),
-            )
-            .await
-        }
+        post_with_proof(
+            &app,
+            "/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={token}").into_bytes(),
+            proof,
+        )
     };
     // A copy of the token alone revokes nothing.
     send(None).await.error(401, "invalid_dpop_proof");

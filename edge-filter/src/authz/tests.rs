@@ -339,6 +339,22 @@ fn a_stale_set_fails_closed_by_default_and_open_when_configured() {
     );
 }
 
+/// A DPoP proof by `key` for `htm htu` at `iat`, bound to `token`.
+fn dpop_proof(key: &SigningKey, jti: &str, htm: &str, htu: &str, iat: i64, token: &str) -> String {
+    sign_proof(
+        key,
+        &DpopClaims {
+            jti: jti.into(),
+            htm: htm.into(),
+            htu: htu.into(),
+            iat,
+            ath: Some(ath(token)),
+            nonce: None,
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_bound_token_needs_a_matching_dpop_proof() {
     let device = SigningKey::from_seed(Alg::EdDsa, &[3; 32]);
@@ -347,18 +363,7 @@ fn a_bound_token_needs_a_matching_dpop_proof() {
     let access = token(&c);
     let bearer = format!("DPoP {access}");
     let proof = |key: &SigningKey, htm: &str, htu: &str, iat: i64, token: &str| {
-        sign_proof(
-            key,
-            &DpopClaims {
-                jti: "p1".into(),
-                htm: htm.into(),
-                htu: htu.into(),
-                iat,
-                ath: Some(ath(token)),
-                nonce: None,
-            },
-        )
-        .unwrap()
+        dpop_proof(key, "p1", htm, htu, iat, token)
     };
     let mut az = Authorizer::new(keyring(), rules());
     let set = RevocationSet::new();
@@ -609,20 +614,7 @@ fn a_dpop_proof_for_another_origin_is_refused_when_the_origins_are_configured() 
     c["cnf"] = json!({"jkt": device.kid()});
     let access = token(&c);
     let bearer = format!("DPoP {access}");
-    let proof = |htu: &str, jti: &str| {
-        sign_proof(
-            &device,
-            &DpopClaims {
-                jti: jti.into(),
-                htm: "GET".into(),
-                htu: htu.into(),
-                iat: NOW,
-                ath: Some(ath(&access)),
-                nonce: None,
-            },
-        )
-        .unwrap()
-    };
+    let proof = |htu: &str, jti: &str| dpop_proof(&device, jti, "GET", htu, NOW, &access);
     let set = RevocationSet::new();
     let run = |az: &mut Authorizer, authority: &str, dpop: &str| {
         let req = Request {
