@@ -253,8 +253,11 @@ fn revocations_acknowledged_while_the_broker_is_down_all_reach_b_once() {
     });
     assert!(
         all.is_some(),
-        "B applied {} of 1001",
-        metric(&regions.b, "cp_consumer_events_total{result=\"applied\"} ")
+        "B applied {} of 1001 (outbox depth at A {});\nA's log:\n{}\nB's log:\n{}",
+        metric(&regions.b, "cp_consumer_events_total{result=\"applied\"} "),
+        metric(&regions.a, "cp_outbox_depth "),
+        regions.a.log_tail(40),
+        regions.b.log_tail(40)
     );
     println!(
         "1000 revocations made during the outage applied at B {:.1} s after the broker came back",

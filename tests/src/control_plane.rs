@@ -80,6 +80,13 @@ impl ControlPlane {
         &self.admin
     }
 
+    /// The last `lines` lines of the process's log (stderr), for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Starts the process again on the same port and data dir.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "control plane already running");
