@@ -18,6 +18,8 @@ command -v npm >/dev/null || missing_debs+=(npm)
 command -v python3 >/dev/null || missing_debs+=(python3 python3-pip)
 command -v cc >/dev/null || missing_debs+=(build-essential)
 command -v redis-server >/dev/null || missing_debs+=(redis-server)
+# The Redis TLS test makes its certificates with the openssl command-line tool.
+command -v openssl >/dev/null || missing_debs+=(openssl)
 # Debian's chromium, driven by playwright-core for the example page's test.
 [ -n "${CHROMIUM_BIN:-}" ] || command -v chromium >/dev/null || missing_debs+=(chromium)
 if [ ${#missing_debs[@]} -gt 0 ]; then

@@ -230,6 +230,20 @@ pub struct Authorizer {
     cache: TokenCache<Verified>,
 }
 
+/// True when `origin` (`scheme://authority`) is the request's, compared without regard to
+/// ASCII case and without allocating (this runs on the request path).
+fn names_origin(origin: &str, scheme: &str, authority: &str) -> bool {
+    let split = scheme.len();
+    origin.len() == split + 3 + authority.len()
+        && origin
+            .get(..split)
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        && origin.get(split..split + 3) == Some("://")
+        && origin
+            .get(split + 3..)
+            .is_some_and(|a| a.eq_ignore_ascii_case(authority))
+}
+
 /// The static settings of an [`Authorizer`].
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -388,11 +402,13 @@ impl Authorizer {
         let Some(proof) = req.dpop.and_then(|p| std::str::from_utf8(p).ok()) else {
             return false;
         };
-        if !self.dpop_origins.is_empty() {
-            let origin = format!("{}://{}", req.scheme, req.authority).to_ascii_lowercase();
-            if !self.dpop_origins.contains(&origin) {
-                return false;
-            }
+        if !self.dpop_origins.is_empty()
+            && !self
+                .dpop_origins
+                .iter()
+                .any(|o| names_origin(o, req.scheme, req.authority))
+        {
+            return false;
         }
         let uri = crate::request::htu(req.scheme, req.authority, req.path);
         verify_proof(
