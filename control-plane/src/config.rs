@@ -184,6 +184,12 @@ pub struct ServeArgs {
     /// `--listen` can never starve a revocation sent here. Keep it off the public network.
     #[arg(long, env = "CP_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Most requests one client address may have in progress at once without the admin
+    /// credential or a valid edge credential (from complete headers until the response is
+    /// sent); more get 429 at once and their connection is closed. 0: no limit (behind a
+    /// reverse proxy every client has its address).
+    #[arg(long, env = "CP_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 64)]
+    pub max_unauthenticated_per_address: usize,
     /// Seconds a connection may stay open with no request in progress.
     #[arg(long, env = "CP_IDLE_TIMEOUT_SECONDS", default_value_t = 30)]
     pub idle_timeout_seconds: u64,
@@ -272,6 +278,8 @@ pub struct Settings {
     pub idle_timeout: std::time::Duration,
     /// Time allowed for a request body.
     pub body_timeout: std::time::Duration,
+    /// Requests in progress per client address without a credential (0: no limit).
+    pub max_unauthenticated_per_address: usize,
     /// Holder revocations per minute per client address.
     pub holder_revokes_per_minute_per_client: u32,
     /// Holder revocations per minute per subject.
@@ -316,6 +324,7 @@ impl Settings {
             header_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(30),
             body_timeout: std::time::Duration::from_secs(10),
+            max_unauthenticated_per_address: 64,
             holder_revokes_per_minute_per_client: 60,
             holder_revokes_per_minute_per_subject: 10,
             redis_url: None,
@@ -420,6 +429,7 @@ impl Settings {
             settings.header_timeout = std::time::Duration::from_secs(serve.header_timeout_seconds);
             settings.idle_timeout = std::time::Duration::from_secs(serve.idle_timeout_seconds);
             settings.body_timeout = std::time::Duration::from_secs(serve.body_timeout_seconds);
+            settings.max_unauthenticated_per_address = serve.max_unauthenticated_per_address;
             settings.holder_revokes_per_minute_per_client = serve.holder_revokes_per_minute;
             settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
             settings.dpop_nonce = serve.dpop_nonce;

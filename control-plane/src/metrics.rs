@@ -38,6 +38,9 @@ pub(crate) struct Metrics {
     pub edge_polls_invalid_credential: AtomicU64,
     /// Edge feed polls answered 503 because their credential had every slot of its share.
     pub edge_polls_over_credential_share: AtomicU64,
+    /// Requests answered 429 because their address had
+    /// `CP_MAX_UNAUTHENTICATED_PER_ADDRESS` requests without a credential in progress.
+    pub unauthenticated_over_address_cap: AtomicU64,
     /// Connections open now (a gauge).
     pub connections_open: AtomicU64,
     /// Idle connections closed to make room for a new one at the cap.
@@ -158,6 +161,12 @@ impl Metrics {
             "cp_rate_limited_total",
             "Requests answered 429 by a rate limit.",
             &[("", get(&self.rate_limited))],
+        );
+        counter(
+            "cp_unauthenticated_over_address_cap_total",
+            "Requests without a credential answered 429 (and their connection closed) because \
+             their address had CP_MAX_UNAUTHENTICATED_PER_ADDRESS such requests in progress.",
+            &[("", get(&self.unauthenticated_over_address_cap))],
         );
         counter(
             "cp_connections_closed_total",

@@ -152,6 +152,8 @@ fn start(binary: &Path, n: usize) -> Result<Server> {
         .env("CP_MAX_CONNECTIONS", connections.to_string())
         .env("CP_MAX_LONG_POLLS", polls.to_string())
         .env("CP_MAX_LONG_POLLS_PER_CREDENTIAL", polls.to_string())
+        // The simulated pollers carry no edge credential and share one address.
+        .env("CP_MAX_UNAUTHENTICATED_PER_ADDRESS", "0")
         .env("CP_LOG", "warn,control_plane=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -166,6 +166,16 @@ impl EdgeAuth {
         credentials::find(&known.valid, presented).map(Arc::from)
     }
 
+    /// Whether `presented` is a valid credential as read within the last second: cheap
+    /// enough for every request (the per-address cap asks it), never a read per request.
+    /// One created a moment ago may be missed for up to a second.
+    pub(crate) async fn is_known(&self, state: &AppState, presented: &str) -> bool {
+        let now = Instant::now();
+        let recent = now.checked_sub(REFRESH).unwrap_or(now);
+        let known = self.valid_since(state, recent).await;
+        credentials::find(&known.valid, presented).is_some()
+    }
+
     fn take_slot(&self, key: Option<Arc<str>>) -> Option<Slot> {
         let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
         let n = in_use.entry(key.clone()).or_insert(0);

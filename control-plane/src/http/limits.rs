@@ -1,10 +1,32 @@
-//! Rate limits for what callers without the admin credential can make the region write:
-//! token buckets per client address and per subject, answered with 429 and `Retry-After`.
+//! Limits on what callers without a credential can consume: token buckets per client
+//! address and per subject for what they can make the region write, and a cap on the
+//! requests one address may have in progress at once; over either, 429 with
+//! `Retry-After`.
+//!
+//! The per-address cap (`CP_MAX_UNAUTHENTICATED_PER_ADDRESS`) counts a request from the
+//! moment its headers are in until its response has been sent, body included, unless it
+//! carries the admin credential or a valid edge credential: edges behind one NAT and the
+//! services that issue and revoke never count, while one address trickling slow bodies
+//! or holding long polls without a credential cannot take more than its share of the
+//! connection cap. Over the cap the answer is 429 at once and the connection is closed
+//! (nothing of its body is read).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, SizeHint};
+
+use super::{ApiError, AppState, ClientAddr};
+use crate::metrics::Metrics;
 
 /// Most keys one limiter tracks; beyond it the full (idle) buckets are dropped first.
 const MAX_KEYS: usize = 100_000;
@@ -99,9 +121,176 @@ impl HolderLimits {
     }
 }
 
+/// Requests in progress without a credential, per client address.
+#[derive(Debug)]
+pub(crate) struct AddressPermits {
+    cap: usize,
+    in_use: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One request in progress of an address, given back on drop.
+#[derive(Debug)]
+pub(crate) struct AddressPermit {
+    ip: IpAddr,
+    in_use: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = in_use.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // The map holds only addresses with requests in progress.
+                in_use.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl AddressPermits {
+    /// At most `cap` requests in progress per address (0 turns the cap off).
+    pub(crate) fn new(cap: usize) -> AddressPermits {
+        AddressPermits {
+            cap,
+            in_use: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Whether the cap is on.
+    pub(crate) fn enabled(&self) -> bool {
+        self.cap > 0
+    }
+
+    /// A permit for one more request of `ip`; `None` when it has `cap` in progress.
+    pub(crate) fn take(&self, ip: IpAddr) -> Option<AddressPermit> {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let n = in_use.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPermit {
+            ip,
+            in_use: self.in_use.clone(),
+        })
+    }
+}
+
+/// A response body that keeps something (a permit) until it has been sent or dropped.
+struct Holding<B, T> {
+    inner: B,
+    _held: T,
+}
+
+impl<B, T> hyper::body::Body for Holding<B, T>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    T: Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The middleware of every route: the per-address cap on requests without a credential
+/// (see the module documentation). Requests with no TCP peer (in-process) are not
+/// counted.
+pub(crate) async fn per_address(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    request: Request,
+    next: Next,
+) -> Response {
+    let permits = &state.address_permits;
+    let Some(ip) = client.filter(|_| permits.enabled()) else {
+        return next.run(request).await;
+    };
+    let secret = bearer(&request).map(str::to_owned);
+    if has_credential(&state, secret).await {
+        return next.run(request).await;
+    }
+    let Some(permit) = permits.take(ip) else {
+        Metrics::inc(&state.region.metrics().unauthenticated_over_address_cap);
+        let mut refused = ApiError::TooManyRequests(
+            "too many requests in progress from this address without a credential; retry \
+             later (requests with the admin or an edge credential are not limited)"
+                .into(),
+            Duration::from_secs(1),
+        )
+        .into_response();
+        // Its body is never read: the connection cannot carry another request.
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return refused;
+    };
+    next.run(request).await.map(|body| {
+        axum::body::Body::new(Holding {
+            inner: body,
+            _held: permit,
+        })
+    })
+}
+
+/// Whether `secret` (a request's `Authorization: Bearer`) is the admin credential or a
+/// valid edge credential.
+async fn has_credential(state: &AppState, secret: Option<String>) -> bool {
+    // An owned secret: a request (not `Sync`) must not be borrowed across the await.
+    match secret {
+        Some(secret) => {
+            state.region.is_admin(&secret) || state.edge_auth.is_known(state, &secret).await
+        }
+        None => false,
+    }
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, rest)| rest.trim())
+        .filter(|c| !c.is_empty() && c.len() <= 256)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_gets_its_cap_of_permits_and_each_comes_back_on_drop() {
+        let permits = AddressPermits::new(2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = permits.take(a).expect("first");
+        let second = permits.take(a).expect("second");
+        assert!(permits.take(a).is_none(), "over the cap");
+        assert!(permits.take(b).is_some(), "another address is not affected");
+        drop(first);
+        let third = permits.take(a).expect("one came back");
+        drop((second, third));
+        assert!(
+            permits.in_use.lock().unwrap().is_empty(),
+            "no address is remembered once its requests are done"
+        );
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_refills_at_its_rate() {

@@ -41,6 +41,8 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     holder_limits: Arc<limits::HolderLimits>,
+    /// Requests in progress without a credential, per client address.
+    address_permits: Arc<limits::AddressPermits>,
     long_polls: Arc<tokio::sync::Semaphore>,
     /// Edge credentials of the feed, and the long-poll slots each holds.
     edge_auth: Arc<edge_auth::EdgeAuth>,
@@ -63,6 +65,8 @@ impl AppState {
             settings.holder_revokes_per_minute_per_client,
             settings.holder_revokes_per_minute_per_subject,
         );
+        let address_permits =
+            limits::AddressPermits::new(settings.max_unauthenticated_per_address);
         let long_polls = tokio::sync::Semaphore::new(settings.max_long_polls);
         let edge_auth = edge_auth::EdgeAuth::new(
             settings.edge_credentials,
@@ -80,6 +84,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(true)),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             holder_limits: Arc::new(holder_limits),
+            address_permits: Arc::new(address_permits),
             long_polls: Arc::new(long_polls),
             edge_auth: Arc::new(edge_auth),
             backends,
@@ -148,6 +153,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_address,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }

@@ -14,7 +14,7 @@ use shared::dpop::{self, DpopClaims};
 use shared::keys::{Alg, SigningKey};
 use shared::{Kind, RevocationEvent, b64, random};
 
-use crate::support::{Server, TestApp, Transport, blocking_json};
+use crate::support::{Server, TestApp, Transport, blocking_json, run_cli};
 
 /// A cache that always fails, so every check falls back to SQLite.
 #[derive(Debug)]
@@ -574,4 +574,122 @@ fn slow_bodies_cannot_lock_out_a_revocation() {
     );
     assert_eq!(status, 200, "{body}");
     drop(slow);
+}
+
+#[test]
+fn one_address_without_a_credential_gets_only_its_share_while_credentials_pass() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        &[
+            "--max-unauthenticated-per-address",
+            "8",
+            "--body-timeout-seconds",
+            "20",
+        ],
+        None,
+    );
+    let secret = control_plane::read_admin_secret(&data).unwrap();
+    let (ok, out, err) = run_cli(&data, &["edge-credential", "--name", "edge-behind-nat"]);
+    assert!(ok, "{err}");
+    let edge = out.trim().to_owned();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+
+    // Twenty slow bodies from 127.0.0.1: complete headers, then one byte.
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        s.write_all(
+            b"POST /revoke/token HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 1000\r\n\r\n{",
+        )
+        .unwrap();
+        slow.push(s);
+    }
+    // Eight hold their permit; the twelve others are answered 429 at once and closed.
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut held, mut refused) = (0, 0);
+    for s in &mut slow {
+        s.set_nonblocking(true).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        if answer.is_empty() && !closed {
+            held += 1;
+        } else {
+            assert!(closed, "a refused connection is closed: {text}");
+            assert!(text.starts_with("http/1.1 429"), "{text}");
+            assert!(text.contains("connection: close"), "{text}");
+            assert!(text.contains("\"error\":\"rate_limited\""), "{text}");
+            refused += 1;
+        }
+    }
+    assert_eq!((held, refused), (8, 12));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refusals took {:?}",
+        started.elapsed()
+    );
+
+    // Meanwhile, from the same address: a request without a credential is refused...
+    let (status, body) =
+        blocking_json("GET", &format!("{}/health", server.url), None, &Value::Null);
+    assert_eq!(status, 429, "{body}");
+    let (status, body) = blocking_json(
+        "GET",
+        &format!("{}/health", server.url),
+        Some("not-a-credential"),
+        &Value::Null,
+    );
+    assert_eq!(status, 429, "a wrong bearer is no credential: {body}");
+    // ...while the admin credential revokes and an edge credential polls the feed.
+    let (status, body) = blocking_json(
+        "POST",
+        &format!("{}/revoke", server.url),
+        Some(&secret),
+        &json!({ "type": "revoke_jti", "value": "behind-the-nat" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let poll = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/edge/revocations?since=0&wait=1", server.url))
+        .bearer_auth(&edge)
+        .header("x-edge-instance", "envoy-behind-nat")
+        .send()
+        .unwrap();
+    assert_eq!(poll.status().as_u16(), 200);
+
+    // Permits come back when their requests end.
+    drop(slow);
+    let freed = Instant::now();
+    loop {
+        let (status, _) =
+            blocking_json("GET", &format!("{}/health", server.url), None, &Value::Null);
+        if status == 200 {
+            break;
+        }
+        assert!(freed.elapsed() < Duration::from_secs(5), "still {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    let refusals: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cp_unauthenticated_over_address_cap_total "))
+        .expect("the counter")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(refusals >= 14, "{metrics}");
 }
