@@ -12,7 +12,7 @@ use shared::{AccessClaims, ClaimsError, JoseError, Keyring, Validation};
 
 use crate::cache::{TokenCache, key_of};
 use crate::replay::{ReplayGuard, proof_id};
-use crate::request::{claim_at, claim_header_value, extract_token};
+use crate::request::{Scheme, claim_at, claim_header_value, extract_token, names_dpop_scheme};
 
 /// Why a request was refused, as reported in `error_description` and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +92,17 @@ impl Reason {
     }
 }
 
+/// The scheme a refusal's `WWW-Authenticate` challenge names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Bearer` (RFC 6750 section 3): a bearer request with an unbound token.
+    Bearer,
+    /// `DPoP` (RFC 9449 section 7.1): the request used the `DPoP` scheme, sent a `DPoP`
+    /// header, or its token is bound to a key (`cnf.jkt`). A DPoP client reads
+    /// `invalid_dpop_proof` as "prove again" and `invalid_token` as "get a new token".
+    Dpop,
+}
+
 /// What a verified token leaves in the cache: what later requests still need to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -115,6 +126,22 @@ pub struct Verified {
     pub(crate) headers: Vec<(String, String)>,
     /// `jti`, `sub`, `kid`, `sid` as the revocation set looks them up, computed once.
     pub(crate) revocation_keys: TokenKeys,
+}
+
+/// Why [`Authorizer::verify`] refused a token, and whether its verified claims bind it
+/// to a key (which picks the `DPoP` challenge even for a bearer request).
+struct Refused {
+    reason: Reason,
+    bound: bool,
+}
+
+impl From<Reason> for Refused {
+    fn from(reason: Reason) -> Refused {
+        Refused {
+            reason,
+            bound: false,
+        }
+    }
 }
 
 /// The request facts the decision needs.
@@ -161,6 +188,8 @@ pub enum Outcome {
         reason: Reason,
         /// True when the token came from the cache (revoked or expired since).
         cache_hit: bool,
+        /// The challenge to answer with.
+        challenge: Challenge,
     },
     /// Answer 503: the revocation set is too old to trust.
     Unavailable,
@@ -329,13 +358,29 @@ impl Authorizer {
     ) -> Outcome {
         // Either scheme may carry either kind of token: what binds a token to a key is
         // its `cnf.jkt`, checked below, not the scheme it was sent with.
-        let (_scheme, token) = match extract_token(req.authorization) {
+        let (scheme, token) = match extract_token(req.authorization) {
             Ok(found) => found,
             Err(reason) => {
+                let dpop = req.dpop.is_some() || names_dpop_scheme(req.authorization);
                 return Outcome::Deny {
                     reason,
                     cache_hit: false,
+                    challenge: if dpop {
+                        Challenge::Dpop
+                    } else {
+                        Challenge::Bearer
+                    },
                 };
+            }
+        };
+        // A client doing DPoP gets the DPoP challenge, whatever went wrong; so does one
+        // sending a bound token as a bearer token (known once its claims are read).
+        let dpop_request = scheme == Scheme::Dpop || req.dpop.is_some();
+        let challenge = |bound: bool| {
+            if dpop_request || bound {
+                Challenge::Dpop
+            } else {
+                Challenge::Bearer
             }
         };
         // RFC 9449 section 4.3: exactly one proof. Two headers (or one value joined with a
@@ -344,6 +389,7 @@ impl Authorizer {
             return Outcome::Deny {
                 reason: Reason::InvalidDpopProof,
                 cache_hit: false,
+                challenge: Challenge::Dpop,
             };
         }
         let key = key_of(token);
@@ -355,15 +401,20 @@ impl Authorizer {
                     self.cache.insert(key, token, Rc::clone(&v));
                     (v, false)
                 }
-                Err(reason) => {
+                Err(Refused { reason, bound }) => {
                     return Outcome::Deny {
                         reason,
                         cache_hit: false,
+                        challenge: challenge(bound),
                     };
                 }
             },
         };
-        let deny = |reason| Outcome::Deny { reason, cache_hit };
+        let deny = |reason| Outcome::Deny {
+            reason,
+            cache_hit,
+            challenge: challenge(verified.jkt.is_some()),
+        };
         // Time moves on for cached tokens: re-check what depends on it, on every request.
         // `verify` checked `exp` with the configured leeway; this applies the feed's when
         // it is less (a token past it is dropped from the cache like any expired one).
@@ -436,7 +487,7 @@ impl Authorizer {
     }
 
     /// Full verification of a token not in the cache.
-    fn verify(&self, token: &str, now: i64) -> Result<Verified, Reason> {
+    fn verify(&self, token: &str, now: i64) -> Result<Verified, Refused> {
         let jws = Jws::parse(token, &self.limits).map_err(|e| Reason::from_jose(&e))?;
         jws.expect_typ(TYP_ACCESS_TOKEN)
             .map_err(|_| Reason::Malformed)?;
@@ -444,7 +495,10 @@ impl Authorizer {
         let claims: AccessClaims = jws.claims().map_err(|_| Reason::Malformed)?;
         claims
             .validate(&self.validation, now)
-            .map_err(|e| Reason::from_claims(&e))?;
+            .map_err(|e| Refused {
+                reason: Reason::from_claims(&e),
+                bound: claims.cnf.is_some(),
+            })?;
         let headers = if self.claim_headers.is_empty() {
             Vec::new()
         } else {

@@ -1,7 +1,7 @@
 //! What the filter reads from and writes to HTTP headers: credentials, bypass rules,
 //! the `WWW-Authenticate` challenge and claim header values.
 
-use crate::authz::Reason;
+use crate::authz::{Challenge, Reason};
 
 /// The authorization scheme the token came with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,22 +207,38 @@ pub(crate) fn is_claim_header_alias(name: &str, folded_claim_headers: &[String])
         .any(|f| f.len() == name.len() && f.bytes().zip(name.bytes()).all(|(f, n)| f == fold(n)))
 }
 
+/// The proof algorithms the edge verifies, as the `algs` of a `DPoP` challenge
+/// (RFC 9449 section 7.1): keep in step with what `shared::dpop::verify_proof` accepts.
+/// A literal so the challenges stay static strings; a test checks each name parses.
+macro_rules! dpop_algs {
+    () => {
+        "EdDSA ML-DSA-65"
+    };
+}
+
 macro_rules! per_reason {
-    ($($reason:ident => $name:literal),* $(,)?) => {
-        /// The `WWW-Authenticate` value for a refusal (RFC 6750 section 3).
-        pub(crate) fn challenge(reason: Reason) -> &'static str {
-            match reason {
-                $(Reason::$reason => concat!(
+    ($($reason:ident => $name:literal, $dpop_error:literal),* $(,)?) => {
+        /// The `WWW-Authenticate` value for a refusal: RFC 6750 section 3 for a bearer
+        /// request, RFC 9449 section 7.1 for a DPoP one (`invalid_dpop_proof` for a proof
+        /// problem, `invalid_token` for everything else, with the accepted `algs`).
+        pub(crate) fn challenge(reason: Reason, scheme: Challenge) -> &'static str {
+            match (scheme, reason) {
+                $((Challenge::Bearer, Reason::$reason) => concat!(
                     "Bearer error=\"invalid_token\", error_description=\"", $name, "\""
+                ),)*
+                $((Challenge::Dpop, Reason::$reason) => concat!(
+                    "DPoP error=\"", $dpop_error, "\", error_description=\"", $name,
+                    "\", algs=\"", dpop_algs!(), "\""
                 ),)*
             }
         }
 
-        /// The JSON body sent with a refusal.
+        /// The JSON body sent with a refusal: the challenge's `error`, the reason.
         pub(crate) fn error_body(reason: Reason) -> &'static str {
             match reason {
                 $(Reason::$reason => concat!(
-                    "{\"error\":\"invalid_token\",\"error_description\":\"", $name, "\"}\n"
+                    "{\"error\":\"", $dpop_error, "\",\"error_description\":\"", $name,
+                    "\"}\n"
                 ),)*
             }
         }
@@ -230,17 +246,27 @@ macro_rules! per_reason {
 }
 
 // Static strings: a refusal allocates nothing. A test checks they agree with `as_str`.
+// The second name is the `error` code: only a proof problem is not `invalid_token`.
 per_reason! {
-    Missing => "missing",
-    Malformed => "malformed",
-    UnknownKey => "unknown_key",
-    BadSignature => "bad_signature",
-    Expired => "expired",
-    NotYetValid => "not_yet_valid",
-    WrongIssuer => "wrong_issuer",
-    WrongAudience => "wrong_audience",
-    Revoked => "revoked",
-    InvalidDpopProof => "invalid_dpop_proof",
+    Missing => "missing", "invalid_token",
+    Malformed => "malformed", "invalid_token",
+    UnknownKey => "unknown_key", "invalid_token",
+    BadSignature => "bad_signature", "invalid_token",
+    Expired => "expired", "invalid_token",
+    NotYetValid => "not_yet_valid", "invalid_token",
+    WrongIssuer => "wrong_issuer", "invalid_token",
+    WrongAudience => "wrong_audience", "invalid_token",
+    Revoked => "revoked", "invalid_token",
+    InvalidDpopProof => "invalid_dpop_proof", "invalid_dpop_proof",
+}
+
+/// True when an `Authorization` value names the `DPoP` scheme, whatever follows (used
+/// to pick the challenge when the credential itself could not be read).
+pub(crate) fn names_dpop_scheme(authorization: Option<&[u8]>) -> bool {
+    authorization.is_some_and(|v| {
+        let v = v.trim_ascii_start();
+        v.len() > 4 && v[..4].eq_ignore_ascii_case(b"dpop") && matches!(v[4], b' ' | b'\t')
+    })
 }
 
 /// The `htu` of a request for DPoP: scheme, authority and path, without query.
@@ -476,13 +502,13 @@ mod tests {
     #[test]
     fn the_challenge_names_the_reason() {
         assert_eq!(
-            challenge(Reason::Expired),
+            challenge(Reason::Expired, Challenge::Bearer),
             "Bearer error=\"invalid_token\", error_description=\"expired\""
         );
         assert!(error_body(Reason::Revoked).contains("\"revoked\""));
         for reason in Reason::ALL {
             assert_eq!(
-                challenge(reason),
+                challenge(reason, Challenge::Bearer),
                 format!(
                     "Bearer error=\"invalid_token\", error_description=\"{}\"",
                     reason.as_str()
@@ -491,6 +517,54 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(error_body(reason)).unwrap();
             assert_eq!(body["error_description"], reason.as_str());
         }
+    }
+
+    #[test]
+    fn a_dpop_refusal_gets_the_rfc_9449_challenge_with_the_accepted_algs() {
+        assert_eq!(
+            challenge(Reason::InvalidDpopProof, Challenge::Dpop),
+            "DPoP error=\"invalid_dpop_proof\", error_description=\"invalid_dpop_proof\", \
+             algs=\"EdDSA ML-DSA-65\""
+        );
+        assert_eq!(
+            challenge(Reason::Revoked, Challenge::Dpop),
+            "DPoP error=\"invalid_token\", error_description=\"revoked\", \
+             algs=\"EdDSA ML-DSA-65\""
+        );
+        for reason in Reason::ALL {
+            let error = if reason == Reason::InvalidDpopProof {
+                "invalid_dpop_proof"
+            } else {
+                "invalid_token"
+            };
+            assert_eq!(
+                challenge(reason, Challenge::Dpop),
+                format!(
+                    "DPoP error=\"{error}\", error_description=\"{}\", algs=\"{}\"",
+                    reason.as_str(),
+                    dpop_algs!()
+                )
+            );
+            let body: serde_json::Value = serde_json::from_str(error_body(reason)).unwrap();
+            assert_eq!(body["error"], error, "the body's error is the challenge's");
+        }
+    }
+
+    #[test]
+    fn every_algorithm_the_dpop_challenge_lists_is_one_shared_verifies() {
+        for name in dpop_algs!().split(' ') {
+            assert!(shared::Alg::parse(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_dpop_scheme_is_recognised_before_the_credential_is_read() {
+        assert!(names_dpop_scheme(Some(b"DPoP a.b.c")));
+        assert!(names_dpop_scheme(Some(b" dpop  a b")));
+        assert!(!names_dpop_scheme(Some(b"Bearer a.b.c")));
+        assert!(!names_dpop_scheme(Some(b"DPoPx a")));
+        assert!(!names_dpop_scheme(Some(b"DPoP")));
+        assert!(!names_dpop_scheme(None));
     }
 
     #[test]

@@ -185,3 +185,102 @@ fn a_dpop_bound_token_passes_only_with_a_proof_from_its_device_key() {
         }
     }
 }
+
+#[test]
+fn every_refusal_of_a_dpop_request_carries_the_dpop_challenge() {
+    use shared::dpop::{self, DpopClaims};
+    use shared::keys::{Alg, SigningKey};
+    use std::time::Duration;
+
+    let stack = Stack::with_test_key();
+    let ready = mint(&claims("erin", "jti-ready", "sid-ready"));
+    stack.envoy.wait_until_serving(&ready);
+    let port = stack.envoy.port;
+    let device = SigningKey::from_seed(Alg::EdDsa, &[11; 32]);
+    let other = SigningKey::from_seed(Alg::EdDsa, &[12; 32]);
+    let now = tokens::now();
+    let bound = |jti: &str, exp: i64| {
+        let mut c = claims("erin", jti, "sid-challenge");
+        c["cnf"] = json!({ "jkt": device.kid() });
+        c["exp"] = json!(exp);
+        c["iat"] = json!(exp - 900);
+        c["nbf"] = json!(exp - 900);
+        mint(&c)
+    };
+    let proof = |key: &SigningKey, token: &str, jti: &str| {
+        let claims = DpopClaims {
+            jti: jti.into(),
+            htm: "GET".into(),
+            htu: format!("http://127.0.0.1:{port}/orders"),
+            iat: tokens::now(),
+            ath: Some(dpop::ath(token)),
+            nonce: None,
+        };
+        dpop::sign_proof(key, &claims).unwrap_or_default()
+    };
+    let send = |scheme: &str, token: &str, proof: Option<&str>| {
+        let authorization = format!("{scheme} {token}");
+        let mut headers = vec![("authorization", authorization.as_str())];
+        if let Some(p) = proof {
+            headers.push(("dpop", p));
+        }
+        http::get(port, "/orders", &headers).expect("request")
+    };
+    let expect = |r: &http::Response, error: &str, reason: &str, label: &str| {
+        assert_eq!(r.status, 401, "{label}: {}", r.text());
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        let expected = format!("DPoP error=\"{error}\", error_description=\"{reason}\", algs=\"");
+        let algs = challenge
+            .strip_prefix(expected.as_str())
+            .and_then(|rest| rest.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{label}: {challenge}"));
+        for alg in ["EdDSA", "ML-DSA-65"] {
+            assert!(algs.split(' ').any(|a| a == alg), "{label}: {challenge}");
+        }
+        assert_eq!(r.json()["error"], error, "{label}");
+        assert_eq!(r.json()["error_description"], reason, "{label}");
+    };
+    let live = bound("jti-challenge", now + 600);
+    let first = proof(&device, &live, "c-1");
+    assert_eq!(send("DPoP", &live, Some(&first)).status, 200);
+    let bad_proof = |r: &http::Response, label: &str| {
+        expect(r, "invalid_dpop_proof", "invalid_dpop_proof", label)
+    };
+    bad_proof(&send("DPoP", &live, Some(&first)), "replayed proof");
+    bad_proof(&send("DPoP", &live, None), "no proof");
+    bad_proof(
+        &send("DPoP", &live, Some(&proof(&other, &live, "c-2"))),
+        "another key's proof",
+    );
+    bad_proof(&send("Bearer", &live, None), "a bound token sent as bearer");
+    let old = bound("jti-challenge-old", now - 300);
+    expect(
+        &send("DPoP", &old, Some(&proof(&device, &old, "c-3"))),
+        "invalid_token",
+        "expired",
+        "expired",
+    );
+    stack.cp.revoke("jti", "jti-challenge");
+    let mut attempt = 0;
+    let revoked = tests::eventually(Duration::from_secs(10), || {
+        // A fresh proof each time: a reused one would be refused as replayed.
+        attempt += 1;
+        let jti = format!("c-4-{attempt}");
+        let r = send("DPoP", &live, Some(&proof(&device, &live, &jti)));
+        (r.status == 401).then_some(r)
+    })
+    .expect("the revocation reaches the edge");
+    expect(&revoked, "invalid_token", "revoked", "revoked");
+    // A bearer request with an unbound token keeps the bearer challenge.
+    let plain = send(
+        "Bearer",
+        &mint(&claims("erin", "jti-plain", "sid-plain")),
+        None,
+    );
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    let forged = send("Bearer", &forge(&ready), None);
+    assert_eq!(
+        forged.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\", error_description=\"bad_signature\"")
+    );
+}

@@ -240,7 +240,8 @@ fn revocations_apply_to_cached_tokens_by_jti_sub_kid_and_sid() {
             decide(&mut az, &bearer, &revoked),
             Outcome::Deny {
                 reason: Reason::Revoked,
-                cache_hit: true
+                cache_hit: true,
+                challenge: Challenge::Bearer,
             },
             "{kind:?}"
         );
@@ -553,7 +554,8 @@ fn exp_gets_no_more_leeway_than_the_feed_says_its_revocations_assume() {
         decide(&mut az, &expired(60, "j-60"), &set),
         Outcome::Deny {
             reason: Reason::Expired,
-            cache_hit: true
+            cache_hit: true,
+            challenge: Challenge::Bearer,
         }
     );
     assert_eq!(az.cached(), 0);
@@ -651,4 +653,108 @@ fn a_dpop_proof_for_another_origin_is_refused_when_the_origins_are_configured() 
         run(&mut pinned, "api.test", &ours),
         Outcome::Allow { .. }
     ));
+}
+
+fn challenge_of(outcome: Outcome) -> Option<(Reason, Challenge)> {
+    match outcome {
+        Outcome::Deny {
+            reason, challenge, ..
+        } => Some((reason, challenge)),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_refusal_of_a_dpop_request_answers_with_the_dpop_challenge() {
+    let device = SigningKey::from_seed(Alg::EdDsa, &[3; 32]);
+    let other = SigningKey::from_seed(Alg::EdDsa, &[4; 32]);
+    let bound = |jti: &str, exp: i64| {
+        let mut c = claims();
+        c["cnf"] = json!({"jkt": device.kid()});
+        c["jti"] = json!(jti);
+        c["exp"] = json!(exp);
+        token(&c)
+    };
+    let live = bound("bound-live", NOW + 300);
+    let old = bound("bound-old", NOW - 600);
+    let proof = |key: &SigningKey, jti: &str, token: &str| {
+        dpop_proof(key, jti, "GET", "https://api.test/things", NOW, token)
+    };
+    let revoked = set_with(&[(Kind::Jti, "bound-live", 0)]);
+    let empty = RevocationSet::new();
+    let mut az = Authorizer::new(keyring(), rules());
+    let mut guard = MemoryGuard::default();
+    let mut run = |authorization: &str, dpop: Option<&str>, set: &RevocationSet| {
+        let req = Request {
+            dpop: dpop.map(str::as_bytes),
+            dpop_headers: usize::from(dpop.is_some()),
+            ..request(authorization)
+        };
+        challenge_of(az.authorize(&req, set, Freshness::Fresh, NOW, &mut guard))
+    };
+    let dpop_scheme = format!("DPoP {live}");
+    let first = proof(&device, "p-first", &live);
+    assert_eq!(run(&dpop_scheme, Some(&first), &empty), None);
+    let proof_problem = Some((Reason::InvalidDpopProof, Challenge::Dpop));
+    assert_eq!(
+        run(&dpop_scheme, Some(&first), &empty),
+        proof_problem,
+        "replayed"
+    );
+    assert_eq!(run(&dpop_scheme, None, &empty), proof_problem, "no proof");
+    let wrong = proof(&other, "p-wrong", &live);
+    assert_eq!(
+        run(&dpop_scheme, Some(&wrong), &empty),
+        proof_problem,
+        "wrong key"
+    );
+    let fresh = proof(&device, "p-revoked", &live);
+    assert_eq!(
+        run(&dpop_scheme, Some(&fresh), &revoked),
+        Some((Reason::Revoked, Challenge::Dpop))
+    );
+    let expired = proof(&device, "p-expired", &old);
+    assert_eq!(
+        run(&format!("DPoP {old}"), Some(&expired), &empty),
+        Some((Reason::Expired, Challenge::Dpop))
+    );
+    // A bound token sent as a bearer token, with no proof: its claims say it is DPoP.
+    assert_eq!(
+        run(&format!("Bearer {old}"), None, &empty),
+        Some((Reason::Expired, Challenge::Dpop))
+    );
+    assert_eq!(run(&format!("Bearer {live}"), None, &empty), proof_problem);
+    // The credential cannot be read, but the scheme or the proof says DPoP.
+    assert_eq!(
+        run("DPoP not.a.token", None, &empty),
+        Some((Reason::Malformed, Challenge::Dpop))
+    );
+    assert_eq!(
+        run("DPoP a b", None, &empty),
+        Some((Reason::Malformed, Challenge::Dpop))
+    );
+    assert_eq!(
+        run("Basic dXNlcg==", Some(&first), &empty),
+        Some((Reason::Missing, Challenge::Dpop))
+    );
+}
+
+#[test]
+fn a_bearer_request_with_an_unbound_token_keeps_the_bearer_challenge() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = set_with(&[(Kind::Jti, "jti-revoked", 0)]);
+    let mut c = claims();
+    c["jti"] = json!("jti-revoked");
+    for (authorization, reason) in [
+        (expired(60, "j-old"), Reason::Expired),
+        (format!("Bearer {}", token(&c)), Reason::Revoked),
+        ("Bearer not.a.token".to_owned(), Reason::Malformed),
+        ("Basic dXNlcg==".to_owned(), Reason::Missing),
+    ] {
+        assert_eq!(
+            challenge_of(decide(&mut az, &authorization, &set)),
+            Some((reason, Challenge::Bearer)),
+            "{authorization}"
+        );
+    }
 }

@@ -207,7 +207,11 @@ impl Filter {
                 }
                 Reply::Forward
             }
-            Outcome::Deny { reason, cache_hit } => {
+            Outcome::Deny {
+                reason,
+                cache_hit,
+                challenge: scheme,
+            } => {
                 if reason != Reason::Missing {
                     hit(cache_hit);
                 }
@@ -218,7 +222,7 @@ impl Filter {
                 Reply::Refuse {
                     status: 401,
                     headers: DENY_HEADERS,
-                    challenge: Some(challenge(reason)),
+                    challenge: Some(challenge(reason, scheme)),
                     body: error_body(reason),
                 }
             }
