@@ -134,8 +134,17 @@ pub struct SettingsArgs {
     pub refresh_days: i64,
 }
 
+/// The token signing algorithm: EdDSA (`Ed25519` is read as its other name; tokens still
+/// say `EdDSA`) or ML-DSA-65. ES256 is for device keys only.
 fn parse_alg(s: &str) -> Result<Alg, String> {
-    Alg::parse(s).map_err(|e| format!("{e} (use EdDSA or ML-DSA-65)"))
+    match Alg::parse(s) {
+        Ok(Alg::Es256) => Err(
+            "ES256 is accepted for device keys, not for signing tokens (use EdDSA or ML-DSA-65)"
+                .into(),
+        ),
+        Ok(alg) => Ok(alg),
+        Err(e) => Err(format!("{e} (use EdDSA or ML-DSA-65)")),
+    }
 }
 
 /// Flags of `serve` only.
@@ -525,5 +534,19 @@ impl Settings {
             audience: Some(self.audience.clone()),
             leeway: self.leeway_secs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_signed_with_eddsa_or_ml_dsa_never_es256() {
+        assert_eq!(parse_alg("EdDSA"), Ok(Alg::EdDsa));
+        assert_eq!(parse_alg("Ed25519"), Ok(Alg::EdDsa));
+        assert_eq!(parse_alg("ML-DSA-65"), Ok(Alg::MlDsa65));
+        assert!(parse_alg("ES256").unwrap_err().contains("device keys"));
+        assert!(parse_alg("RS256").is_err());
     }
 }

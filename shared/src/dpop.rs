@@ -1,5 +1,5 @@
-//! Device-binding proofs with RFC 9449 (DPoP) fields, signed by an Ed25519 or ML-DSA-65
-//! device key whose public JWK travels in the proof header.
+//! Device-binding proofs with RFC 9449 (DPoP) fields, signed by an Ed25519, P-256 (ES256)
+//! or ML-DSA-65 device key whose public JWK travels in the proof header.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +9,14 @@ use crate::{JoseError, b64, sha256};
 
 /// `typ` of a proof.
 pub const TYP_DPOP: &str = "dpop+jwt";
+
+/// The proof `alg` values accepted (RFC 8414 `dpop_signing_alg_values_supported`):
+/// Ed25519 under both of its names (RFC 9864), ES256 and ML-DSA-65.
+pub const PROOF_ALGS: [&str; 4] = ["EdDSA", "Ed25519", "ES256", "ML-DSA-65"];
+
+/// [`PROOF_ALGS`] separated by spaces, for the `algs` of a `DPoP` challenge (RFC 9449
+/// section 7.1).
+pub const PROOF_ALGS_CHALLENGE: &str = "EdDSA Ed25519 ES256 ML-DSA-65";
 
 /// The claims of a proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,9 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// A device key (Ed25519 or ML-DSA-65) that signs refresh and DPoP proofs.
+/// A device key (Ed25519, P-256 or ML-DSA-65) that signs refresh and DPoP proofs. (A
+/// browser that wants a non-extractable P-256 key makes it with WebCrypto instead: see
+/// `clients/js`.)
 #[wasm_bindgen]
 pub struct DeviceKey {
     key: SigningKey,
@@ -20,7 +22,8 @@ pub struct DeviceKey {
 
 #[wasm_bindgen]
 impl DeviceKey {
-    /// A new key for `alg` (`"EdDSA"` or `"ML-DSA-65"`).
+    /// A new key for `alg` (`"EdDSA"` or its RFC 9864 name `"Ed25519"`, `"ES256"`, or
+    /// `"ML-DSA-65"`).
     #[wasm_bindgen(constructor)]
     pub fn generate(alg: &str) -> Result<DeviceKey, JsError> {
         Ok(DeviceKey {
@@ -28,7 +31,8 @@ impl DeviceKey {
         })
     }
 
-    /// Restores a key from its `alg` and base64url seed (see `seed`).
+    /// Restores a key from its `alg` and base64url seed (see `seed`; for ES256 the private
+    /// scalar).
     #[wasm_bindgen(js_name = fromSeed)]
     pub fn from_seed(alg: &str, seed: &str) -> Result<DeviceKey, JsError> {
         let alg = Alg::parse(alg).map_err(js_err)?;

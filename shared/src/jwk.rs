@@ -1,4 +1,5 @@
-//! JSON Web Keys: OKP Ed25519 (RFC 8037), AKP ML-DSA-65 (RFC 9964), RFC 7638 thumbprints.
+//! JSON Web Keys: OKP Ed25519 (RFC 8037), AKP ML-DSA-65 (RFC 9964), EC P-256 (RFC 7518
+//! section 6.2, device keys), RFC 7638 thumbprints.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,9 +9,9 @@ use crate::{JoseError, b64, sha256};
 /// One JWK; only the members we use, every other member is ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Jwk {
-    /// Key type: `OKP` or `AKP`.
+    /// Key type: `OKP`, `AKP` or `EC`.
     pub kty: String,
-    /// Curve for OKP keys (`Ed25519`).
+    /// Curve for OKP keys (`Ed25519`) and EC keys (`P-256`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crv: Option<String>,
     /// Algorithm; required for AKP keys.
@@ -22,13 +23,16 @@ pub struct Jwk {
     /// Public key use (`sig`).
     #[serde(rename = "use", skip_serializing_if = "Option::is_none")]
     pub use_: Option<String>,
-    /// OKP public key.
+    /// OKP public key, or an EC key's x coordinate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub x: Option<String>,
+    /// An EC key's y coordinate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
     /// AKP public key.
     #[serde(rename = "pub", skip_serializing_if = "Option::is_none")]
     pub pub_: Option<String>,
-    /// OKP private key (seed).
+    /// OKP private key (seed), or an EC key's private scalar.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub d: Option<String>,
     /// AKP private key (seed).
@@ -61,6 +65,17 @@ impl Jwk {
         }
     }
 
+    pub(crate) fn ec(x: String, y: String) -> Jwk {
+        Jwk {
+            kty: "EC".into(),
+            crv: Some("P-256".into()),
+            alg: Some(Alg::Es256.as_str().into()),
+            x: Some(x),
+            y: Some(y),
+            ..Jwk::default()
+        }
+    }
+
     pub(crate) fn akp(alg: Alg, public: String) -> Jwk {
         Jwk {
             kty: "AKP".into(),
@@ -79,7 +94,7 @@ impl Jwk {
     pub fn is_supported(&self) -> bool {
         matches!(
             (self.kty.as_str(), self.crv.as_deref()),
-            ("OKP", Some("Ed25519")) | ("AKP", _)
+            ("OKP", Some("Ed25519")) | ("AKP", _) | ("EC", Some("P-256"))
         ) && self.alg.as_deref().is_none_or(|a| Alg::parse(a).is_ok())
     }
 
@@ -88,31 +103,61 @@ impl Jwk {
         self.d.is_some() || self.priv_.is_some()
     }
 
-    /// The public key; the JWK's `alg`, when present, must agree with its type.
+    /// The public key; the JWK's `alg`, when present, must agree with its type (`EdDSA`
+    /// or `Ed25519` for an OKP Ed25519 key, `ES256` for EC P-256, `ML-DSA-65` for AKP).
     pub fn to_verifying_key(&self) -> Result<VerifyingKey, JoseError> {
         let (alg, public) = match (self.kty.as_str(), self.crv.as_deref()) {
             ("OKP", Some("Ed25519")) => (Alg::EdDsa, self.x.as_deref()),
             ("OKP", _) => return Err(JoseError::BadKey("OKP key must use curve Ed25519")),
+            ("EC", Some("P-256")) => return self.p256_key(),
+            ("EC", _) => return Err(JoseError::BadKey("EC key must use curve P-256")),
             ("AKP", _) => {
                 let alg = self
                     .alg
                     .as_deref()
                     .ok_or(JoseError::BadKey("AKP key needs alg"))?;
-                (Alg::parse(alg)?, self.pub_.as_deref())
+                match Alg::parse(alg)? {
+                    Alg::MlDsa65 => (Alg::MlDsa65, self.pub_.as_deref()),
+                    _ => return Err(JoseError::BadKey("AKP key must be for ML-DSA-65")),
+                }
             }
             _ => return Err(JoseError::BadKey("unsupported kty")),
         };
-        if let Some(declared) = self.alg.as_deref()
-            && Alg::parse(declared)? != alg
-        {
-            return Err(JoseError::BadKey("JWK alg does not match its key type"));
-        }
+        self.expect_declared_alg(alg)?;
         let public = public.ok_or(JoseError::BadKey("JWK has no public key member"))?;
         VerifyingKey::from_bytes(alg, &b64::decode(public, "public key")?)
     }
 
+    fn expect_declared_alg(&self, alg: Alg) -> Result<(), JoseError> {
+        match self.alg.as_deref() {
+            Some(declared) if Alg::parse(declared)? != alg => {
+                Err(JoseError::BadKey("JWK alg does not match its key type"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An EC P-256 key: `x` and `y` exactly 32 bytes each in canonical base64url (leading
+    /// zeros kept, RFC 7518 6.2.1.2), the point on the curve.
+    fn p256_key(&self) -> Result<VerifyingKey, JoseError> {
+        self.expect_declared_alg(Alg::Es256)?;
+        let coordinate = |member: &Option<String>, what| {
+            let text = member
+                .as_deref()
+                .ok_or(JoseError::BadKey("EC key needs x and y"))?;
+            b64::decode_array::<32>(text, what)
+                .map_err(|_| JoseError::BadKey("EC P-256 x and y must be 32 bytes of base64url"))
+        };
+        let x = coordinate(&self.x, "x")?;
+        let y = coordinate(&self.y, "y")?;
+        let mut point = [0x04; 65];
+        point[1..33].copy_from_slice(&x);
+        point[33..].copy_from_slice(&y);
+        VerifyingKey::from_bytes(Alg::Es256, &point)
+    }
+
     /// RFC 7638 thumbprint over the required members in lexicographic order
-    /// (`crv kty x` for OKP, `alg kty pub` for AKP per RFC 9964).
+    /// (`crv kty x` for OKP, `crv kty x y` for EC, `alg kty pub` for AKP per RFC 9964).
     pub fn thumbprint(&self) -> String {
         let esc = |s: &Option<String>| {
             serde_json::to_string(s.as_deref().unwrap_or("")).unwrap_or_default()
@@ -122,6 +167,13 @@ impl Jwk {
                 r#"{{"alg":{},"kty":"AKP","pub":{}}}"#,
                 esc(&self.alg),
                 esc(&self.pub_)
+            )
+        } else if self.kty == "EC" {
+            format!(
+                r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+                esc(&self.crv),
+                esc(&self.x),
+                esc(&self.y)
             )
         } else {
             format!(

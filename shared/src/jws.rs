@@ -1,4 +1,4 @@
-//! Strict compact JWS (RFC 7515) for EdDSA and ML-DSA-65.
+//! Strict compact JWS (RFC 7515) for EdDSA (also named `Ed25519`), ML-DSA-65 and ES256.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,9 @@
-//! Signing and verifying keys for the two JOSE algorithms we allow: EdDSA and ML-DSA-65.
+//! Signing and verifying keys for the JOSE algorithms we allow: EdDSA (also named
+//! `Ed25519`), ML-DSA-65, and ES256 (P-256, for device keys and DPoP proofs).
 
 use ed25519_dalek::Signer as _;
 use ml_dsa::{KeyExport as _, Keypair as _, MlDsa65};
+use p256::ecdsa::signature::Verifier as _;
 
 use std::sync::Arc;
 
@@ -13,30 +15,42 @@ use crate::{JoseError, b64};
 pub const MLDSA65_PUBLIC_KEY_LEN: usize = 1952;
 /// ML-DSA-65 signature length (FIPS 204).
 pub const MLDSA65_SIGNATURE_LEN: usize = 3309;
+/// ES256 signature length: `r || s`, 32 bytes each, big-endian (RFC 7518 section 3.4;
+/// not DER).
+pub const ES256_SIGNATURE_LEN: usize = 64;
 
 /// A signature algorithm accepted by this project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alg {
-    /// Ed25519 (RFC 8037).
+    /// Ed25519 (RFC 8037), under either JOSE name: the polymorphic `EdDSA` or the
+    /// fully specified `Ed25519` of RFC 9864. Only Ed25519 keys exist here, so the two
+    /// names select the same algorithm, and an Ed25519 key accepts both and nothing else.
     EdDsa,
     /// ML-DSA-65 (FIPS 204, RFC 9964), pure mode with an empty context.
     MlDsa65,
+    /// ECDSA over P-256 with SHA-256 (RFC 7518 section 3.4): device keys and DPoP
+    /// proofs. The control plane never signs its own tokens with it.
+    Es256,
 }
 
 impl Alg {
-    /// The JOSE name.
+    /// The JOSE name we write. For Ed25519 that is `EdDSA`, the name every verifier
+    /// knows (Envoy's `jwt_authn` among them); `Ed25519` is accepted when reading.
     pub fn as_str(self) -> &'static str {
         match self {
             Alg::EdDsa => "EdDSA",
             Alg::MlDsa65 => "ML-DSA-65",
+            Alg::Es256 => "ES256",
         }
     }
 
-    /// Parses a JOSE `alg`, naming the refused families precisely.
+    /// Parses a JOSE `alg` (`EdDSA` and `Ed25519` alike), naming the refused families
+    /// precisely.
     pub fn parse(name: &str) -> Result<Alg, JoseError> {
         match name {
-            "EdDSA" => Ok(Alg::EdDsa),
+            "EdDSA" | "Ed25519" => Ok(Alg::EdDsa),
             "ML-DSA-65" => Ok(Alg::MlDsa65),
+            "ES256" => Ok(Alg::Es256),
             _ if name.eq_ignore_ascii_case("none") => Err(JoseError::AlgNone),
             _ if name.starts_with("HS") => Err(JoseError::Hmac(name.to_owned())),
             _ => Err(JoseError::UnsupportedAlg(name.to_owned())),
@@ -58,6 +72,8 @@ pub enum VerifyingKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     /// ML-DSA-65 public key (decoded once: decoding costs more than a verification).
     MlDsa65(Box<ml_dsa::VerifyingKey<MlDsa65>>),
+    /// P-256 public key (ES256), a point checked to be on the curve.
+    P256(Box<p256::ecdsa::VerifyingKey>),
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -99,6 +115,18 @@ impl VerifyingKey {
                     ml_dsa::VerifyingKey::decode(&enc),
                 )))
             }
+            Alg::Es256 => {
+                // Only the uncompressed SEC1 form (what a JWK's x and y make): 0x04 || x || y.
+                if bytes.len() != 65 || bytes[0] != 0x04 {
+                    return Err(JoseError::BadKey(
+                        "P-256 public key must be 0x04 and 32-byte x and y coordinates",
+                    ));
+                }
+                // Refuses coordinates of p or more, points off the curve and the identity.
+                let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
+                    .map_err(|_| JoseError::BadKey("P-256 public key is not a curve point"))?;
+                Ok(VerifyingKey::P256(Box::new(key)))
+            }
         }
     }
 
@@ -107,10 +135,12 @@ impl VerifyingKey {
         match self {
             VerifyingKey::Ed25519(_) => Alg::EdDsa,
             VerifyingKey::MlDsa65(_) => Alg::MlDsa65,
+            VerifyingKey::P256(_) => Alg::Es256,
         }
     }
 
-    /// Refuses a token whose header names another `alg` than this key's.
+    /// Refuses a token whose header names another `alg` than this key's (for an Ed25519
+    /// key, `EdDSA` and `Ed25519` both name its algorithm: see [`Alg::EdDsa`]).
     pub fn expect_alg(&self, header: Alg) -> Result<(), JoseError> {
         if self.alg() == header {
             Ok(())
@@ -122,15 +152,18 @@ impl VerifyingKey {
         }
     }
 
-    /// Raw public key bytes.
+    /// Raw public key bytes (for P-256 the uncompressed SEC1 point, 65 bytes).
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             VerifyingKey::Ed25519(k) => k.to_bytes().to_vec(),
             VerifyingKey::MlDsa65(k) => k.encode().to_vec(),
+            VerifyingKey::P256(k) => k.to_sec1_point(false).as_bytes().to_vec(),
         }
     }
 
-    /// Verifies `signature` over `message` (strict Ed25519; ML-DSA with an empty context).
+    /// Verifies `signature` over `message` (strict Ed25519; ML-DSA with an empty context;
+    /// ES256 as 64 bytes `r || s` with `0 < r, s < n`, either `s` and its negation being
+    /// valid, as JOSE does not ask for low `s`).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), JoseError> {
         match self {
             VerifyingKey::Ed25519(key) => {
@@ -148,10 +181,18 @@ impl VerifyingKey {
                     Err(JoseError::BadSignature)
                 }
             }
+            VerifyingKey::P256(key) => {
+                // `from_slice` refuses any length but 64 (a DER signature among them).
+                let sig = p256::ecdsa::Signature::from_slice(signature)
+                    .map_err(|_| JoseError::BadSignature)?;
+                key.verify(message, &sig)
+                    .map_err(|_| JoseError::BadSignature)
+            }
         }
     }
 
-    /// The public JWK (RFC 8037 OKP or RFC 9964 AKP), with `kid` set to the thumbprint.
+    /// The public JWK (RFC 8037 OKP, RFC 9964 AKP or RFC 7518 EC), with `kid` set to the
+    /// thumbprint.
     pub fn to_jwk(&self) -> Jwk {
         let mut jwk = self.thumbprint_jwk();
         jwk.kid = Some(self.thumbprint());
@@ -168,20 +209,33 @@ impl VerifyingKey {
         match self {
             VerifyingKey::Ed25519(k) => Jwk::okp(b64::encode(k.as_bytes())),
             VerifyingKey::MlDsa65(k) => Jwk::akp(Alg::MlDsa65, b64::encode(&k.encode())),
+            VerifyingKey::P256(k) => {
+                let point = k.to_sec1_point(false);
+                let xy = point.as_bytes().get(1..).unwrap_or_default();
+                let (x, y) = xy.split_at(xy.len() / 2);
+                Jwk::ec(b64::encode(x), b64::encode(y))
+            }
         }
     }
 }
 
-/// A private key; both kinds are stored as their 32-byte seed.
+/// A private key; every kind is stored as 32 bytes (its seed, or for P-256 its scalar).
 pub enum SigningKey {
     /// Ed25519 private key.
     Ed25519(Box<ed25519_dalek::SigningKey>),
     /// ML-DSA-65 private key, expanded from its seed.
     MlDsa65(Box<ml_dsa::SigningKey<MlDsa65>>),
+    /// P-256 private key (ES256): device keys and tests; never a token key.
+    P256(Box<p256::ecdsa::SigningKey>),
 }
 
 impl SigningKey {
     /// Derives the key for `alg` from a 32-byte seed (RFC 8037 `d`, RFC 9964 `priv`).
+    ///
+    /// For ES256 the seed is the private scalar itself (RFC 7518 `d`, big-endian). The
+    /// rare 32 bytes that are no scalar (zero, or the group order or more: about one
+    /// random seed in 2^32) are replaced by their SHA-256 until they are one, so every
+    /// seed gives a key; [`SigningKey::seed`] returns the scalar used.
     pub fn from_seed(alg: Alg, seed: &[u8; 32]) -> Self {
         match alg {
             Alg::EdDsa => {
@@ -190,6 +244,15 @@ impl SigningKey {
             Alg::MlDsa65 => SigningKey::MlDsa65(Box::new(ml_dsa::SigningKey::from_seed(
                 &ml_dsa::B32::from(*seed),
             ))),
+            Alg::Es256 => {
+                let mut scalar = *seed;
+                loop {
+                    if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&scalar) {
+                        return SigningKey::P256(Box::new(key));
+                    }
+                    scalar = crate::sha256(&scalar);
+                }
+            }
         }
     }
 
@@ -199,11 +262,12 @@ impl SigningKey {
         SigningKey::from_seed(alg, &crate::random::bytes::<32>())
     }
 
-    /// The 32-byte seed (keep secret).
+    /// The 32-byte seed (keep secret); for P-256 the scalar.
     pub fn seed(&self) -> [u8; 32] {
         match self {
             SigningKey::Ed25519(k) => k.to_bytes(),
             SigningKey::MlDsa65(k) => k.to_bytes().into(),
+            SigningKey::P256(k) => k.to_bytes().into(),
         }
     }
 
@@ -212,6 +276,7 @@ impl SigningKey {
         match self {
             SigningKey::Ed25519(_) => Alg::EdDsa,
             SigningKey::MlDsa65(_) => Alg::MlDsa65,
+            SigningKey::P256(_) => Alg::Es256,
         }
     }
 
@@ -220,6 +285,7 @@ impl SigningKey {
         match self {
             SigningKey::Ed25519(k) => VerifyingKey::Ed25519(k.verifying_key()),
             SigningKey::MlDsa65(k) => VerifyingKey::MlDsa65(Box::new(k.verifying_key())),
+            SigningKey::P256(k) => VerifyingKey::P256(Box::new(*k.verifying_key())),
         }
     }
 
@@ -228,10 +294,16 @@ impl SigningKey {
         self.verifying_key().thumbprint()
     }
 
-    /// Signs `message` (deterministic Ed25519; deterministic ML-DSA, empty context).
+    /// Signs `message` (deterministic Ed25519; deterministic ML-DSA, empty context;
+    /// ES256 with an RFC 6979 nonce, as 64 bytes `r || s`).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JoseError> {
         match self {
             SigningKey::Ed25519(k) => Ok(k.sign(message).to_bytes().to_vec()),
+            SigningKey::P256(k) => {
+                let sig: p256::ecdsa::Signature =
+                    k.try_sign(message).map_err(|_| JoseError::SigningFailed)?;
+                Ok(sig.to_bytes().to_vec())
+            }
             SigningKey::MlDsa65(k) => k
                 .expanded_key()
                 .sign_deterministic(message, &[])
@@ -245,7 +317,7 @@ impl SigningKey {
         let mut jwk = self.verifying_key().to_jwk();
         let seed = b64::encode(&self.seed());
         match self {
-            SigningKey::Ed25519(_) => jwk.d = Some(seed),
+            SigningKey::Ed25519(_) | SigningKey::P256(_) => jwk.d = Some(seed),
             SigningKey::MlDsa65(_) => jwk.priv_ = Some(seed),
         }
         jwk
@@ -255,7 +327,7 @@ impl SigningKey {
     pub fn from_private_jwk(jwk: &Jwk) -> Result<Self, JoseError> {
         let public = jwk.to_verifying_key()?;
         let seed = match public.alg() {
-            Alg::EdDsa => jwk.d.as_deref(),
+            Alg::EdDsa | Alg::Es256 => jwk.d.as_deref(),
             Alg::MlDsa65 => jwk.priv_.as_deref(),
         }
         .ok_or(JoseError::BadKey("JWK has no private key"))?;
@@ -304,7 +376,7 @@ impl Keyring {
         self.keys.retain(|k| k.kid != kid);
         let table = match &key {
             VerifyingKey::Ed25519(k) => Some(KeyTable::new(k)),
-            VerifyingKey::MlDsa65(_) => None,
+            VerifyingKey::MlDsa65(_) | VerifyingKey::P256(_) => None,
         };
         self.keys.push(TrustedKey { kid, key, table });
     }

@@ -3,6 +3,7 @@
 use shared::dpop::{self, DpopClaims, DpopError, ProofRequirements};
 use shared::kem::{self, EphemeralSecret, KemError};
 use shared::keys::{Alg, SigningKey};
+use shared::{Jwk, b64};
 
 #[test]
 fn a_sealed_refresh_token_opens_only_with_the_same_transcript() {
@@ -65,8 +66,8 @@ fn req(now: i64) -> ProofRequirements<'static> {
 }
 
 #[test]
-fn device_proofs_verify_for_both_key_types() {
-    for alg in [Alg::EdDsa, Alg::MlDsa65] {
+fn device_proofs_verify_for_every_key_type() {
+    for alg in [Alg::EdDsa, Alg::Es256, Alg::MlDsa65] {
         let device = SigningKey::from_seed(alg, &[4; 32]);
         let verified = dpop::verify_proof(
             &proof(&device, 1_000, Some("at")),
@@ -132,4 +133,77 @@ fn device_proofs_are_refused_for_the_wrong_request_time_token_or_key() {
         .unwrap_err(),
         DpopError::WrongNonce
     );
+}
+
+/// A proof signed by `key` under a header written by hand (`alg` and the `jwk` as other
+/// libraries write them).
+fn proof_with_header(key: &SigningKey, alg: &str, jwk: &Jwk) -> String {
+    let header = serde_json::json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
+    let claims = serde_json::json!({
+        "jti": "p2", "htm": "POST", "htu": "https://api.example/token/refresh", "iat": 1_000
+    });
+    let input = format!(
+        "{}.{}",
+        b64::encode(header.to_string().as_bytes()),
+        b64::encode(claims.to_string().as_bytes())
+    );
+    let signature = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64::encode(&signature))
+}
+
+#[test]
+fn a_proof_named_ed25519_with_a_webcrypto_style_jwk_is_accepted() {
+    let device = SigningKey::from_seed(Alg::EdDsa, &[5; 32]);
+    // WebCrypto exports `"alg": "Ed25519"` in the JWK; RFC 9864 libraries sign with it.
+    let mut jwk = device.verifying_key().to_jwk();
+    jwk.alg = Some("Ed25519".into());
+    jwk.kid = None;
+    let verified = dpop::verify_proof(
+        &proof_with_header(&device, "Ed25519", &jwk),
+        &ProofRequirements {
+            jkt: Some(&device.kid()),
+            ..req(1_000)
+        },
+    )
+    .unwrap();
+    assert_eq!(verified.jkt, device.kid());
+    // The old name with the new JWK, and the new name with no JWK alg, alike.
+    dpop::verify_proof(&proof_with_header(&device, "EdDSA", &jwk), &req(1_000)).unwrap();
+    jwk.alg = None;
+    dpop::verify_proof(&proof_with_header(&device, "Ed25519", &jwk), &req(1_000)).unwrap();
+}
+
+#[test]
+fn a_proof_whose_alg_is_not_its_keys_is_refused() {
+    let ed = SigningKey::from_seed(Alg::EdDsa, &[5; 32]);
+    let ec = SigningKey::from_seed(Alg::Es256, &[5; 32]);
+    for (key, alg) in [
+        (&ed, "ES256"),
+        (&ec, "EdDSA"),
+        (&ec, "Ed25519"),
+        (&ed, "ML-DSA-65"),
+    ] {
+        let mut jwk = key.verifying_key().to_jwk();
+        jwk.alg = None;
+        assert!(
+            matches!(
+                dpop::verify_proof(&proof_with_header(key, alg, &jwk), &req(1_000)),
+                Err(DpopError::Jose(shared::JoseError::AlgMismatch { .. }))
+            ),
+            "{alg} with a {:?} key",
+            key.alg()
+        );
+    }
+    // A JWK whose own alg names another algorithm than its key type.
+    let mut jwk = ec.verifying_key().to_jwk();
+    jwk.alg = Some("EdDSA".into());
+    assert!(dpop::verify_proof(&proof_with_header(&ec, "ES256", &jwk), &req(1_000)).is_err());
+}
+
+#[test]
+fn the_accepted_proof_algs_are_listed_once_for_metadata_and_challenges() {
+    assert_eq!(dpop::PROOF_ALGS.join(" "), dpop::PROOF_ALGS_CHALLENGE);
+    for alg in dpop::PROOF_ALGS {
+        Alg::parse(alg).unwrap();
+    }
 }

@@ -50,6 +50,183 @@ fn forged(header: &str, payload: &str) -> String {
 }
 
 #[test]
+fn an_ed25519_key_verifies_tokens_named_eddsa_or_ed25519_and_no_other_alg() {
+    let ed = key(Alg::EdDsa, 1);
+    let payload = b64::encode(&serde_json::to_vec(&claims()).unwrap());
+    let signed = |alg: &str| {
+        let header = format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"{}"}}"#, ed.kid());
+        let input = format!("{}.{payload}", b64::encode(header.as_bytes()));
+        let sig = ed.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64::encode(&sig))
+    };
+    for alg in ["EdDSA", "Ed25519"] {
+        let (got, _) = AccessClaims::verify(&signed(alg), &ring(&[&ed]), &Limits::default())
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(got, claims());
+    }
+    for alg in ["ES256", "ML-DSA-65"] {
+        assert!(matches!(
+            AccessClaims::verify(&signed(alg), &ring(&[&ed]), &Limits::default()).unwrap_err(),
+            JoseError::AlgMismatch { key: "EdDSA", .. }
+        ));
+    }
+    // Our own tokens keep the name every verifier knows.
+    let ours = token(&ed, &claims());
+    assert_eq!(
+        Jws::parse(&ours, &Limits::default()).unwrap().header.alg,
+        "EdDSA"
+    );
+}
+
+#[test]
+fn a_p256_key_verifies_es256_and_no_other_alg() {
+    let ec = key(Alg::Es256, 1);
+    let t = token(&ec, &claims());
+    assert_eq!(
+        Jws::parse(&t, &Limits::default()).unwrap().header.alg,
+        "ES256"
+    );
+    let (got, _) = AccessClaims::verify(&t, &ring(&[&ec]), &Limits::default()).unwrap();
+    assert_eq!(got, claims());
+    // An Ed25519-signed token whose kid names the P-256 key.
+    let ed = key(Alg::EdDsa, 1);
+    let payload = serde_json::to_vec(&claims()).unwrap();
+    let forged = jws::sign(&ed, TYP_ACCESS_TOKEN, Some(&ec.kid()), None, &payload).unwrap();
+    assert!(matches!(
+        AccessClaims::verify(&forged, &ring(&[&ec]), &Limits::default()).unwrap_err(),
+        JoseError::AlgMismatch {
+            header: "EdDSA",
+            key: "ES256"
+        }
+    ));
+}
+
+/// P-256 group order n, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// `n - s` for a 32-byte big-endian `s < n`.
+fn negate_mod_n(s: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = d.rem_euclid(256) as u8;
+    }
+    out
+}
+
+/// A minimal DER `SEQUENCE { INTEGER r, INTEGER s }` of 32-byte `r` and `s`.
+fn der(r: &[u8], s: &[u8]) -> Vec<u8> {
+    let int = |v: &[u8]| {
+        let mut body = v.to_vec();
+        if body[0] & 0x80 != 0 {
+            body.insert(0, 0);
+        }
+        let mut out = vec![0x02, body.len() as u8];
+        out.extend(body);
+        out
+    };
+    let (r, s) = (int(r), int(s));
+    let mut out = vec![0x30, (r.len() + s.len()) as u8];
+    out.extend(r);
+    out.extend(s);
+    out
+}
+
+#[test]
+fn es256_signatures_are_64_raw_bytes_with_either_s_and_nothing_else() {
+    let ec = key(Alg::Es256, 2);
+    let public = ec.verifying_key();
+    let msg = b"header.payload";
+    let sig = ec.sign(msg).unwrap();
+    assert_eq!(sig.len(), 64);
+    public.verify(msg, &sig).unwrap();
+    // JOSE does not ask for low s: (r, n - s) is as valid as (r, s).
+    let mut other_s = sig.clone();
+    other_s[32..].copy_from_slice(&negate_mod_n(&sig[32..]));
+    assert_ne!(other_s, sig);
+    public.verify(msg, &other_s).unwrap();
+    // DER (what many ECDSA APIs return), truncated, padded, zero or out-of-range parts.
+    let mut zero_r = sig.clone();
+    zero_r[..32].fill(0);
+    let mut big_s = sig.clone();
+    big_s[32..].copy_from_slice(&P256_N);
+    for bad in [
+        der(&sig[..32], &sig[32..]),
+        sig[..63].to_vec(),
+        [sig.as_slice(), &[0]].concat(),
+        zero_r,
+        big_s,
+        vec![],
+    ] {
+        assert_eq!(
+            public.verify(msg, &bad).unwrap_err(),
+            JoseError::BadSignature,
+            "{}",
+            bad.len()
+        );
+    }
+}
+
+#[test]
+fn ec_jwks_must_be_p256_points_with_32_byte_canonical_coordinates() {
+    let good = key(Alg::Es256, 3).verifying_key().to_jwk();
+    assert_eq!(good.to_verifying_key().unwrap().alg(), Alg::Es256);
+    let with = |f: &dyn Fn(&mut Jwk)| {
+        let mut jwk = good.clone();
+        f(&mut jwk);
+        jwk.to_verifying_key()
+    };
+    let x = good.x.clone().unwrap();
+    let y = good.y.clone().unwrap();
+    let mut y_bytes = b64::decode(&y, "y").unwrap();
+    y_bytes[31] ^= 1;
+    let off_curve = b64::encode(&y_bytes);
+    let off = off_curve.clone();
+    type Edit<'a> = Box<dyn Fn(&mut Jwk) + 'a>;
+    let cases: Vec<(&str, Edit<'_>)> = vec![
+        ("P-384", Box::new(|j| j.crv = Some("P-384".into()))),
+        ("no crv", Box::new(|j| j.crv = None)),
+        ("no y", Box::new(|j| j.y = None)),
+        ("short x", Box::new(|j| j.x = Some(b64::encode(&[1; 31])))),
+        ("long x", Box::new(|j| j.x = Some(b64::encode(&[1; 33])))),
+        ("padded x", Box::new(|j| j.x = Some(format!("{x}=")))),
+        ("off curve", Box::new(move |j| j.y = Some(off.clone()))),
+        ("x = p", Box::new(|j| j.x = Some(b64::encode(&[0xff; 32])))),
+        ("alg EdDSA", Box::new(|j| j.alg = Some("EdDSA".into()))),
+        ("alg ES384", Box::new(|j| j.alg = Some("ES384".into()))),
+    ];
+    for (what, f) in &cases {
+        assert!(with(f.as_ref()).is_err(), "{what}");
+    }
+    // The last base64url character of a 32-byte value carries two unused bits.
+    let last = x.chars().last().unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let i = alphabet.find(last).unwrap();
+    let non_canonical = format!("{}{}", &x[..42], &alphabet[(i ^ 1)..(i ^ 1) + 1]);
+    let set_x = |j: &mut Jwk| j.x = Some(non_canonical.clone());
+    assert!(with(&set_x).is_err());
+    // An AKP key may not claim to be an Ed25519 key.
+    let akp = Jwk {
+        kty: "AKP".into(),
+        alg: Some("EdDSA".into()),
+        pub_: Some(b64::encode(&[9; 32])),
+        ..Jwk::default()
+    };
+    assert!(akp.to_verifying_key().is_err());
+    // `y` takes part in the thumbprint: members crv, kty, x, y in that order.
+    let other_y = Jwk {
+        y: Some(off_curve),
+        ..good.clone()
+    };
+    assert_ne!(other_y.thumbprint(), good.thumbprint());
+}
+
+#[test]
 fn access_tokens_round_trip_for_both_algorithms() {
     for alg in [Alg::EdDsa, Alg::MlDsa65] {
         let k = key(alg, 1);
