@@ -35,12 +35,14 @@ pub struct Envoy {
     child: Child,
 }
 
-fn cluster(name: &str, port: u16) -> Value {
+fn cluster(name: &str, ports: &[u16]) -> Value {
+    let endpoints: Vec<Value> = ports
+        .iter()
+        .map(|port| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}))
+        .collect();
     json!({
         "name": name, "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-        ]}]}
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
     })
 }
 
@@ -82,6 +84,25 @@ impl Envoy {
     /// defaults, to show what the filter does on its own) and a choice of poller.
     pub fn start_with(
         control_plane_port: u16,
+        upstream_port: u16,
+        filter: &Value,
+        hcm_options: &Value,
+        poller: Poller,
+    ) -> Envoy {
+        Envoy::start_balanced(
+            &[control_plane_port],
+            upstream_port,
+            filter,
+            hcm_options,
+            poller,
+        )
+    }
+
+    /// Like [`start_with`](Envoy::start_with) with every one of `control_plane_ports` in
+    /// the filter's cluster (Envoy's default round robin: successive polls go to each in
+    /// turn).
+    pub fn start_balanced(
+        control_plane_ports: &[u16],
         upstream_port: u16,
         filter: &Value,
         hcm_options: &Value,
@@ -136,7 +157,7 @@ impl Envoy {
                         "typed_config": hcm
                     }]}]
                 }],
-                "clusters": [cluster("upstream", upstream_port), cluster("control_plane", control_plane_port)]
+                "clusters": [cluster("upstream", &[upstream_port]), cluster("control_plane", control_plane_ports)]
             }
         });
         if poller == Poller::Service {
