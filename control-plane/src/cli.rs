@@ -182,12 +182,25 @@ pub enum EdgeCredentialCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Checks the hash chain and every signed checkpoint; names the first bad row or
-    /// checkpoint.
+    /// checkpoint and prints the ids of the keys that signed. Signatures must be by keys
+    /// you trust: `--jwks`, else the data dir's own keys. Exits 0 when the log verifies,
+    /// 1 when it is broken or signed by a key not trusted, 2 when it cannot be checked.
     Verify {
-        /// Verify an `audit export` file (`-` for stdin) instead of the database, with
-        /// the keys it carries.
+        /// Verify an `audit export` file (`-` for stdin) instead of the database. Its
+        /// signatures must be by the keys of `--jwks`, or else of the data dir (when it
+        /// holds a database), never only by the keys the file carries: whoever edits the
+        /// file can re-sign it and carry their own key.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Trust only the ML-DSA-65 keys of this JWKS: a file, or an `http(s)` URL such
+        /// as the region's `/.well-known/jwks.json` (which lists retired keys only while
+        /// their tokens live: keep a copy for older exports).
+        #[arg(long, value_name = "URL|FILE")]
+        jwks: Option<String>,
+        /// With `--file` and no key to pin: check the file against the keys it carries.
+        /// Shows the file is consistent, not who wrote it; never prints "audit log OK".
+        #[arg(long, requires = "file", conflicts_with = "jwks")]
+        trust_file_keys: bool,
     },
     /// Prints the log as JSON lines: the ML-DSA-65 public keys (`{"type":"key"}`), then
     /// every row (`{"type":"row"}`) in order, each checkpoint (`{"type":"checkpoint"}`)
@@ -229,8 +242,17 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Inspect(a) => inspect(settings_args, a),
         Command::Keys(KeysCommand::Rotate(remote)) => rotate(settings_args, remote),
         Command::Keys(KeysCommand::List) => list_keys(&settings_args.data_dir),
-        Command::Audit(AuditCommand::Verify { file }) => {
-            return audit_verify(&settings_args.data_dir, file.as_deref());
+        Command::Audit(AuditCommand::Verify {
+            file,
+            jwks,
+            trust_file_keys,
+        }) => {
+            return audit_verify(
+                &settings_args.data_dir,
+                file.as_deref(),
+                jwks.as_deref(),
+                trust_file_keys,
+            );
         }
         Command::Audit(AuditCommand::Export) => audit_export(&settings_args.data_dir),
         Command::Audit(AuditCommand::Tail { limit }) => audit_tail(&settings_args.data_dir, limit),
@@ -579,24 +601,144 @@ fn audit_export(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit_verify(data_dir: &Path, file: Option<&Path>) -> ExitCode {
-    let outcome = match file {
-        Some(path) if path == Path::new("-") => Ok(audit::verify_export(std::io::stdin().lock())),
-        Some(path) => std::fs::File::open(path)
-            .with_context(|| format!("cannot open {}", path.display()))
-            .map(|f| audit::verify_export(std::io::BufReader::new(f))),
-        None => open_existing(data_dir).and_then(|db| {
-            let conn = db.read()?;
-            let ring = keys::audit_keyring(&conn)?;
-            Ok(audit::verify(&conn, &ring))
+/// The keys an audit log's signatures must be by, and where they came from.
+struct Pinned {
+    keys: shared::Keyring,
+    source: String,
+}
+
+/// The ML-DSA-65 keys of a JWKS file or `http(s)` URL (other keys are left out: the audit
+/// log is signed with ML-DSA-65 only).
+fn load_jwks(source: &str) -> anyhow::Result<Pinned> {
+    let bytes = if source.starts_with("https://") || source.starts_with("http://") {
+        reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?
+            .get(source)
+            .send()
+            .and_then(reqwest::blocking::Response::error_for_status)
+            .and_then(reqwest::blocking::Response::bytes)
+            .with_context(|| format!("cannot fetch the JWKS at {source}"))?
+            .to_vec()
+    } else {
+        std::fs::read(source).with_context(|| format!("cannot read the JWKS file {source}"))?
+    };
+    let set = shared::JwkSet::parse(&bytes).with_context(|| format!("{source} is not a JWKS"))?;
+    let mut keys = shared::Keyring::new();
+    for jwk in set
+        .keys
+        .iter()
+        .filter(|k| k.alg.as_deref() == Some(shared::Alg::MlDsa65.as_str()))
+    {
+        let key = jwk
+            .to_verifying_key()
+            .with_context(|| format!("{source}: a key {:?} does not parse", jwk.kid))?;
+        keys.add(key);
+    }
+    anyhow::ensure!(
+        keys.iter().next().is_some(),
+        "{source} holds no ML-DSA-65 key (the audit log is signed with ML-DSA-65)"
+    );
+    Ok(Pinned {
+        keys,
+        source: format!("the JWKS {source}"),
+    })
+}
+
+/// The data dir's own audit keys.
+fn data_dir_keys(data_dir: &Path) -> anyhow::Result<Pinned> {
+    let db = open_existing(data_dir)?;
+    let keys = keys::audit_keyring(&*db.read()?)?;
+    Ok(Pinned {
+        keys,
+        source: format!("the keys of the data dir {}", data_dir.display()),
+    })
+}
+
+fn audit_verify(
+    data_dir: &Path,
+    file: Option<&Path>,
+    jwks: Option<&str>,
+    trust_file_keys: bool,
+) -> ExitCode {
+    let pinned = match (jwks, trust_file_keys) {
+        (Some(source), _) => load_jwks(source).map(Some),
+        (None, true) => Ok(None),
+        (None, false) => data_dir_keys(data_dir).map(Some).map_err(|e| match file {
+            Some(_) => e.context(
+                "no keys to check the export's signatures against: pin the keys that may \
+                 sign with --jwks URL|FILE (the region's published JWKS) or --data-dir (the \
+                 region that wrote it), or pass --trust-file-keys to check the file only \
+                 against the keys it carries (that shows it is consistent, not who wrote it)",
+            ),
+            None => e,
         }),
     };
+    let pinned = match pinned {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let trust = match &pinned {
+        Some(p) => audit::Trust::Pinned(&p.keys),
+        None => audit::Trust::FileKeys,
+    };
+    let outcome = match file {
+        Some(path) if path == Path::new("-") => {
+            Ok(audit::verify_export(std::io::stdin().lock(), trust))
+        }
+        Some(path) => std::fs::File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))
+            .map(|f| audit::verify_export(std::io::BufReader::new(f), trust)),
+        None => open_existing(data_dir).and_then(|db| {
+            let conn = db.read()?;
+            let own;
+            let keys = match &pinned {
+                Some(p) => &p.keys,
+                None => {
+                    own = keys::audit_keyring(&conn)?;
+                    &own
+                }
+            };
+            Ok(audit::verify(&conn, keys).map(|report| (report, Vec::new())))
+        }),
+    };
+    let list = |kids: &mut dyn Iterator<Item = &String>| {
+        let kids: Vec<&str> = kids.map(String::as_str).collect();
+        if kids.is_empty() {
+            "none".to_owned()
+        } else {
+            kids.join(", ")
+        }
+    };
     match outcome {
-        Ok(Ok(report)) => {
-            println!(
-                "audit log OK: {} rows, {} checkpoints, chain head {}",
+        Ok(Ok((report, carried))) => {
+            let counts = format!(
+                "{} rows, {} checkpoints, chain head {}",
                 report.rows, report.checkpoints, report.head
             );
+            match &pinned {
+                Some(p) => {
+                    println!("audit log OK: {counts}");
+                    println!("signed by: {}", list(&mut report.signers.iter()));
+                    println!("trusted: {}", p.source);
+                }
+                None => {
+                    println!(
+                        "audit log CONSISTENT but NOT AUTHENTICATED (--trust-file-keys): {counts}"
+                    );
+                    println!("signed by: {}", list(&mut report.signers.iter()));
+                    println!(
+                        "these keys come from the file itself, and whoever edits the file can \
+                         replace them: compare them with the region's JWKS, or pin it with --jwks"
+                    );
+                }
+            }
+            if file.is_some() {
+                println!("keys carried by the file: {}", list(&mut carried.iter()));
+            }
             if report.unsealed > 0 {
                 println!(
                     "note: the last {} rows are chained but not sealed by a checkpoint yet",
@@ -604,6 +746,13 @@ fn audit_verify(data_dir: &Path, file: Option<&Path>) -> ExitCode {
                 );
             }
             ExitCode::SUCCESS
+        }
+        Ok(Err(e @ audit::AuditError::UntrustedKey { .. })) => {
+            eprintln!("audit log NOT TRUSTED: {e}");
+            if let Some(p) = &pinned {
+                eprintln!("trusted: {}", p.source);
+            }
+            ExitCode::FAILURE
         }
         Ok(Err(e)) => {
             eprintln!("audit log BROKEN: {e}");

@@ -59,6 +59,15 @@ pub(crate) enum AuditError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A signature is by a key the caller did not trust: the log may be intact, but
+    /// nothing says who wrote it (an export re-signed by a stranger's key lands here).
+    #[error("{what} is signed by key {kid:?}, which is not among the trusted keys")]
+    UntrustedKey {
+        /// `audit row N` or `audit checkpoint N (row M)`.
+        what: String,
+        /// The signing key's id.
+        kid: String,
+    },
     /// The database or export could not be read.
     #[error("cannot read the audit log: {0}")]
     Storage(String),
@@ -225,6 +234,8 @@ pub(crate) struct AuditReport {
     pub(crate) checkpoints: i64,
     /// Rows after the last checkpoint (chained, not sealed by a signature yet).
     pub(crate) unsealed: i64,
+    /// The `kid` of every key whose signature was checked, sorted.
+    pub(crate) signers: std::collections::BTreeSet<String>,
 }
 
 /// One stored row.
@@ -250,6 +261,7 @@ pub(crate) struct Verifier<'k> {
     checkpoints: std::collections::VecDeque<(i64, Checkpoint)>,
     checked: i64,
     sealed_upto: i64,
+    signers: std::collections::BTreeSet<String>,
 }
 
 impl<'k> Verifier<'k> {
@@ -262,6 +274,7 @@ impl<'k> Verifier<'k> {
             checkpoints: (1..).zip(checkpoints).collect(),
             checked: 0,
             sealed_upto: 0,
+            signers: std::collections::BTreeSet::new(),
         }
     }
 
@@ -276,6 +289,12 @@ impl<'k> Verifier<'k> {
         let sig = b64::decode(sig, "signature").map_err(SignatureError::Encoding)?;
         key.verify(text.as_bytes(), &sig)
             .map_err(|_| SignatureError::DoesNotVerify)
+    }
+
+    fn signed_by(&mut self, kid: &str) {
+        if !self.signers.contains(kid) {
+            self.signers.insert(kid.to_owned());
+        }
     }
 
     /// Checks the next row, then the checkpoints that cover it.
@@ -307,7 +326,14 @@ impl<'k> Verifier<'k> {
         }
         if !row.sig.is_empty() {
             self.verify_sig(&row.kid, &row.entry, &row.sig)
-                .map_err(|e| bad(&e.to_string()))?;
+                .map_err(|e| match e {
+                    SignatureError::UnknownKey(kid) => AuditError::UntrustedKey {
+                        what: format!("audit row {seq}"),
+                        kid,
+                    },
+                    e => bad(&e.to_string()),
+                })?;
+            self.signed_by(&row.kid);
         }
         self.prev.clone_from(&row.hash);
         self.expected_seq += 1;
@@ -329,7 +355,13 @@ impl<'k> Verifier<'k> {
                 return Err(bad_cp("body does not describe this checkpoint".into()));
             }
             self.verify_sig(&cp.kid, &cp.body, &cp.sig)
-                .map_err(|e| bad_cp(e.to_string()))?;
+                .map_err(|e| match e {
+                    SignatureError::UnknownKey(kid) => AuditError::UntrustedKey {
+                        what: format!("audit checkpoint {id} (row {upto})"),
+                        kid,
+                    },
+                    e => bad_cp(e.to_string()),
+                })?;
             if body.head != row.hash {
                 return Err(bad_cp(format!(
                     "the signed chain head differs from row {upto}'s hash: a row in {}..={upto} \
@@ -339,7 +371,9 @@ impl<'k> Verifier<'k> {
             }
             self.sealed_upto = upto;
             self.checked += 1;
-            self.checkpoints.pop_front();
+            if let Some((_, cp)) = self.checkpoints.pop_front() {
+                self.signed_by(&cp.kid);
+            }
         }
         Ok(())
     }
@@ -362,6 +396,7 @@ impl<'k> Verifier<'k> {
             head: self.prev,
             checkpoints: self.checked,
             unsealed: rows - self.sealed_upto,
+            signers: self.signers,
         })
     }
 }
@@ -468,10 +503,25 @@ pub(crate) fn export(
     outcome
 }
 
-/// Verifies an export (as written by [`export`]) with only the keys it carries; the
-/// caller should compare those keys with the region's published JWKS.
-pub(crate) fn verify_export(input: impl std::io::BufRead) -> Result<AuditReport, AuditError> {
+/// Which keys an export's signatures must be by.
+#[derive(Debug)]
+pub(crate) enum Trust<'k> {
+    /// Keys the operator pinned (the region's JWKS, its data dir): a signature by any
+    /// other key fails with [`AuditError::UntrustedKey`], whatever keys the file carries.
+    Pinned(&'k Keyring),
+    /// The keys the file carries: proves the file is consistent, not who wrote it (whoever
+    /// edits the file can re-sign it and replace them).
+    FileKeys,
+}
+
+/// Verifies an export (as written by [`export`]); returns the report and the `kid`s of
+/// the keys the file carries.
+pub(crate) fn verify_export(
+    input: impl std::io::BufRead,
+    trust: Trust<'_>,
+) -> Result<(AuditReport, Vec<String>), AuditError> {
     let mut keys = Keyring::new();
+    let mut carried = Vec::new();
     let mut rows = Vec::new();
     let mut cps = Vec::new();
     for (n, text) in input.lines().enumerate() {
@@ -486,17 +536,22 @@ pub(crate) fn verify_export(input: impl std::io::BufRead) -> Result<AuditReport,
                 let key = jwk
                     .to_verifying_key()
                     .map_err(|e| AuditError::Storage(format!("line {}: {e}", n + 1)))?;
+                carried.push(key.thumbprint());
                 keys.add(key);
             }
             ExportLine::Row(row) => rows.push(row),
             ExportLine::Checkpoint(cp) => cps.push(cp),
         }
     }
-    let mut verifier = Verifier::new(&keys, cps);
+    let keys = match trust {
+        Trust::Pinned(pinned) => pinned,
+        Trust::FileKeys => &keys,
+    };
+    let mut verifier = Verifier::new(keys, cps);
     for row in &rows {
         verifier.row(row)?;
     }
-    verifier.finish()
+    Ok((verifier.finish()?, carried))
 }
 
 /// The last `limit` rows, newest first (for operators).

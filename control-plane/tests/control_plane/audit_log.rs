@@ -1,6 +1,7 @@
 //! The audit log's checkpoints: a rewritten chain, a tampered checkpoint, dropped and
-//! reordered rows are each named by `audit verify`; an export verifies on its own; and
-//! every revocation acknowledged under full load survives `kill -9`.
+//! reordered rows are each named by `audit verify`; an export verifies against the keys
+//! the operator trusts, never only those it carries; and every revocation acknowledged
+//! under full load survives `kill -9`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
-use shared::{b64, sha256};
+use shared::{Alg, SigningKey, b64, sha256};
 
-use crate::support::{Server, TestApp, Transport, run_cli};
+use crate::support::{Server, TestApp, Transport, binary, blocking_json, run_cli};
 
 fn open(data: &Path) -> Connection {
     Connection::open(data.join("control-plane.db")).unwrap()
@@ -197,6 +198,16 @@ async fn an_export_verifies_without_the_database_and_names_a_tampered_row() {
     );
     assert!(ok, "{stdout} {stderr}");
     assert!(stdout.contains("audit log OK"), "{stdout}");
+    let kid = lines
+        .iter()
+        .find(|l| l["type"] == "checkpoint")
+        .map(|l| l["kid"].as_str().unwrap().to_owned())
+        .unwrap();
+    assert!(stdout.contains(&format!("signed by: {kid}")), "{stdout}");
+    assert!(
+        stdout.contains("trusted: the keys of the data dir"),
+        "{stdout}"
+    );
 
     // Tamper with the first row that names bob (not a signature that happens to hold
     // the letters).
@@ -309,4 +320,184 @@ fn every_revocation_acknowledged_under_full_load_survives_kill_9() {
         !stdout.contains("not sealed"),
         "the restart seals the tail: {stdout}"
     );
+}
+
+/// Runs the binary; returns (exit code, stdout, stderr).
+fn verify_cli(args: &[&str]) -> (i32, String, String) {
+    let output = binary()
+        .args(["audit", "verify"])
+        .args(args)
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `export` with the first row naming bob edited, the chain rehashed from there, every
+/// checkpoint re-signed by `stranger` and the key lines replaced by the stranger's key:
+/// consistent in itself, written by someone else.
+fn resigned_by(stranger: &SigningKey, export: &str) -> String {
+    let mut prev = String::new();
+    let mut hashes = std::collections::HashMap::new();
+    let mut edited = false;
+    let mut out = Vec::new();
+    for line in export.lines() {
+        let mut value: Value = serde_json::from_str(line).unwrap();
+        match value["type"].as_str().unwrap() {
+            "key" => {
+                let mut jwk = stranger.verifying_key().to_jwk();
+                jwk.kid = Some(stranger.kid());
+                value = json!({ "type": "key", "jwk": jwk });
+            }
+            "row" => {
+                let mut entry: Value =
+                    serde_json::from_str(value["entry"].as_str().unwrap()).unwrap();
+                entry["prev"] = Value::String(prev.clone());
+                let mut text = serde_json::to_string(&entry).unwrap();
+                if !edited && text.contains("bob") {
+                    text = text.replacen("bob", "eve", 1);
+                    edited = true;
+                }
+                let hash = b64::encode(&sha256(text.as_bytes()));
+                hashes.insert(value["seq"].as_i64().unwrap(), hash.clone());
+                value["entry"] = Value::String(text);
+                value["hash"] = Value::String(hash.clone());
+                prev = hash;
+            }
+            "checkpoint" => {
+                let mut body: Value =
+                    serde_json::from_str(value["body"].as_str().unwrap()).unwrap();
+                body["head"] = Value::String(hashes[&body["upto"].as_i64().unwrap()].clone());
+                let text = serde_json::to_string(&body).unwrap();
+                let sig = stranger.sign(text.as_bytes()).unwrap();
+                value["body"] = Value::String(text);
+                value["sig"] = Value::String(b64::encode(&sig));
+                value["kid"] = Value::String(stranger.kid());
+            }
+            other => panic!("unexpected line type {other}"),
+        }
+        out.push(serde_json::to_string(&value).unwrap());
+    }
+    assert!(edited, "no row names bob");
+    out.join("\n")
+}
+
+#[tokio::test]
+async fn an_export_edited_and_resigned_by_another_key_is_refused() {
+    let app = sealed_app().await;
+    let data = app.data_dir();
+    let (ok, export, stderr) = run_cli(&data, &["audit", "export"]);
+    assert!(ok, "{stderr}");
+    let stranger = SigningKey::from_seed(Alg::MlDsa65, &[0x5a; 32]);
+    let forged = data.join("forged.jsonl");
+    std::fs::write(&forged, resigned_by(&stranger, &export)).unwrap();
+    let genuine = data.join("genuine.jsonl");
+    std::fs::write(&genuine, &export).unwrap();
+    let (forged, genuine) = (forged.to_str().unwrap(), genuine.to_str().unwrap());
+    let data_arg = data.to_str().unwrap();
+
+    // Opted in, the forgery is consistent: the refusals below are about who signed it.
+    let (code, stdout, stderr) = verify_cli(&["--file", forged, "--trust-file-keys"]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("NOT AUTHENTICATED"), "{stdout}");
+    assert!(!stdout.contains("audit log OK"), "{stdout}");
+    assert!(stdout.contains(&stranger.kid()), "{stdout}");
+
+    // The data dir's own keys (what the operator of the region has at hand).
+    let (code, stdout, stderr) = verify_cli(&["--data-dir", data_arg, "--file", forged]);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert!(!stdout.contains("audit log OK"), "{stdout}");
+    assert!(stderr.contains("audit log NOT TRUSTED"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "is signed by key {:?}, which is not among the trusted keys",
+            stranger.kid()
+        )),
+        "{stderr}"
+    );
+
+    // The region's published JWKS, saved to a file.
+    let jwks = app.get("/.well-known/jwks.json").await;
+    let jwks_file = data.join("jwks.json");
+    std::fs::write(&jwks_file, jwks.text()).unwrap();
+    let jwks_arg = jwks_file.to_str().unwrap();
+    let elsewhere = tempfile::TempDir::new().unwrap();
+    let empty = elsewhere.path().to_str().unwrap();
+    let (code, stdout, stderr) =
+        verify_cli(&["--data-dir", empty, "--file", forged, "--jwks", jwks_arg]);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert!(stderr.contains("audit log NOT TRUSTED"), "{stderr}");
+    let (code, stdout, stderr) =
+        verify_cli(&["--data-dir", empty, "--file", genuine, "--jwks", jwks_arg]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+    assert!(stdout.contains("trusted: the JWKS"), "{stdout}");
+
+    // No key to pin at all: said plainly, nothing verified.
+    let (code, stdout, stderr) = verify_cli(&["--data-dir", empty, "--file", genuine]);
+    assert_eq!(code, 2, "{stdout} {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("no keys to check"), "{stderr}");
+    assert!(stderr.contains("--jwks"), "{stderr}");
+    assert!(stderr.contains("--trust-file-keys"), "{stderr}");
+    // Even the genuine file is not "OK" on its own keys.
+    let (code, stdout, _) =
+        verify_cli(&["--data-dir", empty, "--file", genuine, "--trust-file-keys"]);
+    assert_eq!(code, 0);
+    assert!(!stdout.contains("audit log OK"), "{stdout}");
+}
+
+#[test]
+fn the_regions_jwks_url_pins_the_keys_of_an_export() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let secret = control_plane::read_admin_secret(&data).unwrap();
+    for value in ["bob", "carol"] {
+        let (status, body) = blocking_json(
+            "POST",
+            &format!("{}/revoke", server.url),
+            Some(&secret),
+            &json!({ "type": "revoke_sub", "value": value }),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_sealed(&data);
+    let (ok, export, stderr) = run_cli(&data, &["audit", "export"]);
+    assert!(ok, "{stderr}");
+    let genuine = dir.path().join("genuine.jsonl");
+    std::fs::write(&genuine, &export).unwrap();
+    let stranger = SigningKey::from_seed(Alg::MlDsa65, &[0x5b; 32]);
+    let forged = dir.path().join("forged.jsonl");
+    std::fs::write(&forged, resigned_by(&stranger, &export)).unwrap();
+    let url = format!("{}/.well-known/jwks.json", server.url);
+    let elsewhere = tempfile::TempDir::new().unwrap();
+    let empty = elsewhere.path().to_str().unwrap();
+    let (code, stdout, stderr) = verify_cli(&[
+        "--data-dir",
+        empty,
+        "--file",
+        genuine.to_str().unwrap(),
+        "--jwks",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("audit log OK"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("trusted: the JWKS {url}")),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = verify_cli(&[
+        "--data-dir",
+        empty,
+        "--file",
+        forged.to_str().unwrap(),
+        "--jwks",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert!(stderr.contains("audit log NOT TRUSTED"), "{stderr}");
 }
