@@ -208,11 +208,12 @@ pub(crate) fn is_claim_header_alias(name: &str, folded_claim_headers: &[String])
 }
 
 /// The proof algorithms the edge verifies, as the `algs` of a `DPoP` challenge
-/// (RFC 9449 section 7.1): keep in step with what `shared::dpop::verify_proof` accepts.
-/// A literal so the challenges stay static strings; a test checks each name parses.
+/// (RFC 9449 section 7.1): `shared::dpop::PROOF_ALGS_CHALLENGE` (Ed25519 under both of
+/// its names, ES256, ML-DSA-65). A literal so the challenges stay static strings; a test
+/// holds it equal to the shared list.
 macro_rules! dpop_algs {
     () => {
-        "EdDSA ML-DSA-65"
+        "EdDSA Ed25519 ES256 ML-DSA-65"
     };
 }
 
@@ -524,12 +525,12 @@ mod tests {
         assert_eq!(
             challenge(Reason::InvalidDpopProof, Challenge::Dpop),
             "DPoP error=\"invalid_dpop_proof\", error_description=\"invalid_dpop_proof\", \
-             algs=\"EdDSA ML-DSA-65\""
+             algs=\"EdDSA Ed25519 ES256 ML-DSA-65\""
         );
         assert_eq!(
             challenge(Reason::Revoked, Challenge::Dpop),
             "DPoP error=\"invalid_token\", error_description=\"revoked\", \
-             algs=\"EdDSA ML-DSA-65\""
+             algs=\"EdDSA Ed25519 ES256 ML-DSA-65\""
         );
         for reason in Reason::ALL {
             let error = if reason == Reason::InvalidDpopProof {
@@ -552,6 +553,7 @@ mod tests {
 
     #[test]
     fn every_algorithm_the_dpop_challenge_lists_is_one_shared_verifies() {
+        assert_eq!(dpop_algs!(), shared::dpop::PROOF_ALGS_CHALLENGE);
         for name in dpop_algs!().split(' ') {
             assert!(shared::Alg::parse(name).is_ok(), "{name}");
         }

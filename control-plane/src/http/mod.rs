@@ -306,8 +306,10 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if status == StatusCode::UNAUTHORIZED {
+            // `algs` is `shared::dpop::PROOF_ALGS_CHALLENGE` (a test holds them equal),
+            // written out so the header stays a static string.
             let challenge = if error == "invalid_dpop_proof" {
-                r#"DPoP realm="control-plane", error="invalid_dpop_proof", algs="EdDSA ML-DSA-65""#
+                r#"DPoP realm="control-plane", error="invalid_dpop_proof", algs="EdDSA Ed25519 ES256 ML-DSA-65""#
             } else {
                 r#"Bearer realm="control-plane""#
             };

@@ -229,6 +229,6 @@ pub(super) async fn metadata(State(state): State<AppState>, headers: HeaderMap) 
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
-        "dpop_signing_alg_values_supported": ["EdDSA", "ML-DSA-65"],
+        "dpop_signing_alg_values_supported": shared::dpop::PROOF_ALGS,
     }))
 }

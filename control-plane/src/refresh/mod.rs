@@ -348,7 +348,7 @@ fn parse_device_jwk(value: serde_json::Value) -> Result<String, Error> {
     }
     let key = jwk.to_verifying_key().map_err(|e| {
         Error::InvalidRequest(format!(
-            "device_jwk is not a usable OKP Ed25519 or AKP ML-DSA-65 public key: {e}"
+            "device_jwk is not a usable OKP Ed25519, EC P-256 or AKP ML-DSA-65 public key: {e}"
         ))
     })?;
     Ok(key.thumbprint())

@@ -128,7 +128,7 @@ fn claims(token: &str) -> Value {
 #[tokio::test]
 async fn a_bound_session_refreshes_with_dpop_after_the_nonce_retry() {
     for app in TestApp::both().await {
-        for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        for alg in [Alg::EdDsa, Alg::Es256, Alg::MlDsa65] {
             let mut session = bound_session(&app, alg).await;
             let nonce = learn_nonce(&app, &session).await;
 
@@ -508,7 +508,7 @@ async fn the_authorization_server_metadata_names_the_endpoints() {
         );
         assert_eq!(
             body["dpop_signing_alg_values_supported"],
-            json!(["EdDSA", "ML-DSA-65"])
+            json!(["EdDSA", "Ed25519", "ES256", "ML-DSA-65"])
         );
     }
     // An issuer that is a URL is the base of every endpoint.
@@ -526,4 +526,100 @@ async fn the_authorization_server_metadata_names_the_endpoints() {
     for path in ["/oauth2/token", "/.well-known/oauth-authorization-server"] {
         assert!(spec["paths"].get(path).is_some(), "{path} in the spec");
     }
+}
+
+#[tokio::test]
+async fn the_dpop_challenge_names_every_accepted_proof_alg_and_an_es256_proof_passes() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let device = SigningKey::generate(Alg::Es256);
+    let jkt = device.verifying_key().thumbprint();
+    let (token, _) = app.issue("erin", json!({ "cnf": { "jkt": jkt } })).await;
+    let url = format!("{}/revoke/token", app.base_url());
+    let body = json!({ "token": token, "scopes": ["sub"] }).to_string();
+    let send = |proof: Option<String>| {
+        let mut headers = vec![];
+        if let Some(p) = &proof {
+            headers.push(("dpop", p.clone()));
+        }
+        let body = body.clone().into_bytes();
+        let app = &app;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.request(
+                "POST",
+                "/revoke/token",
+                &headers,
+                Some(("application/json", body)),
+            )
+            .await
+        }
+    };
+    let refused = send(None).await;
+    refused.error(401, "invalid_dpop_proof");
+    assert_eq!(
+        refused.header("www-authenticate"),
+        format!(
+            r#"DPoP realm="control-plane", error="invalid_dpop_proof", algs="{}""#,
+            dpop::PROOF_ALGS_CHALLENGE
+        )
+    );
+    // The holder of the P-256 key proves it with ES256.
+    let proof = dpop::sign_proof(
+        &device,
+        &DpopClaims {
+            jti: random::id(),
+            htm: "POST".into(),
+            htu: url,
+            iat: control_plane::now(),
+            ath: Some(dpop::ath(&token)),
+            nonce: None,
+        },
+    )
+    .expect("proof");
+    let header = proof.split('.').next().expect("header");
+    assert!(
+        b64::decode(header, "h")
+            .unwrap()
+            .starts_with(br#"{"alg":"ES256""#)
+    );
+    let done = send(Some(proof)).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(app.validate(&token).await["valid"], false);
+}
+
+#[tokio::test]
+async fn validate_and_introspection_accept_an_access_token_whose_header_names_ed25519() {
+    let app = TestApp::new(Transport::InProcess).await;
+    let ours = app.forge(|c| c.sub = "frank".into());
+    let (header, rest) = ours.split_once('.').expect("jws");
+    let mut header: Value = serde_json::from_slice(&b64::decode(header, "h").unwrap()).unwrap();
+    assert_eq!(
+        header["alg"], "EdDSA",
+        "our tokens keep the name jwt_authn knows"
+    );
+    // The same token under the RFC 9864 name, signed again by the same key.
+    header["alg"] = json!("Ed25519");
+    let (payload, _) = rest.split_once('.').expect("jws");
+    let input = format!("{}.{payload}", b64::encode(header.to_string().as_bytes()));
+    let signature = app
+        .state
+        .region
+        .keys()
+        .token_key
+        .sign(input.as_bytes())
+        .expect("sign");
+    let renamed = format!("{input}.{}", b64::encode(&signature));
+    let verdict = app.validate(&renamed).await;
+    assert_eq!(verdict["valid"], true, "{verdict}");
+    let reply = app
+        .form("/oauth2/introspect", &format!("token={renamed}"), true)
+        .await;
+    assert_eq!(reply.json()["active"], true, "{}", reply.text());
+    assert_eq!(reply.json()["sub"], "frank");
+    // Any other name for that key is refused.
+    header["alg"] = json!("ES256");
+    let input = format!("{}.{payload}", b64::encode(header.to_string().as_bytes()));
+    let wrong = format!("{input}.{}", b64::encode(&signature));
+    assert_eq!(app.validate(&wrong).await["valid"], false);
 }

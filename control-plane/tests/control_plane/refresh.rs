@@ -147,9 +147,9 @@ impl Device {
 }
 
 #[tokio::test]
-async fn a_device_bound_session_rotates_sealed_tokens_with_ed25519_and_ml_dsa_65_keys() {
+async fn a_device_bound_session_rotates_sealed_tokens_with_ed25519_p256_and_ml_dsa_65_keys() {
     for app in TestApp::both().await {
-        for alg in [Alg::EdDsa, Alg::MlDsa65] {
+        for alg in [Alg::EdDsa, Alg::Es256, Alg::MlDsa65] {
             let mut device = Device::create(&app, alg).await;
             let first = decode_claims(&device.access_token);
             assert_eq!(first["sid"], device.sid.as_str());
@@ -171,6 +171,64 @@ async fn a_device_bound_session_rotates_sealed_tokens_with_ed25519_and_ml_dsa_65
                 assert_eq!(app.validate(&device.access_token).await["valid"], true);
             }
         }
+    }
+}
+
+/// A proof as RFC 9864 libraries sign it: `alg: "Ed25519"` in the header, and the JWK as
+/// WebCrypto exports it (`"alg": "Ed25519"`, `key_ops`, `ext`).
+fn ed25519_named_proof(key: &SigningKey, htu: &str) -> String {
+    let header = json!({ "typ": "dpop+jwt", "alg": "Ed25519", "jwk": webcrypto_jwk(key) });
+    let claims = json!({
+        "jti": random::id(), "htm": "POST", "htu": htu, "iat": control_plane::now()
+    });
+    let input = format!(
+        "{}.{}",
+        b64::encode(header.to_string().as_bytes()),
+        b64::encode(claims.to_string().as_bytes())
+    );
+    let signature = key.sign(input.as_bytes()).expect("sign");
+    format!("{input}.{}", b64::encode(&signature))
+}
+
+fn webcrypto_jwk(key: &SigningKey) -> Value {
+    let x = key.verifying_key().to_jwk().x.expect("x");
+    json!({ "kty": "OKP", "crv": "Ed25519", "x": x, "alg": "Ed25519",
+            "key_ops": ["verify"], "ext": true })
+}
+
+#[tokio::test]
+async fn an_ed25519_named_jwk_and_proofs_create_and_refresh_a_session() {
+    for app in TestApp::both().await {
+        let key = SigningKey::generate(Alg::EdDsa);
+        let reply = app
+            .admin_json(
+                "/token/refresh/create",
+                &json!({ "subject": "alice", "device_jwk": webcrypto_jwk(&key) }),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        let mut device = Device {
+            sid: body["session_id"].as_str().expect("sid").to_owned(),
+            refresh_token: body["refresh_token"].as_str().expect("rt").to_owned(),
+            access_token: body["access_token"].as_str().expect("at").to_owned(),
+            key,
+        };
+        assert_eq!(
+            decode_claims(&device.access_token)["cnf"]["jkt"],
+            device.key.kid()
+        );
+        for _ in 0..2 {
+            let before = device.refresh_token.clone();
+            let p = ed25519_named_proof(&device.key, &refresh_url(&app));
+            let reply = device.refresh_with(&app, &p).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert_ne!(device.refresh_token, before, "rotated");
+        }
+        // Our own access tokens keep the name every verifier knows.
+        let header = device.access_token.split('.').next().expect("header");
+        let header: Value = serde_json::from_slice(&b64::decode(header, "h").unwrap()).unwrap();
+        assert_eq!(header["alg"], "EdDSA");
     }
 }
 
@@ -767,6 +825,9 @@ async fn bad_refresh_inputs_get_json_errors() {
         assert!(why.contains("admin credential"), "{why}");
         let private =
             serde_json::to_value(SigningKey::generate(Alg::EdDsa).to_private_jwk()).expect("jwk");
+        let ec = SigningKey::generate(Alg::Es256);
+        let ec_private = serde_json::to_value(ec.to_private_jwk()).expect("jwk");
+        let (ec_x, ec_y) = (ec_private["x"].clone(), ec_private["y"].clone());
         for (body, expected) in [
             (json!({ "subject": "" }), "subject must not be empty"),
             (json!({ "subject": "x", "expires_days": 0 }), "expires_days"),
@@ -786,6 +847,22 @@ async fn bad_refresh_inputs_get_json_errors() {
             (
                 json!({ "subject": "x", "device_jwk": private }),
                 "private part",
+            ),
+            (
+                json!({ "subject": "x", "device_jwk": ec_private }),
+                "private part",
+            ),
+            (
+                json!({ "subject": "x", "device_jwk": { "kty": "EC", "crv": "P-384", "x": ec_x, "y": ec_y } }),
+                "curve P-256",
+            ),
+            (
+                json!({ "subject": "x", "device_jwk": { "kty": "EC", "crv": "P-256", "x": ec_x, "y": ec_x } }),
+                "not a curve point",
+            ),
+            (
+                json!({ "subject": "x", "device_jwk": { "kty": "EC", "crv": "P-256", "x": ec_x } }),
+                "needs x and y",
             ),
             (
                 json!({ "subject": "x", "client_binding": "" }),

@@ -758,3 +758,108 @@ fn a_bearer_request_with_an_unbound_token_keeps_the_bearer_challenge() {
         );
     }
 }
+
+/// A compact JWS of `claims` signed by `key` under a header written by hand.
+fn signed_with_header(
+    key: &SigningKey,
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+) -> String {
+    let input = format!(
+        "{}.{}",
+        shared::b64::encode(header.to_string().as_bytes()),
+        shared::b64::encode(claims.to_string().as_bytes())
+    );
+    let signature = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", shared::b64::encode(&signature))
+}
+
+/// `Request` for a `DPoP` token and proof at `https://api.test/things?x=1`.
+fn dpop_request<'a>(authorization: &'a str, proof: &'a str) -> Request<'a> {
+    Request {
+        dpop: Some(proof.as_bytes()),
+        dpop_headers: 1,
+        ..request(authorization)
+    }
+}
+
+#[test]
+fn an_access_token_whose_header_names_ed25519_is_verified_and_no_other_name_is() {
+    let mut az = Authorizer::new(keyring(), rules());
+    let set = RevocationSet::new();
+    let header = |alg: &str| json!({"alg": alg, "typ": "at+jwt", "kid": ed_key().kid()});
+    let renamed = signed_with_header(&ed_key(), &header("Ed25519"), &claims());
+    assert!(matches!(
+        decide(&mut az, &format!("Bearer {renamed}"), &set),
+        Outcome::Allow { .. }
+    ));
+    for alg in ["ES256", "ML-DSA-65"] {
+        let wrong = signed_with_header(&ed_key(), &header(alg), &claims());
+        assert_eq!(
+            reason(decide(&mut az, &format!("Bearer {wrong}"), &set)),
+            // The edge reports a header alg that is not the key's as malformed.
+            Some(Reason::Malformed),
+            "{alg}"
+        );
+    }
+}
+
+#[test]
+fn a_bound_token_passes_with_an_es256_proof_of_its_p256_key_or_an_ed25519_named_one() {
+    let set = RevocationSet::new();
+    for device in [
+        SigningKey::from_seed(Alg::Es256, &[3; 32]),
+        SigningKey::from_seed(Alg::EdDsa, &[3; 32]),
+    ] {
+        let mut c = claims();
+        c["cnf"] = json!({"jkt": device.kid()});
+        let access = token(&c);
+        let authorization = format!("DPoP {access}");
+        let mut az = Authorizer::new(keyring(), rules());
+        let mut run = |proof: &str| {
+            az.authorize(
+                &dpop_request(&authorization, proof),
+                &set,
+                Freshness::Fresh,
+                NOW,
+                &mut MemoryGuard::default(),
+            )
+        };
+        let proof_claims = |jti: &str| {
+            json!({"jti": jti, "htm": "GET", "htu": "https://api.test/things", "iat": NOW,
+                   "ath": ath(&access)})
+        };
+        let jwk = device.verifying_key().to_jwk();
+        // The name this crate writes (ES256, or EdDSA), and for Ed25519 the RFC 9864 one.
+        let names: &[&str] = if device.alg() == Alg::Es256 {
+            &["ES256"]
+        } else {
+            &["EdDSA", "Ed25519"]
+        };
+        for (i, name) in names.iter().enumerate() {
+            let header = json!({"typ": "dpop+jwt", "alg": name, "jwk": jwk});
+            let proof = signed_with_header(&device, &header, &proof_claims(&format!("ok{i}")));
+            assert!(matches!(run(&proof), Outcome::Allow { .. }), "{name}");
+        }
+        // Any other alg for the key, or another key of the same type, is refused.
+        let other = SigningKey::from_seed(device.alg(), &[4; 32]);
+        let wrong_alg = if device.alg() == Alg::Es256 {
+            "EdDSA"
+        } else {
+            "ES256"
+        };
+        let header = json!({"typ": "dpop+jwt", "alg": wrong_alg, "jwk": jwk});
+        let bad_alg = signed_with_header(&device, &header, &proof_claims("bad1"));
+        let stranger = dpop_proof(
+            &other,
+            "bad2",
+            "GET",
+            "https://api.test/things",
+            NOW,
+            &access,
+        );
+        for bad in [bad_alg, stranger] {
+            assert_eq!(reason(run(&bad)), Some(Reason::InvalidDpopProof));
+        }
+    }
+}
