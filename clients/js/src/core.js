@@ -221,6 +221,25 @@ export function makeClient(getWasm, store) {
       }
     }
 
+    /**
+     * Ends the session: RFC 7009 revocation of the refresh token at `revocationEndpoint`
+     * (default: `revoke` beside the token endpoint), with a proof of the device key for a
+     * bound session (the control plane revokes nothing without it). Throws `ClientError`
+     * unless the answer is 200.
+     */
+    async revoke(revocationEndpoint) {
+      const base = new URL(this.tokenEndpoint, globalThis.location?.href);
+      const url = new URL(revocationEndpoint ?? 'revoke', base).href;
+      const headers = { 'content-type': 'application/x-www-form-urlencoded' };
+      if (this.deviceKey) headers.dpop = await this.deviceKey.signProof('POST', url);
+      const body = new URLSearchParams({ token: this.refreshToken, token_type_hint: 'refresh_token' });
+      const response = await this.fetchImpl(url, { method: 'POST', headers, body: body.toString() });
+      if (response.status !== 200) {
+        const answer = await response.json().catch(() => ({}));
+        throw new ClientError(response.status, answer.error ?? 'error', answer.error_description ?? '');
+      }
+    }
+
     /** True when the access token's `exp` has passed (or there is none). */
     accessTokenExpired(skewSecs = 5) {
       if (!this.accessToken) return true;

@@ -40,13 +40,17 @@ impl TokenForm {
 /// Revokes the presented token: an access token by its `jti`, a refresh token with its
 /// whole session (`sid`). As RFC 7009 requires, an invalid, expired or already revoked
 /// token also gets 200. An access token bound to a device key (`cnf.jkt`) needs a DPoP
-/// proof of that key, as at `/revoke/token`: whoever copied the token alone cannot end
-/// it (401 `invalid_token` with a `DPoP` challenge otherwise).
+/// proof of that key, as at `/revoke/token` (with `ath` of the token); so does a refresh
+/// token of a session bound to a device key (a proof of the session's key, no `ath`, as
+/// at a refresh): whoever copied the token alone cannot end it. Without a valid proof the
+/// answer is 401 `invalid_dpop_proof` with a `DPoP` challenge (RFC 7009 2.2.1 lets the
+/// endpoint answer an error; a 200 would tell the caller it was revoked) and nothing is
+/// revoked.
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "revoked, or nothing to revoke"),
         (status = 400, body = ErrorBody),
-        (status = 401, description = "a DPoP-bound access token without a valid proof of its key", body = ErrorBody),
+        (status = 401, description = "a DPoP-bound access token, or a refresh token of a session bound to a device key, without a valid proof of its key: nothing revoked", body = ErrorBody),
         (status = 429, description = "rate limited per client address; see Retry-After", body = ErrorBody)))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
@@ -63,20 +67,28 @@ pub(super) async fn revoke(
         )
     })?;
     let token = form.token()?;
+    let proof = super::refresh::dpop_header(&headers)?;
+    let target = super::refresh::proof_target(&headers, &uri);
     if refresh::is_refresh_token(&token) {
         let outcome = blocking(&state, move |r| {
-            match refresh::revoke(r, refresh::RevokeTarget::Token(token)) {
+            match refresh::revoke_presented(
+                r,
+                &token,
+                proof.as_deref(),
+                &target,
+                "api:/oauth2/revoke (holder)",
+            ) {
                 Ok(_) => Ok(()),
+                // A bound session without a valid proof of its key: nothing is revoked.
+                Err(refresh::Error::InvalidProof(d)) => Err(ApiError::InvalidDpopCredential(d)),
+                Err(refresh::Error::Region(e)) => Err(ApiError::from(e)),
                 // Unknown, expired or already revoked: nothing to do (RFC 7009 2.2).
-                Err(refresh::Error::Region(e)) => Err(refresh::Error::Region(e)),
                 Err(_) => Ok(()),
             }
         });
         outcome.await?;
         return Ok(StatusCode::OK);
     }
-    let proof = super::refresh::dpop_header(&headers)?;
-    let target = super::refresh::proof_target(&headers, &uri);
     blocking(&state, move |r| {
         let Ok((claims, _)) = r.verify(&token) else {
             return Ok(());

@@ -337,18 +337,48 @@ pub(crate) struct RevokeSessionResponse {
 
 /// Revokes a refresh session and every access token of it (a signed `sid` revocation
 /// that reaches the edges): by a refresh token of it (holder), or by `session_id`
-/// (admin credential).
+/// (admin credential). A holder of a session bound to a device key sends a `DPoP` proof
+/// of that key (`htm` `POST`, `htu` this URL, no `ath`), as for a refresh; without a
+/// valid one the answer is 401 `invalid_dpop_proof` and nothing is revoked.
 #[utoipa::path(post, path = "/token/refresh/revoke", tag = "refresh",
     request_body = RevokeSessionRequest, security((), ("admin" = [])),
+    params(("DPoP" = Option<String>, Header,
+        description = "Proof signed by the device key (htm POST, htu this URL); required for a holder of a device-bound session")),
     responses((status = 200, body = RevokeSessionResponse), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     MaybeAdmin(admin): MaybeAdmin,
+    headers: HeaderMap,
+    uri: Uri,
     Json(body): Json<RevokeSessionRequest>,
 ) -> Result<Json<RevokeSessionResponse>, ApiError> {
     let target = match (body.refresh_token, body.session_id) {
-        (Some(token), None) => RevokeTarget::Token(token),
+        (Some(token), None) if admin => RevokeTarget::Token(token),
+        (Some(token), None) => {
+            // The holder: a bound session's token needs a proof of the session's key.
+            let proof = dpop_header(&headers)?;
+            let target = proof_target(&headers, &uri);
+            let done = blocking(&state, move |r| {
+                refresh::revoke_presented(
+                    r,
+                    &token,
+                    proof.as_deref(),
+                    &target,
+                    "api:/token/refresh/revoke (holder)",
+                )
+                .map_err(|e| match e {
+                    refresh::Error::InvalidProof(d) => ApiError::InvalidDpopCredential(d),
+                    other => ApiError::from(other),
+                })
+            })
+            .await?;
+            return Ok(Json(RevokeSessionResponse {
+                revoked: true,
+                session_id: done.session_id,
+                event_id: done.event_id,
+            }));
+        }
         (None, Some(sid)) if admin => RevokeTarget::Session(sid),
         (None, Some(_)) => {
             return Err(ApiError::Unauthorized(

@@ -466,8 +466,20 @@ pub(crate) fn check_possession(
                 .into(),
         ));
     }
+    prove(region, proof, Some(access_token), jkt, target)
+}
+
+/// Verifies a proof of the key `jkt` for this request (bound to `access_token`, when
+/// given) and records its jti, refusing one seen before.
+fn prove(
+    region: &Region,
+    proof: Option<&str>,
+    access_token: Option<&str>,
+    jkt: &str,
+    target: &ProofTarget,
+) -> Result<(), Error> {
     let t = now();
-    let (jkt, jti) = verify_proof(proof, jkt, target, t, Some(access_token), None)?;
+    let (jkt, jti) = verify_proof(proof, jkt, target, t, access_token, None)?;
     publish_proof(region, &jkt, &jti);
     let fresh = region
         .writer()
@@ -945,6 +957,40 @@ pub(crate) fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRev
             (None, None) => return Err(Error::InvalidRequest("nothing to revoke".into())),
         }
     };
+    revoke_session(region, &session, via)
+}
+
+/// Revokes the session of a refresh token presented by its holder (`/oauth2/revoke`,
+/// `/token/refresh/revoke`; `via` names which). A session bound to a device key (`device_jkt`) is ended only with a DPoP proof of that
+/// key for this request (`htm` `POST`, `htu` the URL, no `ath`, never seen before), as a
+/// refresh needs one: a copy of the refresh token alone cannot log its owner out.
+/// `UnknownToken` when no session has this token.
+pub(crate) fn revoke_presented(
+    region: &Region,
+    token: &str,
+    proof: Option<&str>,
+    target: &ProofTarget,
+    via: &'static str,
+) -> Result<SessionRevoked, Error> {
+    let token = token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Error::InvalidRequest(format!(
+            "refresh_token must be 1 to {MAX_TOKEN_LEN} bytes"
+        )));
+    }
+    let session = find_token(&*region.db().read()?, &token_hash(token))?
+        .ok_or(Error::UnknownToken)?
+        .session;
+    if let Some(jkt) = &session.device_jkt {
+        if proof.is_none() {
+            return Err(Error::InvalidProof(
+                "this refresh token's session is bound to a device key: a DPoP header with a \
+                 proof of that key is required to revoke it"
+                    .into(),
+            ));
+        }
+        prove(region, proof, None, jkt, target)?;
+    }
     revoke_session(region, &session, via)
 }
 

@@ -490,6 +490,101 @@ async fn oauth2_revoke_needs_a_proof_of_the_key_a_token_is_bound_to() {
     assert_eq!(app.validate(&plain).await["valid"], false);
 }
 
+#[tokio::test]
+async fn oauth2_revoke_ends_a_bound_session_only_with_a_proof_of_its_key() {
+    let app = TestApp::new(Transport::Tcp).await;
+    let device = SigningKey::generate(Alg::EdDsa);
+    let create = |device_jwk: Value| {
+        let app = &app;
+        async move {
+            let mut body = json!({ "subject": "zoe" });
+            if !device_jwk.is_null() {
+                body["device_jwk"] = device_jwk;
+            }
+            let reply = app.admin_json("/token/refresh/create", &body).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let body = reply.json();
+            (
+                body["refresh_token"].as_str().unwrap().to_owned(),
+                body["access_token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (refresh_token, access_token) =
+        create(serde_json::to_value(device.verifying_key().to_jwk()).unwrap()).await;
+    let url = format!("{}/oauth2/revoke", app.base_url());
+    // A proof of a refresh token's session names no access token (no `ath`).
+    let session_proof = |key: &SigningKey| {
+        dpop::sign_proof(
+            key,
+            &DpopClaims {
+                jti: random::id(),
+                htm: "POST".into(),
+                htu: url.clone(),
+                iat: control_plane::now(),
+                ath: None,
+                nonce: None,
+            },
+        )
+        .unwrap()
+    };
+    let send = |token: &str, proof: Option<String>| {
+        post_with_proof(
+            &app,
+            "/oauth2/revoke",
+            "application/x-www-form-urlencoded",
+            format!("token={token}&token_type_hint=refresh_token").into_bytes(),
+            proof,
+        )
+    };
+    // A copy of the refresh token alone, or with another key's proof, ends nothing.
+    let refused = send(&refresh_token, None).await;
+    refused.error(401, "invalid_dpop_proof");
+    assert!(
+        refused.header("www-authenticate").starts_with("DPoP"),
+        "{}",
+        refused.header("www-authenticate")
+    );
+    let other = SigningKey::generate(Alg::EdDsa);
+    send(&refresh_token, Some(session_proof(&other)))
+        .await
+        .error(401, "invalid_dpop_proof");
+    // Nor at the original service's route.
+    let reply = post_with_proof(
+        &app,
+        "/token/refresh/revoke",
+        "application/json",
+        json!({ "refresh_token": refresh_token })
+            .to_string()
+            .into_bytes(),
+        None,
+    )
+    .await;
+    reply.error(401, "invalid_dpop_proof");
+    assert_eq!(
+        app.validate(&access_token).await["valid"],
+        true,
+        "the session was not revoked"
+    );
+    // The holder, with its key: the session and its access tokens end.
+    let own = session_proof(&device);
+    let done = send(&refresh_token, Some(own.clone())).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(app.validate(&access_token).await["valid"], false);
+    // Its proof cannot be used again.
+    send(&refresh_token, Some(own))
+        .await
+        .error(401, "invalid_dpop_proof");
+    // A session bound to no key still ends with its refresh token alone (RFC 7009), and
+    // an unknown refresh token gets 200.
+    let (plain, plain_access) = create(Value::Null).await;
+    let done = send(&plain, None).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(app.validate(&plain_access).await["valid"], false);
+    let done = send("rt_unknownunknownunknownunknownunknownunknown", None).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+}
+
 #[test]
 fn new_keys_sign_only_after_every_edge_refreshed_its_jwks_by_default() {
     // The edge filter's default `jwks_refresh_seconds` (edge-filter/src/config.rs).
