@@ -204,8 +204,9 @@ for ((i = 0; i < REGIONS; i++)); do
   else
     dir="$DATA_DIR/$r"
     peer=$((CP_PORT + 1 - i))
+    other=${names[$((1 - i))]}
     env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
-      PEER_JWKS="http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10)
+      PEER_JWKS="$other=http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10)
     redis_url="redis://cp-$r:$(tr -d '\n' <"$dir/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
   fi
   # The Redis URL holds the password: exported, never on a command line others can read.

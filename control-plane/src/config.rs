@@ -120,8 +120,11 @@ pub struct SettingsArgs {
     /// `acks`, `enable.idempotence`, `enable.auto.commit`, ...) are refused.
     #[arg(long, env = "CP_KAFKA_CLIENT_CONFIG", global = true)]
     pub kafka_client_config: Option<String>,
-    /// The other regions' JWKS: comma-separated URLs or files. Their ML-DSA-65 keys (and
-    /// this region's own) are the only ones whose events this region applies.
+    /// The other regions' JWKS: comma-separated URLs or files, each best prefixed with
+    /// the region it belongs to (`b=http://cp-b:8000/v1/region/jwks`). Their ML-DSA-65
+    /// keys (and this region's own) are the only ones whose events this region applies,
+    /// and each signs only events of its region (without a prefix: the region its JWKS
+    /// names, if any).
     #[arg(long, env = "PEER_JWKS", global = true, value_delimiter = ',')]
     pub peer_jwks: Vec<String>,
     /// Milliseconds a revocation answer waits for the broker to take the event, so that

@@ -128,9 +128,9 @@ impl RevocationEvent {
 
     /// Verifies a signed event, in either form (a compact JWS of its own, or a member of a
     /// signed batch, see [`sign_batch`]), against trusted keys and decodes it; the event
-    /// must be in canonical form and name a trusted key.
+    /// must be in canonical form and its `kid` must be the key that signed it.
     pub fn verify(token: &str, keys: &Keyring) -> Result<RevocationEvent, JoseError> {
-        RevocationEvent::verify_with(token, keys, None)
+        RevocationEvent::verify_with(token, keys, None).and_then(Verified::own_kid)
     }
 
     /// [`RevocationEvent::verify`] that skips the signature of a batch root `roots`
@@ -141,6 +141,16 @@ impl RevocationEvent {
         keys: &Keyring,
         roots: &mut VerifiedRoots,
     ) -> Result<RevocationEvent, JoseError> {
+        RevocationEvent::verify_with(token, keys, Some(roots)).and_then(Verified::own_kid)
+    }
+
+    /// [`RevocationEvent::verify_cached`] that leaves the comparison of the event's `kid`
+    /// with its signer's to the caller (who may count it apart), and names the signer.
+    pub fn verify_signer(
+        token: &str,
+        keys: &Keyring,
+        roots: &mut VerifiedRoots,
+    ) -> Result<Verified, JoseError> {
         RevocationEvent::verify_with(token, keys, Some(roots))
     }
 
@@ -148,11 +158,13 @@ impl RevocationEvent {
         token: &str,
         keys: &Keyring,
         roots: Option<&mut VerifiedRoots>,
-    ) -> Result<RevocationEvent, JoseError> {
-        let payload = if token.starts_with('{') {
+    ) -> Result<Verified, JoseError> {
+        let (payload, signer) = if token.starts_with('{') {
             open_batch_member(token, keys, roots)?
         } else {
-            envelope::open(token, &[TYP_REVOCATION], keys, MAX_EVENT_LEN)?.1
+            let opened = envelope::open_with_header(token, &[TYP_REVOCATION], keys, MAX_EVENT_LEN)?;
+            let signer = opened.header.kid.ok_or(JoseError::MissingKid)?;
+            (opened.payload, signer)
         };
         let event: RevocationEvent = crate::json::from_slice(&payload, "payload")?;
         if event.canonical_bytes() != payload {
@@ -163,12 +175,35 @@ impl RevocationEvent {
         if keys.get(&event.kid).is_none() {
             return Err(JoseError::UnknownKey(event.kid));
         }
-        Ok(event)
+        Ok(Verified { event, signer })
     }
 
     /// True when this event revokes a token with these identifiers.
     pub fn matches(&self, ids: &TokenIds<'_>) -> bool {
         ids.value(self.kind) == Some(self.value.as_str()) && covers(self.not_before, ids.iat)
+    }
+}
+
+/// A verified event and the `kid` of the key whose signature covers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The event.
+    pub event: RevocationEvent,
+    /// The signer's `kid` (the JWS header's, or the batch root's).
+    pub signer: String,
+}
+
+impl Verified {
+    /// The event, when it names the key that signed it: a trusted key cannot sign events
+    /// in another key's name.
+    pub fn own_kid(self) -> Result<RevocationEvent, JoseError> {
+        if self.event.kid == self.signer {
+            Ok(self.event)
+        } else {
+            Err(JoseError::Malformed(
+                "the event's kid is not the key that signed it",
+            ))
+        }
     }
 }
 
@@ -327,11 +362,11 @@ impl VerifiedRoots {
     /// How many roots are remembered.
     pub const CAPACITY: usize = 64;
 
-    fn get(&self, digest: &merkle::Hash, keys: &Keyring) -> Option<(merkle::Hash, u64)> {
+    fn get(&self, digest: &merkle::Hash, keys: &Keyring) -> Option<(merkle::Hash, u64, String)> {
         self.seen
             .iter()
             .find(|r| r.digest == *digest && keys.get(&r.kid).is_some())
-            .map(|r| (r.root, r.size))
+            .map(|r| (r.root, r.size, r.kid.clone()))
     }
 
     fn insert(&mut self, root: VerifiedRoot) {
@@ -352,21 +387,11 @@ impl VerifiedRoots {
     }
 }
 
-/// The `kid` of a protected header already checked by [`envelope::open`].
-fn header_kid(protected: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Kid {
-        kid: String,
-    }
-    let bytes = b64::decode(protected, "protected header").ok()?;
-    serde_json::from_slice::<Kid>(&bytes).ok().map(|h| h.kid)
-}
-
 fn open_batch_member(
     token: &str,
     keys: &Keyring,
     roots: Option<&mut VerifiedRoots>,
-) -> Result<Vec<u8>, JoseError> {
+) -> Result<(Vec<u8>, String), JoseError> {
     if token.len() > MAX_EVENT_LEN {
         return Err(JoseError::TooLarge {
             len: token.len(),
@@ -377,11 +402,13 @@ fn open_batch_member(
     let compact = format!("{}.{}.{}", jws.protected, jws.payload, jws.signature);
     let digest = merkle::leaf_hash(compact.as_bytes());
     let cached = roots.as_deref().and_then(|r| r.get(&digest, keys));
-    let (root_hash, size) = match cached {
+    let (root_hash, size, signer) = match cached {
         Some(known) => known,
         None => {
-            let (_, signed) =
-                envelope::open(&compact, &[TYP_REVOCATION_BATCH], keys, MAX_EVENT_LEN)?;
+            let opened =
+                envelope::open_with_header(&compact, &[TYP_REVOCATION_BATCH], keys, MAX_EVENT_LEN)?;
+            let signer = opened.header.kid.ok_or(JoseError::MissingKid)?;
+            let signed = opened.payload;
             let root: BatchRoot = crate::json::from_slice(&signed, "batch root")?;
             if serde_json::to_vec(&root).ok().as_deref() != Some(signed.as_slice()) {
                 return Err(JoseError::Malformed("batch root is not in canonical form"));
@@ -390,15 +417,15 @@ fn open_batch_member(
                 return Err(JoseError::Malformed("unknown batch tree"));
             }
             let root_hash: merkle::Hash = b64::decode_array(&root.root, "batch root")?;
-            if let (Some(roots), Some(kid)) = (roots, header_kid(&jws.protected)) {
+            if let Some(roots) = roots {
                 roots.insert(VerifiedRoot {
                     digest,
-                    kid,
+                    kid: signer.clone(),
                     root: root_hash,
                     size: root.size,
                 });
             }
-            (root_hash, root.size)
+            (root_hash, root.size, signer)
         }
     };
     let member = jws.header;
@@ -420,7 +447,7 @@ fn open_batch_member(
     ) {
         return Err(JoseError::BadSignature);
     }
-    Ok(event)
+    Ok((event, signer))
 }
 
 /// The identifiers of a token that revocations can match.

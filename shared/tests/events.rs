@@ -600,3 +600,34 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
         }
     }
 }
+
+#[test]
+fn a_trusted_key_cannot_sign_an_event_in_another_keys_name() {
+    let signer = region_key();
+    let other = SigningKey::from_seed(Alg::MlDsa65, &[6; 32]);
+    let mut ring = Keyring::new();
+    ring.add(signer.verifying_key());
+    ring.add(other.verifying_key());
+    let mut forged = event(Kind::Jti, "in-another-name");
+    forged.kid = other.kid();
+    let mut roots = VerifiedRoots::default();
+    for token in [
+        forged.sign(&signer).unwrap(),
+        sign_batch(std::slice::from_ref(&forged), &signer)
+            .unwrap()
+            .remove(0),
+    ] {
+        assert!(
+            matches!(
+                RevocationEvent::verify(&token, &ring),
+                Err(JoseError::Malformed(_))
+            ),
+            "{token:.40}"
+        );
+        assert!(RevocationEvent::verify_cached(&token, &ring, &mut roots).is_err());
+        // The caller that counts it apart learns who signed it.
+        let verified = RevocationEvent::verify_signer(&token, &ring, &mut roots).unwrap();
+        assert_eq!(verified.signer, signer.kid());
+        assert_eq!(verified.event.kid, other.kid());
+    }
+}

@@ -197,14 +197,20 @@ pub(super) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// This region's own public keys only: what the other regions list in `PEER_JWKS`
-/// (`/.well-known/jwks.json` also carries the peers' keys, and trust must not pass on).
+/// (`/.well-known/jwks.json` also carries the peers' keys, and trust must not pass on),
+/// with a `region` member naming this region, to which the peers bind the keys.
 #[utoipa::path(get, path = "/v1/region/jwks", tag = "meta",
     responses((status = 200, body = Object, description = "JWK Set")))]
 pub(super) async fn region_jwks(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "max-age=60")],
-        Json(state.region.keys().jwks.clone()),
-    )
+    // `region` binds these keys to this region at the peers (an older peer ignores it).
+    let mut body = serde_json::to_value(&state.region.keys().jwks).unwrap_or_else(|_| json!({}));
+    if let Some(object) = body.as_object_mut() {
+        object.insert(
+            "region".into(),
+            Value::String(state.region.settings().region.clone()),
+        );
+    }
+    ([(header::CACHE_CONTROL, "max-age=60")], Json(body))
 }
 
 /// Retires the active signing keys and creates new ones (admin credential required).

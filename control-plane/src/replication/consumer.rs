@@ -2,8 +2,10 @@
 //! `revocations` topic against this region's keys and `PEER_JWKS`, applies it once
 //! (`event_id`) to SQLite, the cache and the edge feed, and only then commits the offset.
 //!
-//! Forged, malformed, expired or unknown-key messages are logged, counted by reason in
-//! `/metrics` and skipped (their offset is committed, so a poison message never stalls
+//! An event must name the key that signed it and claim the region that key is bound to
+//! (`peers`): a trusted region cannot speak for another. Forged, malformed, expired,
+//! unknown-key or misattributed messages are logged, counted by reason in `/metrics`
+//! and skipped (their offset is committed, so a poison message never stalls
 //! its partition). A region ignores its own events coming back.
 
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use std::time::Duration;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use shared::{JoseError, RevocationEvent};
+use shared::JoseError;
+use shared::revocation::Verified;
 
 use crate::Region;
 use crate::replication::bus::KafkaSettings;
@@ -36,16 +39,22 @@ pub(crate) enum Rejection {
     Expired,
     /// Already applied (a replay or a redelivery).
     Duplicate,
+    /// Names another key (`kid`) than the one that signed it.
+    WrongKid,
+    /// Claims an origin the key that signed it is not bound to (see `peers`).
+    WrongOrigin,
 }
 
 impl Rejection {
     /// Every reason, in `/metrics` order.
-    pub(crate) const ALL: [Rejection; 5] = [
+    pub(crate) const ALL: [Rejection; 7] = [
         Rejection::Malformed,
         Rejection::BadSignature,
         Rejection::UnknownKey,
         Rejection::Expired,
         Rejection::Duplicate,
+        Rejection::WrongKid,
+        Rejection::WrongOrigin,
     ];
 
     /// The label in `/metrics`.
@@ -56,6 +65,8 @@ impl Rejection {
             Rejection::UnknownKey => "unknown_key",
             Rejection::Expired => "expired",
             Rejection::Duplicate => "duplicate",
+            Rejection::WrongKid => "wrong_kid",
+            Rejection::WrongOrigin => "wrong_origin",
         }
     }
 
@@ -66,6 +77,8 @@ impl Rejection {
             Rejection::UnknownKey => 2,
             Rejection::Expired => 3,
             Rejection::Duplicate => 4,
+            Rejection::WrongKid => 5,
+            Rejection::WrongOrigin => 6,
         }
     }
 }
@@ -78,7 +91,7 @@ pub(crate) struct ConsumerStats {
     /// This region's own events seen coming back (skipped).
     pub own: AtomicU64,
     /// Messages not applied, by [`Rejection`].
-    pub rejected: [AtomicU64; 5],
+    pub rejected: [AtomicU64; 7],
     /// Messages behind the end of the topic at the last check (all partitions).
     pub lag: AtomicU64,
     /// 1 while the consumer is subscribed and receiving.
@@ -109,7 +122,7 @@ pub(crate) async fn handle(
         .and_then(|p| std::str::from_utf8(p).ok())
         .ok_or(Rejection::Malformed)?
         .to_owned();
-    let event = match verify(region, peers, &signed) {
+    let verified = match verify(region, peers, &signed) {
         Err(JoseError::UnknownKey(_)) if peers.refresh_soon().await => {
             peers.hand_to(region);
             verify(region, peers, &signed)
@@ -121,6 +134,14 @@ pub(crate) async fn handle(
         JoseError::BadSignature => Rejection::BadSignature,
         _ => Rejection::Malformed,
     })?;
+    // A trusted key signs for its own region only, and in its own name.
+    peers
+        .origin_check(&region.settings().region, &region.keys(), &verified)
+        .map_err(|misfit| match misfit {
+            peers::Misfit::Kid => Rejection::WrongKid,
+            peers::Misfit::Origin => Rejection::WrongOrigin,
+        })?;
+    let event = verified.event;
     if event.origin == region.settings().region {
         return Ok(false);
     }
@@ -151,7 +172,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<RevocationEvent, JoseError> {
+fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<Verified, JoseError> {
     peers.verify_event(region.keys(), signed)
 }
 
@@ -303,4 +324,130 @@ fn lag_of(consumer: &StreamConsumer) -> Option<u64> {
         total += u64::try_from(high.saturating_sub(at)).unwrap_or(0);
     }
     Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use shared::keys::{Alg, SigningKey};
+    use shared::{Kind, RevocationEvent};
+
+    fn event(id: &str, origin: &str, kid: String) -> RevocationEvent {
+        let t = now();
+        RevocationEvent {
+            event_id: id.into(),
+            kind: Kind::Jti,
+            value: format!("value-of-{id}"),
+            not_before: None,
+            expires_at: t + 3600,
+            issued_at: t,
+            origin: origin.into(),
+            nonce: "00".into(),
+            kid,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_key_signs_only_for_its_own_region_and_in_its_own_name() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut settings = Settings::new(dir.path().join("data"));
+        settings.region = "c".into();
+        let region = Arc::new(Region::open(settings).unwrap());
+        let (a, b) = (
+            SigningKey::generate(Alg::MlDsa65),
+            SigningKey::generate(Alg::MlDsa65),
+        );
+        let jwks = |key: &SigningKey, region: Option<&str>| {
+            let mut set = serde_json::json!({ "keys": [key.verifying_key().to_jwk()] });
+            if let Some(r) = region {
+                set["region"] = r.into();
+            }
+            set.to_string()
+        };
+        // Region a named in PEER_JWKS, region b by its own JWKS.
+        let (file_a, file_b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&file_a, jwks(&a, None)).unwrap();
+        std::fs::write(&file_b, jwks(&b, Some("b"))).unwrap();
+        let peers = Peers::new(vec![
+            format!("a={}", file_a.display()),
+            file_b.display().to_string(),
+        ]);
+        assert!(peers.refresh().await);
+        let send = |e: RevocationEvent, key: &SigningKey| {
+            let signed = e.sign(key).unwrap();
+            let (region, peers) = (region.clone(), &peers);
+            async move { handle(&region, peers, Some(signed.as_bytes())).await }
+        };
+
+        // B's key claiming A's origin, or this region's, or naming A's key: refused.
+        assert_eq!(
+            send(event("e1", "a", b.kid()), &b).await,
+            Err(Rejection::WrongOrigin)
+        );
+        assert_eq!(
+            send(event("e2", "c", b.kid()), &b).await,
+            Err(Rejection::WrongOrigin)
+        );
+        assert_eq!(
+            send(event("e3", "b", a.kid()), &b).await,
+            Err(Rejection::WrongKid)
+        );
+        // In a batch too.
+        let batch = shared::revocation::sign_batch(&[event("e4", "a", b.kid())], &b).unwrap();
+        assert_eq!(
+            handle(&region, &peers, Some(batch[0].as_bytes())).await,
+            Err(Rejection::WrongOrigin)
+        );
+        for id in ["e1", "e2", "e3", "e4"] {
+            assert!(
+                region
+                    .find(Kind::Jti, &format!("value-of-{id}"))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // Each region's own events, in its own name, apply.
+        assert_eq!(send(event("e5", "b", b.kid()), &b).await, Ok(true));
+        assert_eq!(send(event("e6", "a", a.kid()), &a).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn an_unbound_peer_key_cannot_claim_a_bound_region_or_this_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut settings = Settings::new(dir.path().join("data"));
+        settings.region = "c".into();
+        let region = Arc::new(Region::open(settings).unwrap());
+        let (a, old) = (
+            SigningKey::generate(Alg::MlDsa65),
+            SigningKey::generate(Alg::MlDsa65),
+        );
+        let (file_a, file_old) = (dir.path().join("a.json"), dir.path().join("old.json"));
+        let set = |k: &SigningKey| {
+            serde_json::json!({ "keys": [k.verifying_key().to_jwk()] }).to_string()
+        };
+        std::fs::write(&file_a, set(&a)).unwrap();
+        // An older peer: its JWKS names no region and PEER_JWKS does not either.
+        std::fs::write(&file_old, set(&old)).unwrap();
+        let peers = Peers::new(vec![
+            format!("a={}", file_a.display()),
+            file_old.display().to_string(),
+        ]);
+        assert!(peers.refresh().await);
+        let send = |e: RevocationEvent| {
+            let signed = e.sign(&old).unwrap();
+            let (region, peers) = (region.clone(), &peers);
+            async move { handle(&region, peers, Some(signed.as_bytes())).await }
+        };
+        assert_eq!(
+            send(event("u1", "a", old.kid())).await,
+            Err(Rejection::WrongOrigin)
+        );
+        assert_eq!(
+            send(event("u2", "c", old.kid())).await,
+            Err(Rejection::WrongOrigin)
+        );
+        // It keeps working for its own (unnamed) region.
+        assert_eq!(send(event("u3", "d", old.kid())).await, Ok(true));
+    }
 }

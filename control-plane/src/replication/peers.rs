@@ -2,12 +2,19 @@
 //! own, whose signed events the consumer applies. Refreshed in the background and at
 //! once (rate limited) when an event names a `kid` nobody knows yet, so a peer's key
 //! rotation never stalls its events here.
+//!
+//! Each key is bound to the region it came from, so a region's key signs events of that
+//! region only ([`Peers::origin_check`]): a source written `REGION=URL` (or
+//! `REGION=path`) names it, else the region the JWKS itself names (`/v1/region/jwks`
+//! answers `{"region": ..., "keys": [...]}`). The keys of a source that names no region
+//! (an older peer, a bare file) are unbound: their events may claim any origin but this
+//! region's and those bound to other keys, and a warning says to name the region.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use shared::revocation::VerifiedRoots;
+use shared::revocation::{Verified, VerifiedRoots};
 use shared::{JoseError, Keyring, RevocationEvent};
 
 use crate::store::keys::KeySet;
@@ -20,15 +27,39 @@ pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// The shortest time between two fetches triggered by unknown keys.
 pub(crate) const MIN_REFETCH: Duration = Duration::from_secs(2);
 
-/// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths. Returns every
-/// problem at once.
+/// Splits a `PEER_JWKS` entry into the region it names (`REGION=`), if any, and where
+/// its keys are.
+fn named(entry: &str) -> (Option<&str>, &str) {
+    match entry.split_once('=') {
+        Some((region, rest))
+            if !region.is_empty()
+                && region.len() <= 64
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            (Some(region), rest)
+        }
+        _ => (None, entry),
+    }
+}
+
+/// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths, each optionally
+/// prefixed `REGION=` to bind its keys to that region. Returns every problem at once.
 pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
     let mut sources = Vec::new();
     let mut problems = Vec::new();
-    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for entry in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (region, item) = named(entry);
+        let keep = |sources: &mut Vec<String>| {
+            sources.push(match region {
+                Some(r) => format!("{r}={item}"),
+                None => item.to_owned(),
+            });
+        };
         if item.starts_with("http://") || item.starts_with("https://") {
             match reqwest::Url::parse(item) {
-                Ok(_) => sources.push(item.to_owned()),
+                Ok(_) => keep(&mut sources),
                 Err(e) => problems.push(format!("PEER_JWKS: {item:?} is not a valid URL: {e}")),
             }
         } else if item.contains("://") {
@@ -36,7 +67,7 @@ pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
                 "PEER_JWKS: {item:?}: only http(s) URLs and file paths are supported"
             ));
         } else if std::path::Path::new(item).is_file() {
-            sources.push(item.to_owned());
+            keep(&mut sources);
         } else {
             problems.push(format!(
                 "PEER_JWKS: {item:?} is neither a URL nor a readable file"
@@ -50,11 +81,31 @@ pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
     }
 }
 
+/// Which region each peer key signs for.
+#[derive(Debug, Default)]
+struct Bindings {
+    /// Bound keys: `kid` -> region.
+    region_of: HashMap<String, String>,
+    /// Every region some key is bound to.
+    regions: HashSet<String>,
+}
+
+/// Why an event's origin or `kid` does not fit the key that signed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misfit {
+    /// The event names another key than its signer.
+    Kid,
+    /// The event claims a region its signer's key is not bound to.
+    Origin,
+}
+
 /// The peer keys and where they come from.
 #[derive(Debug)]
 pub(crate) struct Peers {
     sources: Vec<String>,
-    by_source: Mutex<HashMap<String, JwkSet>>,
+    /// The JWKS each source gave last, and the region it named (`None`: unbound).
+    by_source: Mutex<HashMap<String, (JwkSet, Option<String>)>>,
+    bindings: RwLock<Arc<Bindings>>,
     keyring: RwLock<Arc<Keyring>>,
     jwks: RwLock<Arc<JwkSet>>,
     last_fetch: Mutex<Option<Instant>>,
@@ -79,6 +130,7 @@ impl Peers {
         Peers {
             sources,
             by_source: Mutex::new(HashMap::new()),
+            bindings: RwLock::new(Arc::new(Bindings::default())),
             keyring: RwLock::new(Arc::new(Keyring::new())),
             jwks: RwLock::new(Arc::new(JwkSet::default())),
             last_fetch: Mutex::new(None),
@@ -90,14 +142,14 @@ impl Peers {
         }
     }
 
-    /// The keys known now.
     /// Verifies a signed revocation event with this region's keys and the peers'; a
-    /// batch root already verified is not verified again.
+    /// batch root already verified is not verified again. The event's `kid` and origin
+    /// are checked apart ([`Peers::origin_check`]).
     pub(crate) fn verify_event(
         &self,
         own: Arc<KeySet>,
         signed: &str,
-    ) -> Result<RevocationEvent, JoseError> {
+    ) -> Result<Verified, JoseError> {
         let peers = self.keyring();
         let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
         let current = trusted
@@ -111,7 +163,42 @@ impl Peers {
             trusted.from = Some((own, peers));
         }
         let Trusted { keys, roots, .. } = &mut *trusted;
-        RevocationEvent::verify_cached(signed, keys, roots)
+        RevocationEvent::verify_signer(signed, keys, roots)
+    }
+
+    /// Whether a verified event fits the key that signed it: it names that key, and it
+    /// claims the region that key is bound to (this region for its own keys). An
+    /// unbound peer key may claim any region but this one and those bound to other keys.
+    pub(crate) fn origin_check(
+        &self,
+        own_region: &str,
+        own: &KeySet,
+        verified: &Verified,
+    ) -> Result<(), Misfit> {
+        let Verified { event, signer } = verified;
+        if event.kid != *signer {
+            return Err(Misfit::Kid);
+        }
+        if own.keyring.get(signer).is_some() {
+            return if event.origin == own_region {
+                Ok(())
+            } else {
+                Err(Misfit::Origin)
+            };
+        }
+        let bindings = self
+            .bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match bindings.region_of.get(signer) {
+            Some(region) if *region == event.origin => Ok(()),
+            Some(_) => Err(Misfit::Origin),
+            None if event.origin == own_region || bindings.regions.contains(&event.origin) => {
+                Err(Misfit::Origin)
+            }
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn keyring(&self) -> Arc<Keyring> {
@@ -132,12 +219,36 @@ impl Peers {
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut all = true;
         for source in &self.sources {
-            match self.fetch(source).await {
-                Ok(set) => {
+            let (named, location) = named(source);
+            match self.fetch(location).await {
+                Ok((set, served)) => {
+                    let region = match (named, served) {
+                        (Some(named), Some(served)) if named != served => {
+                            tracing::warn!(
+                                source = location,
+                                named,
+                                served,
+                                "PEER_JWKS names another region than its JWKS does; the keys \
+                                 sign for the one PEER_JWKS names"
+                            );
+                            Some(named.to_owned())
+                        }
+                        (Some(named), _) => Some(named.to_owned()),
+                        (None, Some(served)) => Some(served),
+                        (None, None) => {
+                            tracing::warn!(
+                                source = location,
+                                "the keys of this peer JWKS are bound to no region, so they may \
+                                 sign events of any unbound region: name it in PEER_JWKS \
+                                 (REGION=URL) or upgrade the peer"
+                            );
+                            None
+                        }
+                    };
                     self.by_source
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(source.clone(), set);
+                        .insert(source.clone(), (set, region));
                 }
                 Err(e) => {
                     all = false;
@@ -147,22 +258,34 @@ impl Peers {
         }
         let mut ring = Keyring::new();
         let mut merged = JwkSet::default();
-        let sets: Vec<JwkSet> = self
+        let mut bindings = Bindings::default();
+        let sets: Vec<(JwkSet, Option<String>)> = self
             .by_source
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
             .collect();
-        for set in &sets {
+        for (set, region) in &sets {
             match Keyring::from_jwks(set) {
                 Ok(keys) => {
                     merged.keys.extend(set.keys.iter().cloned());
                     ring.merge(&keys);
+                    if let Some(region) = region {
+                        // The kids the keyring files them under (from_jwks's rule).
+                        for jwk in set.keys.iter().filter(|j| j.is_supported()) {
+                            if let Ok(key) = jwk.to_verifying_key() {
+                                let kid = jwk.kid.clone().unwrap_or_else(|| key.thumbprint());
+                                bindings.region_of.insert(kid, region.clone());
+                            }
+                        }
+                        bindings.regions.insert(region.clone());
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "a peer JWKS holds an invalid key"),
             }
         }
+        *self.bindings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bindings);
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
         *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
         all
@@ -193,7 +316,8 @@ impl Peers {
         region.set_peer_keys((*self.jwks()).clone(), (*self.keyring()).clone());
     }
 
-    async fn fetch(&self, source: &str) -> Result<JwkSet, FetchError> {
+    /// The JWKS at `source` and the region it names, if it names one.
+    async fn fetch(&self, source: &str) -> Result<(JwkSet, Option<String>), FetchError> {
         let bytes = if source.starts_with("http://") || source.starts_with("https://") {
             let response = self.http.get(source).send().await?;
             if !response.status().is_success() {
@@ -203,7 +327,18 @@ impl Peers {
         } else {
             tokio::fs::read(source).await?
         };
-        Ok(JwkSet::parse(&bytes)?)
+        /// The optional member naming the region whose keys these are.
+        #[derive(serde::Deserialize)]
+        struct Named {
+            #[serde(default)]
+            region: Option<String>,
+        }
+        let set = JwkSet::parse(&bytes)?;
+        let region = serde_json::from_slice::<Named>(&bytes)
+            .ok()
+            .and_then(|n| n.region)
+            .filter(|r| !r.is_empty());
+        Ok((set, region))
     }
 }
 
