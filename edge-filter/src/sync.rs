@@ -356,6 +356,7 @@ mod tests {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         }
     }
 
@@ -498,6 +499,7 @@ mod tests {
     fn of_feed(feed: &str, update: EdgeUpdate) -> EdgeUpdate {
         EdgeUpdate {
             feed: Some(feed.into()),
+            jwks: None,
             ..update
         }
     }

@@ -70,6 +70,15 @@
 //! malformed update. An edge applies a delta only to a set from the same feed and takes
 //! a snapshot first otherwise. Optional and not `crit`, like `leeway`: older edges
 //! ignore it.
+//!
+//! # The keys an edge should hold
+//!
+//! An update also says which JWKS its control plane serves at the time it was signed:
+//! the protected header member `jwks` ([`EdgeUpdate::jwks`]) is the SHA-256 of the JWKS
+//! document's bytes, in base64url without padding ([`jwks_digest`]). An edge whose
+//! JWKS has another digest fetches it again, so a key rotation reaches every edge with
+//! the next update (the control plane wakes its parked polls for it) instead of at the
+//! next periodic refresh. Same form as a feed id; optional and not `crit`.
 
 use crate::JoseError;
 use crate::envelope::{self, TYP_EDGE_DELTA, TYP_EDGE_SNAPSHOT};
@@ -95,6 +104,12 @@ pub fn is_feed_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The digest of a JWKS document that edge updates carry: the SHA-256 of its bytes,
+/// base64url without padding (see the module doc).
+pub fn jwks_digest(document: &[u8]) -> String {
+    crate::b64::encode(&crate::sha256(document))
 }
 
 /// The hash of `(kind, value)` under which an entry is stored.
@@ -197,6 +212,10 @@ pub struct EdgeUpdate {
     /// The feed the update belongs to (see the module doc): in the signed protected
     /// header like `leeway`; `None` from a control plane built before the member existed.
     pub feed: Option<String>,
+    /// The digest of the JWKS its control plane served when it was signed
+    /// ([`jwks_digest`], see the module doc): in the signed protected header like `feed`,
+    /// in the same form; `None` from a control plane built before the member existed.
+    pub jwks: Option<String>,
 }
 
 /// Why an edge update was refused.
@@ -378,6 +397,7 @@ impl EdgeUpdate {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         })
     }
 
@@ -391,7 +411,17 @@ impl EdgeUpdate {
         if self.feed.as_deref().is_some_and(|f| !is_feed_id(f)) {
             return Err(JoseError::Malformed("feed id"));
         }
-        envelope::seal_edge(key, typ, self.leeway, self.feed.as_deref(), &self.encode())
+        if self.jwks.as_deref().is_some_and(|d| !is_feed_id(d)) {
+            return Err(JoseError::Malformed("jwks digest"));
+        }
+        envelope::seal_edge(
+            key,
+            typ,
+            self.leeway,
+            self.feed.as_deref(),
+            self.jwks.as_deref(),
+            &self.encode(),
+        )
     }
 
     /// Verifies and decodes a signed update; its `typ` must agree with its kind, and a
@@ -419,10 +449,15 @@ impl EdgeUpdate {
             Some(f) if !is_feed_id(&f) => return Err(EdgeSetError::Malformed("bad feed id")),
             feed => feed,
         };
+        let jwks = match opened.header.jwks {
+            Some(d) if !is_feed_id(&d) => return Err(EdgeSetError::Malformed("bad jwks digest")),
+            jwks => jwks,
+        };
         let typ = opened.typ;
         let update = EdgeUpdate {
             leeway,
             feed,
+            jwks,
             ..EdgeUpdate::decode(&opened.payload, max_entries)?
         };
         let expected = match update.kind {
@@ -1050,6 +1085,7 @@ impl RevocationSet {
             entries: self.entries(),
             leeway: None,
             feed: None,
+            jwks: None,
         }
     }
 }
@@ -1067,6 +1103,7 @@ mod layout_tests {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         }
     }
 
@@ -1159,6 +1196,7 @@ mod wire_tests {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         }
     }
 
@@ -1418,6 +1456,7 @@ mod wire_tests {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         };
         let bytes = update(uniform).encode();
         assert!(bytes.len() < 7_500_000, "{} bytes", bytes.len());
@@ -1465,6 +1504,7 @@ mod wire_tests {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         })
         .unwrap();
         set
@@ -1555,6 +1595,7 @@ mod wire_tests {
                 entries,
                 leeway: None,
                 feed: None,
+                jwks: None,
             })
             .unwrap();
             rebuilds += usize::from(set.generation() != generation);
@@ -1602,6 +1643,7 @@ mod wire_tests {
                 entries: delta,
                 leeway: None,
                 feed: None,
+                jwks: None,
             })
             .unwrap();
         assert_eq!(poller.generation(), generation, "kept apart, no rebuild");
@@ -1665,6 +1707,7 @@ mod wire_tests {
             entries: snapshot.clone(),
             leeway: None,
             feed: None,
+            jwks: None,
         })
         .unwrap();
         let check = |set: &RevocationSet, given: &[Entry]| {
@@ -1710,6 +1753,7 @@ mod wire_tests {
             entries: delta,
             leeway: None,
             feed: None,
+            jwks: None,
         })
         .unwrap();
         assert_ne!(set.generation(), generation, "rebuilt");

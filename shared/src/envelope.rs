@@ -32,17 +32,18 @@ pub fn seal_with_leeway(
     leeway: Option<u32>,
     payload: &[u8],
 ) -> Result<String, JoseError> {
-    seal_edge(key, typ, leeway, None, payload)
+    seal_edge(key, typ, leeway, None, None, payload)
 }
 
 /// Like [`seal`], with the protected header members of an edge update when given:
-/// `leeway` (the leeway its revocations assume) and `feed` (the id of the feed it
-/// belongs to); see [`crate::edgeset`].
+/// `leeway` (the leeway its revocations assume), `feed` (the id of the feed it belongs
+/// to) and `jwks` (the digest of the JWKS served with it); see [`crate::edgeset`].
 pub fn seal_edge(
     key: &SigningKey,
     typ: &str,
     leeway: Option<u32>,
     feed: Option<&str>,
+    jwks: Option<&str>,
     payload: &[u8],
 ) -> Result<String, JoseError> {
     if key.alg() != Alg::MlDsa65 {
@@ -58,6 +59,7 @@ pub fn seal_edge(
             kid: Some(key.kid()),
             leeway: leeway.map(u64::from),
             feed: feed.map(str::to_owned),
+            jwks: jwks.map(str::to_owned),
             ..Header::default()
         },
         payload,

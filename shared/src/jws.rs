@@ -50,6 +50,11 @@ pub struct Header {
     /// `leeway`: an edge built before it existed ignores it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<String>,
+    /// Edge snapshots and deltas: the digest of the JWKS document the control plane
+    /// serves at the time (see [`crate::edgeset`], "The keys an edge should hold").
+    /// Private and not `crit`, like `leeway`: an edge built before it existed ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
 }
 
 /// A parsed but not yet verified compact JWS.

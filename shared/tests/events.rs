@@ -247,6 +247,7 @@ fn edge_updates_round_trip_signed_and_sorted() {
         entries,
         leeway: None,
         feed: None,
+        jwks: None,
     };
     let opened = EdgeUpdate::open(&update.sign(&key).unwrap(), &ring, 10).unwrap();
     assert_eq!(opened.seq, 3);
@@ -267,6 +268,7 @@ fn snapshot_with_leeway(leeway: Option<u32>) -> EdgeUpdate {
         entries: vec![Entry::from_event(&event(Kind::Jti, "a"))],
         leeway,
         feed: None,
+        jwks: None,
     }
 }
 
@@ -277,6 +279,7 @@ fn an_update_names_its_feed_in_the_signed_header() {
     ring.add(key.verifying_key());
     let with = EdgeUpdate {
         feed: Some("Zm9vYmFyYmF6cXV4MTIzNA".into()),
+        jwks: None,
         ..snapshot_with_leeway(Some(30))
     };
     let signed = with.sign(&key).unwrap();
@@ -302,6 +305,7 @@ fn a_malformed_feed_id_is_neither_signed_nor_accepted() {
         assert!(!shared::edgeset::is_feed_id(bad), "{bad:?}");
         let update = EdgeUpdate {
             feed: Some(bad.into()),
+            jwks: None,
             ..snapshot_with_leeway(None)
         };
         assert!(update.sign(&key).is_err(), "{bad:?} signed");
@@ -312,6 +316,7 @@ fn a_malformed_feed_id_is_neither_signed_nor_accepted() {
                 typ: Some(shared::envelope::TYP_EDGE_SNAPSHOT.into()),
                 kid: Some(key.kid()),
                 feed: Some(bad.into()),
+                jwks: None,
                 ..jws::Header::default()
             },
             &update.encode(),
@@ -329,6 +334,52 @@ fn a_malformed_feed_id_is_neither_signed_nor_accepted() {
     assert!(shared::edgeset::is_feed_id(&longest));
     // What the control plane makes: 16 random bytes, base64url.
     assert!(shared::edgeset::is_feed_id(&b64::encode(&[0xfb; 16])));
+}
+
+#[test]
+fn an_update_names_the_digest_of_the_jwks_served_with_it() {
+    let key = region_key();
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    // SHA-256 of the document's bytes, base64url without padding.
+    let digest = shared::edgeset::jwks_digest(br#"{"keys":[]}"#);
+    assert_eq!(digest, b64::encode(&shared::sha256(br#"{"keys":[]}"#)));
+    assert_eq!(digest.len(), 43);
+    let with = EdgeUpdate {
+        jwks: Some(digest.clone()),
+        ..snapshot_with_leeway(None)
+    };
+    let signed = with.sign(&key).unwrap();
+    assert_eq!(protected_header(&signed)["jwks"], digest.as_str());
+    assert_eq!(
+        EdgeUpdate::open(&signed, &ring, 10).unwrap().jwks,
+        Some(digest)
+    );
+    // Not in the payload, and absent when not said.
+    assert_eq!(with.encode(), snapshot_with_leeway(None).encode());
+    let without = snapshot_with_leeway(None).sign(&key).unwrap();
+    assert!(protected_header(&without).get("jwks").is_none());
+    // A malformed one is neither signed nor accepted.
+    let bad = EdgeUpdate {
+        jwks: Some("not a digest".into()),
+        ..snapshot_with_leeway(None)
+    };
+    assert!(bad.sign(&key).is_err());
+    let forged = jws::sign_with_header(
+        &key,
+        jws::Header {
+            typ: Some(shared::envelope::TYP_EDGE_SNAPSHOT.into()),
+            kid: Some(key.kid()),
+            jwks: Some("not a digest".into()),
+            ..jws::Header::default()
+        },
+        &bad.encode(),
+    )
+    .unwrap();
+    assert!(matches!(
+        EdgeUpdate::open(&forged, &ring, 10),
+        Err(EdgeSetError::Malformed(_))
+    ));
 }
 
 fn protected_header(token: &str) -> serde_json::Value {
@@ -402,6 +453,7 @@ fn an_edge_built_before_the_leeway_member_still_opens_an_update_that_has_it() {
         EdgeUpdate {
             leeway: None,
             feed: None,
+            jwks: None,
             entries: decoded.entries.clone(),
             ..update
         }
@@ -455,6 +507,7 @@ fn malformed_edge_payloads_are_refused() {
         entries: vec![Entry::from_event(&event(Kind::Sid, "s"))],
         leeway: None,
         feed: None,
+        jwks: None,
     };
     let bytes = update.encode();
     assert_eq!(EdgeUpdate::decode(&bytes, 10).unwrap(), update);
@@ -486,6 +539,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
         ],
         leeway: None,
         feed: None,
+        jwks: None,
     };
     set.apply(snap).unwrap();
     assert_eq!(set.check(&ids("j1", "bob", 1_500), 1_500), Some(Kind::Jti));
@@ -499,6 +553,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
         entries: vec![],
         leeway: None,
         feed: None,
+        jwks: None,
     };
     assert!(matches!(
         set.apply(gap),
@@ -518,6 +573,7 @@ fn the_set_applies_snapshots_and_deltas_in_order_and_checks_every_kind() {
         ],
         leeway: None,
         feed: None,
+        jwks: None,
     };
     set.apply(delta).unwrap();
     assert_eq!(set.seq(), 4);
@@ -545,6 +601,7 @@ fn a_million_entries_stay_small_on_the_wire() {
         entries,
         leeway: None,
         feed: None,
+        jwks: None,
     };
     let bytes = update.encode();
     assert!(bytes.len() < 8_000_000, "{} bytes", bytes.len());
@@ -577,6 +634,7 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
                 entries: vec![first, second],
                 leeway: None,
                 feed: None,
+                jwks: None,
             })
             .unwrap();
         let mut deltas = RevocationSet::new();
@@ -590,6 +648,7 @@ fn the_edge_set_keeps_the_latest_subject_revocation_in_any_order() {
                     entries: vec![entry],
                     leeway: None,
                     feed: None,
+                    jwks: None,
                 })
                 .unwrap();
         }

@@ -337,10 +337,59 @@ fn a_token_from_a_rotated_key_passes_within_about_a_second() {
     assert!(passed.is_some(), "a token of the new key never passed");
     println!("new key accepted {elapsed:?} after its first token");
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    // Learnt from the token's unknown `kid`, or before it from the feed's announcement of
+    // the new JWKS (whichever came first).
     assert!(
         stack
             .envoy
             .stat("wasmcustom.edge_filter.jwks_unknown_kid_refetches")
+            + stack
+                .envoy
+                .stat("wasmcustom.edge_filter.jwks_announced_refetches")
             >= 1
+    );
+}
+
+#[test]
+fn a_key_rotation_reaches_the_edge_with_the_next_feed_update_before_any_token_uses_it() {
+    // Long polls of 30 s and a JWKS refresh of 300 s: only the feed's announcement of
+    // the new JWKS (which wakes the parked poll) brings the key within seconds.
+    let stack = Stack::start(|filter, _| {
+        filter["control_plane"]["poll_wait_seconds"] = json!(30);
+        filter["control_plane"]["jwks_refresh_seconds"] = json!(300);
+        filter["staleness_bound_seconds"] = json!(60);
+    });
+    let old = stack.cp.issue("frank");
+    stack.envoy.wait_until_serving(&old);
+    std::thread::sleep(Duration::from_millis(500));
+    let announced = "wasmcustom.edge_filter.jwks_announced_refetches";
+    let before = stack.envoy.stat(announced);
+    let start = Instant::now();
+    stack.cp.rotate_keys();
+    let fetched = eventually(Duration::from_secs(10), || {
+        (stack.envoy.stat(announced) > before).then_some(())
+    });
+    let elapsed = start.elapsed();
+    assert!(fetched.is_some(), "the edge never fetched the rotated JWKS");
+    println!("rotated JWKS fetched by the edge {elapsed:?} after the rotation call");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    // A token of the new key then passes without a refetch on its unknown `kid`.
+    let unknown = "wasmcustom.edge_filter.jwks_unknown_kid_refetches";
+    let unknown_before = stack.envoy.stat(unknown);
+    let new = eventually(Duration::from_secs(10), || {
+        let t = stack.cp.issue("frank");
+        (tokens::kid(&t) != tokens::kid(&old)).then_some(t)
+    })
+    .expect("the control plane never signed with a new key");
+    let passed = eventually(Duration::from_secs(5), || {
+        http::get_with_token(stack.envoy.port, "/orders", &new)
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(passed.is_some(), "a token of the new key never passed");
+    assert_eq!(
+        stack.envoy.stat(unknown),
+        unknown_before,
+        "the key was not there before the token"
     );
 }

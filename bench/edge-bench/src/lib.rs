@@ -98,6 +98,7 @@ pub fn set_of(n: u32) -> RevocationSet {
     set.apply(update).unwrap_or_default();
     set
 }
+        jwks: None,
 
 /// An `Authorization` value.
 pub fn bearer(token: &str) -> Vec<u8> {

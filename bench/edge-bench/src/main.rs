@@ -49,6 +49,7 @@ fn e5() {
         entries,
         leeway: None,
         feed: None,
+        jwks: None,
     };
     let wire = update.encode();
     let started = Instant::now();
@@ -77,6 +78,7 @@ fn e5() {
             entries: random_entries(&mut seed, 1, NOW + 3_600),
             leeway: None,
             feed: None,
+            jwks: None,
         };
         let started = Instant::now();
         deltas_ok &=
@@ -129,6 +131,7 @@ fn e5_poller() -> Result<(), String> {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         }
     };
     let mut held = RevocationSet::new();
@@ -223,6 +226,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         };
         write(
             &format!("snap-{seq}.jws"),
@@ -236,6 +240,7 @@ fn e5_feed(dir: &str, n: u32) -> Result<(), String> {
             entries: Vec::new(),
             leeway: None,
             feed: None,
+            jwks: None,
         };
         write(
             &format!("hb-{seq}.jws"),

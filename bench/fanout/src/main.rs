@@ -2,12 +2,16 @@
 //! binary, on a temp data dir), revokes M times, and reports per revocation the time from
 //! the revoke call to the LAST poller holding an update that contains it, the control
 //! plane's CPU per revocation (apart from this simulator's), its memory per parked poll,
-//! and refused polls.
+//! and refused polls; then rotates the keys once and reports the time until the LAST
+//! poller holds the new JWKS, and the control plane's CPU for that.
 //!
-//! Each poller speaks the filter's protocol over its own keep-alive HTTP/1.1 connection:
-//! `GET /v1/edge/revocations?since=S&wait=30`, then again from the `x-edge-seq` it got.
-//! Every distinct answer body is verified once (ML-DSA-65 against the JWKS) and must
-//! bring a set to the sequence number its header says.
+//! Each poller speaks the filter's protocol over its own keep-alive HTTP/1.1 connection,
+//! with the fleet's edge credential (the feed requires one) and its own instance name:
+//! `GET /v1/edge/revocations?since=S&wait=30`, then again from the `x-edge-seq` it got;
+//! when an update names another JWKS digest than the one it holds, it fetches
+//! `/.well-known/jwks.json` first, as the filter does. Every distinct answer body is
+//! verified once (ML-DSA-65 against the JWKS) and must bring a set to the sequence number
+//! its header says.
 //!
 //! ```sh
 //! cargo build --release -p control-plane -p fanout
@@ -81,13 +85,23 @@ fn main() -> std::process::ExitCode {
         }
     }
     println!(
-        "\n| parked pollers | revoke -> last poller p50 | p99 | max | control-plane CPU per revocation | simulator CPU per revocation | RSS per parked poll | refused polls | distinct bodies verified |"
+        "\n| parked pollers | revoke -> last poller p50 | p99 | max | control-plane CPU per revocation | simulator CPU per revocation | RSS per parked poll | refused polls | distinct bodies verified | key rotation -> last poller holds the new JWKS | control-plane CPU for it |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} ms | {:.1} KiB | {} | {} |",
-            r.n, r.p50, r.p99, r.max, r.cpu_ms, r.sim_cpu_ms, r.rss_kib, r.refused, r.bodies
+            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} ms | {:.1} KiB | {} | {} | {:.1} ms | {:.1} ms |",
+            r.n,
+            r.p50,
+            r.p99,
+            r.max,
+            r.cpu_ms,
+            r.sim_cpu_ms,
+            r.rss_kib,
+            r.refused,
+            r.bodies,
+            r.rotation_ms,
+            r.rotation_cpu_ms
         );
     }
     std::process::ExitCode::SUCCESS
@@ -103,6 +117,9 @@ struct Row {
     rss_kib: f64,
     refused: u64,
     bodies: usize,
+    /// Key rotation -> last poller holding the new JWKS, and control-plane CPU for it.
+    rotation_ms: f64,
+    rotation_cpu_ms: f64,
 }
 
 /// The control plane under test.
@@ -110,6 +127,8 @@ struct Server {
     child: Child,
     addr: String,
     admin: String,
+    /// The edge credential every simulated edge presents.
+    credential: String,
     _dir: TempDir,
 }
 
@@ -139,6 +158,20 @@ fn start(binary: &Path, n: usize) -> Result<Server> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let dir = TempDir(dir);
     let data = dir.0.join("data");
+    // One credential for the whole simulated fleet, as a fleet may share one; the feed
+    // requires it, as in production after the upgrade.
+    let made = Command::new(binary)
+        .args(["edge-credential", "--name", "fanout", "--data-dir"])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if !made.status.success() {
+        return Err(format!(
+            "edge-credential: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
+    }
+    let credential = String::from_utf8_lossy(&made.stdout).trim().to_owned();
     // Two connections a parked poll at most (one held, one arriving), and room for the
     // admin calls: the caps sized to N, within the open-files limit.
     let polls = (n + 64).max(1024);
@@ -152,8 +185,7 @@ fn start(binary: &Path, n: usize) -> Result<Server> {
         .env("CP_MAX_CONNECTIONS", connections.to_string())
         .env("CP_MAX_LONG_POLLS", polls.to_string())
         .env("CP_MAX_LONG_POLLS_PER_CREDENTIAL", polls.to_string())
-        // The simulated pollers carry no edge credential and share one address.
-        .env("CP_MAX_UNAUTHENTICATED_PER_ADDRESS", "0")
+        .env("CP_EDGE_CREDENTIALS", "required")
         .env("CP_LOG", "warn,control_plane=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -191,6 +223,7 @@ fn start(binary: &Path, n: usize) -> Result<Server> {
         child,
         addr,
         admin,
+        credential,
         _dir: dir,
     })
 }
@@ -309,13 +342,22 @@ struct Shared {
     errors: AtomicU64,
     parked: AtomicUsize,
     keys: Keyring,
-    /// Distinct bodies seen (by hash) and the seq each verified as.
-    verified: Mutex<HashMap<u64, u64>>,
+    /// Distinct bodies seen (by hash): the seq each verified as, and the JWKS digest it
+    /// names.
+    verified: Mutex<HashMap<u64, (u64, Option<String>)>>,
+    /// The edge credential.
+    credential: String,
+    /// The JWKS digest at the start; `rotated[p]`: ns since `epoch` at which poller `p`
+    /// held a JWKS with another digest (0: not yet), `rotated_count` how many do.
+    first_jwks: String,
+    rotated: Vec<AtomicU64>,
+    rotated_count: AtomicUsize,
 }
 
 impl Shared {
-    /// Verifies a body the first time it is seen; its seq must be the header's.
-    fn check(&self, body: &[u8], seq: u64) -> Result<()> {
+    /// Verifies a body the first time it is seen; its seq must be the header's. Returns
+    /// the JWKS digest the update names.
+    fn check(&self, body: &[u8], seq: u64) -> Result<Option<String>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         body.hash(&mut h);
         let digest = h.finish();
@@ -325,8 +367,8 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .get(&digest)
         {
-            return if *known == seq {
-                Ok(())
+            return if known.0 == seq {
+                Ok(known.1.clone())
             } else {
                 Err("one body, two seqs".into())
             };
@@ -339,13 +381,14 @@ impl Shared {
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, seq);
-        Ok(())
+            .insert(digest, (seq, update.jwks.clone()));
+        Ok(update.jwks)
     }
 }
 
 async fn poller(addr: String, id: usize, shared: Arc<Shared>) {
     let mut since = 0u64;
+    let mut held_jwks = shared.first_jwks.clone();
     loop {
         let Ok(mut stream) = TcpStream::connect(&addr).await else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +398,8 @@ async fn poller(addr: String, id: usize, shared: Arc<Shared>) {
         let mut buf = Vec::with_capacity(256);
         loop {
             let req = format!(
-                "GET /v1/edge/revocations?since={since}&wait={WAIT} HTTP/1.1\r\nhost: {addr}\r\naccept: application/jose\r\n\r\n"
+                "GET /v1/edge/revocations?since={since}&wait={WAIT} HTTP/1.1\r\nhost: {addr}\r\naccept: application/jose\r\nauthorization: Bearer {}\r\nx-edge-instance: edge-{id}\r\n\r\n",
+                shared.credential
             );
             if stream.write_all(req.as_bytes()).await.is_err() {
                 break;
@@ -377,9 +421,39 @@ async fn poller(addr: String, id: usize, shared: Arc<Shared>) {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             };
-            if let Err(e) = shared.check(&answer.body, seq) {
-                eprintln!("poller {id}: {e}");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+            let announced = match shared.check(&answer.body, seq) {
+                Ok(announced) => announced,
+                Err(e) => {
+                    eprintln!("poller {id}: {e}");
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+            // Another JWKS announced: fetch it on this connection, as the filter does.
+            if let Some(announced) = announced
+                && announced != held_jwks
+            {
+                let req = format!(
+                    "GET /.well-known/jwks.json HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\r\n",
+                    shared.credential
+                );
+                if stream.write_all(req.as_bytes()).await.is_err() {
+                    break;
+                }
+                let Ok(jwks) = read_answer(&mut stream, &mut buf).await else {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                };
+                held_jwks = shared::edgeset::jwks_digest(&jwks.body);
+                if held_jwks != shared.first_jwks {
+                    let at = shared.epoch.elapsed().as_nanos() as u64;
+                    if shared.rotated[id]
+                        .compare_exchange(0, at.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        shared.rotated_count.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
             }
             for (k, of) in shared.seq_of.iter().enumerate() {
                 let s = of.load(Ordering::Acquire);
@@ -406,6 +480,7 @@ async fn run(binary: &Path, n: usize) -> Result<Row> {
     let jwks = request(&addr, "GET", "/.well-known/jwks.json", None, "").await?;
     let keys = Keyring::from_jwks(&JwkSet::parse(&jwks.body).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
+    let first_jwks = shared::edgeset::jwks_digest(&jwks.body);
     // Warm up: one revocation before measuring (first signature, SQLite pages).
     let warm = format!("{{\"type\":\"revoke_jti\",\"value\":\"warm-{n}\"}}");
     let answer = request(&addr, "POST", "/revoke", Some(&server.admin), &warm).await?;
@@ -426,6 +501,10 @@ async fn run(binary: &Path, n: usize) -> Result<Row> {
         parked: AtomicUsize::new(0),
         keys,
         verified: Mutex::new(HashMap::new()),
+        credential: server.credential.clone(),
+        first_jwks,
+        rotated: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        rotated_count: AtomicUsize::new(0),
     });
     // Connect in batches: a burst of 10,000 SYNs overflows the listen backlog.
     let mut tasks = Vec::with_capacity(n);
@@ -486,6 +565,30 @@ async fn run(binary: &Path, n: usize) -> Result<Row> {
     }
     let cpu = cpu_ns(&pid_s).saturating_sub(cpu_start);
     let sim = cpu_ns("self").saturating_sub(sim_start);
+    // A key rotation: every poller must hold the new JWKS (announced by the feed).
+    let rotation_cpu_start = cpu_ns(&pid_s);
+    let t0 = shared.epoch.elapsed().as_nanos() as u64;
+    let answer = request(&addr, "POST", "/admin/keys/rotate", Some(&server.admin), "").await?;
+    if answer.status != 200 {
+        return Err(format!("rotate answered {}", answer.status));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.rotated_count.load(Ordering::Acquire) < n {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "key rotation: {} of {n} pollers hold the new JWKS",
+                shared.rotated_count.load(Ordering::Acquire)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rotation_cpu = cpu_ns(&pid_s).saturating_sub(rotation_cpu_start);
+    let rotated_last = shared
+        .rotated
+        .iter()
+        .map(|a| a.load(Ordering::Acquire))
+        .max()
+        .unwrap_or(t0);
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     let bodies = shared
@@ -507,6 +610,8 @@ async fn run(binary: &Path, n: usize) -> Result<Row> {
         rss_kib: rss_parked.saturating_sub(rss_before) as f64 / n as f64,
         refused: shared.refused.load(Ordering::Relaxed),
         bodies,
+        rotation_ms: rotated_last.saturating_sub(t0) as f64 / 1e6,
+        rotation_cpu_ms: rotation_cpu as f64 / 1e6,
     };
     eprintln!(
         "N = {n}: p50 {:.1} ms, p99 {:.1} ms, CPU {:.2} ms/revocation, RSS {} -> {} KiB, refused {}",

@@ -48,6 +48,8 @@ pub(super) async fn revocations(
     let wait = Duration::from_secs(query.wait.min(MAX_WAIT_SECONDS));
     let feed = state.region.feed();
     let mut head_rx = feed.subscribe();
+    let mut jwks_rx = feed.subscribe_jwks();
+    jwks_rx.borrow_and_update();
     let head = *head_rx.borrow_and_update();
     let window = state.region.settings().feed_max_delta;
     let since = query.since.unwrap_or_default();
@@ -75,12 +77,14 @@ pub(super) async fn revocations(
         let woke = tokio::time::timeout(wait, async {
             tokio::select! {
                 head = head_rx.wait_for(|h| *h > since) => head.ok().map(|h| *h),
+                // Another JWKS: a heartbeat naming it, so the edge fetches it now.
+                _ = jwks_rx.changed() => None,
                 _ = closing.wait_for(|c| *c) => None,
             }
         })
         .await;
-        // Woken: the delta every poller parked at `since` shares. Timed out: the
-        // heartbeat every idle poller shares.
+        // Woken: the delta every poller parked at `since` shares. Timed out (or a new
+        // JWKS): the heartbeat every idle poller shares.
         let upto = match woke {
             Ok(Some(head)) => head,
             _ => since,

@@ -324,6 +324,7 @@ impl Region {
                 &live,
                 settings.feed_max_delta,
             );
+            feed.publish_jwks(&keyset.jwks);
             (feed, db::horizon(&conn, db::ISSUED_UNTIL)?)
         };
         let keys = Arc::new(RwLock::new(Arc::new(keyset)));
@@ -683,11 +684,13 @@ impl Region {
     pub(crate) fn set_peer_keys(&self, jwks: JwkSet, keyring: Keyring) {
         *self.peer_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new((jwks, keyring));
         self.verified.clear();
+        self.feed.publish_jwks(&self.published_jwks());
     }
 
     /// What `/.well-known/jwks.json` serves: this region's keys, then the peers' keys
-    /// (so edges and clients of this region accept tokens of every region).
-    pub(crate) fn published_jwks(&self) -> JwkSet {
+    /// (so edges and clients of this region accept tokens of every region). Serialised
+    /// once per change by the feed (`Feed::publish_jwks`).
+    fn published_jwks(&self) -> JwkSet {
         let mut set = self.keys().jwks.clone();
         for jwk in &self.peer_keys().0.keys {
             if !set.keys.iter().any(|k| k.kid.is_some() && k.kid == jwk.kid) {
@@ -1132,6 +1135,7 @@ impl Region {
         .ok_or(Error::NoKeys)?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         self.verified.clear();
+        self.feed.publish_jwks(&self.published_jwks());
         Ok(())
     }
 

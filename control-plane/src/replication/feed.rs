@@ -16,6 +16,12 @@
 //! [`REUSE_FOR`] only: its `generated_at` is what an edge measures staleness from, so
 //! bytes kept longer would make a late poller look stale.
 //!
+//! The feed also holds the JWKS document served at `/.well-known/jwks.json`, serialised
+//! once per change ([`Feed::publish_jwks`]); every update names its digest in the signed
+//! header member `jwks`, and a change wakes every parked poll with a heartbeat naming the
+//! new digest, so a key rotation reaches a whole fleet of edges within one long-poll
+//! round trip (see `shared::edgeset`, "The keys an edge should hold").
+//!
 //! Nothing per poll touches SQLite, parses JSON or signs. Deltas come from the window of
 //! recent entries; a delta reaching before the window (or past a gap) is read from SQLite,
 //! once per key. Snapshots come from the region's in-memory revocation set.
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use shared::edgeset::{EdgeUpdate, Entry, UpdateKind};
-use shared::{RevocationEvent, SigningKey};
+use shared::{JwkSet, RevocationEvent, SigningKey};
 use tokio::sync::{OnceCell, watch};
 
 use crate::cache::RevocationCache as _;
@@ -49,6 +55,15 @@ pub(crate) struct Prepared {
     pub(crate) body: Bytes,
     /// The feed sequence number it brings a set to (`x-edge-seq`).
     pub(crate) seq: u64,
+}
+
+/// The JWKS document as served, and its digest (`shared::edgeset::jwks_digest`).
+#[derive(Debug, Default)]
+pub(crate) struct PreparedJwks {
+    /// The JSON bytes.
+    pub(crate) body: Bytes,
+    /// The digest edge updates carry.
+    pub(crate) digest: String,
 }
 
 /// What a poller asks for, at a head.
@@ -114,6 +129,8 @@ struct Slot {
 struct Cache {
     /// The key the prepared updates are signed with: a new key empties the cache.
     key: Option<Arc<SigningKey>>,
+    /// The JWKS digest the prepared updates carry: a new JWKS empties the cache.
+    jwks: String,
     slots: HashMap<Want, Slot>,
 }
 
@@ -123,6 +140,7 @@ pub(crate) struct Feed {
     head: watch::Sender<u64>,
     window: Mutex<Window>,
     cache: Mutex<Cache>,
+    jwks: watch::Sender<Arc<PreparedJwks>>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -158,7 +176,41 @@ impl Feed {
             head: watch::Sender::new(head),
             window: Mutex::new(window),
             cache: Mutex::new(Cache::default()),
+            jwks: watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// The JWKS document served now.
+    pub(crate) fn jwks(&self) -> Arc<PreparedJwks> {
+        self.jwks.borrow().clone()
+    }
+
+    /// A way to wait for the next JWKS document.
+    pub(crate) fn subscribe_jwks(&self) -> watch::Receiver<Arc<PreparedJwks>> {
+        self.jwks.subscribe()
+    }
+
+    /// Serialises `set` as the JWKS document to serve; when it differs from the one
+    /// served, it replaces it and wakes every parked poll (their heartbeat names it).
+    pub(crate) fn publish_jwks(&self, set: &JwkSet) {
+        let body = match serde_json::to_vec(set) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise the JWKS; still serving the last one");
+                return;
+            }
+        };
+        let digest = shared::edgeset::jwks_digest(&body);
+        self.jwks.send_if_modified(|doc| {
+            if doc.digest == digest {
+                return false;
+            }
+            *doc = Arc::new(PreparedJwks {
+                body: Bytes::from(body),
+                digest,
+            });
+            true
+        });
     }
 
     /// The feed id every update carries.
@@ -216,7 +268,8 @@ impl Feed {
     /// and signs it on the blocking pool, every other caller of the same key awaits it.
     pub(crate) async fn prepare(region: &Arc<Region>, want: Want) -> Result<Arc<Prepared>, Error> {
         let key = region.keys().event_key.clone();
-        let cell = region.feed().slot(want, &key);
+        let jwks = region.feed().jwks();
+        let cell = region.feed().slot(want, &key, &jwks.digest);
         let metrics = region.metrics();
         Metrics::inc(match want.since {
             None => &metrics.edge_snapshots,
@@ -226,24 +279,28 @@ impl Feed {
         cell.get_or_try_init(|| {
             let region = region.clone();
             async move {
-                tokio::task::spawn_blocking(move || region.feed().build(&region, want, &key))
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "preparing an edge update failed");
-                        Error::Signing(shared::JoseError::SigningFailed)
-                    })?
-                    .map(Arc::new)
+                tokio::task::spawn_blocking(move || {
+                    region.feed().build(&region, want, &key, &jwks.digest)
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "preparing an edge update failed");
+                    Error::Signing(shared::JoseError::SigningFailed)
+                })?
+                .map(Arc::new)
             }
         })
         .await
         .cloned()
     }
 
-    /// The cell of `want`: the shared one while it is fresh, else a new one.
-    fn slot(&self, want: Want, key: &Arc<SigningKey>) -> Arc<OnceCell<Arc<Prepared>>> {
+    /// The cell of `want` under `key` and the JWKS `jwks`: the shared one while it is
+    /// fresh, else a new one.
+    fn slot(&self, want: Want, key: &Arc<SigningKey>, jwks: &str) -> Arc<OnceCell<Arc<Prepared>>> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if !cache.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, key)) {
+        if !cache.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, key)) || cache.jwks != jwks {
             cache.key = Some(key.clone());
+            jwks.clone_into(&mut cache.jwks);
             cache.slots.clear();
         }
         let t = Instant::now();
@@ -271,7 +328,13 @@ impl Feed {
     }
 
     /// Builds and signs one update (blocking: may read SQLite, signs with ML-DSA-65).
-    fn build(&self, region: &Region, want: Want, key: &SigningKey) -> Result<Prepared, Error> {
+    fn build(
+        &self,
+        region: &Region,
+        want: Want,
+        key: &SigningKey,
+        jwks: &str,
+    ) -> Result<Prepared, Error> {
         let t = now();
         let (kind, base, entries) = match want.since {
             None => {
@@ -308,6 +371,7 @@ impl Feed {
             entries: entries.into_iter().filter(|e| e.expires_at > t32).collect(),
             leeway: Some(revocation_leeway(region)),
             feed: Some(self.id.clone()),
+            jwks: (!jwks.is_empty()).then(|| jwks.to_owned()),
         }
         .sign(key)
         .map_err(Error::Signing)?;

@@ -112,6 +112,7 @@ fn set_with(entries: &[(Kind, &str, u32)]) -> RevocationSet {
             .collect(),
         leeway: None,
         feed: None,
+        jwks: None,
     })
     .unwrap();
     set

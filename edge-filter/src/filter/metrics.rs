@@ -15,6 +15,8 @@ pub(super) struct Metrics {
     pub(super) sync_errors: Option<u32>,
     pub(super) sync_refused: Vec<(&'static str, Option<u32>)>,
     pub(super) jwks_refetches: Option<u32>,
+    /// JWKS refetches because a feed update announced another JWKS than the one held.
+    pub(super) jwks_announced_refetches: Option<u32>,
     pub(super) dpop_replay_full: Option<u32>,
     pub(super) set_size: Option<u32>,
     pub(super) set_seq: Option<u32>,
@@ -45,6 +47,7 @@ impl Metrics {
                 .map(|r| (r.as_str(), counter(&format!("sync_refused.{}", r.as_str()))))
                 .collect(),
             jwks_refetches: counter("jwks_unknown_kid_refetches"),
+            jwks_announced_refetches: counter("jwks_announced_refetches"),
             dpop_replay_full: counter("dpop_replay_cache_full"),
             set_size: gauge("set_size"),
             set_seq: gauge("set_seq"),

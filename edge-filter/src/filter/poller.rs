@@ -51,6 +51,13 @@ pub(super) struct Root {
     /// Last `jwks_wanted` value acted on, and when the last such refetch started (ms).
     jwks_wanted_seen: u64,
     last_refetch_ms: u64,
+    /// The JWKS digest (`shared::edgeset::jwks_digest`) of the JWKS in shared data, as
+    /// this poller last computed it; `None`: not computed yet.
+    held_jwks_digest: Option<String>,
+    /// The last JWKS digest a feed update announced that made this poller refetch: a
+    /// digest the fetched document never matches (a proxy rewriting it) costs one
+    /// refetch, not one per update.
+    announced_jwks_digest: Option<String>,
 }
 
 impl Root {
@@ -240,6 +247,9 @@ impl Root {
             }
         };
         vm.refresh();
+        if let Some(digest) = update.jwks.as_deref() {
+            self.on_announced_jwks(vm, digest);
+        }
         // The newest verified update says what its revocations assume (heartbeats too).
         let feed_leeway = update.leeway;
         // Applied in place (no copy of a large set per delta): a refused update leaves the
@@ -377,14 +387,39 @@ impl Root {
         )
     }
 
+    /// A verified update named the JWKS its control plane serves: when it is not the one
+    /// held, fetch it now (a key rotation reaches the edge with the next update, see
+    /// `shared::edgeset`, "The keys an edge should hold").
+    fn on_announced_jwks(&mut self, vm: &Vm, digest: &str) {
+        if !matches!(vm.config.keys, KeySource::Fetched)
+            || self.announced_jwks_digest.as_deref() == Some(digest)
+        {
+            return;
+        }
+        if self.held_jwks_digest.is_none() {
+            self.held_jwks_digest = shared_get(&vm.keys.jwks)
+                .0
+                .as_deref()
+                .and_then(sync::unversioned)
+                .map(|(_, body)| shared::edgeset::jwks_digest(body));
+        }
+        if self.held_jwks_digest.as_deref() != Some(digest) {
+            self.announced_jwks_digest = Some(digest.to_owned());
+            self.next_jwks_ms = 0;
+            Metrics::inc(vm.metrics.jwks_announced_refetches);
+        }
+    }
+
     fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {
         let body = body.ok_or("no usable response")?;
+        self.held_jwks_digest = None;
         let ring = JwkSet::parse(&body)
             .and_then(|set| Keyring::from_jwks(&set))
             .map_err(|e| format!("JWKS refused: {e}"))?;
         if ring.is_empty() {
             return Err("JWKS has no usable key".into());
         }
+        self.held_jwks_digest = Some(shared::edgeset::jwks_digest(&body));
         let current = shared_get(&vm.keys.jwks).0;
         if current
             .as_deref()
