@@ -47,7 +47,7 @@ pub enum CacheError {
 
 /// A store of live revocations keyed by `(kind, value)`.
 pub trait RevocationCache: Send + Sync + 'static {
-    /// Adds an event (idempotent by `event_id`).
+    /// Adds an event (idempotent by origin and `event_id`).
     fn insert(&self, event: &RevocationEvent) -> Result<(), CacheError>;
 
     /// The strongest live revocation of `(kind, value)` at `now`
@@ -150,7 +150,10 @@ impl RevocationCache for MemoryCache {
     fn insert(&self, event: &RevocationEvent) -> Result<(), CacheError> {
         let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let list = map.entry((event.kind, event.value.clone())).or_default();
-        if !list.iter().any(|e| e.event_id == event.event_id) {
+        if !list
+            .iter()
+            .any(|e| e.event_id == event.event_id && e.origin == event.origin)
+        {
             list.push(event.clone());
         }
         Ok(())

@@ -993,9 +993,9 @@ impl Region {
         }
     }
 
-    /// Applies a verified event of another region: stored once (by `event_id`) with an
-    /// audit row, never queued for publication again, then cached and fed to the edges.
-    /// False when it was already applied.
+    /// Applies a verified event of another region: stored once (by origin and
+    /// `event_id`) with an audit row, never queued for publication again, then cached and
+    /// fed to the edges. False when it was already applied.
     pub(crate) fn ingest(&self, event: &RevocationEvent, signed: &str) -> Result<bool, Error> {
         let job_event = event.clone();
         let signed = signed.to_owned();

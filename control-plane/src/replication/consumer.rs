@@ -410,6 +410,17 @@ mod tests {
         // Each region's own events, in its own name, apply.
         assert_eq!(send(event("e5", "b", b.kid()), &b).await, Ok(true));
         assert_eq!(send(event("e6", "a", a.kid()), &a).await, Ok(true));
+        // Ids are unique per origin: B reusing A's id shadows nothing, and each region's
+        // event with that id applies once.
+        let mut from_b = event("e6", "b", b.kid());
+        from_b.value = "b-own-e6".into();
+        assert_eq!(send(from_b.clone(), &b).await, Ok(true));
+        assert_eq!(send(from_b, &b).await, Err(Rejection::Duplicate));
+        assert_eq!(
+            send(event("e6", "a", a.kid()), &a).await,
+            Err(Rejection::Duplicate)
+        );
+        assert!(region.find(Kind::Jti, "b-own-e6").unwrap().is_some());
     }
 
     #[tokio::test]

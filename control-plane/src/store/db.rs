@@ -28,15 +28,21 @@ CREATE TABLE IF NOT EXISTS horizons (
     name  TEXT PRIMARY KEY,
     until INTEGER NOT NULL
 );
+-- An event is one per (origin, event_id): each region picks its own ids, so one region
+-- cannot shadow another's event by reusing its id. (Databases from before origin was a
+-- column are rebuilt by `migrate`.)
 CREATE TABLE IF NOT EXISTS revocations (
-    event_id   TEXT PRIMARY KEY,
+    event_id   TEXT NOT NULL,
+    origin     TEXT NOT NULL,
     kind       TEXT NOT NULL,
     value      TEXT NOT NULL,
     not_before INTEGER,
     expires_at INTEGER NOT NULL,
     issued_at  INTEGER NOT NULL,
     event      TEXT NOT NULL,
-    signed     TEXT NOT NULL
+    signed     TEXT NOT NULL,
+    batch_id   INTEGER REFERENCES event_batches (id),
+    PRIMARY KEY (origin, event_id)
 );
 CREATE INDEX IF NOT EXISTS revocations_by_value ON revocations (kind, value);
 -- The signed root a batch of events shares (compact JWS), kept once per batch; an event
@@ -48,12 +54,18 @@ CREATE TABLE IF NOT EXISTS event_batches (
 );
 CREATE TABLE IF NOT EXISTS feed (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE REFERENCES revocations (event_id)
+    event_id TEXT NOT NULL,
+    origin   TEXT NOT NULL,
+    UNIQUE (origin, event_id),
+    FOREIGN KEY (origin, event_id) REFERENCES revocations (origin, event_id)
 );
+-- This region's own events only (a peer's are never published again).
 CREATE TABLE IF NOT EXISTS outbox (
-    event_id     TEXT PRIMARY KEY REFERENCES revocations (event_id),
+    event_id     TEXT PRIMARY KEY,
+    origin       TEXT NOT NULL,
     created_at   INTEGER NOT NULL,
-    published_at INTEGER
+    published_at INTEGER,
+    FOREIGN KEY (origin, event_id) REFERENCES revocations (origin, event_id)
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -255,6 +267,92 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             "ALTER TABLE revocations ADD COLUMN batch_id INTEGER REFERENCES event_batches (id)",
         )?;
     }
+    let has_origin: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('revocations') WHERE name = 'origin'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_origin {
+        key_events_by_origin(conn)?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `revocations`, `feed` and `outbox` of a database from before events were
+/// keyed by `(origin, event_id)`, keeping every row: feed sequence numbers, outbox
+/// order and the AUTOINCREMENT counter are carried over, the origin is read from each
+/// stored event. One transaction; foreign keys are checked at its end.
+fn key_events_by_origin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         BEGIN IMMEDIATE;
+         CREATE TABLE revocations_v2 (
+             event_id   TEXT NOT NULL,
+             origin     TEXT NOT NULL,
+             kind       TEXT NOT NULL,
+             value      TEXT NOT NULL,
+             not_before INTEGER,
+             expires_at INTEGER NOT NULL,
+             issued_at  INTEGER NOT NULL,
+             event      TEXT NOT NULL,
+             signed     TEXT NOT NULL,
+             batch_id   INTEGER REFERENCES event_batches (id),
+             PRIMARY KEY (origin, event_id)
+         );
+         INSERT INTO revocations_v2
+             (event_id, origin, kind, value, not_before, expires_at, issued_at, event, signed,
+              batch_id)
+             SELECT event_id, json_extract(event, '$.origin'), kind, value, not_before,
+                    expires_at, issued_at, event, signed, batch_id
+             FROM revocations ORDER BY rowid;
+         CREATE TABLE feed_v2 (
+             seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+             event_id TEXT NOT NULL,
+             origin   TEXT NOT NULL,
+             UNIQUE (origin, event_id),
+             FOREIGN KEY (origin, event_id) REFERENCES revocations (origin, event_id)
+         );
+         INSERT INTO feed_v2 (seq, event_id, origin)
+             SELECT f.seq, f.event_id, json_extract(r.event, '$.origin')
+             FROM feed f JOIN revocations r USING (event_id) ORDER BY f.seq;
+         CREATE TABLE outbox_v2 (
+             event_id     TEXT PRIMARY KEY,
+             origin       TEXT NOT NULL,
+             created_at   INTEGER NOT NULL,
+             published_at INTEGER,
+             FOREIGN KEY (origin, event_id) REFERENCES revocations (origin, event_id)
+         );
+         INSERT INTO outbox_v2 (rowid, event_id, origin, created_at, published_at)
+             SELECT o.rowid, o.event_id, json_extract(r.event, '$.origin'), o.created_at,
+                    o.published_at
+             FROM outbox o JOIN revocations r USING (event_id) ORDER BY o.rowid;
+         CREATE TEMP TABLE feed_counter AS
+             SELECT seq FROM sqlite_sequence WHERE name = 'feed';
+         DROP TABLE outbox;
+         DROP TABLE feed;
+         DROP TABLE revocations;
+         ALTER TABLE revocations_v2 RENAME TO revocations;
+         ALTER TABLE feed_v2 RENAME TO feed;
+         ALTER TABLE outbox_v2 RENAME TO outbox;
+         CREATE INDEX revocations_by_value ON revocations (kind, value);
+         DELETE FROM sqlite_sequence WHERE name IN ('feed', 'feed_v2');
+         INSERT INTO sqlite_sequence (name, seq)
+             SELECT 'feed', MAX(COALESCE((SELECT seq FROM feed_counter), 0),
+                                 COALESCE((SELECT MAX(seq) FROM feed), 0));
+         DROP TABLE feed_counter;
+         COMMIT;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    let problems: i64 =
+        conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })?;
+    if problems > 0 {
+        tracing::error!(
+            problems,
+            "rows without their event after keying events by origin"
+        );
+    }
     Ok(())
 }
 
@@ -279,7 +377,8 @@ pub(crate) struct Inserted {
 }
 
 /// Stores a signed event, its feed row and (unless it is a peer's) its outbox row,
-/// unless the event id is already known: then `None`.
+/// unless an event with this id from its origin is already stored: then `None`. (The
+/// same id from two origins is two events.)
 pub(crate) fn insert_revocation(
     tx: &rusqlite::Transaction<'_>,
     event: &RevocationEvent,
@@ -295,8 +394,9 @@ pub(crate) fn insert_revocation(
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO revocations
-         (event_id, kind, value, not_before, expires_at, issued_at, event, signed, batch_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         (event_id, kind, value, not_before, expires_at, issued_at, event, signed, batch_id,
+          origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             event.event_id,
@@ -307,22 +407,29 @@ pub(crate) fn insert_revocation(
             event.issued_at,
             json,
             signed,
-            batch_id
+            batch_id,
+            event.origin
         ])?;
     if inserted == 0 {
         return Ok(None);
     }
-    tx.prepare_cached("INSERT INTO feed (event_id) VALUES (?1)")?
-        .execute(params![event.event_id])?;
+    tx.prepare_cached("INSERT INTO feed (event_id, origin) VALUES (?1, ?2)")?
+        .execute(params![event.event_id, event.origin])?;
     let feed_seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
     let outbox_id = match outbox {
         Outbox::Skip => None,
         Outbox::Queue | Outbox::Local => {
             let published = (outbox == Outbox::Local).then_some(event.issued_at);
             tx.prepare_cached(
-                "INSERT INTO outbox (event_id, created_at, published_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO outbox (event_id, origin, created_at, published_at)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![event.event_id, event.issued_at, published])?;
+            .execute(params![
+                event.event_id,
+                event.origin,
+                event.issued_at,
+                published
+            ])?;
             Some(tx.last_insert_rowid())
         }
     };
@@ -365,7 +472,7 @@ pub(crate) struct Unpublished {
 pub(crate) fn unpublished(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Unpublished>> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.rowid, r.value, r.signed, b.root FROM outbox o
-         JOIN revocations r USING (event_id) LEFT JOIN event_batches b ON b.id = r.batch_id
+         JOIN revocations r USING (origin, event_id) LEFT JOIN event_batches b ON b.id = r.batch_id
          WHERE o.published_at IS NULL ORDER BY o.rowid LIMIT ?1",
     )?;
     let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
@@ -418,7 +525,7 @@ pub(crate) fn feed_range(
     now: Option<i64>,
 ) -> rusqlite::Result<Vec<(u64, RevocationEvent)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT f.seq, r.event FROM feed f JOIN revocations r USING (event_id)
+        "SELECT f.seq, r.event FROM feed f JOIN revocations r USING (origin, event_id)
          WHERE f.seq > ?1 AND f.seq <= ?2 AND r.expires_at > ?3 ORDER BY f.seq",
     )?;
     let rows = stmt.query_map(
@@ -503,14 +610,15 @@ pub(crate) fn end_sessions(
     Ok(())
 }
 
-/// The stored event with this id, if any.
+/// The stored event with this id, if any (the first stored, should two origins have
+/// used the id; this region's own events, which sessions name, are unique).
 pub(crate) fn revocation_by_id(
     conn: &Connection,
     event_id: &str,
 ) -> rusqlite::Result<Option<RevocationEvent>> {
     let json: Option<String> = conn
         .query_row(
-            "SELECT event FROM revocations WHERE event_id = ?1",
+            "SELECT event FROM revocations WHERE event_id = ?1 ORDER BY rowid LIMIT 1",
             params![event_id],
             |r| r.get(0),
         )
@@ -562,7 +670,7 @@ pub(crate) fn signed_events(
 ) -> rusqlite::Result<Vec<SignedEvent>> {
     let mut stmt = conn.prepare_cached(
         "SELECT f.seq, r.event_id, r.signed, b.root FROM feed f
-         JOIN revocations r USING (event_id) LEFT JOIN event_batches b ON b.id = r.batch_id
+         JOIN revocations r USING (origin, event_id) LEFT JOIN event_batches b ON b.id = r.batch_id
          WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![seq_param(after), limit], |r| {
@@ -828,5 +936,157 @@ mod tests {
         for s in &expected {
             RevocationEvent::verify(s, &ring).unwrap();
         }
+    }
+
+    fn event_of(origin: &str, id: &str, value: &str) -> RevocationEvent {
+        RevocationEvent {
+            event_id: id.into(),
+            kind: Kind::Jti,
+            value: value.into(),
+            not_before: None,
+            expires_at: i64::MAX / 2,
+            issued_at: 1_000,
+            origin: origin.into(),
+            nonce: "00".into(),
+            kid: "k".into(),
+        }
+    }
+
+    #[test]
+    fn the_same_event_id_from_two_origins_is_two_events() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Db::open(&dir.path().join("cp.db")).unwrap();
+        let mut conn = store.lock();
+        let tx = conn.transaction().unwrap();
+        let a = event_of("a", "same-id", "from-a");
+        let b = event_of("b", "same-id", "from-b");
+        assert!(
+            insert_revocation(&tx, &a, "sig-a", Outbox::Queue)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            insert_revocation(&tx, &b, "sig-b", Outbox::Skip)
+                .unwrap()
+                .is_some()
+        );
+        // The same origin and id again is a duplicate.
+        assert!(
+            insert_revocation(&tx, &b, "sig-b", Outbox::Skip)
+                .unwrap()
+                .is_none()
+        );
+        tx.commit().unwrap();
+        assert_eq!(feed_range(&conn, 0, 10, None).unwrap().len(), 2);
+        assert!(
+            find_revocation(&conn, Kind::Jti, "from-b", 0)
+                .unwrap()
+                .is_some()
+        );
+        let queued: Vec<String> = unpublished(&conn, 10)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.signed)
+            .collect();
+        assert_eq!(queued, ["sig-a"]);
+    }
+
+    #[test]
+    fn a_database_from_before_origins_keeps_every_row_when_opened() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("cp.db");
+        {
+            // The tables as the previous version made them, with rows in them.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE event_batches (id INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
+                     root TEXT NOT NULL);
+                 CREATE TABLE revocations (event_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
+                     value TEXT NOT NULL, not_before INTEGER, expires_at INTEGER NOT NULL,
+                     issued_at INTEGER NOT NULL, event TEXT NOT NULL, signed TEXT NOT NULL,
+                     batch_id INTEGER REFERENCES event_batches (id));
+                 CREATE INDEX revocations_by_value ON revocations (kind, value);
+                 CREATE TABLE feed (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     event_id TEXT NOT NULL UNIQUE REFERENCES revocations (event_id));
+                 CREATE TABLE outbox (event_id TEXT PRIMARY KEY REFERENCES revocations (event_id),
+                     created_at INTEGER NOT NULL, published_at INTEGER);",
+            )
+            .unwrap();
+            for (i, e) in [
+                event_of("a", "e1", "one"),
+                event_of("b", "e2", "two"),
+                event_of("a", "e3", "three"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let json = String::from_utf8(e.canonical_bytes()).unwrap();
+                conn.execute(
+                    "INSERT INTO revocations (event_id, kind, value, expires_at, issued_at,
+                         event, signed) VALUES (?1, 'jti', ?2, ?3, 1000, ?4, ?5)",
+                    params![e.event_id, e.value, e.expires_at, json, format!("sig-{i}")],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO feed (event_id) VALUES (?1)",
+                    params![e.event_id],
+                )
+                .unwrap();
+            }
+            // Feed numbers went further once (e.g. a row of a rolled-back write).
+            conn.execute("UPDATE sqlite_sequence SET seq = 7 WHERE name = 'feed'", [])
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO outbox (event_id, created_at, published_at) VALUES ('e3', 1, NULL);
+                 INSERT INTO outbox (event_id, created_at, published_at) VALUES ('e1', 1, 5);",
+            )
+            .unwrap();
+        }
+        let store = Db::open(&path).unwrap();
+        let mut conn = store.lock();
+        let feed: Vec<(u64, String, String)> = feed_range(&conn, 0, 100, None)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, e)| (seq, e.event_id, e.origin))
+            .collect();
+        assert_eq!(
+            feed,
+            [
+                (1, "e1".into(), "a".into()),
+                (2, "e2".into(), "b".into()),
+                (3, "e3".into(), "a".into())
+            ]
+        );
+        let queued: Vec<(String, String)> = unpublished(&conn, 10)
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.key, u.signed))
+            .collect();
+        assert_eq!(queued, [("three".to_owned(), "sig-2".to_owned())]);
+        assert!(outbox_published(&conn, "e1").unwrap());
+        let broken: i64 = conn
+            .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(broken, 0);
+        // New rows: numbered after the old counter, the same id from another origin too.
+        let tx = conn.transaction().unwrap();
+        let again = event_of("c", "e1", "four");
+        let inserted = insert_revocation(&tx, &again, "sig-c", Outbox::Skip)
+            .unwrap()
+            .expect("another origin's e1 is a new event");
+        assert_eq!(inserted.feed_seq, 8);
+        assert!(
+            insert_revocation(&tx, &event_of("a", "e1", "one"), "x", Outbox::Skip)
+                .unwrap()
+                .is_none()
+        );
+        tx.commit().unwrap();
+        drop(conn);
+        drop(store);
+        // Opening it again changes nothing.
+        let store = Db::open(&path).unwrap();
+        assert_eq!(feed_range(&store.lock(), 0, 100, None).unwrap().len(), 4);
     }
 }
