@@ -52,7 +52,28 @@ impl Stack {
         let turn = ONE_STACK_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let cp = ControlPlane::start();
+        Stack::around(turn, ControlPlane::start(), configure, hcm_options, poller)
+    }
+
+    /// Like [`start`](Stack::start), its control plane started with `env` (on top of the
+    /// edge credential being required).
+    fn start_with_env(env: &[(&str, &str)], configure: impl FnOnce(&mut Value, &Value)) -> Stack {
+        let turn = ONE_STACK_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut all = vec![("CP_EDGE_CREDENTIALS".to_owned(), "required".to_owned())];
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let cp = ControlPlane::start_with(tests::free_port(), all);
+        Stack::around(turn, cp, configure, &shipped_hcm_options(), Poller::Service)
+    }
+
+    fn around(
+        turn: MutexGuard<'static, ()>,
+        cp: ControlPlane,
+        configure: impl FnOnce(&mut Value, &Value),
+        hcm_options: &Value,
+        poller: Poller,
+    ) -> Stack {
         let upstream = Upstream::start();
         let mut filter = filter_config();
         filter["control_plane"]["edge_credential"] = json!(cp.edge_credential());
