@@ -1,14 +1,17 @@
 // Types of @pq-edge-tokens/client (the same API in Node and browsers).
 
-/** `"Ed25519"` (alias `"EdDSA"`) or `"ML-DSA-65"`. */
-export type DeviceKeyAlg = 'Ed25519' | 'EdDSA' | 'ML-DSA-65';
+/**
+ * `"Ed25519"` (alias `"EdDSA"`; the default), `"ES256"` (alias `"P-256"`: an ECDSA P-256
+ * key, non-extractable in WebCrypto like hardware-backed keys) or `"ML-DSA-65"`.
+ */
+export type DeviceKeyAlg = 'Ed25519' | 'EdDSA' | 'ES256' | 'P-256' | 'ML-DSA-65';
 
 export interface CreateDeviceKeyOptions {
   /** Default `"Ed25519"`. */
   alg?: DeviceKeyAlg;
   /**
    * Node: write the key's seed to this file (mode 0600, never overwritten). Without it an
-   * Ed25519 key is a non-extractable WebCrypto key kept in memory only.
+   * Ed25519 or P-256 key is a non-extractable WebCrypto key kept in memory only.
    */
   file?: string;
   /** Browsers: the IndexedDB entry name (default `"default"`). */
@@ -27,12 +30,15 @@ export interface LoadDeviceKeyOptions {
 /** What a refresh session needs from a device key. */
 export interface DeviceKey {
   /** JOSE `alg` of its proofs. */
-  readonly alg: 'EdDSA' | 'ML-DSA-65';
-  /** Public JWK (OKP Ed25519 or AKP ML-DSA-65): the `device_jwk` of the session. */
+  readonly alg: 'EdDSA' | 'ES256' | 'ML-DSA-65';
+  /**
+   * Public JWK (OKP Ed25519, EC P-256 or AKP ML-DSA-65): the `device_jwk` of the
+   * session.
+   */
   readonly publicJwk: Record<string, string>;
   /** RFC 7638 thumbprint: the `cnf.jkt` of the session's access tokens. */
   readonly thumbprint: string;
-  /** True when script can sign with the key but never read it (WebCrypto Ed25519). */
+  /** True when script can sign with the key but never read it (WebCrypto Ed25519 or P-256). */
   readonly nonExtractable: boolean;
   /** A DPoP proof (`dpop+jwt`) for `method` and `url` (query and fragment dropped). */
   signProof(method: string, url: string, options?: { accessToken?: string; nonce?: string }): Promise<string>;

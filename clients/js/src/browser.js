@@ -1,7 +1,8 @@
 // Browser entry point: the wasm module built with `--target web`, and device keys kept
-// in IndexedDB. Ed25519 keys are non-extractable WebCrypto keys (IndexedDB stores the
-// CryptoKey itself, which script can use but never read); ML-DSA-65 has no WebCrypto
-// algorithm yet, so its seed is stored and lives in wasm memory while in use.
+// in IndexedDB. Ed25519 and P-256 (ES256) keys are non-extractable WebCrypto keys
+// (IndexedDB stores the CryptoKey itself, which script can use but never read); ML-DSA-65
+// has no WebCrypto algorithm yet, so its seed is stored and lives in wasm memory while in
+// use.
 import init, * as wasmModule from '../pkg/web/shared.js';
 import { makeClient, WasmDeviceKey, WebCryptoDeviceKey } from './core.js';
 
@@ -55,8 +56,9 @@ const store = {
 const client = makeClient(getWasm, store);
 
 /**
- * A new device key. `alg`: "Ed25519" (default) or "ML-DSA-65". Saved in IndexedDB under
- * `name` (default "default") unless `persist: false`.
+ * A new device key. `alg`: "Ed25519" (default), "ES256" (P-256, a non-extractable
+ * WebCrypto key) or "ML-DSA-65". Saved in IndexedDB under `name` (default "default")
+ * unless `persist: false`.
  */
 export const createDeviceKey = client.createDeviceKey;
 /** The key saved under `name` in IndexedDB, or null. */

@@ -46,10 +46,13 @@ function normalizeAlg(alg) {
     case 'Ed25519':
     case 'EdDSA':
       return 'EdDSA';
+    case 'ES256':
+    case 'P-256':
+      return 'ES256';
     case 'ML-DSA-65':
       return 'ML-DSA-65';
     default:
-      throw new TypeError(`alg must be "Ed25519" (or "EdDSA") or "ML-DSA-65", got ${JSON.stringify(alg)}`);
+      throw new TypeError(`alg must be "Ed25519" (or "EdDSA"), "ES256" (or "P-256") or "ML-DSA-65", got ${JSON.stringify(alg)}`);
   }
 }
 
@@ -75,41 +78,57 @@ export class WasmDeviceKey {
 }
 
 /**
- * An Ed25519 device key held by WebCrypto as a non-extractable CryptoKey: script can
- * sign with it but never read it (browsers keep it so in IndexedDB too).
+ * A device key held by WebCrypto as a non-extractable CryptoKey: script can sign with it
+ * but never read it (browsers keep it so in IndexedDB too). Ed25519 (proofs say `EdDSA`,
+ * the name every verifier knows) or ECDSA P-256 (`ES256`: the kind hardware-backed
+ * keys are, and that every browser has).
  */
 export class WebCryptoDeviceKey {
-  constructor(keyPair, x) {
+  constructor(keyPair, alg, publicJwk) {
     this.keyPair = keyPair;
-    this.alg = 'EdDSA';
-    this.publicJwk = { kty: 'OKP', crv: 'Ed25519', x };
+    this.alg = alg;
+    this.publicJwk = publicJwk;
     this.thumbprint = null; // set by create()
     this.nonExtractable = !keyPair.privateKey.extractable;
   }
 
   static async create(keyPair) {
-    const raw = new Uint8Array(await crypto.subtle.exportKey('raw', keyPair.publicKey));
-    const key = new WebCryptoDeviceKey(keyPair, b64url(raw));
-    // RFC 7638: the required members in lexicographic order, no whitespace.
-    key.thumbprint = await sha256b64(`{"crv":"Ed25519","kty":"OKP","x":"${key.publicJwk.x}"}`);
+    let key;
+    if (keyPair.privateKey.algorithm.name === 'ECDSA') {
+      // The public half of a generated pair is always exportable.
+      const { x, y } = await crypto.subtle.exportKey('jwk', keyPair.publicKey);
+      key = new WebCryptoDeviceKey(keyPair, 'ES256', { kty: 'EC', crv: 'P-256', x, y });
+      // RFC 7638: the required members in lexicographic order, no whitespace.
+      key.thumbprint = await sha256b64(`{"crv":"P-256","kty":"EC","x":"${x}","y":"${y}"}`);
+    } else {
+      const raw = new Uint8Array(await crypto.subtle.exportKey('raw', keyPair.publicKey));
+      key = new WebCryptoDeviceKey(keyPair, 'EdDSA', { kty: 'OKP', crv: 'Ed25519', x: b64url(raw) });
+      key.thumbprint = await sha256b64(`{"crv":"Ed25519","kty":"OKP","x":"${key.publicJwk.x}"}`);
+    }
     return key;
   }
 
   async signProof(method, url, { accessToken, nonce } = {}) {
-    const header = { alg: 'EdDSA', typ: 'dpop+jwt', jwk: this.publicJwk };
+    const header = { alg: this.alg, typ: 'dpop+jwt', jwk: this.publicJwk };
     const claims = { jti: b64url(crypto.getRandomValues(new Uint8Array(16))), htm: method, htu: htuOf(url), iat: nowSecs() };
     if (accessToken) claims.ath = await sha256b64(accessToken);
     if (nonce) claims.nonce = nonce;
     const input = `${b64url(encoder.encode(JSON.stringify(header)))}.${b64url(encoder.encode(JSON.stringify(claims)))}`;
-    const signature = await crypto.subtle.sign({ name: 'Ed25519' }, this.keyPair.privateKey, encoder.encode(input));
+    // WebCrypto's ECDSA signature is already JOSE's 64-byte r || s (not DER).
+    const params = this.alg === 'ES256' ? { name: 'ECDSA', hash: 'SHA-256' } : { name: 'Ed25519' };
+    const signature = await crypto.subtle.sign(params, this.keyPair.privateKey, encoder.encode(input));
     return `${input}.${b64url(new Uint8Array(signature))}`;
   }
 }
 
-/** A non-extractable Ed25519 key pair from WebCrypto, or null where unsupported. */
-export async function webCryptoEd25519() {
+/**
+ * A non-extractable WebCrypto key pair for `alg` (`EdDSA`: Ed25519, `ES256`: ECDSA P-256),
+ * or null where unsupported.
+ */
+export async function webCryptoKey(alg) {
+  const params = alg === 'ES256' ? { name: 'ECDSA', namedCurve: 'P-256' } : { name: 'Ed25519' };
   try {
-    const pair = await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+    const pair = await crypto.subtle.generateKey(params, false, ['sign', 'verify']);
     return await WebCryptoDeviceKey.create(pair);
   } catch {
     return null;
@@ -126,7 +145,7 @@ export function makeClient(getWasm, store) {
     const alg = normalizeAlg(options.alg ?? 'Ed25519');
     const wasm = await getWasm();
     let key = null;
-    if (alg === 'EdDSA' && store.prefersWebCrypto(options)) key = await webCryptoEd25519();
+    if (alg !== 'ML-DSA-65' && store.prefersWebCrypto(options)) key = await webCryptoKey(alg);
     if (!key) key = new WasmDeviceKey(new wasm.DeviceKey(alg), alg);
     await store.save(key, options);
     return key;

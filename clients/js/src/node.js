@@ -1,6 +1,7 @@
 // Node entry point: the wasm module built with `--target nodejs`, and device keys kept
-// either in memory as non-extractable WebCrypto keys (Ed25519) or, when the caller
-// names a `file`, as a seed in that file with mode 0600.
+// either in memory as non-extractable WebCrypto keys (Ed25519, P-256) or, when the
+// caller names a `file`, as a seed (for P-256 the private scalar) in that file with mode
+// 0600.
 import { createRequire } from 'node:module';
 import { readFile, writeFile, chmod } from 'node:fs/promises';
 import { makeClient, WasmDeviceKey, WebCryptoDeviceKey } from './core.js';
@@ -11,7 +12,7 @@ const getWasm = async () => (wasm ??= require('../pkg/node/shared.js'));
 
 const store = {
   // A key the caller wants in a file must be exportable: only without `file` does
-  // Ed25519 stay a non-extractable WebCrypto key.
+  // an Ed25519 or P-256 key stay a non-extractable WebCrypto key.
   prefersWebCrypto: (options) => !options.file,
   async save(key, options) {
     if (!options.file) return;
@@ -36,9 +37,9 @@ const store = {
 const client = makeClient(getWasm, store);
 
 /**
- * A new device key. `alg`: "Ed25519" (default) or "ML-DSA-65". With `file`, the key's
- * seed is written there (mode 0600, never overwritten); without, an Ed25519 key is a
- * non-extractable WebCrypto key living in memory only.
+ * A new device key. `alg`: "Ed25519" (default), "ES256" (P-256) or "ML-DSA-65". With
+ * `file`, the key's seed is written there (mode 0600, never overwritten); without, an
+ * Ed25519 or P-256 key is a non-extractable WebCrypto key living in memory only.
  */
 export const createDeviceKey = client.createDeviceKey;
 /** The key saved by `createDeviceKey({ file })`, or null when the file is missing. */

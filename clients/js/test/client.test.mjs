@@ -9,7 +9,7 @@ import { mkdtempSync, statSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { createDeviceKey, loadDeviceKey, Session, ClientError } from '@pq-edge-tokens/client';
+import { createDeviceKey, loadDeviceKey, Session, ClientError, bindings } from '@pq-edge-tokens/client';
 import { startControlPlane, startUpstream, startEnvoy, createSession, eventually } from './support.mjs';
 
 let cp;
@@ -40,6 +40,26 @@ function recordingFetch(log) {
   };
 }
 
+test('an ES256 key without a file is a non-extractable WebCrypto P-256 key whose proofs the bindings verify', async () => {
+  for (const alg of ['ES256', 'P-256']) {
+    const key = await createDeviceKey({ alg });
+    assert.equal(key.alg, 'ES256');
+    assert.equal(key.nonExtractable, true);
+    assert.deepEqual(Object.keys(key.publicJwk).sort(), ['crv', 'kty', 'x', 'y']);
+    assert.equal(key.publicJwk.crv, 'P-256');
+    assert.equal(key.keyPair.privateKey.algorithm.namedCurve, 'P-256');
+    await assert.rejects(crypto.subtle.exportKey('pkcs8', key.keyPair.privateKey));
+    const proof = await key.signProof('GET', 'https://api.example/x?y=1', { accessToken: 'at' });
+    const header = JSON.parse(Buffer.from(proof.split('.')[0], 'base64url'));
+    assert.equal(header.alg, 'ES256');
+    const wasm = await bindings();
+    const now = Math.floor(Date.now() / 1000);
+    assert.equal(wasm.verifyProof(proof, 'GET', 'https://api.example/x', now, 60, 'at'), key.thumbprint);
+  }
+  // The default is unchanged: Ed25519.
+  assert.equal((await createDeviceKey()).alg, 'EdDSA');
+});
+
 test('an Ed25519 key without a file is a non-extractable WebCrypto key', async () => {
   const key = await createDeviceKey({ alg: 'Ed25519' });
   assert.equal(key.nonExtractable, true);
@@ -48,7 +68,7 @@ test('an Ed25519 key without a file is a non-extractable WebCrypto key', async (
   await assert.rejects(crypto.subtle.exportKey('pkcs8', key.keyPair.privateKey));
 });
 
-for (const alg of ['Ed25519', 'ML-DSA-65']) {
+for (const alg of ['Ed25519', 'ES256', 'ML-DSA-65']) {
   test(`a ${alg} key saved to a file has mode 0600 and loads back`, async () => {
     const file = join(keyDir, `${alg}.json`);
     const key = await createDeviceKey({ alg, file });
@@ -61,10 +81,11 @@ for (const alg of ['Ed25519', 'ML-DSA-65']) {
   });
 }
 
-for (const [alg, file] of [['Ed25519', false], ['ML-DSA-65', true]]) {
-  test(`a ${alg} session refreshes (nonce retry, sealed token), calls through Envoy, and gets 401 after a revoke`, async () => {
+for (const [alg, file] of [['Ed25519', false], ['ES256', false], ['ES256', true], ['ML-DSA-65', true]]) {
+  test(`a ${alg} session${file ? ' (key in a file)' : ''} refreshes (nonce retry, sealed token), calls through Envoy, and gets 401 after a revoke`, async () => {
     const key = await createDeviceKey({ alg, file: file ? join(keyDir, `session-${alg}.json`) : undefined });
-    const created = await createSession(cp, { subject: `js-${alg}`, device_jwk: key.publicJwk, scope: 'read' });
+    const subject = `js-${alg}${file ? '-file' : ''}`;
+    const created = await createSession(cp, { subject, device_jwk: key.publicJwk, scope: 'read' });
     const saved = [];
     const log = [];
     const session = new Session({
@@ -101,7 +122,7 @@ for (const [alg, file] of [['Ed25519', false], ['ML-DSA-65', true]]) {
       return r.status === 200 ? r.json() : null;
     });
     assert.ok(ok, 'Envoy lets the bound token through');
-    assert.equal(ok.sub, `js-${alg}`);
+    assert.equal(ok.sub, subject);
     assert.equal(ok.sid, created.session_id);
     assert.equal(ok.authorization, null, 'the credential is stripped');
 
