@@ -63,6 +63,10 @@ pub enum Command {
     /// The signed revocation events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The edges that poll a running control plane (`GET /v1/edge/fleet`): where each is
+    /// in the feed, how far behind, connected or not. Exits 1 when `--seq` or
+    /// `--event-id` is given and a connected edge does not hold it yet.
+    Fleet(FleetArgs),
     /// Copies the region's database to a new file while it runs (SQLite `VACUUM INTO`:
     /// one consistent snapshot). The copy holds the signing keys: it is created mode 0600.
     /// It has no edge feed id: whatever opens it starts a new feed.
@@ -94,6 +98,23 @@ pub struct Remote {
     /// Admin secret for `--server`; read from `<data-dir>/admin.secret` when absent.
     #[arg(long, env = "CP_ADMIN_SECRET", hide_env_values = true)]
     pub admin_secret: Option<String>,
+}
+
+/// `fleet` flags.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Base URL of the running control plane (the fleet lives in its memory).
+    #[arg(long, env = "CP_SERVER")]
+    pub server: String,
+    /// Admin secret; read from `<data-dir>/admin.secret` when absent.
+    #[arg(long, env = "CP_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<String>,
+    /// Whether every connected edge holds the feed up to this position.
+    #[arg(long, conflicts_with = "event_id")]
+    pub seq: Option<u64>,
+    /// Whether every connected edge holds this revocation event.
+    #[arg(long, allow_hyphen_values = true)]
+    pub event_id: Option<String>,
 }
 
 /// `issue` flags.
@@ -264,6 +285,7 @@ pub fn run(settings_args: &SettingsArgs, command: Command) -> ExitCode {
         Command::Events(EventsCommand::Export { since }) => {
             events_export(&settings_args.data_dir, since)
         }
+        Command::Fleet(a) => return fleet(&settings_args.data_dir, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -434,6 +456,39 @@ impl Client {
 
     fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+    }
+
+    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
+    }
+}
+
+fn fleet(data_dir: &Path, a: FleetArgs) -> ExitCode {
+    let remote = Remote {
+        server: Some(a.server.clone()),
+        admin_secret: a.admin_secret,
+    };
+    let mut query = Vec::new();
+    if let Some(seq) = a.seq {
+        query.push(("seq", seq.to_string()));
+    }
+    if let Some(id) = a.event_id {
+        query.push(("event_id", id));
+    }
+    let view =
+        Client::new(&a.server, &remote, data_dir).and_then(|c| c.get("/v1/edge/fleet", &query));
+    match view {
+        Ok(view) => {
+            print(&view);
+            if view["holds"]["every_connected_edge"] == false {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

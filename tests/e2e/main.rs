@@ -7,6 +7,7 @@
 mod auth;
 mod credentials;
 mod feed_switch;
+mod fleet;
 mod hardening;
 mod revocation;
 mod robustness;

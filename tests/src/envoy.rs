@@ -216,6 +216,16 @@ impl Envoy {
         envoy
     }
 
+    /// Stops the Envoy process (SIGSTOP) without closing its connections: a hung edge.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Continues a [paused](Envoy::pause) Envoy (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     /// The admin `/stats` as `(name, value)` pairs (counters and gauges).
     pub fn stats(&self) -> Vec<(String, u64)> {
         http::get(self.admin_port, "/stats", &[])
@@ -279,4 +289,12 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {pid} failed");
 }

@@ -18,7 +18,7 @@ use super::{edge, events, meta, oauth, refresh, revocations, token_endpoint, tok
         refresh::create, refresh::refresh, refresh::revoke,
         revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
         oauth::revoke, oauth::introspect, token_endpoint::token, token_endpoint::metadata,
-        edge::revocations, events::list,
+        edge::revocations, edge::fleet, events::list,
         meta::jwks, meta::region_jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
         meta::openapi, meta::docs,
     ),
@@ -31,7 +31,8 @@ use super::{edge, events, meta, oauth, refresh, revocations, token_endpoint, tok
         (name = "revocations", description = "Revoke and look up revocations"),
         (name = "oauth2", description = "RFC 6749 token endpoint with RFC 9449 DPoP, RFC 7009 \
             revocation, RFC 7662 introspection and RFC 8414 metadata"),
-        (name = "edge", description = "Signed revocation feed for the Envoy filter"),
+        (name = "edge", description = "Signed revocation feed for the Envoy filter, and the fleet \
+            of edges that poll it"),
         (name = "meta", description = "Probes, metrics, keys and docs"),
     )
 )]

@@ -1,17 +1,20 @@
 //! The edge feed: signed revocation snapshots and deltas, long-polled by Envoy filters.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState, ErrorBody, Query};
+use super::{Admin, ApiError, AppState, ErrorBody, Json, Query, blocking};
 use crate::metrics::Metrics;
 use crate::replication::feed::{Feed, Want};
+use crate::replication::fleet::{EdgeId, EdgeView, Summary};
+use crate::time::now;
 
 /// Longest hold of a long-poll, in seconds.
 pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
@@ -43,10 +46,19 @@ pub(crate) struct FeedQuery {
         (status = 400, body = ErrorBody)))]
 pub(super) async fn revocations(
     State(state): State<AppState>,
+    extensions: Extensions,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_secs(query.wait.min(MAX_WAIT_SECONDS));
     let feed = state.region.feed();
+    // Who polls and what it holds, for the fleet view (the credential middleware names it).
+    let poll = extensions.get::<EdgeId>().map(|id| {
+        let address = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        feed.fleet()
+            .arrived(id.clone(), address, query.since, now())
+    });
     let mut head_rx = feed.subscribe();
     let mut jwks_rx = feed.subscribe_jwks();
     jwks_rx.borrow_and_update();
@@ -95,6 +107,9 @@ pub(super) async fn revocations(
         }
     };
     let prepared = Feed::prepare(&state.region, want).await?;
+    if let Some(poll) = &poll {
+        poll.answered(now());
+    }
     let mut response = Body::from(prepared.body.clone()).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -107,4 +122,116 @@ pub(super) async fn revocations(
         headers.insert("x-edge-feed", id);
     }
     Ok(response)
+}
+
+/// `GET /v1/edge/fleet` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct FleetQuery {
+    /// Also say which edges hold the feed up to this sequence number.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// Also say which edges hold this revocation event (its feed position here).
+    #[serde(default)]
+    pub event_id: Option<String>,
+}
+
+/// The fleet view's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FleetView {
+    /// The feed's id.
+    pub(crate) feed: String,
+    /// The feed's head.
+    pub(crate) head: u64,
+    /// Counts over every edge.
+    pub(crate) summary: Summary,
+    /// With `seq` or `event_id`: who holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) holds: Option<Holds>,
+    /// Every edge seen in the last hour.
+    pub(crate) edges: Vec<EdgeView>,
+}
+
+/// Who holds a feed position.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Holds {
+    /// The position asked about.
+    pub(crate) seq: u64,
+    /// True when every connected edge holds it.
+    pub(crate) every_connected_edge: bool,
+    /// True when every edge in the view holds it, disconnected ones too (an edge that
+    /// stopped polling keeps enforcing its last set until its staleness bound).
+    pub(crate) every_edge: bool,
+    /// Edges that hold it.
+    pub(crate) holding: usize,
+    /// Edges that do not (yet).
+    pub(crate) missing: Vec<Missing>,
+}
+
+/// An edge that lacks a position.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Missing {
+    /// `credential/instance` (`-` for none).
+    pub(crate) edge: String,
+    /// Whether it is connected.
+    pub(crate) connected: bool,
+    /// The position it holds.
+    pub(crate) position: Option<u64>,
+}
+
+/// The edges that poll this control plane (admin credential): by edge credential and
+/// instance, where each is in the feed, how far behind and since when, connected or
+/// not (an edge not seen for an hour leaves the view). With `seq` or `event_id`: whether
+/// every connected edge holds that position.
+#[utoipa::path(get, path = "/v1/edge/fleet", tag = "edge", params(FleetQuery),
+    security(("admin" = [])),
+    responses((status = 200, body = FleetView),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn fleet(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<FleetQuery>,
+) -> Result<Json<FleetView>, ApiError> {
+    let feed = state.region.feed();
+    let seq = match (query.seq, query.event_id) {
+        (Some(seq), _) => Some(seq),
+        (None, Some(event_id)) => {
+            let lookup = event_id.clone();
+            let found = blocking(&state, move |region| {
+                crate::store::db::feed_seq_of(&*region.db().read()?, &lookup)
+                    .map_err(crate::region::Error::from)
+            })
+            .await?;
+            Some(found.ok_or_else(|| {
+                ApiError::NotFound(format!("no revocation event {event_id} in this feed"))
+            })?)
+        }
+        (None, None) => None,
+    };
+    let head = feed.head();
+    let (edges, summary) = feed.fleet().view(head, now());
+    let holds = seq.map(|seq| {
+        let missing: Vec<Missing> = edges
+            .iter()
+            .filter(|e| e.position.is_none_or(|p| p < seq))
+            .map(|e| Missing {
+                edge: format!("{}/{}", e.credential.as_deref().unwrap_or("-"), e.instance),
+                connected: e.connected,
+                position: e.position,
+            })
+            .collect();
+        Holds {
+            seq,
+            every_connected_edge: missing.iter().all(|m| !m.connected),
+            every_edge: missing.is_empty(),
+            holding: edges.len() - missing.len(),
+            missing,
+        }
+    });
+    Ok(Json(FleetView {
+        feed: feed.id().to_owned(),
+        head,
+        summary,
+        holds,
+        edges,
+    }))
 }

@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 use super::{ApiError, AppState};
 use crate::config::EdgeCredentials;
 use crate::metrics::Metrics;
+use crate::replication::fleet::EdgeId;
 use crate::store::credentials::{self, Valid};
 
 /// Header naming the edge instance (Envoy's node id).
@@ -243,6 +244,14 @@ fn instance(request: &Request) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// Who polls, for the fleet view: the credential's name and the instance (`-`: none).
+fn edge_id(credential: Option<Arc<str>>, instance: Option<&str>) -> EdgeId {
+    EdgeId {
+        credential,
+        instance: Arc::from(instance.unwrap_or("-")),
+    }
+}
+
 /// The middleware of `GET /v1/edge/revocations` (see the module documentation).
 pub(crate) async fn require(
     State(state): State<AppState>,
@@ -251,6 +260,12 @@ pub(crate) async fn require(
 ) -> Response {
     let auth = state.edge_auth.clone();
     if auth.mode == EdgeCredentials::Off {
+        // Unchecked: a malformed instance name is shown as none.
+        let instance = instance(&request).ok().flatten();
+        let mut request = request;
+        request
+            .extensions_mut()
+            .insert(edge_id(None, instance.as_deref()));
         return next.run(request).await;
     }
     let metrics = state.region.metrics();
@@ -288,6 +303,10 @@ pub(crate) async fn require(
         )
         .into_response();
     };
+    let mut request = request;
+    request
+        .extensions_mut()
+        .insert(edge_id(credential.clone(), instance.as_deref()));
     // Every log line of the poll names who polls.
     let span = tracing::info_span!(
         "edge_poll",

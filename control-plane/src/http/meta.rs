@@ -138,6 +138,33 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
         "Committed events not yet handed to the broker.",
         parts.outbox_depth,
     );
+    let head = region.feed().head();
+    let (_, fleet) = region.feed().fleet().view(head, crate::time::now());
+    gauge(
+        "cp_edges_known",
+        "Edges that polled the feed in the last hour (GET /v1/edge/fleet lists them).",
+        fleet.edges as u64,
+    );
+    gauge(
+        "cp_edges_connected",
+        "Edges with a poll in progress or answered in the last 5 s.",
+        fleet.connected as u64,
+    );
+    gauge(
+        "cp_edges_at_head",
+        "Connected edges that hold the feed's head.",
+        fleet.at_head as u64,
+    );
+    gauge(
+        "cp_edge_oldest_position",
+        "The lowest feed position a connected edge holds (the head when none is connected).",
+        fleet.oldest_position.unwrap_or(head),
+    );
+    gauge(
+        "cp_edge_max_lag_seconds",
+        "Seconds since the head passed the position of the connected edge furthest behind.",
+        u64::try_from(fleet.max_lag_seconds).unwrap_or(0),
+    );
     if let Some((up, whole)) = parts.redis {
         gauge("cp_redis_up", "1 when Redis answers.", u64::from(up));
         gauge(

@@ -140,6 +140,7 @@ pub fn app(state: AppState) -> Router {
                 state.clone(),
                 edge_auth::require,
             )),
+        .route("/v1/edge/fleet", get(edge::fleet))
         )
         .route("/v1/events", get(events::list))
         .route("/admin/keys/rotate", post(meta::rotate_keys))

@@ -35,6 +35,7 @@ use shared::edgeset::{EdgeUpdate, Entry, UpdateKind};
 use shared::{JwkSet, RevocationEvent, SigningKey};
 use tokio::sync::{OnceCell, watch};
 
+use super::fleet::Fleet;
 use crate::cache::RevocationCache as _;
 use crate::metrics::Metrics;
 use crate::region::{Error, Region};
@@ -141,6 +142,7 @@ pub(crate) struct Feed {
     window: Mutex<Window>,
     cache: Mutex<Cache>,
     jwks: watch::Sender<Arc<PreparedJwks>>,
+    fleet: Arc<Fleet>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -177,7 +179,13 @@ impl Feed {
             window: Mutex::new(window),
             cache: Mutex::new(Cache::default()),
             jwks: watch::Sender::new(Arc::default()),
+            fleet: Arc::default(),
         }
+    }
+
+    /// The edges that poll this feed.
+    pub(crate) fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
     }
 
     /// The JWKS document served now.
@@ -257,11 +265,14 @@ impl Feed {
     }
 
     fn advance(&self, complete: u64) {
-        self.head.send_if_modified(|head| {
+        let moved = self.head.send_if_modified(|head| {
             let moved = complete > *head;
             *head = (*head).max(complete);
             moved
         });
+        if moved {
+            self.fleet.head_moved(complete, now());
+        }
     }
 
     /// The signed update for `want`, prepared once and shared: the first caller builds

@@ -512,6 +512,17 @@ pub(crate) fn feed_head(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
+/// The feed position of revocation event `event_id` (the highest, should two origins
+/// have used the id), if this feed has it.
+pub(crate) fn feed_seq_of(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<u64>> {
+    let seq: Option<i64> = conn.query_row(
+        "SELECT MAX(seq) FROM feed WHERE event_id = ?1",
+        [event_id],
+        |r| r.get(0),
+    )?;
+    Ok(seq.and_then(|s| u64::try_from(s).ok()))
+}
+
 fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
