@@ -50,40 +50,92 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
-step "format"
-cargo fmt --all -- --check
+# The checks, in named stages that report separately: a failing stage is named in the
+# summary at the end, and the later stages still run (one that needs what a failed one
+# builds fails too, and says so in its own log).
+failed=()
+summary=()
+stage() {
+  local name=$1
+  shift
+  step "stage: $name"
+  local start=$SECONDS rc
+  # Not in an `if`: there bash would ignore `set -e` inside the subshell.
+  set +e
+  ( set -euo pipefail; "$@" )
+  rc=$?
+  set -e
+  if [ "$rc" = 0 ]; then
+    summary+=("$(printf '%-12s passed  %5ss' "$name" $((SECONDS - start)))")
+  else
+    summary+=("$(printf '%-12s FAILED  %5ss (exit %s)' "$name" $((SECONDS - start)) "$rc")")
+    failed+=("$name")
+  fi
+}
 
-step "clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
-cargo clippy -p shared --features js --target wasm32-unknown-unknown -- -D warnings
-cargo clippy -p edge-filter --target wasm32-wasip1 -- -D warnings
+lint() {
+  step "format"
+  cargo fmt --all -- --check
+  step "clippy (warnings are errors)"
+  cargo clippy --workspace --all-targets --all-features -- -D warnings
+  cargo clippy -p shared --features js --target wasm32-unknown-unknown -- -D warnings
+  cargo clippy -p edge-filter --target wasm32-wasip1 -- -D warnings
+  step "API docs (missing docs and broken links are errors)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p shared -p control-plane -p edge-filter
+}
 
-step "API docs (missing docs and broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p shared -p control-plane -p edge-filter
+wasm() {
+  cargo build -p shared --target wasm32-wasip1
+  cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release
+  cargo build -p shared --features js --target wasm32-unknown-unknown --release
+  rm -rf shared/js/pkg
+  wasm-bindgen --target nodejs --out-dir shared/js/pkg \
+    "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/shared.wasm"
+  clients/js/build.sh
+}
 
-step "wasm builds"
-cargo build -p shared --target wasm32-wasip1
-cargo build -p edge-filter --target wasm32-wasip1 --profile wasm-release
-cargo build -p shared --features js --target wasm32-unknown-unknown --release
-rm -rf shared/js/pkg
-wasm-bindgen --target nodejs --out-dir shared/js/pkg \
-  "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/shared.wasm"
-clients/js/build.sh
+# Unit tests of every crate and the control plane's own binary tests (no Envoy, no broker).
+unit() {
+  cargo build -p control-plane
+  cargo test --workspace --all-features --exclude tests
+  cargo test -p tests --all-features --lib
+}
 
-step "native tests (unit, control plane, end-to-end with Envoy, regions with Redis and a broker)"
-cargo build -p control-plane
-cargo test --workspace --all-features
+e2e() { cargo test -p tests --all-features --test e2e; }
+regions() { cargo test -p tests --all-features --test regions; }
+launcher() { cargo test -p tests --all-features --test launcher; }
 
-step "JS bindings under Node (alone, and against the control plane)"
-node --test shared/js/test/ tests/js/
+# The JS bindings alone and against the control plane; the client package with real Envoy.
+node_tests() {
+  node --test shared/js/test/ tests/js/
+  node --test clients/js/test/*.test.mjs
+}
 
-step "JS client package (Node, real Envoy) and its example page (headless Chromium)"
-node --test clients/js/test/*.test.mjs clients/js/example/*.test.mjs
+# The client package's example page in headless Chromium.
+browser() { node --test clients/js/example/*.test.mjs; }
 
-step "fuzz the filter for ${FUZZ_SECONDS}s per target"
-(cd edge-filter/fuzz && for target in $(cargo +nightly fuzz list); do
-  cargo +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS"
-done)
+fuzz() {
+  cd edge-filter/fuzz
+  for target in $(cargo +nightly fuzz list); do
+    cargo +nightly fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS"
+  done
+}
 
+stage lint lint
+stage wasm wasm
+stage unit unit
+stage e2e e2e
+stage regions regions
+stage launcher launcher
+stage node node_tests
+stage browser browser
+stage fuzz fuzz
+
+step "summary"
+printf '%s\n' "${summary[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED stages: ${failed[*]}"
+  exit 1
+fi
 echo
 echo "all checks passed"
