@@ -3,7 +3,6 @@
 
 use ed25519_dalek::Signer as _;
 use ml_dsa::{KeyExport as _, Keypair as _, MlDsa65};
-use p256::ecdsa::signature::Verifier as _;
 
 use std::sync::Arc;
 
@@ -182,11 +181,15 @@ impl VerifyingKey {
                 }
             }
             VerifyingKey::P256(key) => {
-                // `from_slice` refuses any length but 64 (a DER signature among them).
+                // `from_slice` refuses any length but 64 (a DER signature among them) and
+                // r or s outside 1..n; `es256` answers as `p256`'s verify does, faster.
                 let sig = p256::ecdsa::Signature::from_slice(signature)
                     .map_err(|_| JoseError::BadSignature)?;
-                key.verify(message, &sig)
-                    .map_err(|_| JoseError::BadSignature)
+                if crate::es256::verify(key, message, &sig) {
+                    Ok(())
+                } else {
+                    Err(JoseError::BadSignature)
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ mod ed25519;
 pub mod edgeset;
 pub mod envelope;
 pub mod error;
+mod es256;
 pub mod json;
 pub mod jwk;
 pub mod jws;
