@@ -86,8 +86,10 @@ CP_PORT=$(free_port); UP_PORT=$(free_port); UP_ADMIN=$(free_port)
 CP="http://127.0.0.1:$CP_PORT"
 
 echo "== control plane (release) on $CP, upstream on 127.0.0.1:$UP_PORT"
+# The issuer the bench configs and edge-bench's E5 tokens name (a non-URL issuer still
+# works, with a warning; the benchmarks measure no discovery).
 "$TARGET/release/control-plane" serve --listen "127.0.0.1:$CP_PORT" --data-dir "$work/cp" \
-  >"$work/cp.log" 2>&1 &
+  --issuer pq-control-plane >"$work/cp.log" 2>&1 &
 pids+=($!)
 wait_http "$CP/health"
 sed -e "s/port_value: 9911/port_value: $UP_ADMIN/" -e "s/port_value: 8081/port_value: $UP_PORT/" \

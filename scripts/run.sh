@@ -198,15 +198,18 @@ for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
   port=$((CP_PORT + i))
   redis_url=
+  # The issuer (RFC 8414) is the URL clients reach the region at; each region has its
+  # own and accepts its peer's (docs/operations.md, "The issuer").
   if [ "$REGIONS" = 1 ]; then
     dir="$DATA_DIR"
-    env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}")
+    env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" CP_PUBLIC_URL="http://127.0.0.1:$port")
   else
     dir="$DATA_DIR/$r"
     peer=$((CP_PORT + 1 - i))
     other=${names[$((1 - i))]}
     env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
-      PEER_JWKS="$other=http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10)
+      PEER_JWKS="$other=http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10
+      CP_PUBLIC_URL="http://127.0.0.1:$port" CP_ACCEPTED_ISSUERS="http://127.0.0.1:$peer")
     redis_url="redis://cp-$r:$(tr -d '\n' <"$dir/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
   fi
   # The Redis URL holds the password: exported, never on a command line others can read.
@@ -233,6 +236,11 @@ if [ "$REGIONS" = 2 ]; then
   done
 fi
 
+# Every region's Envoy accepts every region's issuer.
+issuers=""
+for ((i = 0; i < REGIONS; i++)); do
+  issuers="$issuers${issuers:+, }\"http://127.0.0.1:$((CP_PORT + i))\""
+done
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
   config="$RUN/envoy-$r.yaml"
@@ -243,7 +251,8 @@ for ((i = 0; i < REGIONS; i++)); do
     -e "s|port_value: 10000|port_value: $((ENVOY_PORT + i))|" \
     -e "s|port_value: 8081|port_value: $UPSTREAM_PORT|" \
     -e "s|port_value: 8000|port_value: $((CP_PORT + i))|" \
-    -e "s|127.0.0.1:8000|127.0.0.1:$((CP_PORT + i))|" \
+    -e "s|\"issuer\": \"http://127.0.0.1:8000\"|\"issuer\": [$issuers]|" \
+    -e "/\"issuer\"/!s|127.0.0.1:8000|127.0.0.1:$((CP_PORT + i))|" \
     -e "s|filename: target/wasm32-wasip1/wasm-release/edge_filter.wasm|filename: $WASM|" \
     envoy/dev.yaml >"$config"
   "$ENVOY_BIN" -c "$config" --base-id $((40 + i)) --concurrency 2 \

@@ -11,14 +11,30 @@ pub struct SettingsArgs {
     /// Directory holding the SQLite database and the admin credential; created on first run.
     #[arg(long, env = "CP_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
-    /// `iss` of issued tokens, and the only issuer accepted when validating.
+    /// `iss` of issued tokens and `issuer` of the RFC 8414 metadata: the `https` URL
+    /// clients fetch `/.well-known/oauth-authorization-server` under (e.g.
+    /// `https://cp-a.example`; `http` is for loopback and development). Default:
+    /// `CP_PUBLIC_URL`, else `http://` and the listen address (`CP_LISTEN`, also read by
+    /// the other subcommands; `localhost` and a warning when it is `0.0.0.0` or `::`).
+    /// A value that is not a URL (`pq-control-plane`, the former default) still works,
+    /// with a warning: standard OAuth clients cannot discover such an issuer.
+    #[arg(long, env = "CP_ISSUER", global = true)]
+    pub issuer: Option<String>,
+    /// The base URL clients reach this control plane at (behind a proxy, the proxy's),
+    /// e.g. `https://cp-a.example`: the issuer when `CP_ISSUER` is unset, and the start
+    /// of every endpoint URL in the metadata.
+    #[arg(long, env = "CP_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// More `iss` values accepted when validating tokens, comma-separated, compared
+    /// exactly: the former issuer during a switch (keep it one maximum token lifetime
+    /// after the switch), and the other regions' issuers (each region has its own).
     #[arg(
         long,
-        env = "CP_ISSUER",
-        default_value = "pq-control-plane",
+        env = "CP_ACCEPTED_ISSUERS",
+        value_delimiter = ',',
         global = true
     )]
-    pub issuer: String,
+    pub accepted_issuers: Vec<String>,
     /// `aud` of issued tokens, and the audience required when validating.
     #[arg(long, env = "CP_AUDIENCE", default_value = "pq-api", global = true)]
     pub audience: String,
@@ -251,8 +267,15 @@ pub const DEFAULT_FLEET_MAX_TOKEN_MINUTES: i64 = 24 * 60;
 pub struct Settings {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Issuer.
+    /// `iss` of issued tokens and the metadata's `issuer`.
     pub issuer: String,
+    /// More `iss` values accepted when validating (a former issuer, the peers').
+    pub accepted_issuers: Vec<String>,
+    /// The base URL clients reach this control plane at, if set (`CP_PUBLIC_URL`).
+    pub public_url: Option<String>,
+    /// The issuer was derived from the listen address: `serve` derives it again from
+    /// the bound address (port 0 picks one).
+    pub issuer_from_listen: bool,
     /// Audience.
     pub audience: String,
     /// Token signing algorithm.
@@ -317,7 +340,10 @@ impl Settings {
     pub fn new(data_dir: impl Into<PathBuf>) -> Settings {
         Settings {
             data_dir: data_dir.into(),
-            issuer: "pq-control-plane".into(),
+            issuer: "http://127.0.0.1:8000".into(),
+            accepted_issuers: Vec::new(),
+            public_url: None,
+            issuer_from_listen: false,
             audience: "pq-api".into(),
             signing_alg: Alg::EdDsa,
             region: "local".into(),
@@ -352,8 +378,46 @@ impl Settings {
     /// Builds and checks settings from flags, reporting every problem at once.
     pub fn from_args(args: &SettingsArgs, serve: Option<&ServeArgs>) -> Result<Settings, String> {
         let mut problems = Vec::new();
-        if args.issuer.trim().is_empty() {
+        let public_url = args
+            .public_url
+            .as_deref()
+            .map(|u| u.trim().trim_end_matches('/').to_owned());
+        if let Some(url) = &public_url
+            && !is_http_url(url)
+        {
+            problems.push(format!(
+                "CP_PUBLIC_URL must be an http(s) URL without query or fragment, not {url:?}"
+            ));
+        }
+        let (issuer, issuer_from_listen) = match (&args.issuer, &public_url) {
+            (Some(issuer), _) => (issuer.trim().to_owned(), false),
+            (None, Some(url)) => (url.clone(), false),
+            (None, None) => {
+                // `serve` knows its address; the other subcommands read the same variable.
+                let listen = serve.map(|s| s.listen).unwrap_or_else(|| {
+                    std::env::var("CP_LISTEN")
+                        .ok()
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)))
+                });
+                (issuer_for_listen(listen).0, true)
+            }
+        };
+        if issuer.is_empty() {
             problems.push("CP_ISSUER must not be empty".to_owned());
+        } else if looks_like_url(&issuer) && !is_http_url(&issuer) {
+            problems.push(format!(
+                "CP_ISSUER {issuer:?} must be an http(s) URL without query or fragment (RFC 8414)"
+            ));
+        }
+        let accepted_issuers: Vec<String> = args
+            .accepted_issuers
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| *i != issuer)
+            .collect();
+        if accepted_issuers.iter().any(String::is_empty) {
+            problems.push("CP_ACCEPTED_ISSUERS must not hold an empty value".to_owned());
         }
         if args.audience.trim().is_empty() {
             problems.push("CP_AUDIENCE must not be empty".to_owned());
@@ -498,7 +562,10 @@ impl Settings {
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
-        settings.issuer = args.issuer.clone();
+        settings.issuer = issuer;
+        settings.accepted_issuers = accepted_issuers;
+        settings.public_url = public_url;
+        settings.issuer_from_listen = issuer_from_listen;
         settings.audience = args.audience.clone();
         settings.signing_alg = args.signing_alg;
         settings.region = region.clone();
@@ -530,19 +597,205 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Derives the issuer again from the address `serve` bound, when it came from the
+    /// listen address; returns a warning when that address is no concrete host.
+    pub fn settle_issuer(&mut self, bound: SocketAddr) -> Option<String> {
+        if !self.issuer_from_listen {
+            return None;
+        }
+        let (issuer, warning) = issuer_for_listen(bound);
+        self.accepted_issuers.retain(|i| *i != issuer);
+        self.issuer = issuer;
+        warning
+    }
+
+    /// What is wrong with the issuer from RFC 8414's point of view, for the start-up log:
+    /// not a URL (standard clients cannot discover it), or `http` off loopback.
+    pub fn issuer_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !looks_like_url(&self.issuer) {
+            warnings.push(format!(
+                "the issuer {:?} is not a URL: RFC 8414 clients cannot discover it; set \
+                 CP_PUBLIC_URL (or CP_ISSUER) to the https URL clients reach, switching as \
+                 docs/operations.md describes",
+                self.issuer
+            ));
+        } else if !self.issuer.starts_with("https://") && !is_loopback_url(&self.issuer) {
+            warnings.push(format!(
+                "the issuer {} is http off loopback: RFC 8414 requires https; set \
+                 CP_PUBLIC_URL to the https URL of the TLS proxy in front",
+                self.issuer
+            ));
+        }
+        warnings
+    }
+
+    /// Every `iss` accepted when validating: the issuer, then the accepted ones.
+    pub fn issuers(&self) -> Vec<String> {
+        std::iter::once(self.issuer.clone())
+            .chain(self.accepted_issuers.iter().cloned())
+            .collect()
+    }
+
     /// The rules a token of this region must satisfy.
     pub fn validation(&self) -> shared::Validation {
         shared::Validation {
-            issuer: Some(self.issuer.clone()),
+            issuers: self.issuers(),
             audience: Some(self.audience.clone()),
             leeway: self.leeway_secs,
         }
     }
 }
 
+/// `http://` and the listen address, or `http://localhost:PORT` and a warning when the
+/// address is `0.0.0.0` or `::` (no host a client could name).
+pub fn issuer_for_listen(listen: SocketAddr) -> (String, Option<String>) {
+    if listen.ip().is_unspecified() {
+        let issuer = format!("http://localhost:{}", listen.port());
+        let warning = format!(
+            "listening on {listen} with neither CP_PUBLIC_URL nor CP_ISSUER set: tokens say \
+             iss {issuer}, which clients elsewhere cannot match; set CP_PUBLIC_URL to the \
+             URL clients reach"
+        );
+        (issuer, Some(warning))
+    } else {
+        (format!("http://{listen}"), None)
+    }
+}
+
+/// True for a value meant as a URL (it names a scheme).
+fn looks_like_url(value: &str) -> bool {
+    value.contains("://")
+}
+
+/// True for an absolute `http`/`https` URL with a host and no query or fragment.
+fn is_http_url(value: &str) -> bool {
+    reqwest::Url::parse(value).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && u.username().is_empty()
+            && u.password().is_none()
+    }) && !value.contains(['?', '#'])
+}
+
+/// True when the URL's host is `localhost` or a loopback address.
+fn is_loopback_url(value: &str) -> bool {
+    reqwest::Url::parse(value).is_ok_and(|u| {
+        u.host_str().is_some_and(|host| {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(["control-plane"].iter().chain(args).chain(&["serve"]))
+                .map_err(|e| e.to_string())?;
+        let crate::cli::Command::Serve(serve) = &cli.command else {
+            unreachable!("parsed serve");
+        };
+        Settings::from_args(&cli.settings, Some(serve))
+    }
+
+    fn serve_on(listen: &str, args: &[&str]) -> Result<Settings, String> {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["control-plane"]
+                .iter()
+                .chain(args)
+                .chain(&["serve", "--listen", listen]),
+        )
+        .map_err(|e| e.to_string())?;
+        let crate::cli::Command::Serve(serve) = &cli.command else {
+            unreachable!("parsed serve");
+        };
+        Settings::from_args(&cli.settings, Some(serve))
+    }
+
+    #[test]
+    fn the_issuer_is_the_public_url_else_the_concrete_listen_address() {
+        let s = serve_on("127.0.0.1:9000", &[]).unwrap();
+        assert_eq!(s.issuer, "http://127.0.0.1:9000");
+        assert!(s.issuer_from_listen && s.issuer_warnings().is_empty());
+        let s = serve_on("[::1]:9000", &[]).unwrap();
+        assert_eq!(s.issuer, "http://[::1]:9000");
+        assert!(s.issuer_warnings().is_empty(), "http on loopback is fine");
+        // Port 0: the bound port, once known.
+        let mut s = serve_on("127.0.0.1:0", &[]).unwrap();
+        assert_eq!(s.settle_issuer("127.0.0.1:41234".parse().unwrap()), None);
+        assert_eq!(s.issuer, "http://127.0.0.1:41234");
+        let mut s = serve_on("0.0.0.0:8000", &[]).unwrap();
+        let warning = s.settle_issuer("0.0.0.0:8000".parse().unwrap()).unwrap();
+        assert!(warning.contains("CP_PUBLIC_URL"), "{warning}");
+        assert_eq!(s.issuer, "http://localhost:8000");
+
+        let s = serve_on("0.0.0.0:8000", &["--public-url", "https://cp-a.example/"]).unwrap();
+        assert_eq!(s.issuer, "https://cp-a.example");
+        assert_eq!(s.public_url.as_deref(), Some("https://cp-a.example"));
+        let mut settled = s.clone();
+        assert_eq!(settled.settle_issuer("0.0.0.0:8000".parse().unwrap()), None);
+        assert_eq!(settled.issuer, "https://cp-a.example", "never derived");
+        assert!(s.issuer_warnings().is_empty());
+        // CP_ISSUER wins over CP_PUBLIC_URL (which still starts the endpoint URLs).
+        let s = settings(&[
+            "--issuer",
+            "https://auth.example",
+            "--public-url",
+            "https://cp-a.example",
+        ])
+        .unwrap();
+        assert_eq!(s.issuer, "https://auth.example");
+    }
+
+    #[test]
+    fn a_legacy_issuer_still_works_with_a_warning_and_bad_urls_are_refused() {
+        let s = settings(&["--issuer", "pq-control-plane"]).unwrap();
+        assert_eq!(s.issuer, "pq-control-plane");
+        assert!(s.issuer_warnings()[0].contains("not a URL"));
+        let s = settings(&["--issuer", "http://10.0.0.5:8000"]).unwrap();
+        assert!(s.issuer_warnings()[0].contains("requires https"));
+        for bad in [
+            vec!["--issuer", "https://cp.example/?tenant=1"],
+            vec!["--issuer", "https://cp.example/#x"],
+            vec!["--issuer", "ftp://cp.example"],
+            vec!["--issuer", " "],
+            vec!["--public-url", "cp.example"],
+            vec!["--public-url", "https://u:p@cp.example"],
+            vec!["--accepted-issuers", "pq-control-plane,,https://b.example"],
+        ] {
+            assert!(settings(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn accepted_issuers_are_validated_beside_the_issuer() {
+        let s = settings(&[
+            "--issuer",
+            "https://cp-a.example",
+            "--accepted-issuers",
+            "pq-control-plane, https://cp-b.example,https://cp-a.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.validation().issuers,
+            [
+                "https://cp-a.example",
+                "pq-control-plane",
+                "https://cp-b.example"
+            ]
+        );
+    }
 
     #[test]
     fn tokens_are_signed_with_eddsa_or_ml_dsa_never_es256() {

@@ -41,12 +41,26 @@ fn main() -> ExitCode {
 }
 
 fn run_server(
-    settings: Settings,
+    mut settings: Settings,
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        // Bound first: an issuer derived from the listen address needs the real port.
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        if let Some(warning) = settings.settle_issuer(addr) {
+            tracing::warn!("{warning}");
+        }
+        for warning in settings.issuer_warnings() {
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(
+            issuer = %settings.issuer,
+            accepted_issuers = %settings.accepted_issuers.join(","),
+            "issuer"
+        );
         let (region, backends) =
             tokio::task::spawn_blocking(move || control_plane::open(settings)).await??;
         let keys = region.keys();
@@ -64,8 +78,6 @@ fn run_server(
             path = %region.admin_path().display(),
             "admin credential file (mode 0600): send its content as Authorization: Bearer"
         );
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
         let admin = match admin_listen {
             Some(at) => {

@@ -156,12 +156,21 @@ struct RawControlPlane {
     edge_instance: Option<String>,
 }
 
+/// `issuer`: one string (the form every existing config has) or a list, accepted during
+/// an issuer switch or from several regions.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     role: Role,
-    issuer: Option<String>,
+    issuer: Option<OneOrMany>,
     audience: Option<String>,
     #[serde(default = "default_leeway")]
     leeway_seconds: i64,
@@ -383,6 +392,23 @@ impl Config {
             }
         }
 
+        let issuers = match raw.issuer {
+            None => Vec::new(),
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => {
+                if many.is_empty() {
+                    problems.push(
+                        "issuer: an empty list would accept any issuer; leave it out to mean that"
+                            .into(),
+                    );
+                }
+                many
+            }
+        };
+        if issuers.iter().any(|i| i.trim().is_empty()) {
+            problems.push("issuer: must not be empty".into());
+        }
+
         if !problems.is_empty() {
             return Err(format!(
                 "invalid edge-filter configuration: {}",
@@ -393,7 +419,7 @@ impl Config {
         Ok(Config {
             role: raw.role,
             validation: Validation {
-                issuer: raw.issuer,
+                issuers,
                 audience: raw.audience,
                 leeway: raw.leeway_seconds,
             },
@@ -463,6 +489,37 @@ mod tests {
         assert_eq!(c.control_plane.jwks_min_refetch_seconds, 1);
         assert_eq!(c.dpop_replay_buckets, 1024);
         assert_eq!(c.role, Role::Filter);
+    }
+
+    #[test]
+    fn issuer_is_one_string_as_before_or_a_list_during_a_switch() {
+        let with = |issuer: &str| {
+            Config::parse(
+                format!(r#"{{"issuer":{issuer},"control_plane":{{"cluster":"cp"}}}}"#).as_bytes(),
+            )
+        };
+        assert_eq!(
+            with(r#""pq-control-plane""#).unwrap().validation.issuers,
+            ["pq-control-plane"]
+        );
+        assert_eq!(
+            with(r#"["https://cp.example", "pq-control-plane"]"#)
+                .unwrap()
+                .validation
+                .issuers,
+            ["https://cp.example", "pq-control-plane"]
+        );
+        let none = Config::parse(br#"{"control_plane":{"cluster":"cp"}}"#).unwrap();
+        assert!(none.validation.issuers.is_empty());
+        for bad in [
+            "[]",
+            r#""""#,
+            r#"["https://cp.example", ""]"#,
+            "1",
+            r#"{"a":1}"#,
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -73,8 +73,9 @@ pub struct AccessClaims {
 /// What a token must satisfy besides its signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validation {
-    /// Required `iss`, if any.
-    pub issuer: Option<String>,
+    /// The accepted `iss` values (one, or several while an issuer changes or when peers'
+    /// tokens are accepted); empty: `iss` is not checked.
+    pub issuers: Vec<String>,
     /// An audience that `aud` must contain, if any.
     pub audience: Option<String>,
     /// Allowed clock skew in seconds.
@@ -84,7 +85,7 @@ pub struct Validation {
 impl Default for Validation {
     fn default() -> Self {
         Validation {
-            issuer: None,
+            issuers: Vec::new(),
             audience: None,
             leeway: 30,
         }
@@ -113,7 +114,7 @@ pub enum ClaimsError {
         /// Seconds `iat` is ahead of now.
         ahead: i64,
     },
-    /// `iss` is not the configured issuer.
+    /// `iss` is none of the accepted issuers.
     #[error("issuer {0:?} is not accepted")]
     WrongIssuer(String),
     /// `aud` does not contain the configured audience.
@@ -153,7 +154,7 @@ impl AccessClaims {
                 ahead: self.iat.saturating_sub(now),
             });
         }
-        if rules.issuer.as_ref().is_some_and(|iss| *iss != self.iss) {
+        if !rules.issuers.is_empty() && !rules.issuers.contains(&self.iss) {
             return Err(ClaimsError::WrongIssuer(self.iss.clone()));
         }
         if let Some(aud) = rules

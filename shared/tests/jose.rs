@@ -477,7 +477,7 @@ fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
 fn time_issuer_and_audience_are_checked_with_leeway() {
     let c = claims();
     let rules = Validation {
-        issuer: Some("https://issuer.example".into()),
+        issuers: vec!["https://issuer.example".into()],
         audience: Some("api".into()),
         leeway: 10,
     };
@@ -492,12 +492,27 @@ fn time_issuer_and_audience_are_checked_with_leeway() {
         Err(ClaimsError::NotYetValid { wait: 11 })
     );
     let other_iss = Validation {
-        issuer: Some("x".into()),
+        issuers: vec!["x".into()],
         ..rules.clone()
     };
     assert_eq!(
         c.validate(&other_iss, 1_500).unwrap_err().reason(),
         "wrong_issuer"
+    );
+    // During an issuer switch both are accepted, in any order; nothing else is.
+    let switching = Validation {
+        issuers: vec!["x".into(), "https://issuer.example".into()],
+        ..rules.clone()
+    };
+    c.validate(&switching, 1_500).unwrap();
+    let neither = Validation {
+        issuers: vec!["x".into(), "https://issuer.example/".into()],
+        ..rules.clone()
+    };
+    assert_eq!(
+        c.validate(&neither, 1_500).unwrap_err().reason(),
+        "wrong_issuer",
+        "compared exactly: a trailing slash is another issuer"
     );
     let other_aud = Validation {
         audience: Some("billing".into()),

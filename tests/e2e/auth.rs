@@ -299,3 +299,49 @@ fn every_refusal_of_a_dpop_request_carries_the_dpop_challenge() {
         Some("Bearer error=\"invalid_token\", error_description=\"bad_signature\"")
     );
 }
+
+#[test]
+fn an_edge_accepts_the_old_issuer_during_a_switch_and_refuses_it_once_dropped() {
+    let old = |jti: &str| {
+        let mut c = claims("frank", jti, "sid-switch");
+        c["iss"] = json!(tokens::LEGACY_ISSUER);
+        format!("Bearer {}", mint(&c))
+    };
+    let new = |jti: &str| format!("Bearer {}", mint(&claims("frank", jti, "sid-switch")));
+    let get = |stack: &Stack, authorization: &str| {
+        http::get(
+            stack.envoy.port,
+            "/orders",
+            &[("authorization", authorization)],
+        )
+        .expect("request")
+    };
+    {
+        // During the switch the filter config lists both issuers.
+        let stack = Stack::start(|filter, jwks| {
+            let mut keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+            keys.push(tokens::test_jwk());
+            filter["jwks"] = json!({ "keys": keys });
+            filter["issuer"] = json!([tokens::ISSUER, tokens::LEGACY_ISSUER]);
+        });
+        let issued = stack.cp.issue("frank");
+        assert_eq!(tokens::payload(&issued)["iss"], tokens::ISSUER);
+        stack.envoy.wait_until_serving(&issued);
+        for (label, authorization) in [
+            ("the old issuer's token", old("jti-old-1")),
+            ("the new issuer's token", new("jti-new-1")),
+            ("the control plane's token", format!("Bearer {issued}")),
+        ] {
+            let r = get(&stack, &authorization);
+            assert_eq!(r.status, 200, "{label}: {}", r.text());
+        }
+    }
+    // Once the old issuer is dropped (one string again, as before lists existed).
+    let stack = Stack::with_test_key();
+    let issued = stack.cp.issue("frank");
+    stack.envoy.wait_until_serving(&issued);
+    let refused = get(&stack, &old("jti-old-2"));
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(refused.json()["error_description"], "wrong_issuer");
+    assert_eq!(get(&stack, &new("jti-new-2")).status, 200);
+}

@@ -36,8 +36,18 @@ impl ControlPlane {
         )
     }
 
-    /// Starts a control plane on `port` with extra environment (e.g. `REDIS_URL`).
-    pub fn start_with(port: u16, env: Vec<(String, String)>) -> ControlPlane {
+    /// Starts a control plane on `port` with extra environment (e.g. `REDIS_URL`). Unless
+    /// `env` names them, its issuer is [`tokens::ISSUER`](crate::tokens::ISSUER) (what the
+    /// tests' filter config accepts and their own tokens say) and its public URL is
+    /// `http://127.0.0.1:PORT`, where the metadata's endpoints then point.
+    pub fn start_with(port: u16, mut env: Vec<(String, String)>) -> ControlPlane {
+        let named = |env: &[(String, String)], key: &str| env.iter().any(|(k, _)| k == key);
+        if !named(&env, "CP_ISSUER") {
+            env.push(("CP_ISSUER".into(), crate::tokens::ISSUER.into()));
+        }
+        if !named(&env, "CP_PUBLIC_URL") {
+            env.push(("CP_PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")));
+        }
         let mut cp = ControlPlane {
             port,
             dir: TempDir::new("control-plane"),

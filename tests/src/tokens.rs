@@ -5,9 +5,12 @@ use serde_json::{Value, json};
 use shared::jws::sign;
 use shared::{Alg, SigningKey, b64};
 
-/// Issuer and audience the control plane uses by default.
-pub const ISSUER: &str = "pq-control-plane";
-/// See [`ISSUER`].
+/// The issuer every test control plane is given (`CP_ISSUER`; a URL, as RFC 8414 wants:
+/// `.test` names no real host) and the test filter config accepts.
+pub const ISSUER: &str = "https://cp.pq-edge.test";
+/// The former default issuer, for the issuer-switch tests.
+pub const LEGACY_ISSUER: &str = "pq-control-plane";
+/// The audience the control plane uses by default.
 pub const AUDIENCE: &str = "pq-api";
 
 /// Seconds since the epoch.

@@ -59,7 +59,7 @@ pub fn authorizer(cache: usize) -> Authorizer {
         ring,
         Rules {
             validation: Validation {
-                issuer: Some("pq-control-plane".into()),
+                issuers: vec!["pq-control-plane".into()],
                 audience: Some("pq-api".into()),
                 leeway: 30,
             },

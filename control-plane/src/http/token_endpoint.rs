@@ -193,9 +193,14 @@ async fn exchange(
     Ok(answer)
 }
 
-/// The base URL of the endpoints: the issuer when it is a URL, else the URL this
-/// request reached (`X-Forwarded-Proto: https` from a TLS terminator is honoured).
-fn base_url(issuer: &str, headers: &HeaderMap) -> String {
+/// The base URL of the endpoints: `CP_PUBLIC_URL`, else the issuer when it is a URL,
+/// else the URL this request reached (`X-Forwarded-Proto: https` from a TLS terminator is
+/// honoured).
+fn base_url(settings: &crate::config::Settings, headers: &HeaderMap) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.clone();
+    }
+    let issuer = &settings.issuer;
     if issuer.starts_with("https://") || issuer.starts_with("http://") {
         return issuer.trim_end_matches('/').to_owned();
     }
@@ -210,14 +215,15 @@ fn base_url(issuer: &str, headers: &HeaderMap) -> String {
     format!("{}://{host}", if https { "https" } else { "http" })
 }
 
-/// RFC 8414 authorization server metadata. `issuer` is `CP_ISSUER` (the `iss` of the
-/// tokens); endpoint URLs start with it when it is a URL, else with the URL of this
-/// request.
+/// RFC 8414 authorization server metadata. `issuer` is the `iss` of the tokens
+/// (`CP_ISSUER`, else `CP_PUBLIC_URL`, else the listen address); endpoint URLs start with
+/// `CP_PUBLIC_URL`, else the issuer when it is a URL, else the URL of this request.
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth2",
     responses((status = 200, description = "RFC 8414 metadata", body = Object)))]
 pub(super) async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    let issuer = state.region.settings().issuer.clone();
-    let base = base_url(&issuer, &headers);
+    let settings = state.region.settings();
+    let issuer = settings.issuer.clone();
+    let base = base_url(settings, &headers);
     Json(json!({
         "issuer": issuer,
         "token_endpoint": format!("{base}/oauth2/token"),

@@ -59,7 +59,8 @@ async fn issued_tokens_are_at_jwt_with_a_thumbprint_kid_and_merged_extra_claims(
         assert_eq!(header["alg"], "EdDSA");
         assert_eq!(header["kid"], app.state.region.keys().token_key.kid());
         let claims = decode_part(token, 1);
-        assert_eq!(claims["iss"], "pq-control-plane");
+        // The default issuer: `serve`'s default listen address as a URL (RFC 8414).
+        assert_eq!(claims["iss"], "http://127.0.0.1:8000");
         assert_eq!(claims["aud"], "pq-api");
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["jti"], body["jti"]);

@@ -55,7 +55,11 @@ fn validate(server: &Server, token: &str) -> Value {
 fn revocations_cover_tokens_issued_before_a_restart_with_shorter_lifetimes() {
     let dir = TempDir::new().expect("temp dir");
     let data = dir.path().join("data");
+    // One issuer across the restart (derived from a port-0 listen address, it would not
+    // be).
     let long = [
+        "--issuer",
+        "https://cp.test",
         "--max-token-minutes",
         "5",
         "--fleet-max-token-minutes",
@@ -75,6 +79,8 @@ fn revocations_cover_tokens_issued_before_a_restart_with_shorter_lifetimes() {
 
     // Restarted with one minute as the longest lifetime anywhere, then revoked with no ttl.
     let short = [
+        "--issuer",
+        "https://cp.test",
         "--max-token-minutes",
         "1",
         "--fleet-max-token-minutes",

@@ -7,7 +7,7 @@ use shared::kem::EphemeralSecret;
 use shared::keys::{Alg, SigningKey};
 use shared::{b64, random, sha256};
 
-use crate::support::{Reply, TestApp, Transport};
+use crate::support::{Reply, Server, TestApp, Transport, blocking_json};
 
 /// Host the in-process requests claim (TCP requests carry the real one).
 const HOST: &str = "cp.test";
@@ -488,12 +488,10 @@ async fn the_authorization_server_metadata_names_the_endpoints() {
             .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         let body = reply.json();
-        let base = if app.is_tcp() {
-            app.base_url()
-        } else {
-            format!("http://{HOST}")
-        };
-        assert_eq!(body["issuer"], "pq-control-plane");
+        // The issuer is a URL (here the default, `serve`'s default listen address): it
+        // starts every endpoint URL.
+        let base = "http://127.0.0.1:8000";
+        assert_eq!(body["issuer"], base);
         assert_eq!(body["token_endpoint"], format!("{base}/oauth2/token"));
         assert_eq!(body["revocation_endpoint"], format!("{base}/oauth2/revoke"));
         assert_eq!(
@@ -511,6 +509,37 @@ async fn the_authorization_server_metadata_names_the_endpoints() {
             json!(["EdDSA", "Ed25519", "ES256", "ML-DSA-65"])
         );
     }
+    // A legacy issuer that is no URL: the endpoints start with the URL the request reached.
+    let app = TestApp::with_settings(Transport::InProcess, |s| {
+        s.issuer = "pq-control-plane".into();
+    })
+    .await;
+    let body = app
+        .request(
+            "GET",
+            "/.well-known/oauth-authorization-server",
+            &[("host", HOST)],
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(body["issuer"], "pq-control-plane");
+    assert_eq!(
+        body["token_endpoint"],
+        format!("http://{HOST}/oauth2/token")
+    );
+    // CP_PUBLIC_URL starts the endpoints even beside another issuer.
+    let app = TestApp::with_settings(Transport::InProcess, |s| {
+        s.issuer = "https://auth.example".into();
+        s.public_url = Some("https://cp-a.example".into());
+    })
+    .await;
+    let body = app
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(body["issuer"], "https://auth.example");
+    assert_eq!(body["token_endpoint"], "https://cp-a.example/oauth2/token");
     // An issuer that is a URL is the base of every endpoint.
     let app = TestApp::with_settings(Transport::InProcess, |s| {
         s.issuer = "https://auth.example".into();
@@ -622,4 +651,132 @@ async fn validate_and_introspection_accept_an_access_token_whose_header_names_ed
     let input = format!("{}.{payload}", b64::encode(header.to_string().as_bytes()));
     let wrong = format!("{input}.{}", b64::encode(&signature));
     assert_eq!(app.validate(&wrong).await["valid"], false);
+}
+
+/// GET `url` as JSON.
+fn get_json(url: &str) -> Value {
+    reqwest::blocking::get(url)
+        .and_then(reqwest::blocking::Response::json)
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// The claims of a compact JWS, unverified.
+fn payload(token: &str) -> Value {
+    let part = token.split('.').nth(1).expect("a compact JWS");
+    serde_json::from_slice(&b64::decode(part, "payload").expect("base64url")).expect("JSON")
+}
+
+/// Issues a token for `subject` from a running server.
+fn issue_from(server: &Server, secret: &str, subject: &str) -> String {
+    let (status, body) = blocking_json(
+        "POST",
+        &format!("{}/token", server.url),
+        Some(secret),
+        &json!({ "subject": subject }),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+/// `/token/validate` and `/oauth2/introspect` (with the admin credential) of `token` at
+/// a running server: (valid, active).
+fn checked_at(server: &Server, secret: &str, token: &str) -> (bool, bool) {
+    let (status, validated) = blocking_json(
+        "POST",
+        &format!("{}/token/validate", server.url),
+        None,
+        &json!({ "token": token }),
+    );
+    assert_eq!(status, 200, "{validated}");
+    let introspected: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/oauth2/introspect", server.url))
+        .bearer_auth(secret)
+        .form(&[("token", token)])
+        .send()
+        .and_then(reqwest::blocking::Response::json)
+        .expect("introspect");
+    (validated["valid"] == true, introspected["active"] == true)
+}
+
+#[test]
+fn the_metadata_issuer_is_the_url_it_is_served_under_and_the_tokens_iss() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    // No CP_ISSUER, no CP_PUBLIC_URL: derived from the concrete (loopback) listen address.
+    let server = Server::start(&data);
+    let secret = control_plane::read_admin_secret(&data).unwrap();
+    let metadata = get_json(&format!(
+        "{}/.well-known/oauth-authorization-server",
+        server.url
+    ));
+    assert_eq!(metadata["issuer"], server.url.as_str());
+    assert_eq!(
+        metadata["token_endpoint"],
+        format!("{}/oauth2/token", server.url)
+    );
+    assert_eq!(
+        metadata["jwks_uri"],
+        format!("{}/.well-known/jwks.json", server.url)
+    );
+    let token = issue_from(&server, &secret, "alice");
+    assert_eq!(payload(&token)["iss"], server.url.as_str());
+    let introspected: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/oauth2/introspect", server.url))
+        .bearer_auth(&secret)
+        .form(&[("token", token.as_str())])
+        .send()
+        .and_then(reqwest::blocking::Response::json)
+        .expect("introspect");
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(introspected["iss"], server.url.as_str());
+}
+
+#[test]
+fn an_issuer_switch_accepts_the_old_issuer_until_it_is_dropped() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let new = "https://cp-a.example";
+    // Before: the former default, set explicitly (it keeps working).
+    let before = Server::start_with(&data, &["--issuer", "pq-control-plane"], None);
+    let secret = control_plane::read_admin_secret(&data).unwrap();
+    let old_token = issue_from(&before, &secret, "alice");
+    assert_eq!(payload(&old_token)["iss"], "pq-control-plane");
+    assert_eq!(checked_at(&before, &secret, &old_token), (true, true));
+    drop(before);
+
+    // The switch: the new issuer signs, the old one is still accepted.
+    let during = Server::start_with(
+        &data,
+        &["--issuer", new, "--accepted-issuers", "pq-control-plane"],
+        None,
+    );
+    let new_token = issue_from(&during, &secret, "bob");
+    assert_eq!(payload(&new_token)["iss"], new);
+    assert_eq!(
+        checked_at(&during, &secret, &old_token),
+        (true, true),
+        "a live token of the old issuer is not refused during the switch"
+    );
+    assert_eq!(checked_at(&during, &secret, &new_token), (true, true));
+    let metadata = get_json(&format!(
+        "{}/.well-known/oauth-authorization-server",
+        during.url
+    ));
+    assert_eq!(metadata["issuer"], new);
+    drop(during);
+
+    // After one maximum token lifetime the old issuer is dropped.
+    let after = Server::start_with(&data, &["--issuer", new], None);
+    assert_eq!(checked_at(&after, &secret, &old_token), (false, false));
+    assert_eq!(checked_at(&after, &secret, &new_token), (true, true));
+    let (_, validated) = blocking_json(
+        "POST",
+        &format!("{}/token/validate", after.url),
+        None,
+        &json!({ "token": old_token }),
+    );
+    assert!(
+        validated.to_string().contains("issuer"),
+        "the refusal names the issuer: {validated}"
+    );
 }

@@ -27,7 +27,7 @@ fn keyring() -> Keyring {
 fn rules() -> Rules {
     Rules {
         validation: Validation {
-            issuer: Some("https://issuer.test".into()),
+            issuers: vec!["https://issuer.test".into()],
             audience: Some("api".into()),
             leeway: 30,
         },
