@@ -105,7 +105,8 @@ export async function startEnvoy(controlPlanePort, upstreamPort) {
   const dir = mkdtempSync(join(tmpdir(), 'pq-client-envoy-'));
   const [port, adminPort] = [await freePort(), await freePort()];
   const filter = {
-    issuer: 'pq-control-plane', audience: 'pq-api',
+    // The issuer the control plane derives from its (loopback) listen address.
+    issuer: `http://127.0.0.1:${controlPlanePort}`, audience: 'pq-api',
     control_plane: { cluster: 'control_plane', poll_wait_seconds: 2, retry_millis: 200 },
     staleness_bound_seconds: 10,
     claim_headers: { sub: 'x-auth-sub', jti: 'x-auth-jti', sid: 'x-auth-sid' },
