@@ -1,7 +1,7 @@
 //! What the filter reads from and writes to HTTP headers: credentials, bypass rules,
 //! the `WWW-Authenticate` challenge and claim header values.
 
-use crate::authz::{Challenge, Reason};
+use crate::reason::{Challenge, Reason};
 
 /// The authorization scheme the token came with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

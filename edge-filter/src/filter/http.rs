@@ -9,7 +9,8 @@ use proxy_wasm::types::{Action, Status};
 
 use super::metrics::Metrics;
 use super::{Vm, now_ms, secs, shared_get};
-use crate::authz::{Freshness, Outcome, Reason, Request};
+use crate::authz::{Freshness, Outcome, Request};
+use crate::reason::Reason;
 use crate::replay::{self, ReplayGuard, Verdict};
 use crate::request::{
     Preflight, challenge, error_body, is_bypassed, is_claim_header_alias, is_cors_preflight,

@@ -2,7 +2,7 @@
 
 use proxy_wasm::types::MetricType;
 
-use crate::authz::Reason;
+use crate::reason::Reason;
 
 /// Metric ids; `None` where the host refused to define one.
 pub(super) struct Metrics {
