@@ -68,6 +68,12 @@ async fn a_sealed_log_verifies_with_its_checkpoints() {
     assert!(stdout.contains("audit log OK"), "{stdout}");
     assert!(!stdout.contains("0 checkpoints"), "{stdout}");
     assert!(!stdout.contains("not sealed"), "{stdout}");
+    let kid = app.state.region.keys().event_key.kid();
+    assert!(stdout.contains(&format!("signed by: {kid}")), "{stdout}");
+    assert!(
+        stdout.contains("trusted: the keys of the data dir"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
