@@ -22,6 +22,11 @@ pub const CASES: &[&str] = &[
     "verify-eddsa",
     "verify-mldsa",
     "verify-eddsa-dalek",
+    "verify-es256",
+    "verify-es256-p256",
+    "proof-eddsa",
+    "proof-es256",
+    "proof-mldsa",
     "eddsa-key-table",
     "lookup-1k",
     "lookup-1m",
@@ -94,11 +99,11 @@ pub fn set_of(n: u32) -> RevocationSet {
         entries,
         leeway: None,
         feed: None,
+        jwks: None,
     };
     set.apply(update).unwrap_or_default();
     set
 }
-        jwks: None,
 
 /// An `Authorization` value.
 pub fn bearer(token: &str) -> Vec<u8> {
@@ -184,6 +189,66 @@ pub fn case(name: &str) -> Option<Box<dyn FnMut() -> bool>> {
             let sig = shared::b64::decode(sig, "signature").ok()?;
             let input = input.to_owned();
             Box::new(move || verifying.verify(black_box(input.as_bytes()), &sig).is_ok())
+        }
+        "verify-es256" => {
+            // An ES256 signature over a token-sized input with a decoded P-256 key, as a
+            // device key is used (no keyring, no table): the counterpart of
+            // `verify-eddsa-dalek`.
+            let signing = key(Alg::Es256);
+            let verifying = signing.verifying_key();
+            let token = token(&signing, 1);
+            let (input, sig) = token.rsplit_once('.')?;
+            let sig = shared::b64::decode(sig, "signature").ok()?;
+            let input = input.to_owned();
+            Box::new(move || verifying.verify(black_box(input.as_bytes()), &sig).is_ok())
+        }
+        "verify-es256-p256" => {
+            // The same signature by the `p256` crate's own verifier, which `shared` used
+            // before its faster double multiplication (`shared/src/es256.rs`).
+            use p256::ecdsa::signature::Verifier as _;
+            let signing = key(Alg::Es256);
+            let verifying =
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&signing.verifying_key().to_bytes())
+                    .ok()?;
+            let token = token(&signing, 1);
+            let (input, sig) = token.rsplit_once('.')?;
+            let sig = shared::b64::decode(sig, "signature").ok()?;
+            let sig = p256::ecdsa::Signature::from_slice(&sig).ok()?;
+            let input = input.to_owned();
+            Box::new(move || verifying.verify(black_box(input.as_bytes()), &sig).is_ok())
+        }
+        "proof-eddsa" | "proof-es256" | "proof-mldsa" => {
+            // What the filter does per DPoP proof: `dpop::verify_proof` (parse, decode the
+            // header's JWK, verify, thumbprint, claims), with the proof key's own alg.
+            let alg = match name {
+                "proof-eddsa" => Alg::EdDsa,
+                "proof-es256" => Alg::Es256,
+                _ => Alg::MlDsa65,
+            };
+            let device = key(alg);
+            let access = token(&key(Alg::EdDsa), 1);
+            let claims = shared::dpop::DpopClaims {
+                jti: "Xq3v9Lw2Zk8PaT0cR5nB7g".into(),
+                htm: "GET".into(),
+                htu: "http://127.0.0.1:10000/".into(),
+                iat: NOW,
+                ath: Some(shared::dpop::ath(&access)),
+                nonce: None,
+            };
+            let proof = shared::dpop::sign_proof(&device, &claims).ok()?;
+            let jkt = device.kid();
+            Box::new(move || {
+                let req = shared::dpop::ProofRequirements {
+                    method: "GET",
+                    uri: "http://127.0.0.1:10000/",
+                    now: NOW,
+                    max_age: 60,
+                    access_token: Some(&access),
+                    nonce: None,
+                    jkt: Some(&jkt),
+                };
+                shared::dpop::verify_proof(black_box(&proof), &req).is_ok()
+            })
         }
         "eddsa-key-table" => {
             // What a JWKS load costs per Ed25519 key: decoding it and building its table.
