@@ -65,8 +65,7 @@ impl AppState {
             settings.holder_revokes_per_minute_per_client,
             settings.holder_revokes_per_minute_per_subject,
         );
-        let address_permits =
-            limits::AddressPermits::new(settings.max_unauthenticated_per_address);
+        let address_permits = limits::AddressPermits::new(settings.max_unauthenticated_per_address);
         let long_polls = tokio::sync::Semaphore::new(settings.max_long_polls);
         let edge_auth = edge_auth::EdgeAuth::new(
             settings.edge_credentials,
@@ -140,8 +139,8 @@ pub fn app(state: AppState) -> Router {
                 state.clone(),
                 edge_auth::require,
             )),
-        .route("/v1/edge/fleet", get(edge::fleet))
         )
+        .route("/v1/edge/fleet", get(edge::fleet))
         .route("/v1/events", get(events::list))
         .route("/admin/keys/rotate", post(meta::rotate_keys))
         .route("/.well-known/jwks.json", get(meta::jwks))
