@@ -178,6 +178,36 @@ impl RevocationEvent {
         Ok(Verified { event, signer })
     }
 
+    /// What a signed event (either form) claims, read WITHOUT checking its signature:
+    /// the signer's `kid` its header names, and the event. Only for refusing cheaply what
+    /// verification would let through and the caller refuses anyway (an expired event,
+    /// one already applied, one claiming another key or region), never for accepting.
+    /// `None` when it is not even well formed.
+    pub fn claimed(token: &str) -> Option<(String, RevocationEvent)> {
+        #[derive(Deserialize)]
+        struct Kid {
+            kid: String,
+        }
+        if token.len() > MAX_EVENT_LEN {
+            return None;
+        }
+        let (protected, event) = if token.starts_with('{') {
+            let jws: FlattenedJws = serde_json::from_str(token).ok()?;
+            (jws.protected, b64::decode(&jws.header.event, "event").ok()?)
+        } else {
+            let mut parts = token.split('.');
+            let (Some(protected), Some(payload), Some(_), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            (protected.to_owned(), b64::decode(payload, "payload").ok()?)
+        };
+        let header = b64::decode(&protected, "protected header").ok()?;
+        let kid = serde_json::from_slice::<Kid>(&header).ok()?.kid;
+        Some((kid, serde_json::from_slice(&event).ok()?))
+    }
+
     /// True when this event revokes a token with these identifiers.
     pub fn matches(&self, ids: &TokenIds<'_>) -> bool {
         ids.value(self.kind) == Some(self.value.as_str()) && covers(self.not_before, ids.iat)
@@ -345,12 +375,12 @@ fn join_parts(
 /// Checks a batch member's signature and inclusion proof; returns the event's bytes.
 /// Batch roots whose signature verified: the last [`VerifiedRoots::CAPACITY`], by the
 /// SHA-256 of the signed root (compact JWS), with the key that signed each.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct VerifiedRoots {
     seen: std::collections::VecDeque<VerifiedRoot>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct VerifiedRoot {
     digest: merkle::Hash,
     kid: String,
@@ -374,6 +404,16 @@ impl VerifiedRoots {
             self.seen.pop_front();
         }
         self.seen.push_back(root);
+    }
+
+    /// Adds the roots `other` verified that this set does not hold yet (a copy taken to
+    /// verify without holding a lock gives back what it learnt).
+    pub fn absorb(&mut self, other: VerifiedRoots) {
+        for root in other.seen {
+            if !self.seen.iter().any(|r| r.digest == root.digest) {
+                self.insert(root);
+            }
+        }
     }
 
     /// Number of roots remembered.

@@ -690,3 +690,30 @@ fn a_trusted_key_cannot_sign_an_event_in_another_keys_name() {
         assert_eq!(verified.event.kid, other.kid());
     }
 }
+
+#[test]
+fn what_an_event_claims_is_read_without_its_signature_and_roots_merge() {
+    let key = region_key();
+    let ev = event(Kind::Jti, "claimed");
+    let alone = ev.sign(&key).unwrap();
+    let member = sign_batch(std::slice::from_ref(&ev), &key)
+        .unwrap()
+        .remove(0);
+    for token in [&alone, &member] {
+        assert_eq!(
+            RevocationEvent::claimed(token),
+            Some((key.kid(), ev.clone()))
+        );
+    }
+    assert_eq!(RevocationEvent::claimed("a.b"), None);
+    assert_eq!(RevocationEvent::claimed("{}"), None);
+    // A copy verified apart gives its roots back.
+    let mut ring = Keyring::new();
+    ring.add(key.verifying_key());
+    let mut shared_roots = VerifiedRoots::default();
+    let mut copy = shared_roots.clone();
+    RevocationEvent::verify_cached(&member, &ring, &mut copy).unwrap();
+    shared_roots.absorb(copy.clone());
+    shared_roots.absorb(copy);
+    assert_eq!(shared_roots.len(), 1);
+}

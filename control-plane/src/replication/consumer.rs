@@ -15,12 +15,13 @@ use std::time::Duration;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use shared::JoseError;
 use shared::revocation::Verified;
+use shared::{JoseError, RevocationEvent};
 
 use crate::Region;
 use crate::replication::bus::KafkaSettings;
 use crate::replication::peers::{self, Peers};
+use crate::store::db;
 use crate::time::now;
 
 /// Most messages applied together.
@@ -112,42 +113,185 @@ impl ConsumerStats {
     }
 }
 
-/// Checks one message and applies it. `Ok(true)` applied, `Ok(false)` own event.
-pub(crate) async fn handle(
-    region: &Arc<Region>,
+/// Most messages remembered as refused for their signature ([`Refused`]).
+const MAX_REFUSED: usize = 100_000;
+
+/// The digests of messages whose signature did not verify: the same bytes again cost a
+/// hash, not a verification. Only exact copies match (SHA-256 of the whole message), so
+/// nothing genuine can be refused through it.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    seen: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+impl Refused {
+    fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest)
+    }
+
+    fn add(&self, digest: [u8; 32]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_REFUSED {
+            seen.clear();
+        }
+        seen.insert(digest);
+    }
+}
+
+/// A message that passed every check.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    /// A peer's event to apply, with its signed form.
+    Apply(RevocationEvent, String),
+    /// This region's own event coming back: nothing to do.
+    Own,
+}
+
+/// Checks one message without applying it (CPU and a SQLite read: run it on a blocking
+/// thread). What the message claims is read first, unverified, to refuse at the cost of
+/// a parse what would be refused after the ML-DSA-65 verification anyway: an exact copy
+/// of a message already refused for its signature, an event naming another key than its
+/// header's or a region its key is not bound to, an expired one, one already applied,
+/// and this region's own events coming back (skipped, as they were after verifying).
+/// Everything else is verified, and the same checks run again on what was verified.
+pub(crate) fn check(
+    region: &Region,
     peers: &Peers,
+    refused: &Refused,
     payload: Option<&[u8]>,
-) -> Result<bool, Rejection> {
+) -> Result<Checked, Rejection> {
     let signed = payload
         .and_then(|p| std::str::from_utf8(p).ok())
-        .ok_or(Rejection::Malformed)?
-        .to_owned();
-    let verified = match verify(region, peers, &signed) {
-        Err(JoseError::UnknownKey(_)) if peers.refresh_soon().await => {
-            peers.hand_to(region);
-            verify(region, peers, &signed)
-        }
-        other => other,
+        .ok_or(Rejection::Malformed)?;
+    let digest = shared::sha256(signed.as_bytes());
+    if refused.contains(&digest) {
+        return Err(Rejection::BadSignature);
     }
-    .map_err(|e| match e {
-        JoseError::UnknownKey(_) => Rejection::UnknownKey,
-        JoseError::BadSignature => Rejection::BadSignature,
-        _ => Rejection::Malformed,
-    })?;
-    // A trusted key signs for its own region only, and in its own name.
+    let own_region = region.settings().region.as_str();
+    let own = region.keys();
+    let (signer, claimed) = RevocationEvent::claimed(signed).ok_or(Rejection::Malformed)?;
+    if claimed.origin == own_region && claimed.kid == signer && own.keyring.get(&signer).is_some() {
+        return Ok(Checked::Own);
+    }
+    let claim = Verified {
+        event: claimed,
+        signer,
+    };
+    fits(peers, own_region, &own, &claim)?;
+    if claim.event.expires_at <= now() {
+        return Err(Rejection::Expired);
+    }
+    let applied = region.db().read().ok().and_then(|conn| {
+        db::has_revocation(&conn, &claim.event.origin, &claim.event.event_id).ok()
+    });
+    if applied == Some(true) {
+        return Err(Rejection::Duplicate);
+    }
+    let verified = peers
+        .verify_event(own.clone(), signed)
+        .map_err(|e| match e {
+            JoseError::UnknownKey(_) => Rejection::UnknownKey,
+            JoseError::BadSignature => {
+                refused.add(digest);
+                Rejection::BadSignature
+            }
+            _ => Rejection::Malformed,
+        })?;
+    fits(peers, own_region, &own, &verified)?;
+    if verified.event.origin == own_region {
+        return Ok(Checked::Own);
+    }
+    if verified.event.expires_at <= now() {
+        return Err(Rejection::Expired);
+    }
+    Ok(Checked::Apply(verified.event, signed.to_owned()))
+}
+
+/// A trusted key signs for its own region only, and in its own name.
+fn fits(
+    peers: &Peers,
+    own_region: &str,
+    own: &crate::store::keys::KeySet,
+    event: &Verified,
+) -> Result<(), Rejection> {
     peers
-        .origin_check(&region.settings().region, &region.keys(), &verified)
+        .origin_check(own_region, own, event)
         .map_err(|misfit| match misfit {
             peers::Misfit::Kid => Rejection::WrongKid,
             peers::Misfit::Origin => Rejection::WrongOrigin,
-        })?;
-    let event = verified.event;
-    if event.origin == region.settings().region {
-        return Ok(false);
+        })
+}
+
+/// Checks `payloads` on up to `workers` blocking threads at once (ML-DSA-65
+/// verifications are the cost of a flood: they use every core, and none of the async
+/// threads that serve HTTP); an unknown key refreshes `PEER_JWKS` (rate limited) and
+/// checks those messages again. Results in input order.
+async fn check_all(
+    region: &Arc<Region>,
+    peers: &Arc<Peers>,
+    refused: &Arc<Refused>,
+    payloads: Vec<Option<Vec<u8>>>,
+    workers: usize,
+) -> Vec<Result<Checked, Rejection>> {
+    let n = payloads.len();
+    let payloads = Arc::new(payloads);
+    let run = |indices: Vec<usize>| {
+        let (region, peers, refused, payloads) = (
+            region.clone(),
+            peers.clone(),
+            refused.clone(),
+            payloads.clone(),
+        );
+        move || {
+            indices
+                .into_iter()
+                .map(|i| (i, check(&region, &peers, &refused, payloads[i].as_deref())))
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut results: Vec<Option<Result<Checked, Rejection>>> = (0..n).map(|_| None).collect();
+    let workers = workers.clamp(1, n.max(1));
+    let mut checks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        // Interleaved, so a real event late in the batch is not left for last.
+        checks.spawn_blocking(run((w..n).step_by(workers).collect()));
     }
-    if event.expires_at <= now() {
-        return Err(Rejection::Expired);
+    while let Some(done) = checks.join_next().await {
+        match done {
+            Ok(part) => {
+                for (i, r) in part {
+                    results[i] = Some(r);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a consumer check failed"),
+        }
     }
+    let unknown: Vec<usize> = (0..n)
+        .filter(|&i| matches!(results[i], Some(Err(Rejection::UnknownKey))))
+        .collect();
+    if !unknown.is_empty() && peers.refresh_soon().await {
+        peers.hand_to(region);
+        if let Ok(part) = tokio::task::spawn_blocking(run(unknown)).await {
+            for (i, r) in part {
+                results[i] = Some(r);
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(Rejection::Malformed)))
+        .collect()
+}
+
+/// Applies a checked message. `Ok(true)` applied, `Ok(false)` own event.
+async fn apply(region: &Arc<Region>, checked: Checked) -> Result<bool, Rejection> {
+    let (event, signed) = match checked {
+        Checked::Own => return Ok(false),
+        Checked::Apply(event, signed) => (event, signed),
+    };
     let event = Arc::new((event, signed));
     loop {
         let (writer, job) = (region.clone(), event.clone());
@@ -163,6 +307,27 @@ pub(crate) async fn handle(
     }
 }
 
+/// Checks one message and applies it. `Ok(true)` applied, `Ok(false)` own event.
+#[cfg(test)]
+pub(crate) async fn handle(
+    region: &Arc<Region>,
+    peers: &Arc<Peers>,
+    payload: Option<&[u8]>,
+) -> Result<bool, Rejection> {
+    let refused = Arc::new(Refused::default());
+    let checked = check_all(
+        region,
+        peers,
+        &refused,
+        vec![payload.map(<[u8]>::to_vec)],
+        1,
+    )
+    .await
+    .pop()
+    .unwrap_or(Err(Rejection::Malformed))?;
+    apply(region, checked).await
+}
+
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -170,10 +335,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn verify(region: &Region, peers: &Peers, signed: &str) -> Result<Verified, JoseError> {
-    peers.verify_event(region.keys(), signed)
 }
 
 /// Creates the region's consumer (its own group), subscribed to the revocations topic.
@@ -226,6 +387,8 @@ pub(crate) async fn run(
             }
         })
     });
+    let refused = Arc::new(Refused::default());
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let consumer = Arc::new(consumer);
     let _lag = AbortOnDrop({
         let (consumer, stats) = (consumer.clone(), stats.clone());
@@ -261,11 +424,21 @@ pub(crate) async fn run(
                 _ => break,
             }
         }
+        let payloads = batch
+            .iter()
+            .map(|m| m.payload().map(<[u8]>::to_vec))
+            .collect();
+        let checked = check_all(&region, &peers, &refused, payloads, workers).await;
         let mut applying = tokio::task::JoinSet::new();
-        for (i, message) in batch.iter().enumerate() {
-            let payload = message.payload().map(<[u8]>::to_vec);
-            let (region, peers) = (region.clone(), peers.clone());
-            applying.spawn(async move { (i, handle(&region, &peers, payload.as_deref()).await) });
+        let mut not_applied: Vec<(Rejection, usize)> = Vec::new();
+        for (i, outcome) in checked.into_iter().enumerate() {
+            match outcome {
+                Ok(checked) => {
+                    let region = region.clone();
+                    applying.spawn(async move { (i, apply(&region, checked).await) });
+                }
+                Err(why) => not_applied.push((why, i)),
+            }
         }
         while let Some(done) = applying.join_next().await {
             let Ok((i, outcome)) = done else {
@@ -279,16 +452,22 @@ pub(crate) async fn run(
                 Ok(false) => {
                     stats.own.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(why) => {
-                    stats.reject(why);
-                    tracing::warn!(
-                        reason = why.as_str(),
-                        partition = batch[i].partition(),
-                        offset = batch[i].offset(),
-                        "event from the broker not applied"
-                    );
-                }
+                Err(why) => not_applied.push((why, i)),
             }
+        }
+        // One log line per batch, not per message: a flood must not become a flood of
+        // log lines.
+        if let Some(&(why, i)) = not_applied.first() {
+            for (why, _) in &not_applied {
+                stats.reject(*why);
+            }
+            tracing::warn!(
+                count = not_applied.len(),
+                first_reason = why.as_str(),
+                partition = batch[i].partition(),
+                first_offset = batch[i].offset(),
+                "events from the broker not applied (reasons in cp_consumer_rejected_total)"
+            );
         }
         // Only after every event of the batch is in SQLite: a crash before this
         // redelivers them, and applying them again is a no-op.
@@ -369,10 +548,10 @@ mod tests {
         let (file_a, file_b) = (dir.path().join("a.json"), dir.path().join("b.json"));
         std::fs::write(&file_a, jwks(&a, None)).unwrap();
         std::fs::write(&file_b, jwks(&b, Some("b"))).unwrap();
-        let peers = Peers::new(vec![
+        let peers = Arc::new(Peers::new(vec![
             format!("a={}", file_a.display()),
             file_b.display().to_string(),
-        ]);
+        ]));
         assert!(peers.refresh().await);
         let send = |e: RevocationEvent, key: &SigningKey| {
             let signed = e.sign(key).unwrap();
@@ -440,10 +619,10 @@ mod tests {
         std::fs::write(&file_a, set(&a)).unwrap();
         // An older peer: its JWKS names no region and PEER_JWKS does not either.
         std::fs::write(&file_old, set(&old)).unwrap();
-        let peers = Peers::new(vec![
+        let peers = Arc::new(Peers::new(vec![
             format!("a={}", file_a.display()),
             file_old.display().to_string(),
-        ]);
+        ]));
         assert!(peers.refresh().await);
         let send = |e: RevocationEvent| {
             let signed = e.sign(&old).unwrap();

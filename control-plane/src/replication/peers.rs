@@ -151,24 +151,38 @@ impl Peers {
         signed: &str,
     ) -> Result<Verified, JoseError> {
         let peers = self.keyring();
-        let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
-        let current = trusted
-            .from
-            .as_ref()
-            .is_some_and(|(k, p)| Arc::ptr_eq(k, &own) && Arc::ptr_eq(p, &peers));
-        if !current {
-            let mut merged: Keyring = (*peers).clone();
-            merged.merge(&own.keyring);
-            trusted.keys = Arc::new(merged);
-            trusted.from = Some((own, peers));
+        // The signature is checked with no lock held, so events verify on every core at
+        // once; only the merged keys and a copy of the roots are taken under it.
+        let (keys, mut roots) = {
+            let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+            let current = trusted
+                .from
+                .as_ref()
+                .is_some_and(|(k, p)| Arc::ptr_eq(k, &own) && Arc::ptr_eq(p, &peers));
+            if !current {
+                let mut merged: Keyring = (*peers).clone();
+                merged.merge(&own.keyring);
+                trusted.keys = Arc::new(merged);
+                trusted.from = Some((own, peers));
+            }
+            (trusted.keys.clone(), trusted.roots.clone())
+        };
+        let known = roots.len();
+        let verified = RevocationEvent::verify_signer(signed, &keys, &mut roots);
+        if roots.len() != known || known == VerifiedRoots::CAPACITY {
+            self.trusted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .roots
+                .absorb(roots);
         }
-        let Trusted { keys, roots, .. } = &mut *trusted;
-        RevocationEvent::verify_signer(signed, keys, roots)
+        verified
     }
 
     /// Whether a verified event fits the key that signed it: it names that key, and it
     /// claims the region that key is bound to (this region for its own keys). An
-    /// unbound peer key may claim any region but this one and those bound to other keys.
+    /// unbound peer key may claim any region but this one and those bound to other keys;
+    /// a key nobody publishes passes here and is refused by verification.
     pub(crate) fn origin_check(
         &self,
         own_region: &str,
@@ -194,6 +208,8 @@ impl Peers {
         match bindings.region_of.get(signer) {
             Some(region) if *region == event.origin => Ok(()),
             Some(_) => Err(Misfit::Origin),
+            // Not a key of any peer: verification refuses it (as an unknown key).
+            None if self.keyring().get(signer).is_none() => Ok(()),
             None if event.origin == own_region || bindings.regions.contains(&event.origin) => {
                 Err(Misfit::Origin)
             }

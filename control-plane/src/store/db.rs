@@ -621,6 +621,16 @@ pub(crate) fn end_sessions(
     Ok(())
 }
 
+/// Whether the event `event_id` of `origin` is stored.
+pub(crate) fn has_revocation(
+    conn: &Connection,
+    origin: &str,
+    event_id: &str,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM revocations WHERE origin = ?1 AND event_id = ?2")?
+        .exists(params![origin, event_id])
+}
+
 /// The stored event with this id, if any (the first stored, should two origins have
 /// used the id; this region's own events, which sessions name, are unique).
 pub(crate) fn revocation_by_id(
