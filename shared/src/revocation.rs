@@ -378,6 +378,8 @@ fn join_parts(
 #[derive(Debug, Default, Clone)]
 pub struct VerifiedRoots {
     seen: std::collections::VecDeque<VerifiedRoot>,
+    /// Roots added so far (a copy tells whether it learnt any).
+    added: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -404,6 +406,13 @@ impl VerifiedRoots {
             self.seen.pop_front();
         }
         self.seen.push_back(root);
+        self.added += 1;
+    }
+
+    /// How many roots were ever added: a copy whose count grew learnt something to
+    /// [`absorb`](VerifiedRoots::absorb) back.
+    pub fn added(&self) -> u64 {
+        self.added
     }
 
     /// Adds the roots `other` verified that this set does not hold yet (a copy taken to

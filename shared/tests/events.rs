@@ -713,6 +713,7 @@ fn what_an_event_claims_is_read_without_its_signature_and_roots_merge() {
     let mut shared_roots = VerifiedRoots::default();
     let mut copy = shared_roots.clone();
     RevocationEvent::verify_cached(&member, &ring, &mut copy).unwrap();
+    assert_eq!(copy.added(), 1);
     shared_roots.absorb(copy.clone());
     shared_roots.absorb(copy);
     assert_eq!(shared_roots.len(), 1);

@@ -167,9 +167,9 @@ impl Peers {
             }
             (trusted.keys.clone(), trusted.roots.clone())
         };
-        let known = roots.len();
+        let known = roots.added();
         let verified = RevocationEvent::verify_signer(signed, &keys, &mut roots);
-        if roots.len() != known || known == VerifiedRoots::CAPACITY {
+        if roots.added() != known {
             self.trusted
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
