@@ -139,8 +139,91 @@ fn a_signature_made_by_hand_whose_point_is_the_generator_verifies() {
     assert!(both(&public, message, &signature));
 }
 
+/// Montgomery multiplication word by word (CIOS, generic in the modulus' words): the
+/// reference for the product-then-reduce code.
+fn reference_mul(a: &Fe, b: &Fe) -> Fe {
+    let (a, b) = (&a.0, &b.0);
+    let mut t = [0u32; 10];
+    for &ai in a {
+        let ai = u64::from(ai);
+        let mut carry = 0u64;
+        for j in 0..8 {
+            let s = u64::from(t[j]) + ai * u64::from(b[j]) + carry;
+            t[j] = s as u32;
+            carry = s >> 32;
+        }
+        let s = u64::from(t[8]) + carry;
+        t[8] = s as u32;
+        t[9] = (s >> 32) as u32;
+        let m = u64::from(t[0]);
+        let mut carry = (u64::from(t[0]) + m * u64::from(P[0])) >> 32;
+        for j in 1..8 {
+            let s = u64::from(t[j]) + m * u64::from(P[j]) + carry;
+            t[j - 1] = s as u32;
+            carry = s >> 32;
+        }
+        let s = u64::from(t[8]) + carry;
+        t[7] = s as u32;
+        t[8] = t[9] + (s >> 32) as u32;
+    }
+    let low = [t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
+    let (reduced, borrow) = sub_limbs(&low, &P);
+    if t[8] != 0 || borrow == 0 {
+        Fe(reduced)
+    } else {
+        Fe(low)
+    }
+}
+
+/// A field element from arbitrary bytes (reduced below p by clearing the top bit).
+fn fe(mut bytes: [u8; 32]) -> Fe {
+    bytes[0] &= 0x7f;
+    Fe::from_be_bytes(&bytes).expect("below p")
+}
+
+#[test]
+fn products_and_squares_of_extreme_elements_match_the_reference() {
+    let mut p_minus_1 = [0u8; 32];
+    for (i, limb) in P.iter().rev().enumerate() {
+        p_minus_1[i * 4..i * 4 + 4].copy_from_slice(&limb.to_be_bytes());
+    }
+    p_minus_1[31] -= 1;
+    let edges = [
+        Fe::ZERO,
+        ONE,
+        Fe(be_limbs(&p_minus_1).unwrap()),
+        Fe([
+            0xffff_ffff,
+            0xffff_ffff,
+            0xffff_ffff,
+            0,
+            0,
+            0,
+            1,
+            0xffff_fffe,
+        ]),
+        Fe([0, 0, 0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff, 0, 0]),
+        R2,
+        GX,
+        GY,
+    ];
+    for a in &edges {
+        assert_eq!(a.square(), reference_mul(a, a), "{a:?}");
+        for b in &edges {
+            assert_eq!(a.mul(b), reference_mul(a, b), "{a:?} {b:?}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn products_and_squares_match_the_reference(a in any::<[u8; 32]>(), b in any::<[u8; 32]>()) {
+        let (a, b) = (fe(a), fe(b));
+        prop_assert_eq!(a.mul(&b), reference_mul(&a, &b));
+        prop_assert_eq!(a.square(), reference_mul(&a, &a));
+    }
 
     #[test]
     fn random_keys_messages_and_signatures_get_the_same_answer(
