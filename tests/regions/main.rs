@@ -336,6 +336,31 @@ fn an_edge_polling_two_control_planes_in_turn_misses_no_revocation() {
     );
 }
 
+/// A region that starts before its peer cannot fetch the peer's keys at first (it
+/// retries every 2 s); an event the peer signs meanwhile waits for the keys and is
+/// applied, never dropped as signed by an unknown key.
+#[test]
+fn an_event_of_a_peer_that_started_later_waits_for_its_keys_and_is_applied() {
+    let _turn = turn();
+    let broker = Broker::start();
+    let redis = Redis::start();
+    let (pa, pb) = (free_port(), free_port());
+    let a = ControlPlane::start_with(pa, region_env("a", &broker, &redis, 0, &[pb]));
+    std::thread::sleep(Duration::from_millis(300));
+    let b = ControlPlane::start_with(pb, region_env("b", &broker, &redis, 1, &[pa]));
+    for i in 0..3 {
+        revoke(&b, "jti", &format!("before-a-knows-b-{i}")).expect("revoke at b");
+    }
+    for i in 0..3 {
+        wait_revoked(&a, "jti", &format!("before-a-knows-b-{i}"));
+    }
+    assert!(
+        !a.log_tail(200).contains("reason=\"unknown_key\""),
+        "an event was refused for its key: {}",
+        a.log_tail(40)
+    );
+}
+
 #[test]
 fn revocations_acknowledged_while_the_broker_is_down_all_reach_b_once() {
     let _turn = turn();

@@ -228,6 +228,14 @@ fn fits(
 /// Checks `payloads` on up to `workers` blocking threads at once (ML-DSA-65
 /// verifications are the cost of a flood: they use every core, and none of the async
 /// threads that serve HTTP); an unknown key refreshes `PEER_JWKS` (rate limited) and
+/// Longest an event signed by an unknown key waits for a peer JWKS that could not be
+/// fetched (see [`check_all`]); after it, the event is refused as `unknown_key`.
+const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(30);
+
+/// Pause between two looks for the keys of such an event (a refetch happens at most
+/// every `peers::MIN_REFETCH`).
+const UNKNOWN_KEY_RETRY: Duration = Duration::from_millis(250);
+
 /// checks those messages again. Results in input order.
 async fn check_all(
     region: &Arc<Region>,
@@ -269,16 +277,37 @@ async fn check_all(
             Err(e) => tracing::error!(error = %e, "a consumer check failed"),
         }
     }
-    let unknown: Vec<usize> = (0..n)
-        .filter(|&i| matches!(results[i], Some(Err(Rejection::UnknownKey))))
-        .collect();
-    if !unknown.is_empty() && peers.refresh_soon().await {
-        peers.hand_to(region);
-        if let Ok(part) = tokio::task::spawn_blocking(run(unknown)).await {
-            for (i, r) in part {
-                results[i] = Some(r);
-            }
+    let unknown_in = |results: &[Option<Result<Checked, Rejection>>]| -> Vec<usize> {
+        (0..n)
+            .filter(|&i| matches!(results[i], Some(Err(Rejection::UnknownKey))))
+            .collect()
+    };
+    let mut unknown = unknown_in(&results);
+    // A key is unknown because a peer published it after the last fetch, or because a
+    // peer's JWKS could not be fetched (a peer that started after this one, or is away):
+    // then its events wait for its keys instead of being dropped, up to
+    // UNKNOWN_KEY_WAIT. With every source fetched, an unknown key is nobody's and its
+    // events are refused at once (a flood of them costs no wait).
+    let give_up = tokio::time::Instant::now() + UNKNOWN_KEY_WAIT;
+    while !unknown.is_empty() {
+        let refreshed = peers.refresh_soon().await;
+        if refreshed {
+            peers.hand_to(region);
         }
+        // Read before checking again: keys fetched by the refresher meanwhile count.
+        let complete = peers.complete();
+        if refreshed || complete {
+            if let Ok(part) = tokio::task::spawn_blocking(run(unknown)).await {
+                for (i, r) in part {
+                    results[i] = Some(r);
+                }
+            }
+            unknown = unknown_in(&results);
+        }
+        if unknown.is_empty() || complete || tokio::time::Instant::now() >= give_up {
+            break;
+        }
+        tokio::time::sleep(UNKNOWN_KEY_RETRY).await;
     }
     results
         .into_iter()

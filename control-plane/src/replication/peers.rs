@@ -109,6 +109,8 @@ pub(crate) struct Peers {
     keyring: RwLock<Arc<Keyring>>,
     jwks: RwLock<Arc<JwkSet>>,
     last_fetch: Mutex<Option<Instant>>,
+    /// The last refresh fetched every source (false before the first).
+    complete: std::sync::atomic::AtomicBool,
     http: reqwest::Client,
     /// The keys events are verified with (this region's and the peers'), merged once
     /// per change of either, and the batch roots they already verified.
@@ -134,6 +136,7 @@ impl Peers {
             keyring: RwLock::new(Arc::new(Keyring::new())),
             jwks: RwLock::new(Arc::new(JwkSet::default())),
             last_fetch: Mutex::new(None),
+            complete: std::sync::atomic::AtomicBool::new(false),
             trusted: Mutex::new(Trusted::default()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -304,7 +307,15 @@ impl Peers {
         *self.bindings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bindings);
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
         *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
+        self.complete
+            .store(all, std::sync::atomic::Ordering::Release);
         all
+    }
+
+    /// Whether the last refresh fetched every source: then a key none of them publishes
+    /// is nobody's, and an event signed by it can be refused at once.
+    pub(crate) fn complete(&self) -> bool {
+        self.complete.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Refreshes unless the last fetch was less than [`MIN_REFETCH`] ago; true if it did.
