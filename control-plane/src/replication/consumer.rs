@@ -225,9 +225,6 @@ fn fits(
         })
 }
 
-/// Checks `payloads` on up to `workers` blocking threads at once (ML-DSA-65
-/// verifications are the cost of a flood: they use every core, and none of the async
-/// threads that serve HTTP); an unknown key refreshes `PEER_JWKS` (rate limited) and
 /// Longest an event signed by an unknown key waits for a peer JWKS that could not be
 /// fetched (see [`check_all`]); after it, the event is refused as `unknown_key`.
 const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(30);
@@ -236,7 +233,11 @@ const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(30);
 /// every `peers::MIN_REFETCH`).
 const UNKNOWN_KEY_RETRY: Duration = Duration::from_millis(250);
 
-/// checks those messages again. Results in input order.
+/// Checks `payloads` on up to `workers` blocking threads at once (ML-DSA-65
+/// verifications are the cost of a flood: they use every core, and none of the async
+/// threads that serve HTTP); an unknown key refreshes `PEER_JWKS` (rate limited) and
+/// checks those messages again, waiting for a peer JWKS that could not be fetched (up
+/// to [`UNKNOWN_KEY_WAIT`]). Results in input order.
 async fn check_all(
     region: &Arc<Region>,
     peers: &Arc<Peers>,
