@@ -326,7 +326,7 @@ pub struct Settings {
     /// Redis operation timeout.
     pub redis_timeout: std::time::Duration,
     /// Kafka, if any.
-    pub kafka: Option<crate::replication::bus::KafkaSettings>,
+    pub kafka: Option<KafkaSettings>,
     /// Peer JWKS sources.
     pub peer_jwks: Vec<String>,
     /// How long a revocation answer waits for the broker.
@@ -453,10 +453,10 @@ impl Settings {
                 args.max_token_minutes
             ));
         }
-        if !(1..=crate::refresh::MAX_DAYS).contains(&args.refresh_days) {
+        if !(1..=MAX_REFRESH_DAYS).contains(&args.refresh_days) {
             problems.push(format!(
                 "CP_REFRESH_DAYS must be between 1 and {}",
-                crate::refresh::MAX_DAYS
+                MAX_REFRESH_DAYS
             ));
         }
         let mut settings = Settings::new(args.data_dir.clone());
@@ -510,16 +510,10 @@ impl Settings {
             settings.holder_revokes_per_minute_per_subject = serve.subject_revokes_per_minute;
             settings.dpop_nonce = serve.dpop_nonce;
         }
-        match &args.redis_url {
-            Some(url) => {
-                if let Err(e) = crate::cache::redis::client(url, args.redis_ca_file.as_deref()) {
-                    problems.push(e.to_string());
-                }
-            }
-            None if args.redis_ca_file.is_some() => {
-                problems.push("CP_REDIS_CA_FILE is set but REDIS_URL is not".to_owned());
-            }
-            None => {}
+        // The URL and CA file themselves are checked when the client is made (at start,
+        // `crate::backends::open`), so this module depends on no other of the crate.
+        if args.redis_url.is_none() && args.redis_ca_file.is_some() {
+            problems.push("CP_REDIS_CA_FILE is set but REDIS_URL is not".to_owned());
         }
         if !(1..=10_000).contains(&args.redis_timeout_ms) {
             problems.push("CP_REDIS_TIMEOUT_MS must be between 1 and 10000".to_owned());
@@ -534,19 +528,18 @@ impl Settings {
         if !(1..=10_000).contains(&args.kafka_fetch_wait_ms) {
             problems.push("CP_KAFKA_FETCH_WAIT_MS must be between 1 and 10000".to_owned());
         }
-        let kafka_client = match crate::replication::bus::parse_client_config(
-            args.kafka_client_config.as_deref().unwrap_or(""),
-        ) {
-            Ok(pairs) => pairs,
-            Err(found) => {
-                problems.extend(found);
-                Vec::new()
-            }
-        };
+        let kafka_client =
+            match parse_client_config(args.kafka_client_config.as_deref().unwrap_or("")) {
+                Ok(pairs) => pairs,
+                Err(found) => {
+                    problems.extend(found);
+                    Vec::new()
+                }
+            };
         if args.publish_wait_ms > 10_000 {
             problems.push("CP_PUBLISH_WAIT_MS must be at most 10000".to_owned());
         }
-        let peer_jwks = match crate::replication::peers::parse_sources(&args.peer_jwks.join(",")) {
+        let peer_jwks = match parse_sources(&args.peer_jwks.join(",")) {
             Ok(sources) => sources,
             Err(found) => {
                 problems.extend(found);
@@ -578,20 +571,20 @@ impl Settings {
         settings.redis_url = args.redis_url.clone();
         settings.redis_ca_file = args.redis_ca_file.clone();
         settings.redis_timeout = std::time::Duration::from_millis(args.redis_timeout_ms);
-        settings.kafka =
-            args.kafka_bootstrap
-                .as_ref()
-                .map(|bootstrap| crate::replication::bus::KafkaSettings {
-                    bootstrap: bootstrap.clone(),
-                    revocations_topic: args.kafka_revocations_topic.clone(),
-                    token_events_topic: args.kafka_token_events_topic.clone(),
-                    group: args
-                        .kafka_group
-                        .clone()
-                        .unwrap_or_else(|| format!("cp-{region}")),
-                    fetch_wait_ms: args.kafka_fetch_wait_ms,
-                    client: kafka_client,
-                });
+        settings.kafka = args
+            .kafka_bootstrap
+            .as_ref()
+            .map(|bootstrap| KafkaSettings {
+                bootstrap: bootstrap.clone(),
+                revocations_topic: args.kafka_revocations_topic.clone(),
+                token_events_topic: args.kafka_token_events_topic.clone(),
+                group: args
+                    .kafka_group
+                    .clone()
+                    .unwrap_or_else(|| format!("cp-{region}")),
+                fetch_wait_ms: args.kafka_fetch_wait_ms,
+                client: kafka_client,
+            });
         settings.peer_jwks = peer_jwks;
         settings.publish_wait = std::time::Duration::from_millis(args.publish_wait_ms);
         Ok(settings)
@@ -691,6 +684,151 @@ fn is_loopback_url(value: &str) -> bool {
                     .is_ok_and(|ip| ip.is_loopback())
         })
     })
+}
+
+/// Longest a refresh session may last, in days (`CP_REFRESH_DAYS` and each session's
+/// `expires_days`).
+pub const MAX_REFRESH_DAYS: i64 = 365;
+
+/// Settings of the Kafka bus and consumer.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// Topic of revocation events.
+    pub revocations_topic: String,
+    /// Topic of token lifecycle events.
+    pub token_events_topic: String,
+    /// Consumer group of this region.
+    pub group: String,
+    /// `fetch.wait.max.ms` of the consumer (the broker may hold a fetch this long).
+    pub fetch_wait_ms: u32,
+    /// Extra librdkafka properties for every client (`CP_KAFKA_CLIENT_CONFIG`): SASL,
+    /// TLS, client id.
+    pub client: Vec<(String, String)>,
+}
+
+/// Properties `CP_KAFKA_CLIENT_CONFIG` may not set: the region's delivery guarantees
+/// (ordered, idempotent, acknowledged by every replica, committed after applying) rest
+/// on them.
+const RESERVED_PROPERTIES: [&str; 9] = [
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "enable.auto.commit",
+    "auto.offset.reset",
+    "enable.auto.offset.store",
+];
+
+/// Parses `CP_KAFKA_CLIENT_CONFIG`: comma-separated `key=value` librdkafka properties.
+/// Every problem is reported (a missing `=`, an empty key, a reserved property).
+pub(crate) fn parse_client_config(list: &str) -> Result<Vec<(String, String)>, Vec<String>> {
+    let mut pairs = Vec::new();
+    let mut problems = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            problems.push(format!(
+                "CP_KAFKA_CLIENT_CONFIG: {:?} is not key=value",
+                item.split('=').next().unwrap_or(item)
+            ));
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            problems.push("CP_KAFKA_CLIENT_CONFIG: an empty property name".to_owned());
+        } else if RESERVED_PROPERTIES.contains(&key.to_ascii_lowercase().as_str()) {
+            problems.push(format!(
+                "CP_KAFKA_CLIENT_CONFIG may not set {key}: the delivery guarantees rest on it"
+            ));
+        } else {
+            pairs.push((key.to_owned(), value.trim().to_owned()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(pairs)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Splits a `PEER_JWKS` entry into the region it names (`REGION=`), if any, and where
+/// its keys are.
+pub(crate) fn named(entry: &str) -> (Option<&str>, &str) {
+    match entry.split_once('=') {
+        Some((region, rest))
+            if !region.is_empty()
+                && region.len() <= 64
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            (Some(region), rest)
+        }
+        _ => (None, entry),
+    }
+}
+
+/// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths, each optionally
+/// prefixed `REGION=` to bind its keys to that region. Returns every problem at once.
+pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (region, item) = named(entry);
+        let keep = |sources: &mut Vec<String>| {
+            sources.push(match region {
+                Some(r) => format!("{r}={item}"),
+                None => item.to_owned(),
+            });
+        };
+        if item.starts_with("http://") || item.starts_with("https://") {
+            match reqwest::Url::parse(item) {
+                Ok(_) => keep(&mut sources),
+                Err(e) => problems.push(format!("PEER_JWKS: {item:?} is not a valid URL: {e}")),
+            }
+        } else if item.contains("://") {
+            problems.push(format!(
+                "PEER_JWKS: {item:?}: only http(s) URLs and file paths are supported"
+            ));
+        } else if std::path::Path::new(item).is_file() {
+            keep(&mut sources);
+        } else {
+            problems.push(format!(
+                "PEER_JWKS: {item:?} is neither a URL nor a readable file"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(sources)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod client_config_tests {
+    use super::parse_client_config;
+
+    #[test]
+    fn kafka_client_properties_pass_through_but_never_the_guarantees() {
+        let pairs = parse_client_config(
+            " security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,sasl.password=a=b ",
+        )
+        .unwrap();
+        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs[2], ("sasl.password".to_owned(), "a=b".to_owned()));
+        assert!(parse_client_config("").unwrap().is_empty());
+        let problems =
+            parse_client_config("acks=1,Enable.Idempotence=false,nonsense,=x").unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("acks"), "{problems:?}");
+        // A password never appears in an error.
+        let problems = parse_client_config("sasl.password").unwrap_err();
+        assert!(problems[0].contains("sasl.password"));
+    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,7 @@ use crate::store::audit;
 use crate::store::db;
 use crate::time::{now, rfc3339};
 
-/// Longest refresh session a request or `CP_REFRESH_DAYS` may ask for, in days.
-pub(crate) const MAX_DAYS: i64 = 365;
+pub(crate) use crate::config::MAX_REFRESH_DAYS as MAX_DAYS;
 
 /// How far a DPoP proof's `iat` may be from now, in seconds.
 pub(crate) const PROOF_MAX_AGE: i64 = 60;

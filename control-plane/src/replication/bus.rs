@@ -60,69 +60,7 @@ impl EventBus for LocalBus {
     }
 }
 
-/// Settings of the Kafka bus and consumer.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// `bootstrap.servers`.
-    pub bootstrap: String,
-    /// Topic of revocation events.
-    pub revocations_topic: String,
-    /// Topic of token lifecycle events.
-    pub token_events_topic: String,
-    /// Consumer group of this region.
-    pub group: String,
-    /// `fetch.wait.max.ms` of the consumer (the broker may hold a fetch this long).
-    pub fetch_wait_ms: u32,
-    /// Extra librdkafka properties for every client (`CP_KAFKA_CLIENT_CONFIG`): SASL,
-    /// TLS, client id.
-    pub client: Vec<(String, String)>,
-}
-
-/// Properties `CP_KAFKA_CLIENT_CONFIG` may not set: the region's delivery guarantees
-/// (ordered, idempotent, acknowledged by every replica, committed after applying) rest
-/// on them.
-const RESERVED_PROPERTIES: [&str; 9] = [
-    "bootstrap.servers",
-    "metadata.broker.list",
-    "group.id",
-    "acks",
-    "request.required.acks",
-    "enable.idempotence",
-    "enable.auto.commit",
-    "auto.offset.reset",
-    "enable.auto.offset.store",
-];
-
-/// Parses `CP_KAFKA_CLIENT_CONFIG`: comma-separated `key=value` librdkafka properties.
-/// Every problem is reported (a missing `=`, an empty key, a reserved property).
-pub(crate) fn parse_client_config(list: &str) -> Result<Vec<(String, String)>, Vec<String>> {
-    let mut pairs = Vec::new();
-    let mut problems = Vec::new();
-    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((key, value)) = item.split_once('=') else {
-            problems.push(format!(
-                "CP_KAFKA_CLIENT_CONFIG: {:?} is not key=value",
-                item.split('=').next().unwrap_or(item)
-            ));
-            continue;
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            problems.push("CP_KAFKA_CLIENT_CONFIG: an empty property name".to_owned());
-        } else if RESERVED_PROPERTIES.contains(&key.to_ascii_lowercase().as_str()) {
-            problems.push(format!(
-                "CP_KAFKA_CLIENT_CONFIG may not set {key}: the delivery guarantees rest on it"
-            ));
-        } else {
-            pairs.push((key.to_owned(), value.trim().to_owned()));
-        }
-    }
-    if problems.is_empty() {
-        Ok(pairs)
-    } else {
-        Err(problems)
-    }
-}
+use crate::config::KafkaSettings;
 
 impl KafkaSettings {
     /// A client configuration with the bootstrap servers and the extra properties.
@@ -278,28 +216,5 @@ impl EventBus for KafkaBus {
             Ok(fresh) => *self.producer.write().unwrap_or_else(|e| e.into_inner()) = fresh,
             Err(e) => tracing::warn!(error = %e, "cannot recreate the Kafka producer"),
         }
-    }
-}
-
-#[cfg(test)]
-mod client_config_tests {
-    use super::parse_client_config;
-
-    #[test]
-    fn kafka_client_properties_pass_through_but_never_the_guarantees() {
-        let pairs = parse_client_config(
-            " security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512,sasl.password=a=b ",
-        )
-        .unwrap();
-        assert_eq!(pairs.len(), 3);
-        assert_eq!(pairs[2], ("sasl.password".to_owned(), "a=b".to_owned()));
-        assert!(parse_client_config("").unwrap().is_empty());
-        let problems =
-            parse_client_config("acks=1,Enable.Idempotence=false,nonsense,=x").unwrap_err();
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems[0].contains("acks"), "{problems:?}");
-        // A password never appears in an error.
-        let problems = parse_client_config("sasl.password").unwrap_err();
-        assert!(problems[0].contains("sasl.password"));
     }
 }

@@ -19,7 +19,7 @@ use shared::revocation::Verified;
 use shared::{JoseError, RevocationEvent};
 
 use crate::Region;
-use crate::replication::bus::KafkaSettings;
+use crate::config::KafkaSettings;
 use crate::replication::peers::{self, Peers};
 use crate::store::db;
 use crate::time::now;

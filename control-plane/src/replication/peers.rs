@@ -27,60 +27,6 @@ pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// The shortest time between two fetches triggered by unknown keys.
 pub(crate) const MIN_REFETCH: Duration = Duration::from_secs(2);
 
-/// Splits a `PEER_JWKS` entry into the region it names (`REGION=`), if any, and where
-/// its keys are.
-fn named(entry: &str) -> (Option<&str>, &str) {
-    match entry.split_once('=') {
-        Some((region, rest))
-            if !region.is_empty()
-                && region.len() <= 64
-                && region
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
-        {
-            (Some(region), rest)
-        }
-        _ => (None, entry),
-    }
-}
-
-/// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths, each optionally
-/// prefixed `REGION=` to bind its keys to that region. Returns every problem at once.
-pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
-    let mut sources = Vec::new();
-    let mut problems = Vec::new();
-    for entry in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (region, item) = named(entry);
-        let keep = |sources: &mut Vec<String>| {
-            sources.push(match region {
-                Some(r) => format!("{r}={item}"),
-                None => item.to_owned(),
-            });
-        };
-        if item.starts_with("http://") || item.starts_with("https://") {
-            match reqwest::Url::parse(item) {
-                Ok(_) => keep(&mut sources),
-                Err(e) => problems.push(format!("PEER_JWKS: {item:?} is not a valid URL: {e}")),
-            }
-        } else if item.contains("://") {
-            problems.push(format!(
-                "PEER_JWKS: {item:?}: only http(s) URLs and file paths are supported"
-            ));
-        } else if std::path::Path::new(item).is_file() {
-            keep(&mut sources);
-        } else {
-            problems.push(format!(
-                "PEER_JWKS: {item:?} is neither a URL nor a readable file"
-            ));
-        }
-    }
-    if problems.is_empty() {
-        Ok(sources)
-    } else {
-        Err(problems)
-    }
-}
-
 /// Which region each peer key signs for.
 #[derive(Debug, Default)]
 struct Bindings {
@@ -238,7 +184,7 @@ impl Peers {
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut all = true;
         for source in &self.sources {
-            let (named, location) = named(source);
+            let (named, location) = crate::config::named(source);
             match self.fetch(location).await {
                 Ok((set, served)) => {
                     let region = match (named, served) {
