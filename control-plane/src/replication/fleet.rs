@@ -33,7 +33,7 @@ pub(crate) const FORGET_AFTER: i64 = 3600;
 const MOVES_KEPT: usize = 4096;
 
 /// Most edges tracked; past it, polls of new edges are served but not tracked (and
-/// counted in [`Fleet::untracked`]).
+/// counted in the summary's `untracked_polls`).
 const MAX_EDGES: usize = 100_000;
 
 /// Who an edge is: its credential's name (`None`: polled without one) and the instance
