@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
             entries,
             leeway: None,
             feed: None,
+            jwks: None,
         };
         // Through the wire format too, as the feed delivers it.
         let Ok(update) = EdgeUpdate::decode(&update.encode(), LIMIT) else {
