@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{Alg, VerifyingKey};
+use crate::alg::Alg;
 use crate::{JoseError, b64, sha256};
 
 /// One JWK; only the members we use, every other member is ignored.
@@ -101,59 +101,6 @@ impl Jwk {
     /// True when the JWK carries private key material.
     pub fn has_private_part(&self) -> bool {
         self.d.is_some() || self.priv_.is_some()
-    }
-
-    /// The public key; the JWK's `alg`, when present, must agree with its type (`EdDSA`
-    /// or `Ed25519` for an OKP Ed25519 key, `ES256` for EC P-256, `ML-DSA-65` for AKP).
-    pub fn to_verifying_key(&self) -> Result<VerifyingKey, JoseError> {
-        let (alg, public) = match (self.kty.as_str(), self.crv.as_deref()) {
-            ("OKP", Some("Ed25519")) => (Alg::EdDsa, self.x.as_deref()),
-            ("OKP", _) => return Err(JoseError::BadKey("OKP key must use curve Ed25519")),
-            ("EC", Some("P-256")) => return self.p256_key(),
-            ("EC", _) => return Err(JoseError::BadKey("EC key must use curve P-256")),
-            ("AKP", _) => {
-                let alg = self
-                    .alg
-                    .as_deref()
-                    .ok_or(JoseError::BadKey("AKP key needs alg"))?;
-                match Alg::parse(alg)? {
-                    Alg::MlDsa65 => (Alg::MlDsa65, self.pub_.as_deref()),
-                    _ => return Err(JoseError::BadKey("AKP key must be for ML-DSA-65")),
-                }
-            }
-            _ => return Err(JoseError::BadKey("unsupported kty")),
-        };
-        self.expect_declared_alg(alg)?;
-        let public = public.ok_or(JoseError::BadKey("JWK has no public key member"))?;
-        VerifyingKey::from_bytes(alg, &b64::decode(public, "public key")?)
-    }
-
-    fn expect_declared_alg(&self, alg: Alg) -> Result<(), JoseError> {
-        match self.alg.as_deref() {
-            Some(declared) if Alg::parse(declared)? != alg => {
-                Err(JoseError::BadKey("JWK alg does not match its key type"))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// An EC P-256 key: `x` and `y` exactly 32 bytes each in canonical base64url (leading
-    /// zeros kept, RFC 7518 6.2.1.2), the point on the curve.
-    fn p256_key(&self) -> Result<VerifyingKey, JoseError> {
-        self.expect_declared_alg(Alg::Es256)?;
-        let coordinate = |member: &Option<String>, what| {
-            let text = member
-                .as_deref()
-                .ok_or(JoseError::BadKey("EC key needs x and y"))?;
-            b64::decode_array::<32>(text, what)
-                .map_err(|_| JoseError::BadKey("EC P-256 x and y must be 32 bytes of base64url"))
-        };
-        let x = coordinate(&self.x, "x")?;
-        let y = coordinate(&self.y, "y")?;
-        let mut point = [0x04; 65];
-        point[1..33].copy_from_slice(&x);
-        point[33..].copy_from_slice(&y);
-        VerifyingKey::from_bytes(Alg::Es256, &point)
     }
 
     /// RFC 7638 thumbprint over the required members in lexicographic order

@@ -6,6 +6,7 @@ use ml_dsa::{KeyExport as _, Keypair as _, MlDsa65};
 
 use std::sync::Arc;
 
+pub use crate::alg::Alg;
 use crate::ed25519::KeyTable;
 use crate::jwk::{Jwk, JwkSet};
 use crate::{JoseError, b64};
@@ -17,52 +18,6 @@ pub const MLDSA65_SIGNATURE_LEN: usize = 3309;
 /// ES256 signature length: `r || s`, 32 bytes each, big-endian (RFC 7518 section 3.4;
 /// not DER).
 pub const ES256_SIGNATURE_LEN: usize = 64;
-
-/// A signature algorithm accepted by this project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    /// Ed25519 (RFC 8037), under either JOSE name: the polymorphic `EdDSA` or the
-    /// fully specified `Ed25519` of RFC 9864. Only Ed25519 keys exist here, so the two
-    /// names select the same algorithm, and an Ed25519 key accepts both and nothing else.
-    EdDsa,
-    /// ML-DSA-65 (FIPS 204, RFC 9964), pure mode with an empty context.
-    MlDsa65,
-    /// ECDSA over P-256 with SHA-256 (RFC 7518 section 3.4): device keys and DPoP
-    /// proofs. The control plane never signs its own tokens with it.
-    Es256,
-}
-
-impl Alg {
-    /// The JOSE name we write. For Ed25519 that is `EdDSA`, the name every verifier
-    /// knows (Envoy's `jwt_authn` among them); `Ed25519` is accepted when reading.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Alg::EdDsa => "EdDSA",
-            Alg::MlDsa65 => "ML-DSA-65",
-            Alg::Es256 => "ES256",
-        }
-    }
-
-    /// Parses a JOSE `alg` (`EdDSA` and `Ed25519` alike), naming the refused families
-    /// precisely.
-    pub fn parse(name: &str) -> Result<Alg, JoseError> {
-        match name {
-            "EdDSA" | "Ed25519" => Ok(Alg::EdDsa),
-            "ML-DSA-65" => Ok(Alg::MlDsa65),
-            "ES256" => Ok(Alg::Es256),
-            _ if name.eq_ignore_ascii_case("none") => Err(JoseError::AlgNone),
-            _ if name.starts_with("HS") => Err(JoseError::Hmac(name.to_owned())),
-            _ => Err(JoseError::UnsupportedAlg(name.to_owned())),
-        }
-    }
-}
-
-impl std::str::FromStr for Alg {
-    type Err = JoseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Alg::parse(s)
-    }
-}
 
 /// A public key bound to exactly one algorithm.
 #[derive(Clone)]
@@ -454,5 +409,62 @@ impl Keyring {
             ring.insert(kid, key);
         }
         Ok(ring)
+    }
+}
+
+/// Reading a key from its JWK lives here, beside the keys, so that `jwk` stays a pure
+/// format module.
+impl Jwk {
+    /// The public key; the JWK's `alg`, when present, must agree with its type (`EdDSA`
+    /// or `Ed25519` for an OKP Ed25519 key, `ES256` for EC P-256, `ML-DSA-65` for AKP).
+    pub fn to_verifying_key(&self) -> Result<VerifyingKey, JoseError> {
+        let (alg, public) = match (self.kty.as_str(), self.crv.as_deref()) {
+            ("OKP", Some("Ed25519")) => (Alg::EdDsa, self.x.as_deref()),
+            ("OKP", _) => return Err(JoseError::BadKey("OKP key must use curve Ed25519")),
+            ("EC", Some("P-256")) => return self.p256_key(),
+            ("EC", _) => return Err(JoseError::BadKey("EC key must use curve P-256")),
+            ("AKP", _) => {
+                let alg = self
+                    .alg
+                    .as_deref()
+                    .ok_or(JoseError::BadKey("AKP key needs alg"))?;
+                match Alg::parse(alg)? {
+                    Alg::MlDsa65 => (Alg::MlDsa65, self.pub_.as_deref()),
+                    _ => return Err(JoseError::BadKey("AKP key must be for ML-DSA-65")),
+                }
+            }
+            _ => return Err(JoseError::BadKey("unsupported kty")),
+        };
+        self.expect_declared_alg(alg)?;
+        let public = public.ok_or(JoseError::BadKey("JWK has no public key member"))?;
+        VerifyingKey::from_bytes(alg, &b64::decode(public, "public key")?)
+    }
+
+    fn expect_declared_alg(&self, alg: Alg) -> Result<(), JoseError> {
+        match self.alg.as_deref() {
+            Some(declared) if Alg::parse(declared)? != alg => {
+                Err(JoseError::BadKey("JWK alg does not match its key type"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An EC P-256 key: `x` and `y` exactly 32 bytes each in canonical base64url (leading
+    /// zeros kept, RFC 7518 6.2.1.2), the point on the curve.
+    fn p256_key(&self) -> Result<VerifyingKey, JoseError> {
+        self.expect_declared_alg(Alg::Es256)?;
+        let coordinate = |member: &Option<String>, what| {
+            let text = member
+                .as_deref()
+                .ok_or(JoseError::BadKey("EC key needs x and y"))?;
+            b64::decode_array::<32>(text, what)
+                .map_err(|_| JoseError::BadKey("EC P-256 x and y must be 32 bytes of base64url"))
+        };
+        let x = coordinate(&self.x, "x")?;
+        let y = coordinate(&self.y, "y")?;
+        let mut point = [0x04; 65];
+        point[1..33].copy_from_slice(&x);
+        point[33..].copy_from_slice(&y);
+        VerifyingKey::from_bytes(Alg::Es256, &point)
     }
 }

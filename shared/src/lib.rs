@@ -7,6 +7,7 @@
 // Clients and other services build on this API: every public item says what it is.
 #![deny(missing_docs)]
 
+mod alg;
 pub mod b64;
 pub mod claims;
 pub mod dpop;
