@@ -214,8 +214,9 @@ pub struct ServeArgs {
     pub admin_listen: Option<SocketAddr>,
     /// Most requests one client address may have in progress at once without the admin
     /// credential or a valid edge credential (from complete headers until the response is
-    /// sent); more get 429 at once and their connection is closed. 0: no limit (behind a
-    /// reverse proxy every client has its address).
+    /// sent); more get 429 at once and their connection is closed. Edge feed polls are
+    /// left to the feed's own caps. 0: no limit (behind a reverse proxy every client has
+    /// its address).
     #[arg(long, env = "CP_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 64)]
     pub max_unauthenticated_per_address: usize,
     /// Seconds a connection may stay open with no request in progress.

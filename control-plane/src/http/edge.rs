@@ -1,11 +1,11 @@
 //! The edge feed: signed revocation snapshots and deltas, long-polled by Envoy filters.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{Extensions, HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{Admin, ApiError, AppState, ErrorBody, Json, Query, blocking};
 use crate::metrics::Metrics;
 use crate::replication::feed::{Feed, Want};
-use crate::replication::fleet::{EdgeId, EdgeView, Summary};
+use crate::replication::fleet::{Caller, EdgeView, Summary};
 use crate::time::now;
 
 /// Longest hold of a long-poll, in seconds.
@@ -46,18 +46,15 @@ pub(crate) struct FeedQuery {
         (status = 400, body = ErrorBody)))]
 pub(super) async fn revocations(
     State(state): State<AppState>,
-    extensions: Extensions,
+    caller: Option<Extension<Caller>>,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_secs(query.wait.min(MAX_WAIT_SECONDS));
     let feed = state.region.feed();
     // Who polls and what it holds, for the fleet view (the credential middleware names it).
-    let poll = extensions.get::<EdgeId>().map(|id| {
-        let address = extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+    let poll = caller.map(|Extension(caller)| {
         feed.fleet()
-            .arrived(id.clone(), address, query.since, now())
+            .arrived(caller.id, caller.address, query.since, now())
     });
     let mut head_rx = feed.subscribe();
     let mut jwks_rx = feed.subscribe_jwks();

@@ -35,7 +35,7 @@ use tracing::Instrument as _;
 use super::{ApiError, AppState};
 use crate::config::EdgeCredentials;
 use crate::metrics::Metrics;
-use crate::replication::fleet::EdgeId;
+use crate::replication::fleet::{Caller, EdgeId};
 use crate::store::credentials::{self, Valid};
 
 /// Header naming the edge instance (Envoy's node id).
@@ -244,11 +244,18 @@ fn instance(request: &Request) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// Who polls, for the fleet view: the credential's name and the instance (`-`: none).
-fn edge_id(credential: Option<Arc<str>>, instance: Option<&str>) -> EdgeId {
-    EdgeId {
-        credential,
-        instance: Arc::from(instance.unwrap_or("-")),
+/// Who polls, for the fleet view: the credential's name, the instance (`-`: none) and
+/// the client address.
+fn caller(request: &Request, credential: Option<Arc<str>>, instance: Option<&str>) -> Caller {
+    Caller {
+        id: EdgeId {
+            credential,
+            instance: Arc::from(instance.unwrap_or("-")),
+        },
+        address: request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
     }
 }
 
@@ -263,9 +270,8 @@ pub(crate) async fn require(
         // Unchecked: a malformed instance name is shown as none.
         let instance = instance(&request).ok().flatten();
         let mut request = request;
-        request
-            .extensions_mut()
-            .insert(edge_id(None, instance.as_deref()));
+        let caller = caller(&request, None, instance.as_deref());
+        request.extensions_mut().insert(caller);
         return next.run(request).await;
     }
     let metrics = state.region.metrics();
@@ -304,9 +310,8 @@ pub(crate) async fn require(
         .into_response();
     };
     let mut request = request;
-    request
-        .extensions_mut()
-        .insert(edge_id(credential.clone(), instance.as_deref()));
+    let caller = caller(&request, credential.clone(), instance.as_deref());
+    request.extensions_mut().insert(caller);
     // Every log line of the poll names who polls.
     let span = tracing::info_span!(
         "edge_poll",

@@ -7,9 +7,11 @@
 //! moment its headers are in until its response has been sent, body included, unless it
 //! carries the admin credential or a valid edge credential: edges behind one NAT and the
 //! services that issue and revoke never count, while one address trickling slow bodies
-//! or holding long polls without a credential cannot take more than its share of the
-//! connection cap. Over the cap the answer is 429 at once and the connection is closed
-//! (nothing of its body is read).
+//! without a credential cannot take more than its share of the connection cap. Over the
+//! cap the answer is 429 at once and the connection is closed (nothing of its body is
+//! read). The edge feed's polls are left to the feed's own caps (long-poll slots per edge
+//! credential and one share for polls without one, in `edge_auth`): they carry no body,
+//! and a lookup per parked poll per revocation would cost a fleet measurably.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -207,6 +209,9 @@ where
     }
 }
 
+/// The route the per-address cap leaves to the edge feed's own caps.
+const FEED_PATH: &str = "/v1/edge/revocations";
+
 /// The middleware of every route: the per-address cap on requests without a credential
 /// (see the module documentation). Requests with no TCP peer (in-process) are not
 /// counted.
@@ -217,7 +222,10 @@ pub(crate) async fn per_address(
     next: Next,
 ) -> Response {
     let permits = &state.address_permits;
-    let Some(ip) = client.filter(|_| permits.enabled()) else {
+    // The edge feed has its own caps (long-poll slots per edge credential, one share for
+    // polls without one: `edge_auth`) and no body; checking each of a fleet's polls here
+    // as well would cost every parked edge a credential lookup per revocation.
+    let Some(ip) = client.filter(|_| permits.enabled() && request.uri().path() != FEED_PATH) else {
         return next.run(request).await;
     };
     let secret = bearer(&request).map(str::to_owned);

@@ -33,9 +33,21 @@ use crate::region::{self, Region};
 
 pub(crate) use docs::ApiDoc;
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: one `Arc`, so the copy every middleware and handler
+/// takes of it costs one reference count, not one per part.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// The region.
     pub region: Arc<Region>,
     ready: Arc<AtomicBool>,
@@ -78,7 +90,7 @@ impl AppState {
                 crate::http::nonce::DpopNonces::new(shared::random::bytes::<32>())
             })
         });
-        AppState {
+        AppState(Arc::new(Shared {
             region: Arc::new(region),
             ready: Arc::new(AtomicBool::new(true)),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -88,7 +100,7 @@ impl AppState {
             edge_auth: Arc::new(edge_auth),
             backends,
             nonces: nonces.map(Arc::new),
-        }
+        }))
     }
 
     /// Ends held long-polls at once (they answer with a heartbeat), e.g. on shutdown.

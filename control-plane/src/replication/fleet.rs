@@ -22,6 +22,15 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// Who a poll comes from: the edge and the address it polls from.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The edge.
+    pub(crate) id: EdgeId,
+    /// The client address of its connection.
+    pub(crate) address: Option<IpAddr>,
+}
+
 /// An edge without a poll in progress counts as connected this long after its latest
 /// answer (seconds).
 pub(crate) const GRACE: i64 = 5;
@@ -71,10 +80,12 @@ pub(crate) struct Fleet {
     inner: Mutex<Inner>,
 }
 
-/// A poll in progress, tracked until dropped.
+/// A poll in progress, tracked until dropped (one lock when it arrives, one when it
+/// ends).
 pub(crate) struct Poll {
     fleet: Arc<Fleet>,
     id: Option<EdgeId>,
+    answered: std::cell::Cell<Option<i64>>,
 }
 
 impl Drop for Poll {
@@ -85,19 +96,17 @@ impl Drop for Poll {
         let mut inner = self.fleet.lock();
         if let Some(edge) = inner.edges.get_mut(&id) {
             edge.in_progress = edge.in_progress.saturating_sub(1);
+            if let Some(at) = self.answered.get() {
+                edge.last_answer = Some(at);
+            }
         }
     }
 }
 
 impl Poll {
-    /// The poll was answered (with an update of any kind).
+    /// The poll was answered (with an update of any kind); recorded when it ends.
     pub(crate) fn answered(&self, at: i64) {
-        let Some(id) = &self.id else {
-            return;
-        };
-        if let Some(edge) = self.fleet.lock().edges.get_mut(id) {
-            edge.last_answer = Some(at);
-        }
+        self.answered.set(Some(at));
     }
 }
 
@@ -166,6 +175,7 @@ impl Fleet {
                 return Poll {
                     fleet: self.clone(),
                     id: None,
+                    answered: std::cell::Cell::new(None),
                 };
             }
         }
@@ -186,6 +196,7 @@ impl Fleet {
         Poll {
             fleet: self.clone(),
             id: Some(id),
+            answered: std::cell::Cell::new(None),
         }
     }
 
