@@ -284,7 +284,9 @@ impl Config {
                 .and_then(|set| Keyring::from_jwks(&set).map_err(|e| e.to_string()))
             {
                 Ok(ring) if ring.is_empty() => {
-                    problems.push("jwks: no usable key (OKP Ed25519, EC P-256 or AKP ML-DSA-65)".to_owned());
+                    problems.push(
+                        "jwks: no usable key (OKP Ed25519, EC P-256 or AKP ML-DSA-65)".to_owned(),
+                    );
                     KeySource::Fetched
                 }
                 Ok(ring) => KeySource::Inline(ring),
