@@ -285,7 +285,7 @@ impl Region {
     /// Opens a region with the given cache and event bus. A cache other than the in-memory
     /// one (Redis) is kept current for other services and never read for a decision.
     pub fn open_with(
-        settings: Settings,
+        mut settings: Settings,
         cache: Arc<dyn RevocationCache>,
         bus: Arc<dyn EventBus>,
     ) -> anyhow::Result<Region> {
@@ -296,6 +296,21 @@ impl Region {
         let db = Db::open(&db_path)
             .with_context(|| format!("cannot open database {}", db_path.display()))?;
         let t = now();
+        let issuer = db::settle_issuer(&db, &settings.issuer, settings.issuer_from_listen, t)
+            .context("cannot record the issuer")?;
+        if issuer != settings.issuer {
+            tracing::warn!(
+                issuer,
+                from_listen_address = %settings.issuer,
+                "the data dir keeps the issuer it recorded (a derived issuer never changes \
+                 iss under live tokens; {} is what data dirs from before issuer URLs \
+                 issued): set CP_ISSUER or CP_PUBLIC_URL to switch, as docs/operations.md \
+                 says under 'The issuer'",
+                db::LEGACY_ISSUER
+            );
+            settings.accepted_issuers.retain(|i| *i != issuer);
+            settings.issuer = issuer;
+        }
         let admin_path = dir.join(ADMIN_FILE);
         let created = ensure_admin_secret(&admin_path)
             .with_context(|| format!("cannot create {}", admin_path.display()))?;

@@ -112,6 +112,13 @@ CREATE TABLE IF NOT EXISTS edge_credentials (
 );
 -- The edge feed's identity: one row, made when the feed's history starts and replaced
 -- on restore (see feed_id); sequence numbers count in this id alone.
+-- The issuer this region's tokens carry, recorded at its first start (see
+-- `settle_issuer`).
+CREATE TABLE IF NOT EXISTS issuer (
+    one        INTEGER PRIMARY KEY CHECK (one = 1),
+    issuer     TEXT NOT NULL,
+    set_at     INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS feed_identity (
     one        INTEGER PRIMARY KEY CHECK (one = 1),
     id         TEXT NOT NULL,
@@ -510,6 +517,49 @@ pub(crate) fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlit
 pub(crate) fn feed_head(conn: &Connection) -> rusqlite::Result<u64> {
     let seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM feed", [], |r| r.get(0))?;
     Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// The issuer before issuers were URLs: what a data dir made by such a version issued.
+pub(crate) const LEGACY_ISSUER: &str = "pq-control-plane";
+
+/// The issuer to use, and whether it is not the one asked for. `asked` is the issuer the
+/// settings give; `derived` tells that it only came from the listen address (no
+/// `CP_ISSUER`, no `CP_PUBLIC_URL`). An explicit issuer is used and recorded. A derived
+/// one gives way to the recorded one, so a restart on another address does not change
+/// `iss` under live tokens and edges; and a data dir made before issuers were recorded
+/// (it has keys, no issuer) keeps [`LEGACY_ISSUER`], so upgrading the control plane does
+/// not make every edge configured with it refuse new tokens.
+pub(crate) fn settle_issuer(
+    db: &Db,
+    asked: &str,
+    derived: bool,
+    now: i64,
+) -> rusqlite::Result<String> {
+    let mut conn = db.lock();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let recorded: Option<String> = tx
+        .query_row("SELECT issuer FROM issuer WHERE one = 1", [], |r| r.get(0))
+        .optional()?;
+    let issuer = match (derived, recorded) {
+        (true, Some(recorded)) => recorded,
+        (true, None) => {
+            let made_before: i64 = tx.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+            if made_before > 0 {
+                LEGACY_ISSUER.to_owned()
+            } else {
+                asked.to_owned()
+            }
+        }
+        (false, _) => asked.to_owned(),
+    };
+    tx.execute(
+        "INSERT INTO issuer (one, issuer, set_at) VALUES (1, ?1, ?2)
+         ON CONFLICT (one) DO UPDATE SET issuer = excluded.issuer, set_at = excluded.set_at
+         WHERE issuer.issuer <> excluded.issuer",
+        params![issuer, now],
+    )?;
+    tx.commit()?;
+    Ok(issuer)
 }
 
 /// The feed position of revocation event `event_id` (the highest, should two origins

@@ -780,3 +780,55 @@ fn an_issuer_switch_accepts_the_old_issuer_until_it_is_dropped() {
         "the refusal names the issuer: {validated}"
     );
 }
+
+#[test]
+fn a_derived_issuer_is_kept_across_restarts_and_an_old_data_dir_keeps_the_former_default() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    // No CP_ISSUER, no CP_PUBLIC_URL: derived from the listen address at the first start.
+    let first = Server::start(&data);
+    let secret = control_plane::read_admin_secret(&data).unwrap();
+    let issuer = first.url.clone();
+    let token = issue_from(&first, &secret, "alice");
+    assert_eq!(payload(&token)["iss"], issuer.as_str());
+    drop(first);
+
+    // Another port: the recorded issuer stays, so the live token and the edges' issuer
+    // still hold.
+    let second = Server::start(&data);
+    assert_ne!(second.url, issuer, "the restart listens elsewhere");
+    assert_eq!(
+        payload(&issue_from(&second, &secret, "bob"))["iss"],
+        issuer.as_str()
+    );
+    assert_eq!(checked_at(&second, &secret, &token), (true, true));
+    drop(second);
+
+    // A data dir from before issuers were recorded (it has keys, no issuer): upgrading
+    // keeps the former default, which the edges are configured with.
+    let conn = rusqlite::Connection::open(data.join("control-plane.db")).unwrap();
+    conn.execute("DELETE FROM issuer", []).unwrap();
+    drop(conn);
+    let upgraded = Server::start(&data);
+    assert_eq!(
+        payload(&issue_from(&upgraded, &secret, "carol"))["iss"],
+        "pq-control-plane"
+    );
+    drop(upgraded);
+
+    // An explicit issuer is used as given: the documented switch.
+    let switched = Server::start_with(
+        &data,
+        &[
+            "--issuer",
+            "https://cp-a.example",
+            "--accepted-issuers",
+            "pq-control-plane",
+        ],
+        None,
+    );
+    assert_eq!(
+        payload(&issue_from(&switched, &secret, "dave"))["iss"],
+        "https://cp-a.example"
+    );
+}
