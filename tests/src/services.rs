@@ -344,35 +344,133 @@ impl Drop for Redis {
 /// A Kafka-protocol broker (tansu, in-memory storage): a restart empties it.
 #[derive(Debug)]
 pub struct Broker {
-    /// Its port on 127.0.0.1.
+    /// Its port on 127.0.0.1 (the cuttable proxy's, when it has one).
     pub port: u16,
+    /// Where the broker itself listens (the same as `port` without a proxy).
+    listen_port: u16,
     dir: TempDir,
     child: Option<Child>,
+    cut: Option<Cut>,
+}
+
+/// A TCP proxy in front of the broker that can cut every connection and refuse new ones,
+/// while the broker keeps its log (a restart of this in-memory broker would empty it,
+/// which no real broker does).
+#[derive(Debug)]
+struct Cut {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Cut {
+    fn start(listen: u16, target: u16) -> Cut {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", listen)).expect("proxy port");
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (o, c) = (open.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !o.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let pipes = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) {
+                    let mut held = c.lock().unwrap_or_else(|p| p.into_inner());
+                    held.push(a);
+                    held.push(b);
+                }
+                for pipe in pipes {
+                    if let (Ok(mut from), Ok(mut to)) = pipe {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        Cut { open, connections }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Broker {
     /// Starts a broker on a free port.
     pub fn start() -> Broker {
+        let port = free_port();
         let mut broker = Broker {
-            port: free_port(),
+            port,
+            listen_port: port,
             dir: TempDir::new("broker"),
             child: None,
+            cut: None,
         };
         broker.resume();
         broker
     }
 
+    /// Starts a broker behind a proxy that [`cut`](Broker::cut) disconnects: an outage
+    /// in which the broker keeps its log.
+    pub fn start_cuttable() -> Broker {
+        let (port, listen_port) = (free_port(), free_port());
+        let cut = Cut::start(port, listen_port);
+        let mut broker = Broker {
+            port,
+            listen_port,
+            dir: TempDir::new("broker"),
+            child: None,
+            cut: Some(cut),
+        };
+        broker.resume();
+        broker
+    }
+
+    /// Cuts every connection to a [cuttable](Broker::start_cuttable) broker and refuses
+    /// new ones until [`restore`](Broker::restore).
+    pub fn cut(&self) {
+        self.cut.as_ref().expect("a cuttable broker").cut();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.as_ref().expect("a cuttable broker").restore();
+    }
+
     /// Starts it again on the same port.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "broker already running");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let listen = format!("tcp://127.0.0.1:{}", self.listen_port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(program("tansu", "TANSU_BIN"))
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &listen,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(log(&self.dir, "broker.log"))
@@ -380,7 +478,7 @@ impl Broker {
             .spawn()
             .expect("cannot start the broker");
         self.child = Some(child);
-        let port = self.port;
+        let port = self.listen_port;
         assert!(
             eventually(Duration::from_secs(20), || answers(port).then_some(())).is_some(),
             "the broker on {port} did not listen"
