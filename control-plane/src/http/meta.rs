@@ -139,7 +139,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
         parts.outbox_depth,
     );
     let head = region.feed().head();
-    let (_, fleet) = region.feed().fleet().view(head, crate::time::now());
+    let fleet = region.feed().fleet().summary(head, crate::time::now());
     gauge(
         "cp_edges_known",
         "Edges that polled the feed in the last hour (GET /v1/edge/fleet lists them).",

@@ -215,20 +215,53 @@ impl Fleet {
     /// Every edge, with the summary, at feed head `head` and time `now`; edges not seen
     /// for [`FORGET_AFTER`] are dropped first.
     pub(crate) fn view(&self, head: u64, now: i64) -> (Vec<EdgeView>, Summary) {
+        let mut edges = Vec::new();
+        let summary = self.walk(head, now, |id, e, connected, behind, lag_seconds| {
+            edges.push(EdgeView {
+                credential: id.credential.as_deref().map(str::to_owned),
+                instance: id.instance.to_string(),
+                address: e.address.map(|a| a.to_string()),
+                connected,
+                position: e.position,
+                behind,
+                lag_seconds,
+                last_poll: crate::time::rfc3339(e.last_poll),
+                first_seen: crate::time::rfc3339(e.first_seen),
+                polls: e.polls,
+            });
+        });
+        edges.sort_by(|a, b| (&a.credential, &a.instance).cmp(&(&b.credential, &b.instance)));
+        (edges, summary)
+    }
+
+    /// The summary alone (what `/metrics` shows): no list built, nothing allocated.
+    pub(crate) fn summary(&self, head: u64, now: i64) -> Summary {
+        self.walk(head, now, |_, _, _, _, _| {})
+    }
+
+    /// Drops the edges not seen for [`FORGET_AFTER`], then hands each of the others to
+    /// `each` (with whether it is connected, how far behind, and its lag in seconds) and
+    /// counts them into the summary.
+    fn walk(
+        &self,
+        head: u64,
+        now: i64,
+        mut each: impl FnMut(&EdgeId, &EdgeState, bool, u64, i64),
+    ) -> Summary {
         let mut inner = self.lock();
         inner
             .edges
             .retain(|_, e| e.in_progress > 0 || now - e.last_poll < FORGET_AFTER);
+        let moves = &inner.moves;
         let lag = |position: Option<u64>| -> i64 {
             let p = position.unwrap_or(0);
             if p >= head {
                 return 0;
             }
-            let passed = inner
-                .moves
-                .iter()
-                .find(|(s, _)| *s > p)
-                .or(inner.moves.front())
+            // Moves are in seq order: the first one past `p`, found by bisection.
+            let passed = moves
+                .get(moves.partition_point(|(s, _)| *s <= p))
+                .or(moves.front())
                 .map_or(now, |(_, at)| *at);
             (now - passed).max(0)
         };
@@ -236,41 +269,25 @@ impl Fleet {
             untracked_polls: inner.untracked,
             ..Summary::default()
         };
-        let mut edges: Vec<EdgeView> = inner
-            .edges
-            .iter()
-            .map(|(id, e)| {
-                let connected = e.in_progress > 0
-                    || e.last_answer.is_some_and(|at| now - at <= GRACE)
-                    || (e.last_answer.is_none() && now - e.last_poll <= GRACE);
-                let behind = head.saturating_sub(e.position.unwrap_or(0));
-                let lag_seconds = lag(e.position);
-                summary.edges += 1;
-                if connected {
-                    summary.connected += 1;
-                    if behind == 0 {
-                        summary.at_head += 1;
-                    }
-                    let p = e.position.unwrap_or(0);
-                    summary.oldest_position = Some(summary.oldest_position.map_or(p, |o| o.min(p)));
-                    summary.max_lag_seconds = summary.max_lag_seconds.max(lag_seconds);
+        for (id, e) in &inner.edges {
+            let connected = e.in_progress > 0
+                || e.last_answer.is_some_and(|at| now - at <= GRACE)
+                || (e.last_answer.is_none() && now - e.last_poll <= GRACE);
+            let behind = head.saturating_sub(e.position.unwrap_or(0));
+            let lag_seconds = lag(e.position);
+            summary.edges += 1;
+            if connected {
+                summary.connected += 1;
+                if behind == 0 {
+                    summary.at_head += 1;
                 }
-                EdgeView {
-                    credential: id.credential.as_deref().map(str::to_owned),
-                    instance: id.instance.to_string(),
-                    address: e.address.map(|a| a.to_string()),
-                    connected,
-                    position: e.position,
-                    behind,
-                    lag_seconds,
-                    last_poll: crate::time::rfc3339(e.last_poll),
-                    first_seen: crate::time::rfc3339(e.first_seen),
-                    polls: e.polls,
-                }
-            })
-            .collect();
-        edges.sort_by(|a, b| (&a.credential, &a.instance).cmp(&(&b.credential, &b.instance)));
-        (edges, summary)
+                let p = e.position.unwrap_or(0);
+                summary.oldest_position = Some(summary.oldest_position.map_or(p, |o| o.min(p)));
+                summary.max_lag_seconds = summary.max_lag_seconds.max(lag_seconds);
+            }
+            each(id, e, connected, behind, lag_seconds);
+        }
+        summary
     }
 }
 
