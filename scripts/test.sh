@@ -55,15 +55,18 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # builds fails too, and says so in its own log).
 failed=()
 summary=()
+stage_logs=$(mktemp -d)
+trap 'rm -rf "$stage_logs"' EXIT
 stage() {
   local name=$1
   shift
   step "stage: $name"
   local start=$SECONDS rc
-  # Not in an `if`: there bash would ignore `set -e` inside the subshell.
+  # Not in an `if`: there bash would ignore `set -e` inside the subshell. The stage's
+  # output also goes to its own log, so the summary can repeat why a stage failed.
   set +e
-  ( set -euo pipefail; "$@" )
-  rc=$?
+  ( set -euo pipefail; "$@" ) 2>&1 | tee "$stage_logs/$name.log"
+  rc=${PIPESTATUS[0]}
   set -e
   if [ "$rc" = 0 ]; then
     summary+=("$(printf '%-12s passed  %5ss' "$name" $((SECONDS - start)))")
@@ -134,6 +137,13 @@ stage fuzz fuzz
 step "summary"
 printf '%s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
+  # The end of a long run is often all that is kept: repeat each failed stage's failing
+  # tests and panic messages here, after the summary.
+  for name in "${failed[@]}"; do
+    step "why $name failed"
+    grep -E -A2 'panicked at|^test .* FAILED|^error(\[|:)' "$stage_logs/$name.log" |
+      tail -16 || tail -8 "$stage_logs/$name.log"
+  done
   echo "FAILED stages: ${failed[*]}"
   exit 1
 fi

@@ -4,8 +4,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The workspace root.
+///
+/// Read from `CARGO_MANIFEST_DIR` as `cargo test` sets it when it runs the test, not as
+/// it was when the test was compiled: cargo reuses a build from another checkout that
+/// shares the target directory (CI keeps one across clones), and the compile-time path
+/// then names a checkout that may be gone.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
