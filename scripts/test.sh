@@ -49,6 +49,7 @@ if ! rustup toolchain list | grep -q '^nightly'; then
   exit 1
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 
 # The checks, in named stages that report separately: a failing stage is named in the
 # summary at the end, and the later stages still run (one that needs what a failed one
@@ -85,6 +86,25 @@ lint() {
   cargo clippy -p edge-filter --target wasm32-wasip1 -- -D warnings
   step "API docs (missing docs and broken links are errors)"
   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p shared -p control-plane -p edge-filter
+  step "dependencies: licenses, duplicate versions, sources (deny.toml)"
+  cargo deny --offline check licenses bans sources
+  step "minimum supported Rust (rust-version in Cargo.toml)"
+  msrv
+}
+
+# The workspace builds with the toolchain its `rust-version` names: when the default
+# toolchain is that version the builds above were the check; otherwise build with it.
+msrv() {
+  local want have
+  want=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+  have=$(rustc --version | cut -d' ' -f2)
+  case "$have" in
+  "$want" | "$want".*) echo "rust-version $want is the toolchain every stage builds with ($have)" ;;
+  *)
+    rustup toolchain list | grep -q "^$want" || rustup toolchain install "$want" --profile minimal
+    cargo "+$want" check --workspace --all-targets --all-features
+    ;;
+  esac
 }
 
 wasm() {
