@@ -13,31 +13,29 @@
 //! key over the [`transcript`] of the exchange, so a recorded exchange cannot be opened
 //! later once the client has dropped its ephemeral secret.
 
-use rusqlite::{OptionalExtension as _, Transaction, params};
+mod proof;
+mod seal;
+mod store;
+
+use rusqlite::params;
 use serde_json::json;
 use shared::claims::Confirmation;
-use shared::dpop::{self, ProofRequirements};
 use shared::kem::{self, SealedBox};
-use shared::{Jwk, Kind, b64, random, sha256};
+use shared::{Kind, b64, random, sha256};
 
 use crate::region::{self, Issued, Region, check_value};
 use crate::store::audit;
 use crate::store::db;
 use crate::time::{now, rfc3339};
+use proof::{parse_device_jwk, prove, publish_proof, verify_proof};
+use store::{Rotated, Rotation, Session, find_session, find_token};
 
 pub(crate) use crate::config::MAX_REFRESH_DAYS as MAX_DAYS;
-
-/// How far a DPoP proof's `iat` may be from now, in seconds.
-pub(crate) const PROOF_MAX_AGE: i64 = 60;
+pub(crate) use proof::check_possession;
+pub use seal::transcript;
 
 /// Longest refresh token accepted as input (ours are 46 characters).
 const MAX_TOKEN_LEN: usize = 512;
-
-/// Longest DPoP proof accepted (an ML-DSA-65 proof with its JWK is about 6 KB).
-const MAX_PROOF_LEN: usize = 16 * 1024;
-
-/// Longest DPoP proof `jti`.
-const MAX_PROOF_JTI_LEN: usize = 256;
 
 /// Prefix of every refresh token, so they are recognisable in logs and scanners.
 const TOKEN_PREFIX: &str = "rt_";
@@ -46,9 +44,6 @@ const TOKEN_PREFIX: &str = "rt_";
 pub(crate) fn is_refresh_token(token: &str) -> bool {
     token.starts_with(TOKEN_PREFIX)
 }
-
-/// First line of the handshake transcript.
-pub(crate) const TRANSCRIPT_LABEL: &str = "pq-refresh-v1";
 
 /// What went wrong with a refresh-session operation.
 #[derive(Debug, thiserror::Error)]
@@ -212,27 +207,6 @@ pub(crate) struct SessionRevoked {
     pub event_id: String,
 }
 
-/// The transcript a sealed refresh answer is bound to: ASCII lines joined by `\n`
-/// (no trailing newline), so any client (also the JS bindings, which take a string)
-/// can rebuild it from what it sent:
-///
-/// ```text
-/// pq-refresh-v1
-/// sid=<session id>
-/// rt=<base64url SHA-256 of the presented refresh token>
-/// dpop=<base64url SHA-256 of the DPoP header value, or "-" without one>
-/// kem=<base64url SHA-256 of the raw X-Wing public key (1216 bytes)>
-/// ```
-pub fn transcript(sid: &str, presented: &str, dpop: Option<&str>, kem_public_key: &[u8]) -> String {
-    let h = |bytes: &[u8]| b64::encode(&sha256(bytes));
-    let dpop = dpop.map_or_else(|| "-".to_owned(), |p| h(p.as_bytes()));
-    format!(
-        "{TRANSCRIPT_LABEL}\nsid={sid}\nrt={}\ndpop={dpop}\nkem={}",
-        h(presented.as_bytes()),
-        h(kem_public_key)
-    )
-}
-
 fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", b64::encode(&random::bytes::<32>()))
 }
@@ -244,72 +218,6 @@ fn token_hash(token: &str) -> Vec<u8> {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq as _;
     a.ct_eq(b).into()
-}
-
-/// The stored session a token belongs to.
-#[derive(Debug, Clone)]
-struct Session {
-    sid: String,
-    subject: String,
-    scope: Option<String>,
-    device_jkt: Option<String>,
-    binding_hash: Option<Vec<u8>>,
-    created_at: i64,
-    expires_at: i64,
-    revoked_at: Option<i64>,
-    revocation_event: Option<String>,
-}
-
-/// A stored refresh token and its session.
-#[derive(Debug, Clone)]
-struct TokenRow {
-    generation: i64,
-    state: String,
-    session: Session,
-}
-
-const SESSION_COLUMNS: &str = "s.sid, s.subject, s.scope, s.device_jkt, s.binding_hash, \
-    s.created_at, s.expires_at, s.revoked_at, s.revocation_event";
-
-fn session_from(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Session> {
-    Ok(Session {
-        sid: row.get(at)?,
-        subject: row.get(at + 1)?,
-        scope: row.get(at + 2)?,
-        device_jkt: row.get(at + 3)?,
-        binding_hash: row.get(at + 4)?,
-        created_at: row.get(at + 5)?,
-        expires_at: row.get(at + 6)?,
-        revoked_at: row.get(at + 7)?,
-        revocation_event: row.get(at + 8)?,
-    })
-}
-
-fn find_token(conn: &rusqlite::Connection, hash: &[u8]) -> rusqlite::Result<Option<TokenRow>> {
-    conn.query_row(
-        &format!(
-            "SELECT t.generation, t.state, {SESSION_COLUMNS} FROM refresh_tokens t
-             JOIN refresh_sessions s USING (sid) WHERE t.hash = ?1"
-        ),
-        params![hash],
-        |r| {
-            Ok(TokenRow {
-                generation: r.get(0)?,
-                state: r.get(1)?,
-                session: session_from(r, 2)?,
-            })
-        },
-    )
-    .optional()
-}
-
-fn find_session(conn: &rusqlite::Connection, sid: &str) -> rusqlite::Result<Option<Session>> {
-    conn.query_row(
-        &format!("SELECT {SESSION_COLUMNS} FROM refresh_sessions s WHERE s.sid = ?1"),
-        params![sid],
-        |r| session_from(r, 0),
-    )
-    .optional()
 }
 
 /// Builds and signs an access token of a session.
@@ -333,24 +241,6 @@ fn mint(region: &Region, session: &Session, t: i64) -> Result<Issued, Error> {
         claims,
         expires_in: ttl,
     })
-}
-
-fn parse_device_jwk(value: serde_json::Value) -> Result<String, Error> {
-    let bytes = serde_json::to_vec(&value)
-        .map_err(|e| Error::InvalidRequest(format!("device_jwk does not serialize: {e}")))?;
-    let jwk = Jwk::parse(&bytes)
-        .map_err(|e| Error::InvalidRequest(format!("device_jwk is not a valid JWK: {e}")))?;
-    if jwk.has_private_part() {
-        return Err(Error::InvalidRequest(
-            "device_jwk must be a public key: it carries a private part (d or priv)".into(),
-        ));
-    }
-    let key = jwk.to_verifying_key().map_err(|e| {
-        Error::InvalidRequest(format!(
-            "device_jwk is not a usable OKP Ed25519, EC P-256 or AKP ML-DSA-65 public key: {e}"
-        ))
-    })?;
-    Ok(key.thumbprint())
 }
 
 /// Creates a session and its first refresh and access tokens.
@@ -433,141 +323,6 @@ pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Resu
     })
 }
 
-/// Decodes the claims of a proof without verifying them, only to learn which scheme
-/// the client used (`http` or `https`); everything is verified afterwards.
-fn proof_scheme(proof: &str) -> &'static str {
-    let htu = proof
-        .split('.')
-        .nth(1)
-        .and_then(|p| b64::decode(p, "proof payload").ok())
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .and_then(|v| v.get("htu").and_then(|h| h.as_str()).map(str::to_owned));
-    match htu {
-        Some(h) if h.starts_with("https://") => "https",
-        _ => "http",
-    }
-}
-
-/// Checks that the presenter of a DPoP-bound access token holds its key: a proof for
-/// this request (`htm`, `htu`), bound to the token (`ath`) and to `cnf.jkt`, never seen
-/// before. A stolen bound token alone is no credential, not even to revoke with.
-pub(crate) fn check_possession(
-    region: &Region,
-    proof: Option<&str>,
-    access_token: &str,
-    jkt: &str,
-    target: &ProofTarget,
-) -> Result<(), Error> {
-    if proof.is_none() {
-        return Err(Error::InvalidProof(
-            "this access token is bound to a device key (cnf.jkt): a DPoP header with a proof \
-             of possession is required"
-                .into(),
-        ));
-    }
-    prove(region, proof, Some(access_token), jkt, target)
-}
-
-/// Verifies a proof of the key `jkt` for this request (bound to `access_token`, when
-/// given) and records its jti, refusing one seen before.
-fn prove(
-    region: &Region,
-    proof: Option<&str>,
-    access_token: Option<&str>,
-    jkt: &str,
-    target: &ProofTarget,
-) -> Result<(), Error> {
-    let t = now();
-    let (jkt, jti) = verify_proof(proof, jkt, target, t, access_token, None)?;
-    publish_proof(region, &jkt, &jti);
-    let fresh = region
-        .writer()
-        .run(move |tx| remember_proof(tx, &jkt, &jti, t))?;
-    if !fresh {
-        return Err(Error::InvalidProof(
-            "DPoP proof was already used (replay)".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Verifies the DPoP proof of a bound session (or, with `access_token`, of a bound access
-/// token) and returns its `(jkt, jti)`.
-fn verify_proof(
-    proof: Option<&str>,
-    jkt: &str,
-    target: &ProofTarget,
-    t: i64,
-    access_token: Option<&str>,
-    accepted_nonces: Option<&[String]>,
-) -> Result<(String, String), Error> {
-    let proof = proof.ok_or_else(|| {
-        Error::InvalidProof(
-            "this session is bound to a device key: a DPoP header with a proof is required".into(),
-        )
-    })?;
-    if proof.len() > MAX_PROOF_LEN {
-        return Err(Error::InvalidProof(format!(
-            "DPoP proof is {} bytes, over the {MAX_PROOF_LEN}-byte limit",
-            proof.len()
-        )));
-    }
-    // The client may reach us through a TLS terminator: accept the scheme it used, but
-    // the host and path must be this request's.
-    let uri = format!("{}://{}{}", proof_scheme(proof), target.host, target.path);
-    let verified = dpop::verify_proof(
-        proof,
-        &ProofRequirements {
-            method: &target.method,
-            uri: &uri,
-            now: t,
-            max_age: PROOF_MAX_AGE,
-            access_token,
-            nonce: None,
-            jkt: Some(jkt),
-        },
-    )
-    .map_err(|e| Error::InvalidProof(e.to_string()))?;
-    // The shared check takes one nonce; the server accepts two (current and previous
-    // window), so the nonce is compared here, after every other check passed.
-    if let Some(accepted) = accepted_nonces {
-        let fresh = verified
-            .claims
-            .nonce
-            .as_ref()
-            .is_some_and(|n| accepted.iter().any(|a| a == n));
-        if !fresh {
-            return Err(Error::UseDpopNonce(
-                match verified.claims.nonce {
-                    Some(_) => "DPoP proof nonce is stale or unknown: use the nonce in the DPoP-Nonce header",
-                    None => "DPoP proof must carry the server nonce given in the DPoP-Nonce header",
-                }
-                .into(),
-            ));
-        }
-    }
-    let jti = verified.claims.jti;
-    if jti.is_empty() || jti.len() > MAX_PROOF_JTI_LEN {
-        return Err(Error::InvalidProof(format!(
-            "DPoP proof jti must be 1 to {MAX_PROOF_JTI_LEN} bytes"
-        )));
-    }
-    Ok((verified.jkt, jti))
-}
-
-/// Records a proof's jti in the region's shared cache (Redis), when there is one, for
-/// services that read it. Only SQLite decides whether a proof was replayed: what anyone
-/// writes to or deletes from Redis can neither let a replay through nor refuse a proof.
-fn publish_proof(region: &Region, jkt: &str, jti: &str) {
-    let key = format!("dpop:{}:{jkt}:{jti}", region.settings().region);
-    if let Some(Some(Err(e))) = region
-        .shared_cache()
-        .map(|c| c.remember_once(&key, 2 * PROOF_MAX_AGE + 1))
-    {
-        tracing::warn!(error = %e, "DPoP proof jti not published to Redis");
-    }
-}
-
 /// Publishes a session's state to the shared cache (`refresh:<sid>`, JSON, until the
 /// session expires) for services that read Redis; SQLite stays the truth.
 fn publish_session_state(region: &Region, session: &Session, generation: Option<i64>, state: &str) {
@@ -586,17 +341,6 @@ fn publish_session_state(region: &Region, session: &Session, generation: Option<
     if let Err(e) = cache.put_state(&format!("refresh:{}", session.sid), &value.to_string(), ttl) {
         tracing::warn!(error = %e, sid = %session.sid, "refresh state not published to Redis");
     }
-}
-
-/// Records a proof's jti; false when it was already seen within the window.
-fn remember_proof(tx: &Transaction<'_>, jkt: &str, jti: &str, t: i64) -> rusqlite::Result<bool> {
-    tx.execute("DELETE FROM dpop_jtis WHERE expires_at < ?1", params![t])?;
-    // iat may lie PROOF_MAX_AGE in either direction: keep the jti for both halves.
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO dpop_jtis (jkt, jti, expires_at) VALUES (?1, ?2, ?3)",
-        params![jkt, jti, t + 2 * PROOF_MAX_AGE + 1],
-    )?;
-    Ok(inserted == 1)
 }
 
 /// Describes why a session is revoked, if it is: its own row, a live `sid` revocation
@@ -782,83 +526,6 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
     }
 }
 
-/// A refresh's writer job: records the proof's `jti`, re-reads the presented token
-/// (a concurrent refresh may have rotated it since it was checked) and rotates it when
-/// it is still active. It never signs: a reuse is only reported here and revoked by
-/// [`revoke_session`].
-struct Rotation {
-    hash: Vec<u8>,
-    next_hash: Vec<u8>,
-    proof: Option<(String, String)>,
-    t: i64,
-    region: String,
-    /// The `refresh.rotated` audit row, without its generation.
-    audit_row: serde_json::Value,
-}
-
-/// What the writer found and did for a [`Rotation`]. Every outcome commits, so the
-/// proof's `jti` is kept whatever the answer; only an active token is rotated.
-enum Rotated {
-    /// Rotated: the new token has this generation.
-    Done { generation: i64, session: Session },
-    /// The token was rotated before: the session must be revoked.
-    Reused(Session),
-    /// The session was revoked at this time.
-    SessionRevoked(i64),
-    /// The token was revoked with its session.
-    TokenRevoked,
-    /// The session expired at this time.
-    Expired(i64),
-}
-
-impl Rotation {
-    fn write(self, tx: &Transaction<'_>) -> Result<Rotated, Error> {
-        let t = self.t;
-        if let Some((jkt, jti)) = &self.proof
-            && !remember_proof(tx, jkt, jti, t)?
-        {
-            return Err(Error::InvalidProof(
-                "DPoP proof replayed: its jti was already used".into(),
-            ));
-        }
-        let row = find_token(tx, &self.hash)?.ok_or(Error::UnknownToken)?;
-        if let Some(at) = row.session.revoked_at {
-            return Ok(Rotated::SessionRevoked(at));
-        }
-        match row.state.as_str() {
-            "active" => {}
-            "rotated" => return Ok(Rotated::Reused(row.session)),
-            _ => return Ok(Rotated::TokenRevoked),
-        }
-        if row.session.expires_at <= t {
-            return Ok(Rotated::Expired(row.session.expires_at));
-        }
-        let generation = row.generation + 1;
-        tx.execute(
-            "UPDATE refresh_tokens SET state = 'rotated', used_at = ?2 WHERE hash = ?1",
-            params![self.hash, t],
-        )?;
-        tx.execute(
-            "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
-            params![
-                self.next_hash,
-                row.session.sid,
-                generation,
-                t,
-                row.session.expires_at
-            ],
-        )?;
-        let mut audit_row = self.audit_row;
-        audit_row["generation"] = generation.into();
-        audit::append_row(tx, t, &self.region, "refresh.rotated", audit_row)?;
-        Ok(Rotated::Done {
-            generation,
-            session: row.session,
-        })
-    }
-}
-
 /// Revokes a session through the signed revocation path: the `sid` event is signed
 /// first, outside any transaction (the event signer may batch it with others), then one
 /// writer job re-reads the session and, unless a revocation got there first, marks it
@@ -996,23 +663,6 @@ pub(crate) fn revoke_presented(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_transcript_is_the_documented_ascii_lines() {
-        let h = |b: &[u8]| b64::encode(&sha256(b));
-        let t = transcript("s-1", "rt_a", Some("p.r.f"), &[7; 1216]);
-        assert_eq!(
-            t,
-            format!(
-                "pq-refresh-v1\nsid=s-1\nrt={}\ndpop={}\nkem={}",
-                h(b"rt_a"),
-                h(b"p.r.f"),
-                h(&[7; 1216])
-            )
-        );
-        assert!(transcript("s-1", "rt_a", None, &[7; 1216]).contains("\ndpop=-\n"));
-        assert!(t.is_ascii());
-    }
 
     #[test]
     fn refresh_tokens_are_prefixed_random_and_hashed() {
