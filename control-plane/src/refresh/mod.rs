@@ -12,12 +12,14 @@
 //! With `kem_public_key` the rotated token is sealed to the client's ephemeral X-Wing
 //! key over the [`transcript`] of the exchange, so a recorded exchange cannot be opened
 //! later once the client has dropped its ephemeral secret.
+//!
+//! This file holds the types and the use cases; the SQL is in `store`, the device proofs
+//! in `proof` and the sealed delivery in `seal`.
 
 mod proof;
 mod seal;
 mod store;
 
-use rusqlite::params;
 use serde_json::json;
 use shared::claims::Confirmation;
 use shared::kem::{self, SealedBox};
@@ -28,7 +30,7 @@ use crate::store::audit;
 use crate::store::db;
 use crate::time::{now, rfc3339};
 use proof::{parse_device_jwk, prove, publish_proof, verify_proof};
-use store::{Rotated, Rotation, Session, find_session, find_token};
+use store::{Creation, Rotated, Rotation, Session, find_session, find_token, mark_revoked};
 
 pub(crate) use crate::config::MAX_REFRESH_DAYS as MAX_DAYS;
 pub(crate) use proof::check_possession;
@@ -207,62 +209,9 @@ pub(crate) struct SessionRevoked {
     pub event_id: String,
 }
 
-fn new_token() -> String {
-    format!("{TOKEN_PREFIX}{}", b64::encode(&random::bytes::<32>()))
-}
-
-fn token_hash(token: &str) -> Vec<u8> {
-    sha256(token.as_bytes()).to_vec()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq as _;
-    a.ct_eq(b).into()
-}
-
-/// Builds and signs an access token of a session.
-fn mint(region: &Region, session: &Session, t: i64) -> Result<Issued, Error> {
-    let settings = region.settings();
-    let ttl = settings.default_token_secs;
-    let claims = region.access_claims(
-        region::Grant {
-            sub: session.subject.clone(),
-            sid: Some(session.sid.clone()),
-            scope: session.scope.clone(),
-            cnf: session.device_jkt.clone().map(|jkt| Confirmation { jkt }),
-            ..Default::default()
-        },
-        t,
-        ttl,
-    );
-    let (token, _kid, _alg) = region.sign_access(&claims)?;
-    Ok(Issued {
-        token,
-        claims,
-        expires_in: ttl,
-    })
-}
-
 /// Creates a session and its first refresh and access tokens.
 pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Result<Created, Error> {
-    check_value("subject", &request.subject)?;
-    if let Some(scope) = &request.scope {
-        check_value("scope", scope)?;
-    }
-    if let Some(binding) = &request.client_binding {
-        check_value("client_binding", binding)?;
-    }
-    let days = request
-        .expires_days
-        .unwrap_or(region.settings().refresh_secs / 86_400);
-    if !(1..=MAX_DAYS).contains(&days) {
-        return Err(Error::InvalidRequest(format!(
-            "expires_days must be between 1 and {MAX_DAYS}, got {days}"
-        )));
-    }
-    let ttl = request
-        .expires_days
-        .map_or(region.settings().refresh_secs, |d| d * 86_400);
+    let ttl = check_create_request(region, &request)?;
     let device_jkt = request.device_jwk.map(parse_device_jwk).transpose()?;
     let t = now();
     let session = Session {
@@ -281,39 +230,18 @@ pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Resu
     };
     let access = mint(region, &session, t)?;
     let refresh_token = new_token();
-    let job_session = session.clone();
-    let first_hash = token_hash(&refresh_token);
-    let audit_row = json!({
-        "sid": session.sid, "sub": session.subject, "scope": session.scope,
-        "device_jkt": session.device_jkt,
-        "client_binding": session.binding_hash.is_some(),
-        "expires_at": session.expires_at, "jti": access.claims.jti, "via": via,
-    });
-    let origin = region.settings().region.clone();
-    region.writer().run(move |tx| {
-        let session = job_session;
-        tx.execute(
-            "INSERT INTO refresh_sessions
-             (sid, subject, scope, device_jkt, binding_hash, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                session.sid,
-                session.subject,
-                session.scope,
-                session.device_jkt,
-                session.binding_hash,
-                session.created_at,
-                session.expires_at
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
-             VALUES (?1, ?2, 0, 'active', ?3, ?4)",
-            params![first_hash, session.sid, t, session.expires_at],
-        )?;
-        audit::append_row(tx, t, &origin, "refresh.created", audit_row)?;
-        Ok::<_, Error>(())
-    })?;
+    let creation = Creation {
+        first_hash: token_hash(&refresh_token),
+        region: region.settings().region.clone(),
+        audit_row: json!({
+            "sid": session.sid, "sub": session.subject, "scope": session.scope,
+            "device_jkt": session.device_jkt,
+            "client_binding": session.binding_hash.is_some(),
+            "expires_at": session.expires_at, "jti": access.claims.jti, "via": via,
+        }),
+        session: session.clone(),
+    };
+    region.writer().run(move |tx| creation.write(tx))?;
     publish_session_state(region, &session, Some(0), "active");
     Ok(Created {
         refresh_token,
@@ -323,66 +251,128 @@ pub(crate) fn create(region: &Region, request: CreateRequest, via: &str) -> Resu
     })
 }
 
-/// Publishes a session's state to the shared cache (`refresh:<sid>`, JSON, until the
-/// session expires) for services that read Redis; SQLite stays the truth.
-fn publish_session_state(region: &Region, session: &Session, generation: Option<i64>, state: &str) {
-    let ttl = session.expires_at - now();
-    if ttl <= 0 {
-        return;
-    }
-    let value = json!({
-        "sid": session.sid, "sub": session.subject, "generation": generation,
-        "state": state, "expires_at": session.expires_at,
-        "device_jkt": session.device_jkt,
-    });
-    let Some(cache) = region.shared_cache() else {
-        return;
-    };
-    if let Err(e) = cache.put_state(&format!("refresh:{}", session.sid), &value.to_string(), ttl) {
-        tracing::warn!(error = %e, sid = %session.sid, "refresh state not published to Redis");
-    }
-}
-
-/// Describes why a session is revoked, if it is: its own row, a live `sid` revocation
-/// (from `POST /revoke` or another region), or a subject revocation at or after the
-/// session's creation (the same rule as for the subject's access tokens).
-fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, Error> {
-    if let Some(at) = session.revoked_at {
-        let event = match &session.revocation_event {
-            Some(id) => db::revocation_by_id(&*region.db().read()?, id)?,
-            None => None,
-        };
-        return Ok(Some(match event {
-            Some(event) => format!("refresh session was {}", region::describe(&event)),
-            None => format!("refresh session was revoked at {}", rfc3339(at)),
-        }));
-    }
-    if let Some(event) = region.find(Kind::Sid, &session.sid)? {
-        return Ok(Some(format!(
-            "refresh session was {}",
-            region::describe(&event)
-        )));
-    }
-    if let Some(event) = region.find(Kind::Sub, &session.subject)?
-        && event
-            .not_before
-            .is_none_or(|not_before| session.created_at <= not_before)
-    {
-        return Ok(Some(format!(
-            "refresh session was {}",
-            region::describe(&event)
-        )));
-    }
-    Ok(None)
-}
-
-/// Rotates a refresh token: checks the binding, seals the new token and signs the
-/// access token, then, in one writer job, records the proof, re-checks the token's state
-/// and rotates it. A rotated token presented again revokes the whole session
-/// ([`revoke_session`]: signed after that job, stored by another).
+/// Rotates a refresh token: checks the input, the presenter (device proof or client
+/// binding) and the session, seals the new token and signs the access token, then, in
+/// one writer job, records the proof, re-checks the token's state, rotates it and writes
+/// the audit row; the new state is published to Redis after the commit. A rotated token
+/// presented again revokes the whole session ([`revoke_session`]: signed after that job,
+/// stored by another).
 pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refreshed, Error> {
-    // Not trimmed: the transcript hashes the token exactly as the client sent it.
-    let presented = request.refresh_token;
+    check_refresh_request(&request)?;
+    let hash = token_hash(&request.refresh_token);
+    let t = now();
+    let session = find_token(&*region.db().read()?, &hash)?
+        .ok_or(Error::UnknownToken)?
+        .session;
+
+    // Who may refresh: checked before the state, so neither a stolen token without
+    // the device key nor a replayed exchange can trigger (or learn about) anything.
+    let proof = check_presenter(&request, &session, t)?;
+    check_asked(&request, &session)?;
+    check_live(region, &session, t)?;
+
+    // Everything that can fail on bad input happens before the commit, so a refused
+    // request never burns the presented token.
+    let next = new_token();
+    let delivery = seal::deliver(&next, &session.sid, &request)?;
+    let access = mint(region, &session, t)?;
+
+    if let Some((jkt, jti)) = &proof {
+        publish_proof(region, jkt, jti);
+    }
+    let rotation = Rotation {
+        hash,
+        next_hash: token_hash(&next),
+        proof,
+        t,
+        region: region.settings().region.clone(),
+        audit_row: json!({
+            "sid": session.sid, "jti": access.claims.jti,
+            "sealed": matches!(delivery, Delivery::Sealed { .. }),
+            "device_jkt": session.device_jkt,
+        }),
+    };
+    let rotated = region.writer().run(move |tx| rotation.write(tx))?;
+    settle_rotation(region, rotated, access, delivery, t)
+}
+
+/// Revokes a session by one of its refresh tokens (any generation) or by its id.
+/// Revoking a revoked session again answers with its first revocation event.
+pub(crate) fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRevoked, Error> {
+    let (session, via) = match target {
+        RevokeTarget::Token(token) => {
+            let hash = token_hash(presented_token(&token)?);
+            let session = find_token(&*region.db().read()?, &hash)?
+                .ok_or(Error::UnknownToken)?
+                .session;
+            (session, "api:/token/refresh/revoke (holder)")
+        }
+        RevokeTarget::Session(sid) => {
+            check_value("session_id", &sid)?;
+            let session =
+                find_session(&*region.db().read()?, &sid)?.ok_or(Error::UnknownSession(sid))?;
+            (session, "api:/token/refresh/revoke (admin)")
+        }
+    };
+    revoke_session(region, &session, via)
+}
+
+/// Revokes the session of a refresh token presented by its holder (`/oauth2/revoke`,
+/// `/token/refresh/revoke`; `via` names which). A session bound to a device key
+/// (`device_jkt`) is ended only with a DPoP proof of that key for this request (`htm`
+/// `POST`, `htu` the URL, no `ath`, never seen before), as a refresh needs one: a copy of
+/// the refresh token alone cannot log its owner out. `UnknownToken` when no session has
+/// this token.
+pub(crate) fn revoke_presented(
+    region: &Region,
+    token: &str,
+    proof: Option<&str>,
+    target: &ProofTarget,
+    via: &'static str,
+) -> Result<SessionRevoked, Error> {
+    let hash = token_hash(presented_token(token)?);
+    let session = find_token(&*region.db().read()?, &hash)?
+        .ok_or(Error::UnknownToken)?
+        .session;
+    if let Some(jkt) = &session.device_jkt {
+        if proof.is_none() {
+            return Err(Error::InvalidProof(
+                "this refresh token's session is bound to a device key: a DPoP header with a \
+                 proof of that key is required to revoke it"
+                    .into(),
+            ));
+        }
+        prove(region, proof, None, jkt, target)?;
+    }
+    revoke_session(region, &session, via)
+}
+
+/// Checks a create request's values; returns the session's lifetime in seconds.
+fn check_create_request(region: &Region, request: &CreateRequest) -> Result<i64, Error> {
+    check_value("subject", &request.subject)?;
+    if let Some(scope) = &request.scope {
+        check_value("scope", scope)?;
+    }
+    if let Some(binding) = &request.client_binding {
+        check_value("client_binding", binding)?;
+    }
+    let days = request
+        .expires_days
+        .unwrap_or(region.settings().refresh_secs / 86_400);
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(Error::InvalidRequest(format!(
+            "expires_days must be between 1 and {MAX_DAYS}, got {days}"
+        )));
+    }
+    Ok(request
+        .expires_days
+        .map_or(region.settings().refresh_secs, |d| d * 86_400))
+}
+
+/// Checks the sizes of a refresh request's token and KEM key. The token is not trimmed:
+/// the transcript hashes it exactly as the client sent it.
+fn check_refresh_request(request: &RefreshRequest) -> Result<(), Error> {
+    let presented = &request.refresh_token;
     if presented.is_empty() {
         return Err(Error::InvalidRequest(
             "refresh_token must not be empty".into(),
@@ -403,13 +393,17 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
             pk.len()
         )));
     }
-    let hash = token_hash(&presented);
-    let t = now();
-    let row = find_token(&*region.db().read()?, &hash)?.ok_or(Error::UnknownToken)?;
-    let session = row.session.clone();
+    Ok(())
+}
 
-    // Who may refresh: checked before the state, so neither a stolen token without
-    // the device key nor a replayed exchange can trigger (or learn about) anything.
+/// Checks who presents the token: with a proof of the session's device key (returned as
+/// its `(jkt, jti)`, recorded by the rotation) and with the session's client binding,
+/// whichever the session has.
+fn check_presenter(
+    request: &RefreshRequest,
+    session: &Session,
+    t: i64,
+) -> Result<Option<(String, String)>, Error> {
     let proof = match &session.device_jkt {
         Some(jkt) => Some(verify_proof(
             request.dpop.as_deref(),
@@ -431,6 +425,12 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
             ));
         }
     }
+    Ok(proof)
+}
+
+/// Checks what the request asks for against the session: the session's own scope (RFC
+/// 6749 6, no narrowing), and a sealed delivery where a device-bound session needs one.
+fn check_asked(request: &RefreshRequest, session: &Session) -> Result<(), Error> {
     if let Some(asked) = &request.scope {
         let granted: Vec<&str> = session.scope.as_deref().unwrap_or("").split(' ').collect();
         let mut asked_set: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
@@ -454,46 +454,31 @@ pub(crate) fn refresh(region: &Region, request: RefreshRequest) -> Result<Refres
                 .into(),
         ));
     }
-    if let Some(reason) = revoked_reason(region, &session)? {
+    Ok(())
+}
+
+/// Refuses a session that is revoked (see [`revoked_reason`]) or expired at `t`.
+fn check_live(region: &Region, session: &Session, t: i64) -> Result<(), Error> {
+    if let Some(reason) = revoked_reason(region, session)? {
         return Err(Error::Revoked(reason));
     }
     if session.expires_at <= t {
         return Err(Error::Expired(session.expires_at));
     }
+    Ok(())
+}
 
-    // Everything that can fail on bad input happens before the commit, so a refused
-    // request never burns the presented token.
-    let next = new_token();
-    let delivery = match &request.kem_public_key {
-        None => Delivery::Clear(next.clone()),
-        Some(pk) => {
-            let transcript = transcript(&session.sid, &presented, request.dpop.as_deref(), pk);
-            let sealed = kem::seal_random(pk, transcript.as_bytes(), next.as_bytes())
-                .map_err(|e| Error::InvalidRequest(format!("kem_public_key: {e}")))?;
-            Delivery::Sealed {
-                sealed,
-                transcript_hash: b64::encode(&sha256(transcript.as_bytes())),
-            }
-        }
-    };
-    let access = mint(region, &session, t)?;
-
-    if let Some((jkt, jti)) = &proof {
-        publish_proof(region, jkt, jti);
-    }
-    let rotation = Rotation {
-        hash,
-        next_hash: token_hash(&next),
-        proof,
-        t,
-        region: region.settings().region.clone(),
-        audit_row: json!({
-            "sid": session.sid, "jti": access.claims.jti,
-            "sealed": matches!(delivery, Delivery::Sealed { .. }),
-            "device_jkt": session.device_jkt,
-        }),
-    };
-    match region.writer().run(move |tx| rotation.write(tx))? {
+/// What a refresh answers once its writer job has committed: the new tokens (and the
+/// session's new state in Redis), or the reason the token was not rotated; a rotated token
+/// presented again revokes its session here, with no transaction open.
+fn settle_rotation(
+    region: &Region,
+    rotated: Rotated,
+    access: Issued,
+    delivery: Delivery,
+    t: i64,
+) -> Result<Refreshed, Error> {
+    match rotated {
         Rotated::Done {
             generation,
             session,
@@ -550,23 +535,13 @@ fn revoke_session(
     let sid = session.sid.clone();
     let outcome = region.writer().run(move |tx| {
         let event = job_event;
-        let current = find_session(tx, &sid)?.ok_or_else(|| Error::UnknownSession(sid.clone()))?;
-        if let Some(first) = current.revocation_event {
+        if let Err(first) = mark_revoked(tx, &sid, event.issued_at, &event.event_id)? {
             return Ok::<_, Error>(Err(first));
         }
-        let t = event.issued_at;
-        tx.execute(
-            "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3 WHERE sid = ?1",
-            params![sid, t, event.event_id],
-        )?;
-        tx.execute(
-            "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
-            params![sid],
-        )?;
         let inserted = record.write(tx, &event, &signed)?;
         audit::append_row(
             tx,
-            t,
+            event.issued_at,
             &origin,
             "refresh.revoked",
             json!({ "sid": sid, "event_id": event.event_id, "via": via }),
@@ -589,75 +564,104 @@ fn revoke_session(
     })
 }
 
-/// Revokes a session by one of its refresh tokens (any generation) or by its id.
-/// Revoking a revoked session again answers with its first revocation event.
-pub(crate) fn revoke(region: &Region, target: RevokeTarget) -> Result<SessionRevoked, Error> {
-    let (hash, sid, via) = match target {
-        RevokeTarget::Token(token) => {
-            let token = token.trim();
-            if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-                return Err(Error::InvalidRequest(format!(
-                    "refresh_token must be 1 to {MAX_TOKEN_LEN} bytes"
-                )));
-            }
-            (
-                Some(token_hash(token)),
-                None,
-                "api:/token/refresh/revoke (holder)",
-            )
-        }
-        RevokeTarget::Session(sid) => {
-            check_value("session_id", &sid)?;
-            (None, Some(sid), "api:/token/refresh/revoke (admin)")
-        }
-    };
-    let session = {
-        let conn = region.db().read()?;
-        match (hash, sid) {
-            (Some(hash), _) => {
-                find_token(&conn, &hash)?
-                    .ok_or(Error::UnknownToken)?
-                    .session
-            }
-            (None, Some(sid)) => find_session(&conn, &sid)?.ok_or(Error::UnknownSession(sid))?,
-            (None, None) => return Err(Error::InvalidRequest("nothing to revoke".into())),
-        }
-    };
-    revoke_session(region, &session, via)
+/// Describes why a session is revoked, if it is: its own row, a live `sid` revocation
+/// (from `POST /revoke` or another region), or a subject revocation at or after the
+/// session's creation (the same rule as for the subject's access tokens).
+fn revoked_reason(region: &Region, session: &Session) -> Result<Option<String>, Error> {
+    if let Some(at) = session.revoked_at {
+        let event = match &session.revocation_event {
+            Some(id) => db::revocation_by_id(&*region.db().read()?, id)?,
+            None => None,
+        };
+        return Ok(Some(match event {
+            Some(event) => format!("refresh session was {}", region::describe(&event)),
+            None => format!("refresh session was revoked at {}", rfc3339(at)),
+        }));
+    }
+    if let Some(event) = region.find(Kind::Sid, &session.sid)? {
+        return Ok(Some(format!(
+            "refresh session was {}",
+            region::describe(&event)
+        )));
+    }
+    if let Some(event) = region.find(Kind::Sub, &session.subject)?
+        && event
+            .not_before
+            .is_none_or(|not_before| session.created_at <= not_before)
+    {
+        return Ok(Some(format!(
+            "refresh session was {}",
+            region::describe(&event)
+        )));
+    }
+    Ok(None)
 }
 
-/// Revokes the session of a refresh token presented by its holder (`/oauth2/revoke`,
-/// `/token/refresh/revoke`; `via` names which). A session bound to a device key (`device_jkt`) is ended only with a DPoP proof of that
-/// key for this request (`htm` `POST`, `htu` the URL, no `ath`, never seen before), as a
-/// refresh needs one: a copy of the refresh token alone cannot log its owner out.
-/// `UnknownToken` when no session has this token.
-pub(crate) fn revoke_presented(
-    region: &Region,
-    token: &str,
-    proof: Option<&str>,
-    target: &ProofTarget,
-    via: &'static str,
-) -> Result<SessionRevoked, Error> {
+/// Builds and signs an access token of a session.
+fn mint(region: &Region, session: &Session, t: i64) -> Result<Issued, Error> {
+    let settings = region.settings();
+    let ttl = settings.default_token_secs;
+    let claims = region.access_claims(
+        region::Grant {
+            sub: session.subject.clone(),
+            sid: Some(session.sid.clone()),
+            scope: session.scope.clone(),
+            cnf: session.device_jkt.clone().map(|jkt| Confirmation { jkt }),
+            ..Default::default()
+        },
+        t,
+        ttl,
+    );
+    let (token, _kid, _alg) = region.sign_access(&claims)?;
+    Ok(Issued {
+        token,
+        claims,
+        expires_in: ttl,
+    })
+}
+
+/// Publishes a session's state to the shared cache (`refresh:<sid>`, JSON, until the
+/// session expires) for services that read Redis; SQLite stays the truth.
+fn publish_session_state(region: &Region, session: &Session, generation: Option<i64>, state: &str) {
+    let ttl = session.expires_at - now();
+    if ttl <= 0 {
+        return;
+    }
+    let value = json!({
+        "sid": session.sid, "sub": session.subject, "generation": generation,
+        "state": state, "expires_at": session.expires_at,
+        "device_jkt": session.device_jkt,
+    });
+    let Some(cache) = region.shared_cache() else {
+        return;
+    };
+    if let Err(e) = cache.put_state(&format!("refresh:{}", session.sid), &value.to_string(), ttl) {
+        tracing::warn!(error = %e, sid = %session.sid, "refresh state not published to Redis");
+    }
+}
+
+/// A refresh token presented for revocation, trimmed, when its length is acceptable.
+fn presented_token(token: &str) -> Result<&str, Error> {
     let token = token.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(Error::InvalidRequest(format!(
             "refresh_token must be 1 to {MAX_TOKEN_LEN} bytes"
         )));
     }
-    let session = find_token(&*region.db().read()?, &token_hash(token))?
-        .ok_or(Error::UnknownToken)?
-        .session;
-    if let Some(jkt) = &session.device_jkt {
-        if proof.is_none() {
-            return Err(Error::InvalidProof(
-                "this refresh token's session is bound to a device key: a DPoP header with a \
-                 proof of that key is required to revoke it"
-                    .into(),
-            ));
-        }
-        prove(region, proof, None, jkt, target)?;
-    }
-    revoke_session(region, &session, via)
+    Ok(token)
+}
+
+fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", b64::encode(&random::bytes::<32>()))
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    sha256(token.as_bytes()).to_vec()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

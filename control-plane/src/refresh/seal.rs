@@ -1,7 +1,10 @@
-//! The sealed delivery of a rotated refresh token: the transcript of the exchange that
-//! the token is sealed to.
+//! The delivery of a rotated refresh token: sealed to the client's ephemeral X-Wing key
+//! over the transcript of the exchange, or in clear.
 
+use shared::kem;
 use shared::{b64, sha256};
+
+use super::{Delivery, Error, RefreshRequest};
 
 /// First line of the handshake transcript.
 pub(crate) const TRANSCRIPT_LABEL: &str = "pq-refresh-v1";
@@ -25,6 +28,21 @@ pub fn transcript(sid: &str, presented: &str, dpop: Option<&str>, kem_public_key
         h(presented.as_bytes()),
         h(kem_public_key)
     )
+}
+
+/// How the rotated token `next` reaches the client: sealed to the request's ephemeral
+/// X-Wing key over the [`transcript`] of this exchange, or in clear without one.
+pub(super) fn deliver(next: &str, sid: &str, request: &RefreshRequest) -> Result<Delivery, Error> {
+    let Some(pk) = &request.kem_public_key else {
+        return Ok(Delivery::Clear(next.to_owned()));
+    };
+    let transcript = transcript(sid, &request.refresh_token, request.dpop.as_deref(), pk);
+    let sealed = kem::seal_random(pk, transcript.as_bytes(), next.as_bytes())
+        .map_err(|e| Error::InvalidRequest(format!("kem_public_key: {e}")))?;
+    Ok(Delivery::Sealed {
+        sealed,
+        transcript_hash: b64::encode(&sha256(transcript.as_bytes())),
+    })
 }
 
 #[cfg(test)]

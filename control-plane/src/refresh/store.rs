@@ -94,6 +94,43 @@ pub(super) fn remember_proof(
     Ok(inserted == 1)
 }
 
+/// A new session's writer job: the session, its first refresh token (generation 0) and
+/// the `refresh.created` audit row, all at the session's creation time.
+pub(super) struct Creation {
+    pub(super) session: Session,
+    pub(super) first_hash: Vec<u8>,
+    pub(super) region: String,
+    pub(super) audit_row: serde_json::Value,
+}
+
+impl Creation {
+    pub(super) fn write(self, tx: &Transaction<'_>) -> Result<(), Error> {
+        let session = self.session;
+        let t = session.created_at;
+        tx.execute(
+            "INSERT INTO refresh_sessions
+             (sid, subject, scope, device_jkt, binding_hash, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                session.sid,
+                session.subject,
+                session.scope,
+                session.device_jkt,
+                session.binding_hash,
+                session.created_at,
+                session.expires_at
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (hash, sid, generation, state, issued_at, expires_at)
+             VALUES (?1, ?2, 0, 'active', ?3, ?4)",
+            params![self.first_hash, session.sid, t, session.expires_at],
+        )?;
+        audit::append_row(tx, t, &self.region, "refresh.created", self.audit_row)?;
+        Ok(())
+    }
+}
+
 /// A refresh's writer job: records the proof's `jti`, re-reads the presented token
 /// (a concurrent refresh may have rotated it since it was checked) and rotates it when
 /// it is still active. It never signs: a reuse is only reported here and revoked by
@@ -169,4 +206,28 @@ impl Rotation {
             session: row.session,
         })
     }
+}
+
+/// Marks a session and its active tokens revoked at `at` by the event `event_id`, unless
+/// a revocation got there first: then nothing is written and the error is the first
+/// revocation's event id.
+pub(super) fn mark_revoked(
+    tx: &Transaction<'_>,
+    sid: &str,
+    at: i64,
+    event_id: &str,
+) -> Result<Result<(), String>, Error> {
+    let current = find_session(tx, sid)?.ok_or_else(|| Error::UnknownSession(sid.to_owned()))?;
+    if let Some(first) = current.revocation_event {
+        return Ok(Err(first));
+    }
+    tx.execute(
+        "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3 WHERE sid = ?1",
+        params![sid, at, event_id],
+    )?;
+    tx.execute(
+        "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
+        params![sid],
+    )?;
+    Ok(Ok(()))
 }
