@@ -398,7 +398,7 @@ fn probe(url: &str) -> anyhow::Result<()> {
 }
 
 fn consume(args: &SettingsArgs) -> anyhow::Result<()> {
-    let settings = Settings::from_args(args, None).map_err(anyhow::Error::msg)?;
+    let settings = Settings::from_args(args, None)?;
     anyhow::ensure!(
         settings.kafka.is_some(),
         "consume needs KAFKA_BOOTSTRAP (the broker to consume from)"
@@ -416,7 +416,7 @@ fn consume(args: &SettingsArgs) -> anyhow::Result<()> {
 }
 
 fn open_region(args: &SettingsArgs) -> anyhow::Result<Region> {
-    let settings = Settings::from_args(args, None).map_err(anyhow::Error::msg)?;
+    let settings = Settings::from_args(args, None)?;
     Region::open(settings)
 }
 

@@ -155,16 +155,161 @@ pub struct SettingsArgs {
 
 /// The token signing algorithm: EdDSA (`Ed25519` is read as its other name; tokens still
 /// say `EdDSA`) or ML-DSA-65. ES256 is for device keys only.
-fn parse_alg(s: &str) -> Result<Alg, String> {
+fn parse_alg(s: &str) -> Result<Alg, ConfigError> {
     match Alg::parse(s) {
-        Ok(Alg::Es256) => Err(
-            "ES256 is accepted for device keys, not for signing tokens (use EdDSA or ML-DSA-65)"
-                .into(),
-        ),
+        Ok(Alg::Es256) => Err(ConfigError::Es256SignsNoTokens),
         Ok(alg) => Ok(alg),
-        Err(e) => Err(format!("{e} (use EdDSA or ML-DSA-65)")),
+        Err(e) => Err(ConfigError::UnknownAlg(e)),
     }
 }
+
+/// Longest token lifetime any setting may name, in minutes (366 days).
+const MAX_TOKEN_MINUTES: i64 = 366 * 24 * 60;
+
+/// One thing wrong with the settings, said the way the operator sets it (the variable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `CP_SIGNING_ALG` is ES256, which only device keys use.
+    #[error("ES256 is accepted for device keys, not for signing tokens (use EdDSA or ML-DSA-65)")]
+    Es256SignsNoTokens,
+    /// `CP_SIGNING_ALG` names no algorithm this project implements.
+    #[error("{0} (use EdDSA or ML-DSA-65)")]
+    UnknownAlg(shared::JoseError),
+    /// `CP_PUBLIC_URL` is not an `http(s)` URL with a host and nothing after the path.
+    #[error("CP_PUBLIC_URL must be an http(s) URL without query or fragment, not {0:?}")]
+    PublicUrl(String),
+    /// `CP_ISSUER` is blank.
+    #[error("CP_ISSUER must not be empty")]
+    EmptyIssuer,
+    /// `CP_ISSUER` names a scheme but is no URL RFC 8414 allows as an issuer.
+    #[error("CP_ISSUER {0:?} must be an http(s) URL without query or fragment (RFC 8414)")]
+    IssuerUrl(String),
+    /// `CP_ACCEPTED_ISSUERS` holds a blank item.
+    #[error("CP_ACCEPTED_ISSUERS must not hold an empty value")]
+    EmptyAcceptedIssuer,
+    /// A variable that needs a value is blank (`CP_AUDIENCE`, `CP_REGION`).
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// `KAFKA_BOOTSTRAP` is set but blank.
+    #[error("KAFKA_BOOTSTRAP must not be empty when set")]
+    EmptyKafkaBootstrap,
+    /// A number outside its fixed range.
+    #[error("{var} must be between {min} and {max}")]
+    Between {
+        /// The variable.
+        var: &'static str,
+        /// Least value allowed.
+        min: i64,
+        /// Largest value allowed.
+        max: i64,
+    },
+    /// A number under its least value.
+    #[error("{var} must be at least {min}")]
+    AtLeast {
+        /// The variable.
+        var: &'static str,
+        /// Least value allowed.
+        min: i64,
+    },
+    /// A number over its largest value.
+    #[error("{var} must be at most {max}")]
+    AtMost {
+        /// The variable.
+        var: &'static str,
+        /// Largest value allowed.
+        max: i64,
+    },
+    /// `CP_DEFAULT_TOKEN_MINUTES` is below 1 or above `CP_MAX_TOKEN_MINUTES`.
+    #[error("CP_DEFAULT_TOKEN_MINUTES must be between 1 and CP_MAX_TOKEN_MINUTES")]
+    DefaultTokenAboveMax,
+    /// `CP_LEEWAY_SECONDS` is negative or longer than every revocation lives past its
+    /// tokens.
+    #[error(
+        "CP_LEEWAY_SECONDS must be between 0 and {max} (the leeway revocations cover)",
+        max = REVOCATION_LEEWAY_SECS
+    )]
+    LeewayBeyondRevocations,
+    /// `CP_FLEET_MAX_TOKEN_MINUTES` is below this region's maximum (its revocations would
+    /// not cover the tokens it issues) or above the longest lifetime.
+    #[error(
+        "CP_FLEET_MAX_TOKEN_MINUTES ({fleet}) must be between CP_MAX_TOKEN_MINUTES ({region}) and {max}: revocations must cover every token a region issues",
+        max = MAX_TOKEN_MINUTES
+    )]
+    FleetMaxBelowRegionMax {
+        /// `CP_FLEET_MAX_TOKEN_MINUTES`, or its default.
+        fleet: i64,
+        /// `CP_MAX_TOKEN_MINUTES`.
+        region: i64,
+    },
+    /// `CP_MAX_LONG_POLLS` is 0 or would leave less than half the connections to requests.
+    #[error("CP_MAX_LONG_POLLS must be between 1 and half of CP_MAX_CONNECTIONS")]
+    LongPollsOverHalfTheConnections,
+    /// `CP_MAX_LONG_POLLS_PER_CREDENTIAL` is 0 or above `CP_MAX_LONG_POLLS`.
+    #[error("CP_MAX_LONG_POLLS_PER_CREDENTIAL must be between 1 and CP_MAX_LONG_POLLS")]
+    LongPollsPerCredentialOverLongPolls,
+    /// `CP_ADMIN_LISTEN` is the same address as `CP_LISTEN`.
+    #[error("CP_ADMIN_LISTEN must differ from CP_LISTEN")]
+    AdminListenIsListen,
+    /// `CP_REDIS_CA_FILE` is set with no Redis to check.
+    #[error("CP_REDIS_CA_FILE is set but REDIS_URL is not")]
+    RedisCaWithoutUrl,
+    /// An item of `CP_KAFKA_CLIENT_CONFIG` has no `=` (the item is shown: it holds no
+    /// value, so never a password).
+    #[error("CP_KAFKA_CLIENT_CONFIG: {0:?} is not key=value")]
+    KafkaClientNotKeyValue(String),
+    /// An item of `CP_KAFKA_CLIENT_CONFIG` starts with `=`.
+    #[error("CP_KAFKA_CLIENT_CONFIG: an empty property name")]
+    KafkaClientEmptyName,
+    /// `CP_KAFKA_CLIENT_CONFIG` sets a property the delivery guarantees rest on.
+    #[error("CP_KAFKA_CLIENT_CONFIG may not set {0}: the delivery guarantees rest on it")]
+    KafkaClientReserved(String),
+    /// An `http(s)` item of `PEER_JWKS` does not parse as a URL.
+    #[error("PEER_JWKS: {item:?} is not a valid URL: {reason}")]
+    PeerJwksUrl {
+        /// The item, without its region.
+        item: String,
+        /// The URL parser's explanation.
+        reason: String,
+    },
+    /// An item of `PEER_JWKS` names a scheme other than `http(s)`.
+    #[error("PEER_JWKS: {0:?}: only http(s) URLs and file paths are supported")]
+    PeerJwksScheme(String),
+    /// An item of `PEER_JWKS` is no URL and no file that exists.
+    #[error("PEER_JWKS: {0:?} is neither a URL nor a readable file")]
+    PeerJwksMissing(String),
+    /// `PEER_JWKS` is set on a region with no broker to receive the peers' events.
+    #[error("PEER_JWKS needs KAFKA_BOOTSTRAP (peers' events come through it)")]
+    PeerJwksWithoutKafka,
+}
+
+impl ConfigError {
+    fn between(var: &'static str, min: i64, max: i64) -> ConfigError {
+        ConfigError::Between { var, min, max }
+    }
+
+    fn at_least(var: &'static str, min: i64) -> ConfigError {
+        ConfigError::AtLeast { var, min }
+    }
+}
+
+/// Every problem [`Settings::from_args`] found, one line each: an operator fixes them in
+/// one go rather than one start at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 /// Flags of `serve` only.
 #[derive(Debug, Clone, clap::Args)]
@@ -377,7 +522,10 @@ impl Settings {
     }
 
     /// Builds and checks settings from flags, reporting every problem at once.
-    pub fn from_args(args: &SettingsArgs, serve: Option<&ServeArgs>) -> Result<Settings, String> {
+    pub fn from_args(
+        args: &SettingsArgs,
+        serve: Option<&ServeArgs>,
+    ) -> Result<Settings, ConfigErrors> {
         let mut problems = Vec::new();
         let public_url = args
             .public_url
@@ -386,9 +534,7 @@ impl Settings {
         if let Some(url) = &public_url
             && !is_http_url(url)
         {
-            problems.push(format!(
-                "CP_PUBLIC_URL must be an http(s) URL without query or fragment, not {url:?}"
-            ));
+            problems.push(ConfigError::PublicUrl(url.clone()));
         }
         let (issuer, issuer_from_listen) = match (&args.issuer, &public_url) {
             (Some(issuer), _) => (issuer.trim().to_owned(), false),
@@ -405,11 +551,9 @@ impl Settings {
             }
         };
         if issuer.is_empty() {
-            problems.push("CP_ISSUER must not be empty".to_owned());
+            problems.push(ConfigError::EmptyIssuer);
         } else if looks_like_url(&issuer) && !is_http_url(&issuer) {
-            problems.push(format!(
-                "CP_ISSUER {issuer:?} must be an http(s) URL without query or fragment (RFC 8414)"
-            ));
+            problems.push(ConfigError::IssuerUrl(issuer.clone()));
         }
         let accepted_issuers: Vec<String> = args
             .accepted_issuers
@@ -418,10 +562,10 @@ impl Settings {
             .filter(|i| *i != issuer)
             .collect();
         if accepted_issuers.iter().any(String::is_empty) {
-            problems.push("CP_ACCEPTED_ISSUERS must not hold an empty value".to_owned());
+            problems.push(ConfigError::EmptyAcceptedIssuer);
         }
         if args.audience.trim().is_empty() {
-            problems.push("CP_AUDIENCE must not be empty".to_owned());
+            problems.push(ConfigError::Empty("CP_AUDIENCE"));
         }
         // `REGION` (the name the deployment files use) when `CP_REGION` and the flag are unset.
         let region = match std::env::var("REGION") {
@@ -429,64 +573,60 @@ impl Settings {
             _ => args.region.clone(),
         };
         if region.trim().is_empty() {
-            problems.push("CP_REGION must not be empty".to_owned());
+            problems.push(ConfigError::Empty("CP_REGION"));
         }
-        if args.max_token_minutes < 1 || args.max_token_minutes > 366 * 24 * 60 {
-            problems.push("CP_MAX_TOKEN_MINUTES must be between 1 and 527040".to_owned());
+        if args.max_token_minutes < 1 || args.max_token_minutes > MAX_TOKEN_MINUTES {
+            problems.push(ConfigError::between(
+                "CP_MAX_TOKEN_MINUTES",
+                1,
+                MAX_TOKEN_MINUTES,
+            ));
         }
         if args.default_token_minutes < 1 || args.default_token_minutes > args.max_token_minutes {
-            problems
-                .push("CP_DEFAULT_TOKEN_MINUTES must be between 1 and CP_MAX_TOKEN_MINUTES".into());
+            problems.push(ConfigError::DefaultTokenAboveMax);
         }
         if !(0..=REVOCATION_LEEWAY_SECS).contains(&args.leeway_seconds) {
-            problems.push(format!(
-                "CP_LEEWAY_SECONDS must be between 0 and {REVOCATION_LEEWAY_SECS} (the leeway revocations cover)"
-            ));
+            problems.push(ConfigError::LeewayBeyondRevocations);
         }
         let fleet_max_token_minutes = args
             .fleet_max_token_minutes
             .unwrap_or(args.max_token_minutes.max(DEFAULT_FLEET_MAX_TOKEN_MINUTES));
         if fleet_max_token_minutes < args.max_token_minutes
-            || fleet_max_token_minutes > 366 * 24 * 60
+            || fleet_max_token_minutes > MAX_TOKEN_MINUTES
         {
-            problems.push(format!(
-                "CP_FLEET_MAX_TOKEN_MINUTES ({fleet_max_token_minutes}) must be between CP_MAX_TOKEN_MINUTES ({}) and 527040: revocations must cover every token a region issues",
-                args.max_token_minutes
-            ));
+            problems.push(ConfigError::FleetMaxBelowRegionMax {
+                fleet: fleet_max_token_minutes,
+                region: args.max_token_minutes,
+            });
         }
         if !(1..=MAX_REFRESH_DAYS).contains(&args.refresh_days) {
-            problems.push(format!(
-                "CP_REFRESH_DAYS must be between 1 and {}",
-                MAX_REFRESH_DAYS
-            ));
+            problems.push(ConfigError::between("CP_REFRESH_DAYS", 1, MAX_REFRESH_DAYS));
         }
         let mut settings = Settings::new(args.data_dir.clone());
         if let Some(serve) = serve {
             if serve.max_body_bytes < 1024 {
-                problems.push("CP_MAX_BODY_BYTES must be at least 1024".to_owned());
+                problems.push(ConfigError::at_least("CP_MAX_BODY_BYTES", 1024));
             }
             if serve.feed_max_delta == 0 {
-                problems.push("CP_FEED_MAX_DELTA must be at least 1".to_owned());
+                problems.push(ConfigError::at_least("CP_FEED_MAX_DELTA", 1));
             }
             if serve.max_connections < 16 {
-                problems.push("CP_MAX_CONNECTIONS must be at least 16".to_owned());
+                problems.push(ConfigError::at_least("CP_MAX_CONNECTIONS", 16));
             }
             if serve.max_long_polls == 0 || serve.max_long_polls > serve.max_connections / 2 {
-                problems.push(
-                    "CP_MAX_LONG_POLLS must be between 1 and half of CP_MAX_CONNECTIONS".to_owned(),
-                );
+                problems.push(ConfigError::LongPollsOverHalfTheConnections);
             }
             if !(1..=300).contains(&serve.header_timeout_seconds) {
-                problems.push("CP_HEADER_TIMEOUT_SECONDS must be between 1 and 300".to_owned());
+                problems.push(ConfigError::between("CP_HEADER_TIMEOUT_SECONDS", 1, 300));
             }
             if !(1..=300).contains(&serve.body_timeout_seconds) {
-                problems.push("CP_BODY_TIMEOUT_SECONDS must be between 1 and 300".to_owned());
+                problems.push(ConfigError::between("CP_BODY_TIMEOUT_SECONDS", 1, 300));
             }
             if serve.admin_listen.is_some() && serve.admin_listen == Some(serve.listen) {
-                problems.push("CP_ADMIN_LISTEN must differ from CP_LISTEN".to_owned());
+                problems.push(ConfigError::AdminListenIsListen);
             }
             if !(1..=3600).contains(&serve.idle_timeout_seconds) {
-                problems.push("CP_IDLE_TIMEOUT_SECONDS must be between 1 and 3600".to_owned());
+                problems.push(ConfigError::between("CP_IDLE_TIMEOUT_SECONDS", 1, 3600));
             }
             settings.max_body_bytes = serve.max_body_bytes;
             settings.feed_max_delta = serve.feed_max_delta;
@@ -496,10 +636,7 @@ impl Settings {
                 .max_long_polls_per_credential
                 .unwrap_or(serve.max_long_polls.div_ceil(2));
             if per_credential == 0 || per_credential > serve.max_long_polls {
-                problems.push(
-                    "CP_MAX_LONG_POLLS_PER_CREDENTIAL must be between 1 and CP_MAX_LONG_POLLS"
-                        .to_owned(),
-                );
+                problems.push(ConfigError::LongPollsPerCredentialOverLongPolls);
             }
             settings.edge_credentials = serve.edge_credentials;
             settings.max_long_polls_per_credential = per_credential;
@@ -514,20 +651,20 @@ impl Settings {
         // The URL and CA file themselves are checked when the client is made (at start,
         // `crate::backends::open`), so this module depends on no other of the crate.
         if args.redis_url.is_none() && args.redis_ca_file.is_some() {
-            problems.push("CP_REDIS_CA_FILE is set but REDIS_URL is not".to_owned());
+            problems.push(ConfigError::RedisCaWithoutUrl);
         }
         if !(1..=10_000).contains(&args.redis_timeout_ms) {
-            problems.push("CP_REDIS_TIMEOUT_MS must be between 1 and 10000".to_owned());
+            problems.push(ConfigError::between("CP_REDIS_TIMEOUT_MS", 1, 10_000));
         }
         if args
             .kafka_bootstrap
             .as_deref()
             .is_some_and(|b| b.trim().is_empty())
         {
-            problems.push("KAFKA_BOOTSTRAP must not be empty when set".to_owned());
+            problems.push(ConfigError::EmptyKafkaBootstrap);
         }
         if !(1..=10_000).contains(&args.kafka_fetch_wait_ms) {
-            problems.push("CP_KAFKA_FETCH_WAIT_MS must be between 1 and 10000".to_owned());
+            problems.push(ConfigError::between("CP_KAFKA_FETCH_WAIT_MS", 1, 10_000));
         }
         let kafka_client =
             match parse_client_config(args.kafka_client_config.as_deref().unwrap_or("")) {
@@ -538,7 +675,10 @@ impl Settings {
                 }
             };
         if args.publish_wait_ms > 10_000 {
-            problems.push("CP_PUBLISH_WAIT_MS must be at most 10000".to_owned());
+            problems.push(ConfigError::AtMost {
+                var: "CP_PUBLISH_WAIT_MS",
+                max: 10_000,
+            });
         }
         let peer_jwks = match parse_sources(&args.peer_jwks.join(",")) {
             Ok(sources) => sources,
@@ -548,13 +688,13 @@ impl Settings {
             }
         };
         if !peer_jwks.is_empty() && args.kafka_bootstrap.is_none() {
-            problems.push("PEER_JWKS needs KAFKA_BOOTSTRAP (peers' events come through it)".into());
+            problems.push(ConfigError::PeerJwksWithoutKafka);
         }
         if !(0..=86_400).contains(&args.key_activation_seconds) {
-            problems.push("CP_KEY_ACTIVATION_SECONDS must be between 0 and 86400".to_owned());
+            problems.push(ConfigError::between("CP_KEY_ACTIVATION_SECONDS", 0, 86_400));
         }
         if !problems.is_empty() {
-            return Err(problems.join("\n"));
+            return Err(ConfigErrors(problems));
         }
         settings.issuer = issuer;
         settings.accepted_issuers = accepted_issuers;
@@ -726,24 +866,20 @@ const RESERVED_PROPERTIES: [&str; 9] = [
 
 /// Parses `CP_KAFKA_CLIENT_CONFIG`: comma-separated `key=value` librdkafka properties.
 /// Every problem is reported (a missing `=`, an empty key, a reserved property).
-pub(crate) fn parse_client_config(list: &str) -> Result<Vec<(String, String)>, Vec<String>> {
+pub(crate) fn parse_client_config(list: &str) -> Result<Vec<(String, String)>, Vec<ConfigError>> {
     let mut pairs = Vec::new();
     let mut problems = Vec::new();
     for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let Some((key, value)) = item.split_once('=') else {
-            problems.push(format!(
-                "CP_KAFKA_CLIENT_CONFIG: {:?} is not key=value",
-                item.split('=').next().unwrap_or(item)
-            ));
+            // No `=`: the whole item is a name (a password never appears here).
+            problems.push(ConfigError::KafkaClientNotKeyValue(item.to_owned()));
             continue;
         };
         let key = key.trim();
         if key.is_empty() {
-            problems.push("CP_KAFKA_CLIENT_CONFIG: an empty property name".to_owned());
+            problems.push(ConfigError::KafkaClientEmptyName);
         } else if RESERVED_PROPERTIES.contains(&key.to_ascii_lowercase().as_str()) {
-            problems.push(format!(
-                "CP_KAFKA_CLIENT_CONFIG may not set {key}: the delivery guarantees rest on it"
-            ));
+            problems.push(ConfigError::KafkaClientReserved(key.to_owned()));
         } else {
             pairs.push((key.to_owned(), value.trim().to_owned()));
         }
@@ -774,7 +910,7 @@ pub(crate) fn named(entry: &str) -> (Option<&str>, &str) {
 
 /// Parses `PEER_JWKS`: comma-separated `http(s)://` URLs or file paths, each optionally
 /// prefixed `REGION=` to bind its keys to that region. Returns every problem at once.
-pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
+pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<ConfigError>> {
     let mut sources = Vec::new();
     let mut problems = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -788,18 +924,17 @@ pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
         if item.starts_with("http://") || item.starts_with("https://") {
             match reqwest::Url::parse(item) {
                 Ok(_) => keep(&mut sources),
-                Err(e) => problems.push(format!("PEER_JWKS: {item:?} is not a valid URL: {e}")),
+                Err(e) => problems.push(ConfigError::PeerJwksUrl {
+                    item: item.to_owned(),
+                    reason: e.to_string(),
+                }),
             }
         } else if item.contains("://") {
-            problems.push(format!(
-                "PEER_JWKS: {item:?}: only http(s) URLs and file paths are supported"
-            ));
+            problems.push(ConfigError::PeerJwksScheme(item.to_owned()));
         } else if std::path::Path::new(item).is_file() {
             keep(&mut sources);
         } else {
-            problems.push(format!(
-                "PEER_JWKS: {item:?} is neither a URL nor a readable file"
-            ));
+            problems.push(ConfigError::PeerJwksMissing(item.to_owned()));
         }
     }
     if problems.is_empty() {
@@ -811,7 +946,7 @@ pub(crate) fn parse_sources(list: &str) -> Result<Vec<String>, Vec<String>> {
 
 #[cfg(test)]
 mod client_config_tests {
-    use super::parse_client_config;
+    use super::{ConfigError, parse_client_config};
 
     #[test]
     fn kafka_client_properties_pass_through_but_never_the_guarantees() {
@@ -824,11 +959,21 @@ mod client_config_tests {
         assert!(parse_client_config("").unwrap().is_empty());
         let problems =
             parse_client_config("acks=1,Enable.Idempotence=false,nonsense,=x").unwrap_err();
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems[0].contains("acks"), "{problems:?}");
+        assert_eq!(
+            problems,
+            [
+                ConfigError::KafkaClientReserved("acks".into()),
+                ConfigError::KafkaClientReserved("Enable.Idempotence".into()),
+                ConfigError::KafkaClientNotKeyValue("nonsense".into()),
+                ConfigError::KafkaClientEmptyName,
+            ]
+        );
         // A password never appears in an error.
-        let problems = parse_client_config("sasl.password").unwrap_err();
-        assert!(problems[0].contains("sasl.password"));
+        let problems = parse_client_config("sasl.password=hunter2,sasl.password").unwrap_err();
+        assert_eq!(
+            problems,
+            [ConfigError::KafkaClientNotKeyValue("sasl.password".into())]
+        );
     }
 }
 
@@ -836,18 +981,12 @@ mod client_config_tests {
 mod tests {
     use super::*;
 
-    fn settings(args: &[&str]) -> Result<Settings, String> {
-        use clap::Parser as _;
-        let cli =
-            crate::cli::Cli::try_parse_from(["control-plane"].iter().chain(args).chain(&["serve"]))
-                .map_err(|e| e.to_string())?;
-        let crate::cli::Command::Serve(serve) = &cli.command else {
-            unreachable!("parsed serve");
-        };
-        Settings::from_args(&cli.settings, Some(serve))
+    /// `serve` with these flags before it: the flags must parse, the settings may not.
+    fn settings(args: &[&str]) -> Result<Settings, ConfigErrors> {
+        serve_on("127.0.0.1:8000", args)
     }
 
-    fn serve_on(listen: &str, args: &[&str]) -> Result<Settings, String> {
+    fn serve_on(listen: &str, args: &[&str]) -> Result<Settings, ConfigErrors> {
         use clap::Parser as _;
         let cli = crate::cli::Cli::try_parse_from(
             ["control-plane"]
@@ -855,7 +994,7 @@ mod tests {
                 .chain(args)
                 .chain(&["serve", "--listen", listen]),
         )
-        .map_err(|e| e.to_string())?;
+        .unwrap_or_else(|e| panic!("{args:?} are flags clap takes: {e}"));
         let crate::cli::Command::Serve(serve) = &cli.command else {
             unreachable!("parsed serve");
         };
@@ -904,16 +1043,37 @@ mod tests {
         assert!(s.issuer_warnings()[0].contains("not a URL"));
         let s = settings(&["--issuer", "http://10.0.0.5:8000"]).unwrap();
         assert!(s.issuer_warnings()[0].contains("requires https"));
-        for bad in [
-            vec!["--issuer", "https://cp.example/?tenant=1"],
-            vec!["--issuer", "https://cp.example/#x"],
-            vec!["--issuer", "ftp://cp.example"],
-            vec!["--issuer", " "],
-            vec!["--public-url", "cp.example"],
-            vec!["--public-url", "https://u:p@cp.example"],
-            vec!["--accepted-issuers", "pq-control-plane,,https://b.example"],
+        let issuer = |url: &str| ConfigError::IssuerUrl(url.into());
+        let public = |url: &str| ConfigError::PublicUrl(url.into());
+        for (bad, why) in [
+            (
+                ["--issuer", "https://cp.example/?tenant=1"],
+                vec![issuer("https://cp.example/?tenant=1")],
+            ),
+            (
+                ["--issuer", "https://cp.example/#x"],
+                vec![issuer("https://cp.example/#x")],
+            ),
+            (
+                ["--issuer", "ftp://cp.example"],
+                vec![issuer("ftp://cp.example")],
+            ),
+            (["--issuer", " "], vec![ConfigError::EmptyIssuer]),
+            (["--public-url", "cp.example"], vec![public("cp.example")]),
+            (
+                ["--public-url", "https://u:p@cp.example"],
+                // The public URL is the issuer too.
+                vec![
+                    public("https://u:p@cp.example"),
+                    issuer("https://u:p@cp.example"),
+                ],
+            ),
+            (
+                ["--accepted-issuers", "pq-control-plane,,https://b.example"],
+                vec![ConfigError::EmptyAcceptedIssuer],
+            ),
         ] {
-            assert!(settings(&bad).is_err(), "{bad:?}");
+            assert_eq!(settings(&bad).unwrap_err().0, why, "{bad:?}");
         }
     }
 
@@ -941,7 +1101,49 @@ mod tests {
         assert_eq!(parse_alg("EdDSA"), Ok(Alg::EdDsa));
         assert_eq!(parse_alg("Ed25519"), Ok(Alg::EdDsa));
         assert_eq!(parse_alg("ML-DSA-65"), Ok(Alg::MlDsa65));
-        assert!(parse_alg("ES256").unwrap_err().contains("device keys"));
-        assert!(parse_alg("RS256").is_err());
+        assert_eq!(parse_alg("ES256"), Err(ConfigError::Es256SignsNoTokens));
+        assert!(
+            parse_alg("ES256")
+                .unwrap_err()
+                .to_string()
+                .contains("device keys")
+        );
+        assert_eq!(
+            parse_alg("RS256").unwrap_err().to_string(),
+            "unsupported algorithm \"RS256\" (use EdDSA or ML-DSA-65)"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_one_line_each_in_the_words_operators_know() {
+        let problems = settings(&[
+            "--audience",
+            " ",
+            "--max-token-minutes",
+            "0",
+            "--leeway-seconds",
+            "301",
+            "--fleet-max-token-minutes",
+            "600000",
+            "--redis-timeout-ms",
+            "0",
+            "--publish-wait-ms",
+            "10001",
+            "--peer-jwks",
+            "ftp://b.example/jwks",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problems.to_string(),
+            "CP_AUDIENCE must not be empty\n\
+             CP_MAX_TOKEN_MINUTES must be between 1 and 527040\n\
+             CP_DEFAULT_TOKEN_MINUTES must be between 1 and CP_MAX_TOKEN_MINUTES\n\
+             CP_LEEWAY_SECONDS must be between 0 and 300 (the leeway revocations cover)\n\
+             CP_FLEET_MAX_TOKEN_MINUTES (600000) must be between CP_MAX_TOKEN_MINUTES (0) and 527040: \
+             revocations must cover every token a region issues\n\
+             CP_REDIS_TIMEOUT_MS must be between 1 and 10000\n\
+             CP_PUBLISH_WAIT_MS must be at most 10000\n\
+             PEER_JWKS: \"ftp://b.example/jwks\": only http(s) URLs and file paths are supported"
+        );
     }
 }

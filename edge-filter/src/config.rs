@@ -269,29 +269,166 @@ fn is_header_name(name: &str) -> bool {
         })
 }
 
+/// Why the plugin configuration was refused (`on_configure` logs it and returns false).
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Not JSON of the expected shape: bad syntax, an unknown field, a wrong type, no
+    /// `control_plane`.
+    Json(serde_json::Error),
+    /// JSON of the right shape with wrong values: every one found, in field order.
+    Invalid(Vec<Problem>),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid edge-filter configuration: ")?;
+        match self {
+            ConfigError::Json(e) => write!(f, "{e}"),
+            ConfigError::Invalid(problems) => {
+                for (i, problem) in problems.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One wrong value of the plugin configuration, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The inline `jwks` is no JWKS this filter takes.
+    Jwks(shared::JoseError),
+    /// The inline `jwks` holds no key of an algorithm this filter verifies.
+    JwksNoUsableKey,
+    /// `control_plane.cluster` is empty.
+    EmptyCluster,
+    /// A path (`control_plane.feed_path`, `control_plane.jwks_path`) is not absolute.
+    RelativePath(&'static str),
+    /// A number outside its range.
+    Range {
+        /// The field, with its parent (`control_plane.retry_millis`).
+        field: &'static str,
+        /// Least value allowed.
+        min: u64,
+        /// Largest value allowed.
+        max: u64,
+    },
+    /// A number that must be above 0 is 0.
+    NotPositive(&'static str),
+    /// `control_plane.edge_credential` is empty, too long or not visible ASCII.
+    EdgeCredential,
+    /// `control_plane.edge_instance` is empty, too long or has a character the control
+    /// plane refuses.
+    EdgeInstance,
+    /// `staleness_bound_seconds` is under one long poll and a margin: a healthy feed
+    /// would flap between fresh and stale.
+    StalenessBelowPollWait {
+        /// `poll_wait_seconds + 2`.
+        min: i64,
+    },
+    /// An item of `dpop_origins` is no `http(s)://host[:port]` origin.
+    DpopOrigin(String),
+    /// A key of `claim_headers` is no dotted claim path.
+    ClaimPath(String),
+    /// A value of `claim_headers` is no header name, or one the mapping may not set.
+    ClaimHeader {
+        /// The claim path.
+        claim: String,
+        /// The header name, lower case.
+        header: String,
+    },
+    /// An item of `bypass_paths` is not absolute.
+    BypassPath(String),
+    /// `issuer` is an empty list (which would accept any issuer).
+    EmptyIssuerList,
+    /// `issuer` is, or holds, a blank string.
+    EmptyIssuer,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Jwks(e) => write!(f, "jwks: {e}"),
+            Problem::JwksNoUsableKey => {
+                f.write_str("jwks: no usable key (OKP Ed25519, EC P-256 or AKP ML-DSA-65)")
+            }
+            Problem::EmptyCluster => f.write_str("control_plane.cluster: must not be empty"),
+            Problem::RelativePath(name) => write!(f, "control_plane.{name}: must start with '/'"),
+            Problem::Range { field, min, max } => write!(f, "{field}: must be {min}..={max}"),
+            Problem::NotPositive(field) => write!(f, "{field}: must be positive"),
+            Problem::EdgeCredential => write!(
+                f,
+                "control_plane.edge_credential: must be 1..={MAX_CREDENTIAL} visible ASCII characters"
+            ),
+            Problem::EdgeInstance => write!(
+                f,
+                "control_plane.edge_instance: must be 1..={MAX_INSTANCE} characters of A-Z a-z 0-9 . _ ~ : @ / + = -"
+            ),
+            Problem::StalenessBelowPollWait { min } => write!(
+                f,
+                "staleness_bound_seconds: must be at least poll_wait_seconds + 2 = {min}"
+            ),
+            Problem::DpopOrigin(origin) => write!(
+                f,
+                "dpop_origins: {origin:?} is not an http(s)://host[:port] origin (no path)"
+            ),
+            Problem::ClaimPath(claim) => write!(f, "claim_headers: bad claim path {claim:?}"),
+            Problem::ClaimHeader { claim, header } => write!(
+                f,
+                "claim_headers.{claim}: {header:?} is not an allowed header name"
+            ),
+            Problem::BypassPath(path) => write!(f, "bypass_paths: {path:?} must start with '/'"),
+            Problem::EmptyIssuerList => f.write_str(
+                "issuer: an empty list would accept any issuer; leave it out to mean that",
+            ),
+            Problem::EmptyIssuer => f.write_str("issuer: must not be empty"),
+        }
+    }
+}
+
+/// [`Problem::Range`] when `value` is outside `min..=max`.
+fn check_range(problems: &mut Vec<Problem>, field: &'static str, value: u64, min: u64, max: u64) {
+    if !(min..=max).contains(&value) {
+        problems.push(Problem::Range { field, min, max });
+    }
+}
+
+/// [`Problem::NotPositive`] when `value` is 0.
+fn check_positive(problems: &mut Vec<Problem>, field: &'static str, value: u64) {
+    if value == 0 {
+        problems.push(Problem::NotPositive(field));
+    }
+}
+
 impl Config {
     /// Parses and checks the plugin configuration JSON; the error lists every problem.
-    pub fn parse(bytes: &[u8]) -> Result<Config, String> {
-        let raw: RawConfig = serde_json::from_slice(bytes)
-            .map_err(|e| format!("invalid edge-filter configuration: {e}"))?;
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(ConfigError::Json)?;
         let mut problems = Vec::new();
 
         let keys = match &raw.jwks {
             None => KeySource::Fetched,
             Some(value) => match serde_json::to_vec(value)
-                .map_err(|e| e.to_string())
-                .and_then(|b| JwkSet::parse(&b).map_err(|e| e.to_string()))
-                .and_then(|set| Keyring::from_jwks(&set).map_err(|e| e.to_string()))
+                .map_err(|e| shared::JoseError::Json {
+                    part: "jwks",
+                    reason: e.to_string(),
+                })
+                .and_then(|b| JwkSet::parse(&b))
+                .and_then(|set| Keyring::from_jwks(&set))
             {
                 Ok(ring) if ring.is_empty() => {
-                    problems.push(
-                        "jwks: no usable key (OKP Ed25519, EC P-256 or AKP ML-DSA-65)".to_owned(),
-                    );
+                    problems.push(Problem::JwksNoUsableKey);
                     KeySource::Fetched
                 }
                 Ok(ring) => KeySource::Inline(ring),
                 Err(e) => {
-                    problems.push(format!("jwks: {e}"));
+                    problems.push(Problem::Jwks(e));
                     KeySource::Fetched
                 }
             },
@@ -299,31 +436,39 @@ impl Config {
 
         let cp = raw.control_plane;
         if cp.cluster.is_empty() {
-            problems.push("control_plane.cluster: must not be empty".into());
+            problems.push(Problem::EmptyCluster);
         }
         for (name, path) in [("feed_path", &cp.feed_path), ("jwks_path", &cp.jwks_path)] {
             if !path.starts_with('/') {
-                problems.push(format!("control_plane.{name}: must start with '/'"));
+                problems.push(Problem::RelativePath(name));
             }
         }
-        if cp.poll_wait_seconds == 0 || cp.poll_wait_seconds > 300 {
-            problems.push("control_plane.poll_wait_seconds: must be 1..=300".into());
-        }
-        if cp.jwks_refresh_seconds == 0 {
-            problems.push("control_plane.jwks_refresh_seconds: must be positive".into());
-        }
-        if cp.jwks_min_refetch_seconds == 0 || cp.jwks_min_refetch_seconds > 3600 {
-            problems.push("control_plane.jwks_min_refetch_seconds: must be 1..=3600".into());
-        }
+        check_range(
+            &mut problems,
+            "control_plane.poll_wait_seconds",
+            cp.poll_wait_seconds,
+            1,
+            300,
+        );
+        check_positive(
+            &mut problems,
+            "control_plane.jwks_refresh_seconds",
+            cp.jwks_refresh_seconds,
+        );
+        check_range(
+            &mut problems,
+            "control_plane.jwks_min_refetch_seconds",
+            cp.jwks_min_refetch_seconds,
+            1,
+            3600,
+        );
         if let Some(credential) = &cp.edge_credential {
             // Sent as a header value: visible ASCII only, never a header injection.
             let ok = !credential.is_empty()
                 && credential.len() <= MAX_CREDENTIAL
                 && credential.bytes().all(|b| b.is_ascii_graphic());
             if !ok {
-                problems.push(format!(
-                    "control_plane.edge_credential: must be 1..={MAX_CREDENTIAL} visible ASCII characters"
-                ));
+                problems.push(Problem::EdgeCredential);
             }
         }
         if let Some(instance) = &cp.edge_instance
@@ -331,66 +476,79 @@ impl Config {
                 || instance.len() > MAX_INSTANCE
                 || !instance.bytes().all(is_instance_char))
         {
-            problems.push(format!(
-                "control_plane.edge_instance: must be 1..={MAX_INSTANCE} characters of A-Z a-z 0-9 . _ ~ : @ / + = -"
-            ));
+            problems.push(Problem::EdgeInstance);
         }
-        if !(1..=65_536).contains(&raw.dpop_replay_buckets) {
-            problems.push("dpop_replay_buckets: must be 1..=65536".into());
-        }
-        if cp.retry_millis == 0 || cp.retry_millis > 600_000 {
-            problems.push("control_plane.retry_millis: must be 1..=600000".into());
-        }
+        check_range(
+            &mut problems,
+            "dpop_replay_buckets",
+            raw.dpop_replay_buckets.into(),
+            1,
+            65_536,
+        );
+        check_range(
+            &mut problems,
+            "control_plane.retry_millis",
+            cp.retry_millis,
+            1,
+            600_000,
+        );
         // A heartbeat arrives at least every `wait` seconds; a bound below that would
         // flap between fresh and stale on a healthy feed.
         let min_bound = i64::try_from(cp.poll_wait_seconds)
             .unwrap_or(i64::MAX)
             .saturating_add(2);
         if raw.staleness_bound_seconds < min_bound {
-            problems.push(format!(
-                "staleness_bound_seconds: must be at least poll_wait_seconds + 2 = {min_bound}"
-            ));
+            problems.push(Problem::StalenessBelowPollWait { min: min_bound });
         }
         if !(0..=3600).contains(&raw.leeway_seconds) {
-            problems.push("leeway_seconds: must be 0..=3600".into());
+            problems.push(Problem::Range {
+                field: "leeway_seconds",
+                min: 0,
+                max: 3600,
+            });
         }
         if !(1..=3600).contains(&raw.dpop_max_age_seconds) {
-            problems.push("dpop_max_age_seconds: must be 1..=3600".into());
+            problems.push(Problem::Range {
+                field: "dpop_max_age_seconds",
+                min: 1,
+                max: 3600,
+            });
         }
         let mut dpop_origins = Vec::new();
         for origin in &raw.dpop_origins {
             match parse_origin(origin) {
                 Some(o) => dpop_origins.push(o),
-                None => problems.push(format!(
-                    "dpop_origins: {origin:?} is not an http(s)://host[:port] origin (no path)"
-                )),
+                None => problems.push(Problem::DpopOrigin(origin.clone())),
             }
         }
         if raw.cache_max_entries == 0 {
-            problems.push("cache_max_entries: must be positive".into());
+            problems.push(Problem::NotPositive("cache_max_entries"));
         }
         if !(64..=1024 * 1024).contains(&raw.max_token_bytes) {
-            problems.push("max_token_bytes: must be 64..=1048576".into());
+            problems.push(Problem::Range {
+                field: "max_token_bytes",
+                min: 64,
+                max: 1024 * 1024,
+            });
         }
-        if raw.max_revocations == 0 {
-            problems.push("max_revocations: must be positive".into());
-        }
+        check_positive(&mut problems, "max_revocations", raw.max_revocations);
         let mut claim_headers = Vec::new();
         for (claim, header) in raw.claim_headers {
             let header = header.to_ascii_lowercase();
             if claim.is_empty() || claim.split('.').any(str::is_empty) {
-                problems.push(format!("claim_headers: bad claim path {claim:?}"));
+                problems.push(Problem::ClaimPath(claim.clone()));
             }
             if !is_header_name(&header) || RESERVED_HEADERS.contains(&header.as_str()) {
-                problems.push(format!(
-                    "claim_headers.{claim}: {header:?} is not an allowed header name"
-                ));
+                problems.push(Problem::ClaimHeader {
+                    claim: claim.clone(),
+                    header: header.clone(),
+                });
             }
             claim_headers.push((claim, header));
         }
         for path in &raw.bypass_paths {
             if !path.starts_with('/') {
-                problems.push(format!("bypass_paths: {path:?} must start with '/'"));
+                problems.push(Problem::BypassPath(path.clone()));
             }
         }
 
@@ -399,23 +557,17 @@ impl Config {
             Some(OneOrMany::One(one)) => vec![one],
             Some(OneOrMany::Many(many)) => {
                 if many.is_empty() {
-                    problems.push(
-                        "issuer: an empty list would accept any issuer; leave it out to mean that"
-                            .into(),
-                    );
+                    problems.push(Problem::EmptyIssuerList);
                 }
                 many
             }
         };
         if issuers.iter().any(|i| i.trim().is_empty()) {
-            problems.push("issuer: must not be empty".into());
+            problems.push(Problem::EmptyIssuer);
         }
 
         if !problems.is_empty() {
-            return Err(format!(
-                "invalid edge-filter configuration: {}",
-                problems.join("; ")
-            ));
+            return Err(ConfigError::Invalid(problems));
         }
         let authority = cp.authority.unwrap_or_else(|| cp.cluster.clone());
         Ok(Config {
@@ -530,7 +682,12 @@ mod tests {
         assert_eq!(c.role, Role::Poller);
         let err =
             Config::parse(br#"{"role":"leader","control_plane":{"cluster":"cp"}}"#).unwrap_err();
-        assert!(err.contains("unknown variant `leader`"), "{err}");
+        assert!(matches!(err, ConfigError::Json(_)), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.starts_with("invalid edge-filter configuration: unknown variant `leader`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -542,15 +699,18 @@ mod tests {
                  "bypass_paths":["health"]}"#,
         )
         .unwrap_err();
-        for needle in [
-            "cluster",
-            "staleness_bound_seconds",
-            "\"authorization\"",
-            "\"bad header\"",
-            "bypass_paths",
-        ] {
-            assert!(err.contains(needle), "{needle} missing from {err}");
-        }
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert_eq!(
+            err.to_string(),
+            "invalid edge-filter configuration: control_plane.cluster: must not be empty; \
+             staleness_bound_seconds: must be at least poll_wait_seconds + 2 = 22; \
+             claim_headers.scope: \"bad header\" is not an allowed header name; \
+             claim_headers.sub: \"authorization\" is not an allowed header name; \
+             bypass_paths: \"health\" must start with '/'"
+        );
     }
 
     #[test]

@@ -410,14 +410,14 @@ impl Root {
         }
     }
 
-    fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), String> {
-        let body = body.ok_or("no usable response")?;
+    fn on_jwks(&mut self, vm: &mut Vm, body: Option<Vec<u8>>) -> Result<(), JwksError> {
+        let body = body.ok_or(JwksError::NoResponse)?;
         self.held_jwks_digest = None;
         let ring = JwkSet::parse(&body)
             .and_then(|set| Keyring::from_jwks(&set))
-            .map_err(|e| format!("JWKS refused: {e}"))?;
+            .map_err(JwksError::Refused)?;
         if ring.is_empty() {
-            return Err("JWKS has no usable key".into());
+            return Err(JwksError::NoUsableKey);
         }
         self.held_jwks_digest = Some(shared::edgeset::jwks_digest(&body));
         let current = shared_get(&vm.keys.jwks).0;
@@ -435,13 +435,40 @@ impl Root {
             Some(&sync::versioned(version, &body)),
             None,
         )
-        .map_err(|e| format!("cannot publish the JWKS: {e:?}"))?;
+        .map_err(JwksError::Publish)?;
         if !vm.publish_state(|s| s.jwks_version = version) {
-            return Err("cannot publish the state".into());
+            return Err(JwksError::PublishState);
         }
         info!("edge-filter: JWKS with {} keys published", ring.len());
         vm.refresh();
         Ok(())
+    }
+}
+
+/// Why a fetched JWKS was not published (logged; the fetch is retried).
+#[derive(Debug)]
+enum JwksError {
+    /// The call failed, or answered other than 200 with a body.
+    NoResponse,
+    /// The document is no JWKS this filter takes.
+    Refused(JoseError),
+    /// The document holds no key of an algorithm this filter verifies.
+    NoUsableKey,
+    /// The host refused to store the JWKS in shared data.
+    Publish(Status),
+    /// The host refused to store the state record naming the new JWKS version.
+    PublishState,
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::NoResponse => f.write_str("no usable response"),
+            JwksError::Refused(e) => write!(f, "JWKS refused: {e}"),
+            JwksError::NoUsableKey => f.write_str("JWKS has no usable key"),
+            JwksError::Publish(status) => write!(f, "cannot publish the JWKS: {status:?}"),
+            JwksError::PublishState => f.write_str("cannot publish the state"),
+        }
     }
 }
 
