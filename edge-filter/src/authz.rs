@@ -1,6 +1,9 @@
 //! The per-request decision: token -> strict parse -> key by `kid` -> signature ->
 //! time, issuer, audience -> DPoP binding -> revocation set, on every request.
 
+// Reads untrusted request input and feed bytes: no input may panic the VM.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use std::rc::Rc;
 
 use shared::claims::TYP_ACCESS_TOKEN;
@@ -448,4 +451,9 @@ impl Authorizer {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    reason = "a test fails on an unexpected input"
+)]
 mod tests;

@@ -8,6 +8,9 @@
 //! value of at most `BUCKET_ENTRIES` entries of 20 bytes (hash and expiry); a full
 //! bucket refuses the new proof (fail closed) rather than forgetting a live one.
 
+// Reads untrusted request input and feed bytes: no input may panic the VM.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use shared::sha256;
 
 /// Entries per bucket.
@@ -51,9 +54,12 @@ pub(crate) enum Verdict {
 pub(crate) fn check_and_record(bucket: &[u8], id: &[u8; 16], expires_at: u32, now: u32) -> Verdict {
     let mut live = Vec::with_capacity((BUCKET_ENTRIES + 1) * ENTRY_BYTES);
     if bucket.len().is_multiple_of(ENTRY_BYTES) {
-        for entry in bucket.chunks_exact(ENTRY_BYTES) {
-            let (hash, expiry) = entry.split_at(16);
-            let expiry = u32::from_le_bytes([expiry[0], expiry[1], expiry[2], expiry[3]]);
+        for entry in bucket.as_chunks::<ENTRY_BYTES>().0 {
+            // Always there: an entry is 16 bytes of hash and 4 of expiry.
+            let Some((hash, expiry)) = entry.split_last_chunk::<4>() else {
+                continue;
+            };
+            let expiry = u32::from_le_bytes(*expiry);
             if expiry <= now {
                 continue;
             }

@@ -1,6 +1,9 @@
 //! What the filter reads from and writes to HTTP headers: credentials, bypass rules,
 //! the `WWW-Authenticate` challenge and claim header values.
 
+// Reads untrusted request input and feed bytes: no input may panic the VM.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use crate::reason::{Challenge, Reason};
 
 /// The authorization scheme the token came with.
@@ -55,8 +58,7 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
             let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
@@ -264,9 +266,9 @@ per_reason! {
 /// True when an `Authorization` value names the `DPoP` scheme, whatever follows (used
 /// to pick the challenge when the credential itself could not be read).
 pub(crate) fn names_dpop_scheme(authorization: Option<&[u8]>) -> bool {
-    authorization.is_some_and(|v| {
-        let v = v.trim_ascii_start();
-        v.len() > 4 && v[..4].eq_ignore_ascii_case(b"dpop") && matches!(v[4], b' ' | b'\t')
+    authorization.is_some_and(|v| match v.trim_ascii_start().split_first_chunk::<4>() {
+        Some((scheme, [b' ' | b'\t', ..])) => scheme.eq_ignore_ascii_case(b"dpop"),
+        _ => false,
     })
 }
 
@@ -306,6 +308,11 @@ pub(crate) fn claim_at<'v>(
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    reason = "a test fails on an unexpected input"
+)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -12,6 +12,9 @@
 //!   [`RECENT_MAX`](shared::edgeset::RECENT_MAX)), prefixed by its version and the arrays'
 //!   version: what a small delta publishes, so no VM copies the whole set for it.
 
+// Reads untrusted request input and feed bytes: no input may panic the VM.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use shared::edgeset::{EdgeSetError, EdgeUpdate, RevocationSet, UpdateKind};
 
 /// The shared-data key names for one control-plane cluster.
@@ -96,15 +99,23 @@ impl StateRecord {
     /// Decodes; anything but 64 bytes, or a leeway out of range, reads as "nothing
     /// published yet".
     pub fn decode(bytes: &[u8]) -> StateRecord {
-        let Ok(b) = <&[u8; 64]>::try_from(bytes) else {
+        let (
+            [
+                set_version,
+                seq,
+                generated_at,
+                verified_at,
+                jwks_version,
+                refused_at,
+                recent_version,
+                leeway,
+            ],
+            [],
+        ) = bytes.as_chunks::<8>()
+        else {
             return StateRecord::default();
         };
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i..i + 8]);
-            w
-        };
-        let feed_leeway = match u64::from_le_bytes(word(56)) {
+        let feed_leeway = match u64::from_le_bytes(*leeway) {
             0 => None,
             l => match u32::try_from(l - 1) {
                 Ok(l) => Some(l),
@@ -113,13 +124,13 @@ impl StateRecord {
         };
         StateRecord {
             feed_leeway,
-            set_version: u64::from_le_bytes(word(0)),
-            seq: u64::from_le_bytes(word(8)),
-            generated_at: i64::from_le_bytes(word(16)),
-            verified_at: i64::from_le_bytes(word(24)),
-            jwks_version: u64::from_le_bytes(word(32)),
-            refused_at: i64::from_le_bytes(word(40)),
-            recent_version: u64::from_le_bytes(word(48)),
+            set_version: u64::from_le_bytes(*set_version),
+            seq: u64::from_le_bytes(*seq),
+            generated_at: i64::from_le_bytes(*generated_at),
+            verified_at: i64::from_le_bytes(*verified_at),
+            jwks_version: u64::from_le_bytes(*jwks_version),
+            refused_at: i64::from_le_bytes(*refused_at),
+            recent_version: u64::from_le_bytes(*recent_version),
         }
     }
 
@@ -168,18 +179,18 @@ impl Lease {
     /// Decodes, or `None` for anything but 17 bytes with a flag of 0 or 1 (or the 16
     /// bytes of a filter lease written before the service existed).
     pub fn decode(bytes: &[u8]) -> Option<Lease> {
-        let (head, service) = match bytes.len() {
-            16 => (bytes, false),
-            17 => (
-                &bytes[..16],
-                [false, true].get(usize::from(bytes[16])).copied()?,
-            ),
+        let (head, flag) = bytes.split_first_chunk::<16>()?;
+        let service = match *flag {
+            [] => false,
+            [flag] => [false, true].get(usize::from(flag)).copied()?,
             _ => return None,
         };
-        let (owner, expires) = head.split_at(8);
+        let ([owner, expires], []) = head.as_chunks::<8>() else {
+            return None;
+        };
         Some(Lease {
-            owner: u64::from_le_bytes(owner.try_into().ok()?),
-            expires_ms: u64::from_le_bytes(expires.try_into().ok()?),
+            owner: u64::from_le_bytes(*owner),
+            expires_ms: u64::from_le_bytes(*expires),
             service,
         })
     }
@@ -331,6 +342,7 @@ pub(crate) fn backoff_millis(base: u64, failures: u32, cap: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails on an unexpected input")]
 mod tests {
     use super::*;
     use shared::edgeset::{Entry, entry_key};

@@ -1,5 +1,8 @@
 //! Access-token claims (RFC 9068 `at+jwt`) and their time, issuer and audience checks.
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::JoseError;

@@ -1,6 +1,9 @@
 //! Device-binding proofs with RFC 9449 (DPoP) fields, signed by an Ed25519, P-256 (ES256)
 //! or ML-DSA-65 device key whose public JWK travels in the proof header.
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::jws::{self, Jws, Limits};

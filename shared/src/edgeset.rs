@@ -80,12 +80,20 @@
 //! the next update (the control plane wakes its parked polls for it) instead of at the
 //! next periodic refresh. Same form as a feed id; optional and not `crit`.
 
+// Decodes untrusted feed bytes on the edge: no input may panic it (the children too).
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 mod entry;
 mod set;
 mod update;
 mod wire;
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    reason = "a test fails on an unexpected input"
+)]
 mod tests;
 
 pub use entry::{Entry, TokenKeys, entry_key};

@@ -3,6 +3,9 @@
 //!
 //! Any JOSE library that knows ML-DSA-65 can check them against the region's JWKS.
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use crate::JoseError;
 use crate::jws::{self, Header, Jws, Limits};
 use crate::keys::{Alg, Keyring, SigningKey};

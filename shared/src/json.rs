@@ -4,6 +4,9 @@
 //! would mean different things to different parsers. A first pass walks the document and
 //! refuses any object that repeats a name; only then is it decoded into its type.
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -86,6 +89,7 @@ impl<'de> Visitor<'de> for NoDuplicates {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails on an unexpected input")]
 mod tests {
     use super::*;
     use serde_json::Value;

@@ -1,6 +1,9 @@
 //! JSON Web Keys: OKP Ed25519 (RFC 8037), AKP ML-DSA-65 (RFC 9964), EC P-256 (RFC 7518
 //! section 6.2, device keys), RFC 7638 thumbprints.
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::alg::Alg;

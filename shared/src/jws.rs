@@ -1,5 +1,8 @@
 //! Strict compact JWS (RFC 7515) for EdDSA (also named `Ed25519`), ML-DSA-65 and ES256.
 
+// Parses untrusted tokens on the edge's hot path: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::jwk::Jwk;
@@ -79,12 +82,17 @@ impl<'a> Jws<'a> {
                 max: limits.max_token_len,
             });
         }
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JoseError::Malformed("expected three dot-separated parts"));
+        let three_parts = JoseError::Malformed("expected three dot-separated parts");
+        // The signing input is everything before the last dot: header, dot, payload.
+        let Some((signing_input, s)) = token.rsplit_once('.') else {
+            return Err(three_parts);
         };
+        let Some((h, p)) = signing_input.split_once('.') else {
+            return Err(three_parts);
+        };
+        if p.contains('.') {
+            return Err(three_parts);
+        }
         if h.is_empty() || s.is_empty() {
             return Err(JoseError::Malformed("empty header or signature"));
         }
@@ -98,7 +106,7 @@ impl<'a> Jws<'a> {
             alg,
             payload: b64::decode_public(p, "payload")?,
             signature: b64::decode_public(s, "signature")?,
-            signing_input: &token[..h.len() + 1 + p.len()],
+            signing_input,
             header,
         })
     }

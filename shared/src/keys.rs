@@ -1,6 +1,9 @@
 //! Signing and verifying keys for the JOSE algorithms we allow: EdDSA (also named
 //! `Ed25519`), ML-DSA-65, and ES256 (P-256, for device keys and DPoP proofs).
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use ed25519_dalek::Signer as _;
 use ml_dsa::{KeyExport as _, Keypair as _, MlDsa65};
 
@@ -71,7 +74,7 @@ impl VerifyingKey {
             }
             Alg::Es256 => {
                 // Only the uncompressed SEC1 form (what a JWK's x and y make): 0x04 || x || y.
-                if bytes.len() != 65 || bytes[0] != 0x04 {
+                if bytes.len() != 65 || bytes.first() != Some(&0x04) {
                     return Err(JoseError::BadKey(
                         "P-256 public key must be 0x04 and 32-byte x and y coordinates",
                     ));

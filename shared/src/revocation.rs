@@ -1,5 +1,8 @@
 //! Signed revocation events: what a region broadcasts when it revokes something.
 
+// Parses untrusted input: no input may panic it.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{self, TYP_REVOCATION, TYP_REVOCATION_BATCH};

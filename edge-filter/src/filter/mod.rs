@@ -4,6 +4,9 @@
 //! By role: [`poller`] (the root context: lease, feed and JWKS calls), [`http`] (the
 //! per-request path), [`metrics`] (what Envoy shows under `wasmcustom.edge_filter.`).
 
+// Reads untrusted request input and feed bytes: no input may panic the VM.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
 mod http;
 mod metrics;
 mod poller;

@@ -7,13 +7,13 @@ use crate::revocation::{Kind, RevocationEvent, TokenIds, stronger_not_before};
 pub fn entry_key(kind: Kind, value: &str) -> u64 {
     use sha2::Digest;
     // Fed in two parts: no copy of the value per lookup.
-    let digest = sha2::Sha256::new()
+    let digest: [u8; 32] = sha2::Sha256::new()
         .chain_update([kind.tag()])
         .chain_update(value.as_bytes())
-        .finalize();
-    u64::from_be_bytes([
-        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
-    ])
+        .finalize()
+        .into();
+    let [a, b, c, d, e, f, g, h, ..] = digest;
+    u64::from_be_bytes([a, b, c, d, e, f, g, h])
 }
 
 /// A token's identifiers as the set looks them up: their [`entry_key`]s, computed once

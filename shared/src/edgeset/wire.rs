@@ -275,6 +275,11 @@ impl BitReader<'_> {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    reason = "a test fails on an unexpected input"
+)]
 mod tests {
     use super::*;
 

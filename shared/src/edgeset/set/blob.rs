@@ -13,17 +13,23 @@ pub(in crate::edgeset) const RECENT_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8;
 const BLOB_VERSION: u8 = 2;
 pub(in crate::edgeset) const BLOB_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 4 + 8 + 8;
 
+/// The whole little-endian u64s of `bytes` (a partial one at the end is left out).
 fn le_u64s(bytes: &[u8]) -> Vec<u64> {
     bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .as_chunks()
+        .0
+        .iter()
+        .map(|&c| u64::from_le_bytes(c))
         .collect()
 }
 
+/// The whole little-endian u32s of `bytes` (a partial one at the end is left out).
 fn le_u32s(bytes: &[u8]) -> Vec<u32> {
     bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()))
+        .as_chunks()
+        .0
+        .iter()
+        .map(|&c| u32::from_le_bytes(c))
         .collect()
 }
 
@@ -90,16 +96,19 @@ impl RevocationSet {
             return Err(EdgeSetError::Malformed("set blob length"));
         }
         let (n, m) = (n as usize, m as usize);
-        let (keys, rest) = rest.split_at(n * 8);
-        let (codes, rest) = rest.split_at(n * 2);
-        let (nbf_keys, nbf_times) = rest.split_at(m * 8);
+        let length = || EdgeSetError::Malformed("set blob length");
+        let (keys, rest) = rest.split_at_checked(n * 8).ok_or_else(length)?;
+        let (codes, rest) = rest.split_at_checked(n * 2).ok_or_else(length)?;
+        let (nbf_keys, nbf_times) = rest.split_at_checked(m * 8).ok_or_else(length)?;
         let keys = le_u64s(keys);
-        if keys.windows(2).any(|w| w[0] >= w[1]) {
+        if !keys.is_sorted_by(|a, b| a < b) {
             return Err(EdgeSetError::Malformed("entries not strictly sorted"));
         }
         let expiry_codes: Vec<u16> = codes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .as_chunks()
+            .0
+            .iter()
+            .map(|&c| u16::from_le_bytes(c))
             .collect();
         let max_code = wire::float_code(u64::from(u32::MAX - expiry_base), SET_MANTISSA_BITS);
         if expiry_codes.iter().any(|&c| c > max_code) {
@@ -124,7 +133,7 @@ impl RevocationSet {
             recent_new: 0,
             generation: 0,
         };
-        if set.not_before.windows(2).any(|w| w[0].0 >= w[1].0)
+        if !set.not_before.is_sorted_by(|a, b| a.0 < b.0)
             || set
                 .not_before
                 .iter()
@@ -179,14 +188,20 @@ impl RevocationSet {
         }
         let recent: Vec<Entry> = r
             .bytes
-            .chunks_exact(16)
-            .map(|c| Entry {
-                key: u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
-                expires_at: u32::from_le_bytes(c[8..12].try_into().unwrap_or_default()),
-                not_before: u32::from_le_bytes(c[12..].try_into().unwrap_or_default()),
+            .as_chunks::<16>()
+            .0
+            .iter()
+            .map(|&c| {
+                // key u64, expires_at u32, not_before u32, little-endian: one u128, low first.
+                let v = u128::from_le_bytes(c);
+                Entry {
+                    key: v as u64,
+                    expires_at: (v >> 64) as u32,
+                    not_before: (v >> 96) as u32,
+                }
             })
             .collect();
-        if recent.windows(2).any(|w| w[0].key >= w[1].key) {
+        if !recent.is_sorted_by(|a, b| a.key < b.key) {
             return Err(EdgeSetError::Malformed(
                 "recent entries not strictly sorted",
             ));
