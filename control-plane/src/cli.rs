@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -415,6 +416,15 @@ fn consume(args: &SettingsArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Runs an async region operation to its end for a command, on a runtime of its own
+/// (the operation may sign or retire a key on its blocking pool).
+fn block_on<F: std::future::Future>(work: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(work))
+}
+
 fn open_region(args: &SettingsArgs) -> anyhow::Result<Region> {
     let settings = Settings::from_args(args, None)?;
     Region::open(settings)
@@ -507,15 +517,15 @@ fn issue(args: &SettingsArgs, a: IssueArgs) -> anyhow::Result<()> {
         print(&client.post("/token", &body)?);
         return Ok(());
     }
-    let region = open_region(args)?;
-    let issued = region.issue(
+    let region = Arc::new(open_region(args)?);
+    let issued = block_on(region.issue(
         IssueRequest {
             subject: a.subject,
             expires_minutes: a.expires_minutes,
             additional_claims: claims,
         },
         "cli",
-    )?;
+    ))??;
     print(&json!({
         "access_token": issued.token, "token_type": "bearer", "expires_in": issued.expires_in,
         "jti": issued.claims.jti, "subject": issued.claims.sub,
@@ -536,9 +546,9 @@ fn revoke(args: &SettingsArgs, a: RevokeArgs) -> anyhow::Result<()> {
     if let Some(ttl) = a.ttl_seconds {
         anyhow::ensure!(ttl >= 1, "--ttl-seconds must be at least 1");
     }
-    let region = open_region(args)?;
+    let region = Arc::new(open_region(args)?);
     let expires_at = a.ttl_seconds.map(|t| crate::time::now().saturating_add(t));
-    let done = region.revoke(kind, &a.value, expires_at, "cli")?;
+    let done = block_on(region.revoke(kind, a.value, expires_at, "cli"))??;
     print(&json!({ "event_id": done.event.event_id, "published": done.published }));
     Ok(())
 }

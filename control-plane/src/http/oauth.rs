@@ -89,12 +89,14 @@ pub(super) async fn revoke(
         outcome.await?;
         return Ok(StatusCode::OK);
     }
-    blocking(&state, move |r| {
+    // Checked on the blocking pool (a proof is recorded through the writer); the
+    // revocation's signature and commit are awaited.
+    let unrevoked = blocking(&state, move |r| {
         let Ok((claims, _)) = r.verify(&token) else {
-            return Ok(());
+            return Ok(None);
         };
         if claims.validate(&r.settings().validation(), now()).is_err() {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(cnf) = &claims.cnf {
             refresh::check_possession(r, proof.as_deref(), &token, &cnf.jkt, &target).map_err(
@@ -106,13 +108,17 @@ pub(super) async fn revoke(
             )?;
         }
         if r.find(Kind::Jti, &claims.jti)?.is_some() {
-            return Ok(());
+            return Ok(None);
         }
-        let expires_at = r.token_end(claims.exp);
-        r.revoke(Kind::Jti, &claims.jti, Some(expires_at), "oauth2/revoke")?;
-        Ok::<_, ApiError>(())
+        Ok::<_, ApiError>(Some((claims.jti, r.token_end(claims.exp))))
     })
     .await?;
+    if let Some((jti, expires_at)) = unrevoked {
+        state
+            .region
+            .revoke(Kind::Jti, jti, Some(expires_at), "oauth2/revoke")
+            .await?;
+    }
     Ok(StatusCode::OK)
 }
 

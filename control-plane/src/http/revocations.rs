@@ -72,7 +72,7 @@ pub(super) async fn revoke(
     let expires_at = ttl_expiry(body.ttl_seconds)?;
     let done = state
         .region
-        .revoke_async(kind, body.value, expires_at, "api:/revoke")
+        .revoke(kind, body.value, expires_at, "api:/revoke")
         .await?;
     let published = published(&state, &done).await;
     Ok(Json(RevokeResponse {

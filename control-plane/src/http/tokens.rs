@@ -54,7 +54,7 @@ pub(super) async fn issue(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let issued = state
         .region
-        .issue_async(
+        .issue(
             IssueRequest {
                 subject: body.subject,
                 expires_minutes: body.expires_minutes,

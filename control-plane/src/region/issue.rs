@@ -4,22 +4,11 @@
 use super::*;
 
 impl Region {
-    /// Issues an access token and records it in the audit log.
-    pub(crate) fn issue(&self, request: IssueRequest, via: &str) -> Result<Issued, Error> {
-        let (claims, ttl) = self.issue_claims(request)?;
-        let (token, row) = self.sign_issued(&self.keys(), &claims, via)?;
-        self.writer.run(move |tx| row.write(tx))?;
-        Ok(Issued {
-            token,
-            claims,
-            expires_in: ttl,
-        })
-    }
-
-    /// [`Region::issue`] for async callers: an EdDSA token is signed on the calling
-    /// thread (tens of microseconds), an ML-DSA-65 one on the blocking pool; the audit
-    /// row waits for the next group commit without holding a thread.
-    pub(crate) async fn issue_async(
+    /// Issues an access token and records it in the audit log. An EdDSA token is signed
+    /// on the calling thread (tens of microseconds), an ML-DSA-65 one on the blocking
+    /// pool; the issued-lifetime horizon and the audit row wait for their group commits
+    /// without holding a thread. A caller with no runtime (the CLI) blocks on it.
+    pub(crate) async fn issue(
         self: &Arc<Self>,
         request: IssueRequest,
         via: &'static str,

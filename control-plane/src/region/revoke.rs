@@ -115,29 +115,10 @@ impl Region {
     }
 
     /// Signs, commits, caches and publishes a revocation. Answers only after the
-    /// SQLite transaction has committed.
-    pub(crate) fn revoke(
-        &self,
-        kind: Kind,
-        value: &str,
-        expires_at: Option<i64>,
-        via: &str,
-    ) -> Result<Revoked, Error> {
-        if kind == Kind::Kid {
-            self.retire_revoked_key(value, via)?;
-        }
-        let (event, signed) = self.sign_revocation(kind, value, expires_at)?;
-        let record = self.recorder(via);
-        let job_event = event.clone();
-        let inserted = self
-            .writer
-            .run(move |tx| record.write(tx, &job_event, &signed))?;
-        Ok(self.announce_revocation(event, inserted, via))
-    }
-
-    /// [`Region::revoke`] for async callers: the signature (shared with the other events
-    /// of its batch) and the commit are awaited without holding a thread.
-    pub(crate) async fn revoke_async(
+    /// SQLite transaction has committed. The signature (shared with the other events of
+    /// its batch) and the commit are awaited without holding a thread; a caller with no
+    /// runtime (the CLI) blocks on it.
+    pub(crate) async fn revoke(
         self: &Arc<Self>,
         kind: Kind,
         value: String,
@@ -149,7 +130,12 @@ impl Region {
             let kid = value.clone();
             tokio::task::spawn_blocking(move || region.retire_revoked_key(&kid, via)).await??;
         }
-        let (event, signed) = self.sign_revocation_async(kind, &value, expires_at).await?;
+        let event = self.new_revocation(kind, &value, expires_at)?;
+        let (event, signed) = self
+            .signer
+            .sign_async(event)
+            .await
+            .map_err(Error::Signing)?;
         let record = self.recorder(via);
         let job_event = event.clone();
         let inserted = self
@@ -183,7 +169,8 @@ impl Region {
     }
 
     /// Builds and signs a revocation event (nothing stored yet). Blocks until the event
-    /// signer's batch holding it is signed.
+    /// signer's batch holding it is signed: for work on the blocking pool; the async
+    /// [`Region::revoke`] awaits the signer instead.
     pub(crate) fn sign_revocation(
         &self,
         kind: Kind,
@@ -192,17 +179,6 @@ impl Region {
     ) -> Result<(RevocationEvent, String), Error> {
         let event = self.new_revocation(kind, value, expires_at)?;
         self.signer.sign(event).map_err(Error::Signing)
-    }
-
-    /// [`Region::sign_revocation`] for async callers.
-    async fn sign_revocation_async(
-        &self,
-        kind: Kind,
-        value: &str,
-        expires_at: Option<i64>,
-    ) -> Result<(RevocationEvent, String), Error> {
-        let event = self.new_revocation(kind, value, expires_at)?;
-        self.signer.sign_async(event).await.map_err(Error::Signing)
     }
 
     /// After the commit: caches the event, advances the edge feed and wakes the outbox

@@ -58,6 +58,40 @@ fn issue_inspect_revoke_and_rotate_work_on_a_data_dir() {
 }
 
 #[test]
+fn the_cli_signs_an_ml_dsa_token_and_revokes_its_signing_key() {
+    // Both go through the region's async path on the command's own runtime: the
+    // ML-DSA signature and the key's retirement run on that runtime's blocking pool.
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--signing-alg", "ML-DSA-65"];
+        all.extend_from_slice(args);
+        run_cli(&data, &all)
+    };
+    let (ok, out, err) = cli(&["issue", "--subject", "mila"]);
+    assert!(ok, "{err}");
+    let token = json_of(&out)["access_token"].as_str().unwrap().to_owned();
+    let header = shared::b64::decode(token.split('.').next().unwrap(), "header").unwrap();
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["alg"], "ML-DSA-65", "{header}");
+    let kid = header["kid"].as_str().unwrap().to_owned();
+
+    let (ok, out, err) = cli(&["revoke", "--type", "kid", "--value", &kid]);
+    assert!(ok, "{err}");
+    assert!(json_of(&out)["event_id"].is_string(), "{out}");
+    let check = json_of(&cli(&["inspect", &token]).1);
+    assert_eq!(check["revoked"], true, "{check}");
+    let keys = json_of(&cli(&["keys", "list"]).1);
+    let revoked = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap();
+    assert!(revoked["retired_at"].is_i64(), "{keys}");
+}
+
+#[test]
 fn audit_verify_on_a_missing_data_dir_fails_without_creating_it() {
     let dir = tempfile::TempDir::new().unwrap();
     let data = dir.path().join("nothing-here");
