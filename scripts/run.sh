@@ -26,7 +26,7 @@ PROFILE=release
 # password (made at first start into the region's data dir, redis.secret), and the
 # default user is off: nothing that cannot log in reads or writes it. A region's user may
 # run only the commands the control plane issues, on the keys it writes
-# (control-plane/src/cache/redis.rs, refresh/mod.rs).
+# (control-plane/src/cache/redis.rs, refresh/proof.rs and refresh/mod.rs).
 REDIS_RULES='resetchannels -@all +ping +select +dbsize +exists +get +mget +set +expire +ttl +evalsha +script|load ~revoked:* ~revoked-cache-epoch ~refresh:* ~dpop:*'
 
 usage() {
@@ -208,7 +208,7 @@ for ((i = 0; i < REGIONS; i++)); do
     peer=$((CP_PORT + 1 - i))
     other=${names[$((1 - i))]}
     env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
-      PEER_JWKS="$other=http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS=10
+      PEER_JWKS="$other=http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS="${CP_KAFKA_FETCH_WAIT_MS:-10}"
       CP_PUBLIC_URL="http://127.0.0.1:$port" CP_ACCEPTED_ISSUERS="http://127.0.0.1:$peer")
     redis_url="redis://cp-$r:$(tr -d '\n' <"$dir/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
   fi
