@@ -39,6 +39,15 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// The tokens held at `now` after refilling at `rate` a second, before the cap.
+    fn refilled(&self, now: Instant, rate: f64) -> f64 {
+        now.saturating_duration_since(self.at)
+            .as_secs_f64()
+            .mul_add(rate, self.tokens)
+    }
+}
+
 /// A token bucket per key: `per_minute` requests a minute, bursts up to `per_minute`.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
@@ -69,9 +78,7 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             // A bucket that has refilled holds no state worth keeping.
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, b| b.refilled(now, rate) < burst);
             if buckets.len() >= MAX_KEYS {
                 // Still full: every key is busy. Refuse new keys rather than forget limits.
                 return Err(Duration::from_secs(1));
@@ -81,9 +88,7 @@ impl RateLimiter {
             tokens: burst,
             at: now,
         });
-        let refilled =
-            bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() * rate;
-        bucket.tokens = refilled.min(burst);
+        bucket.tokens = bucket.refilled(now, rate).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;

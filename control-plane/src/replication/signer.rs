@@ -81,7 +81,9 @@ impl SignerPause {
     }
 
     /// Lets the signer sign what it holds and everything after it.
-    pub fn resume(self) {}
+    pub fn resume(self) {
+        drop(self);
+    }
 }
 
 impl Drop for SignerPause {

@@ -55,7 +55,8 @@ impl ReplayGuard for SharedReplay<'_> {
                 Verdict::Fresh(next) => {
                     match proxy_wasm::hostcalls::set_shared_data(&key, Some(&next), cas) {
                         Ok(()) => return true,
-                        Err(Status::CasMismatch) => continue,
+                        // Another worker wrote the bucket first: read it again.
+                        Err(Status::CasMismatch) => {}
                         Err(_) => return false,
                     }
                 }

@@ -242,7 +242,8 @@ impl Vm {
                 cas,
             ) {
                 Ok(()) => return true,
-                Err(Status::CasMismatch) => continue,
+                // Another worker wrote the record first: read it again.
+                Err(Status::CasMismatch) => {}
                 Err(_) => return false,
             }
         }

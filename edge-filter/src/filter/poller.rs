@@ -115,7 +115,7 @@ impl Root {
 
     /// Calls the control plane; `feed` calls carry the edge credential and instance name
     /// (the JWKS is public: the credential goes nowhere it is not needed).
-    fn dispatch(&self, vm: &Vm, path: &str, timeout: Duration, feed: bool) -> Result<u32, Status> {
+    fn dispatch(vm: &Vm, path: &str, timeout: Duration, feed: bool) -> Result<u32, Status> {
         let cp = &vm.config.control_plane;
         let bearer = (cp.edge_credential.as_ref())
             .filter(|_| feed)
@@ -161,7 +161,7 @@ impl Root {
             }
         }
         if fetch_keys && !jwks_busy && now >= self.next_jwks_ms {
-            match self.dispatch(&vm, &cp.jwks_path, Duration::from_secs(10), false) {
+            match Self::dispatch(&vm, &cp.jwks_path, Duration::from_secs(10), false) {
                 Ok(id) => self.in_flight.push(Call::Jwks(id)),
                 Err(e) => {
                     warn!(
@@ -190,7 +190,7 @@ impl Root {
             )
         };
         let timeout = Duration::from_secs(cp.poll_wait_seconds.saturating_add(5));
-        match self.dispatch(&vm, &path, timeout, true) {
+        match Self::dispatch(&vm, &path, timeout, true) {
             Ok(id) => self.in_flight.push(Call::Feed(id)),
             Err(e) => {
                 warn!(
