@@ -120,6 +120,7 @@ pub(crate) fn spawn(
             region.clone(),
             peers.clone(),
             consumer,
+            kafka.clone(),
             backends.consumer.clone(),
         )));
     }

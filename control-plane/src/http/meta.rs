@@ -183,12 +183,23 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
         );
         let _ = writeln!(
             body,
-            "# HELP cp_consumer_events_total Peer events applied, and own events seen back.\n\
+            "# HELP cp_consumer_events_total Peer events applied (ahead: by the tail reader \
+             during a backlog), and own events seen back.\n\
              # TYPE cp_consumer_events_total counter\n\
              cp_consumer_events_total{{result=\"applied\"}} {}\n\
+             cp_consumer_events_total{{result=\"applied_ahead\"}} {}\n\
              cp_consumer_events_total{{result=\"own\"}} {}",
             consumer.applied.load(Ordering::Relaxed),
+            consumer.tail_applied.load(Ordering::Relaxed),
             consumer.own.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            body,
+            "# HELP cp_consumer_tail_jumps_total Times the tail reader went to the end of the \
+             topic, ahead of a backlog (see docs/operations.md).\n\
+             # TYPE cp_consumer_tail_jumps_total counter\n\
+             cp_consumer_tail_jumps_total {}",
+            consumer.tail_jumps.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             body,

@@ -99,6 +99,10 @@ pub(crate) struct ConsumerStats {
     pub lag: AtomicU64,
     /// 1 while the consumer is subscribed and receiving.
     pub running: AtomicU64,
+    /// Times the tail reader started at, or jumped to, the end of the topic.
+    pub tail_jumps: AtomicU64,
+    /// Events the tail reader applied ahead of the backlog.
+    pub tail_applied: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -399,11 +403,158 @@ pub(crate) enum SubscribeError {
     Subscribe(String, rdkafka::error::KafkaError),
 }
 
+/// Messages behind the end of the topic past which the tail reader reads the newest
+/// messages first (and jumps to the end again when it falls as far behind itself).
+const TAIL_AFTER: u64 = 512;
+
+/// Messages before the end of each partition where the tail reader starts: what was
+/// published just before it looked is read too.
+const TAIL_WINDOW: i64 = 256;
+
+/// How often the tail reader compares positions with the end of the topic.
+const TAIL_CHECK: Duration = Duration::from_millis(250);
+
+/// The tail reader: while the region's consumer is more than [`TAIL_AFTER`] messages
+/// behind (a flood of forged events under a trusted `kid` costs one ML-DSA-65
+/// verification each), a second client of the topic, with its own group and no commits,
+/// reads from the end of each partition the consumer holds, so an event published after
+/// the flood is verified and applied within about [`TAIL_CHECK`] instead of behind every
+/// forgery. It applies through the same checks and the same writer; the consumer later
+/// meets those events as already applied (counted `duplicate`), and the refused
+/// digests make a forgery both meet cost one verification. Events in the middle of a
+/// flood still wait for the consumer, which alone commits positions, so nothing is
+/// skipped. The client is made the first time it is needed.
+async fn tail(
+    region: Arc<Region>,
+    peers: Arc<Peers>,
+    refused: Arc<Refused>,
+    settings: KafkaSettings,
+    main: Arc<StreamConsumer>,
+    stats: Arc<ConsumerStats>,
+    workers: usize,
+) {
+    let mut reader: Option<Arc<StreamConsumer>> = None;
+    let mut reading = false;
+    let mut checked_at = tokio::time::Instant::now();
+    loop {
+        if !reading || checked_at.elapsed() >= TAIL_CHECK {
+            checked_at = tokio::time::Instant::now();
+            let (m, r) = (main.clone(), reader.clone().filter(|_| reading));
+            let (behind, own) =
+                tokio::task::spawn_blocking(move || (lag_of(&m), r.and_then(|r| read_lag_of(&r))))
+                    .await
+                    .unwrap_or((None, None));
+            if behind.is_some_and(|b| b > TAIL_AFTER) {
+                if !reading || own.is_some_and(|o| o > TAIL_AFTER) {
+                    if reader.is_none() {
+                        reader = tail_reader(&settings).map(Arc::new);
+                    }
+                    reading = match reader.clone() {
+                        Some(r) => {
+                            let m = main.clone();
+                            tokio::task::spawn_blocking(move || jump_to_end(&m, &r))
+                                .await
+                                .unwrap_or(false)
+                        }
+                        None => false,
+                    };
+                    if reading {
+                        stats.tail_jumps.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?behind, ?own, "tail reader: at the end of the topic");
+                    }
+                }
+            } else if reading {
+                if let Some(r) = &reader
+                    && let Err(e) = r.unassign()
+                {
+                    tracing::debug!(error = %e, "tail reader: cannot unassign");
+                }
+                reading = false;
+            }
+        }
+        let Some(r) = reader.as_ref().filter(|_| reading) else {
+            tokio::time::sleep(TAIL_CHECK).await;
+            continue;
+        };
+        let first = match tokio::time::timeout(TAIL_CHECK, r.recv()).await {
+            Ok(Ok(m)) => m.detach(),
+            _ => continue,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match already_fetched(r) {
+                Some(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        let payloads = batch
+            .iter()
+            .map(|m| m.payload().map(<[u8]>::to_vec))
+            .collect();
+        for outcome in check_all(&region, &peers, &refused, payloads, workers).await {
+            if let Ok(checked) = outcome
+                && apply(&region, checked).await == Ok(true)
+            {
+                stats.tail_applied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The tail reader's client: its own group, never committing, never subscribing.
+fn tail_reader(settings: &KafkaSettings) -> Option<StreamConsumer> {
+    settings
+        .client_config()
+        .set("group.id", format!("{}-tail", settings.group))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
+        .create()
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot create the consumer's tail reader"))
+        .ok()
+}
+
+/// Assigns the tail reader every partition the consumer holds, [`TAIL_WINDOW`] messages
+/// before its end (an event published just before the jump is not jumped over). `false`
+/// if the consumer holds none yet, the broker did not answer, or the client refused.
+/// Blocking: asks the broker for each partition's end.
+fn jump_to_end(main: &StreamConsumer, reader: &StreamConsumer) -> bool {
+    let Ok(held) = main.assignment() else {
+        return false;
+    };
+    let mut near_end = TopicPartitionList::new();
+    for element in held.elements() {
+        let Ok((low, high)) =
+            main.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+        else {
+            return false;
+        };
+        let from = high.saturating_sub(TAIL_WINDOW).max(low);
+        if near_end
+            .add_partition_offset(element.topic(), element.partition(), Offset::Offset(from))
+            .is_err()
+        {
+            return false;
+        }
+    }
+    if near_end.count() == 0 {
+        return false;
+    }
+    match reader.assign(&near_end) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "tail reader: cannot assign the end of the topic");
+            false
+        }
+    }
+}
+
 /// Consumes until the task is dropped.
 pub(crate) async fn run(
     region: Arc<Region>,
     peers: Arc<Peers>,
     consumer: StreamConsumer,
+    settings: KafkaSettings,
     stats: Arc<ConsumerStats>,
 ) {
     let _refresher = AbortOnDrop({
@@ -422,6 +573,15 @@ pub(crate) async fn run(
     let refused = Arc::new(Refused::default());
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let consumer = Arc::new(consumer);
+    let _tail = AbortOnDrop(tokio::spawn(tail(
+        region.clone(),
+        peers.clone(),
+        refused.clone(),
+        settings,
+        consumer.clone(),
+        stats.clone(),
+        workers,
+    )));
     let _lag = AbortOnDrop({
         let (consumer, stats) = (consumer.clone(), stats.clone());
         tokio::spawn(async move {
@@ -535,6 +695,24 @@ fn already_fetched(consumer: &StreamConsumer) -> Option<KafkaResult<BorrowedMess
         std::task::Poll::Ready(message) => Some(message),
         std::task::Poll::Pending => None,
     }
+}
+
+/// Messages between what the tail reader has read and the end of each partition it
+/// holds; a partition it has not started reading (its position is still the logical
+/// end) counts as not behind.
+fn read_lag_of(reader: &StreamConsumer) -> Option<u64> {
+    let position = reader.position().ok()?;
+    let mut total = 0u64;
+    for element in position.elements() {
+        let Offset::Offset(at) = element.offset() else {
+            continue;
+        };
+        let (_, high) = reader
+            .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+            .ok()?;
+        total += u64::try_from(high.saturating_sub(at)).unwrap_or(0);
+    }
+    Some(total)
 }
 
 /// Messages between the committed position and the end of each assigned partition.
