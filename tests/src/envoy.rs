@@ -193,6 +193,9 @@ impl Envoy {
             .args(["--base-id", &base_id.to_string(), "--concurrency", "2"])
             .args(["-l", "info", "--log-path"])
             .arg(dir.0.join("envoy.log"))
+            // Tests read the log (`filter_log`): flushed every 10 s by default, a line could
+            // be logged and still missing from the file when a test looks.
+            .args(["--file-flush-interval-msec", "100"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
