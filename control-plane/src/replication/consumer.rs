@@ -15,7 +15,7 @@ use std::time::Duration;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use shared::revocation::Verified;
 use shared::{JoseError, RevocationEvent};
@@ -480,17 +480,7 @@ async fn tail(
             Ok(Ok(m)) => m.detach(),
             _ => continue,
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match already_fetched(r) {
-                Some(Ok(m)) => batch.push(m.detach()),
-                _ => break,
-            }
-        }
-        let payloads = batch
-            .iter()
-            .map(|m| m.payload().map(<[u8]>::to_vec))
-            .collect();
+        let (_, payloads) = batch_from(r, first);
         for outcome in check_all(&region, &peers, &refused, payloads, workers).await {
             if let Ok(checked) = outcome
                 && apply(&region, checked).await == Ok(true)
@@ -609,19 +599,7 @@ pub(crate) async fn run(
         // What is already fetched is applied together: the writer commits the batch in
         // one transaction. Order within a batch does not matter: revocations combine
         // by the coverage rule whatever their order, and each event_id applies once.
-        // Only what is already here: waiting for more (a 1 ms timer, 1 to 2 ms with the
-        // timer's granularity) added its length to every revocation's hop at low rates.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match already_fetched(&consumer) {
-                Some(Ok(m)) => batch.push(m.detach()),
-                _ => break,
-            }
-        }
-        let payloads = batch
-            .iter()
-            .map(|m| m.payload().map(<[u8]>::to_vec))
-            .collect();
+        let (batch, payloads) = batch_from(&consumer, first);
         let checked = check_all(&region, &peers, &refused, payloads, workers).await;
         let mut applying = tokio::task::JoinSet::new();
         let mut not_applied: Vec<(Rejection, usize)> = Vec::new();
@@ -683,6 +661,28 @@ pub(crate) async fn run(
             tracing::warn!(error = %e, "cannot commit consumer offsets");
         }
     }
+}
+
+/// `first` and the messages the client has already fetched after it (up to
+/// [`MAX_BATCH`]), with their payloads. Only what is already here: waiting for more (a
+/// 1 ms timer, 1 to 2 ms with the timer's granularity) added its length to every
+/// revocation's hop at low rates.
+fn batch_from(
+    consumer: &StreamConsumer,
+    first: OwnedMessage,
+) -> (Vec<OwnedMessage>, Vec<Option<Vec<u8>>>) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match already_fetched(consumer) {
+            Some(Ok(m)) => batch.push(m.detach()),
+            _ => break,
+        }
+    }
+    let payloads = batch
+        .iter()
+        .map(|m| m.payload().map(<[u8]>::to_vec))
+        .collect();
+    (batch, payloads)
 }
 
 /// The next message if the client has already fetched it, without waiting for the broker.
