@@ -535,7 +535,7 @@ fn revoke_session(
     let sid = session.sid.clone();
     let outcome = region.writer().run(move |tx| {
         let event = job_event;
-        if let Err(first) = mark_revoked(tx, &sid, event.issued_at, &event.event_id)? {
+        if let Some(first) = mark_revoked(tx, &sid, event.issued_at, &event.event_id)? {
             return Ok::<_, Error>(Err(first));
         }
         let inserted = record.write(tx, &event, &signed)?;

@@ -209,17 +209,17 @@ impl Rotation {
 }
 
 /// Marks a session and its active tokens revoked at `at` by the event `event_id`, unless
-/// a revocation got there first: then nothing is written and the error is the first
+/// a revocation got there first: then nothing is written and the answer is the first
 /// revocation's event id.
 pub(super) fn mark_revoked(
     tx: &Transaction<'_>,
     sid: &str,
     at: i64,
     event_id: &str,
-) -> Result<Result<(), String>, Error> {
+) -> Result<Option<String>, Error> {
     let current = find_session(tx, sid)?.ok_or_else(|| Error::UnknownSession(sid.to_owned()))?;
     if let Some(first) = current.revocation_event {
-        return Ok(Err(first));
+        return Ok(Some(first));
     }
     tx.execute(
         "UPDATE refresh_sessions SET revoked_at = ?2, revocation_event = ?3 WHERE sid = ?1",
@@ -229,5 +229,5 @@ pub(super) fn mark_revoked(
         "UPDATE refresh_tokens SET state = 'revoked' WHERE sid = ?1 AND state = 'active'",
         params![sid],
     )?;
-    Ok(Ok(()))
+    Ok(None)
 }
