@@ -6,7 +6,9 @@
 //! (`peers`): a trusted region cannot speak for another. Forged, malformed, expired,
 //! unknown-key or misattributed messages are logged, counted by reason in `/metrics`
 //! and skipped (their offset is committed, so a poison message never stalls
-//! its partition). A region ignores its own events coming back.
+//! its partition). A control plane ignores its own events coming back (signed by its own
+//! keys); the events of a replica of its region (keys from a `PEER_JWKS` source bound to
+//! this region's name) are applied like any peer's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,7 +209,10 @@ pub(crate) fn check(
             _ => Rejection::Malformed,
         })?;
     fits(peers, own_region, &own, &verified)?;
-    if verified.event.origin == own_region {
+    // Only this process's keys make an event its own: an event of this region signed by
+    // a replica's key (a peer source bound to this region's name) is applied like a
+    // peer region's.
+    if own.keyring.get(&verified.signer).is_some() {
         return Ok(Checked::Own);
     }
     if verified.event.expires_at <= now() {
@@ -824,6 +829,46 @@ mod tests {
             Err(Rejection::Duplicate)
         );
         assert!(region.find(Kind::Jti, "b-own-e6").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_replica_of_this_region_is_applied_and_only_own_keys_make_an_event_own() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut settings = Settings::new(dir.path().join("data"));
+        settings.region = "c".into();
+        let region = Arc::new(Region::open(settings).unwrap());
+        let replica = SigningKey::generate(Alg::MlDsa65);
+        let file = dir.path().join("replica.json");
+        let jwks = serde_json::json!({ "keys": [replica.verifying_key().to_jwk()] });
+        std::fs::write(&file, jwks.to_string()).unwrap();
+        // The replica's JWKS, bound to this region's own name.
+        let peers = Arc::new(Peers::new(vec![format!("c={}", file.display())]));
+        assert!(peers.refresh().await);
+        let send = |e: RevocationEvent, key: &SigningKey| {
+            let signed = e.sign(key).unwrap();
+            let (region, peers) = (region.clone(), &peers);
+            async move { handle(&region, peers, Some(signed.as_bytes())).await }
+        };
+        // Before replicas, an event of this region from another process was dropped as
+        // this process's own: the replicas would never see each other's revocations.
+        assert_eq!(
+            send(event("r1", "c", replica.kid()), &replica).await,
+            Ok(true)
+        );
+        assert!(region.find(Kind::Jti, "value-of-r1").unwrap().is_some());
+        assert_eq!(
+            send(event("r1", "c", replica.kid()), &replica).await,
+            Err(Rejection::Duplicate)
+        );
+        // The replica's key speaks for this region only.
+        assert_eq!(
+            send(event("r2", "d", replica.kid()), &replica).await,
+            Err(Rejection::WrongOrigin)
+        );
+        // This process's own events coming back change nothing.
+        let own = region.keys().event_key.clone();
+        assert_eq!(send(event("r3", "c", own.kid()), &own).await, Ok(false));
+        assert!(region.find(Kind::Jti, "value-of-r3").unwrap().is_none());
     }
 
     #[tokio::test]
