@@ -191,6 +191,16 @@ pub enum EdgeCredentialCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Stores a credential created on another replica of this region, so the same
+    /// secret works on every replica (read from `--secret-file`, `-` for stdin).
+    Import {
+        /// Its name (the name it has on the replica that made it).
+        #[arg(long)]
+        name: String,
+        /// A file holding the secret that `create` printed (`-`: stdin).
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
     /// Lists the credentials as JSON (names and times, never secrets).
     List,
     /// Revokes a credential: the edge feed refuses it from then on.
@@ -598,15 +608,22 @@ fn edge_credential(args: &SettingsArgs, a: EdgeCredentialArgs) -> anyhow::Result
     };
     match command {
         EdgeCredentialCommand::Create { name } => {
-            // The first credential of a new deployment may come before the first start.
-            crate::store::data_dir::prepare(&args.data_dir)?;
-            let path = args.data_dir.join(db::DB_FILE);
-            let db =
-                db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let db = open_or_prepare(&args.data_dir)?;
             let name = name.unwrap_or_else(credentials::default_name);
-            let secret = credentials::create_recorded(&db, &name, t, &args.region)?;
+            let secret = credentials::create_recorded(&db, &name, None, t, &args.region)?;
             println!("{secret}");
             eprintln!("edge credential {name:?} created; its secret (above) is shown only once");
+        }
+        EdgeCredentialCommand::Import { name, secret_file } => {
+            let text = if secret_file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+            } else {
+                std::fs::read_to_string(&secret_file)
+                    .with_context(|| format!("cannot read {}", secret_file.display()))?
+            };
+            let db = open_or_prepare(&args.data_dir)?;
+            credentials::create_recorded(&db, &name, Some(text.trim()), t, &args.region)?;
+            eprintln!("edge credential {name:?} imported");
         }
         EdgeCredentialCommand::List => {
             let db = open_existing(&args.data_dir)?;
@@ -619,6 +636,14 @@ fn edge_credential(args: &SettingsArgs, a: EdgeCredentialArgs) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// The data dir's database, made if missing: the first credential of a new deployment
+/// may come before the first start.
+fn open_or_prepare(data_dir: &Path) -> anyhow::Result<db::Db> {
+    crate::store::data_dir::prepare(data_dir)?;
+    let path = data_dir.join(db::DB_FILE);
+    db::Db::open(&path).with_context(|| format!("cannot open {}", path.display()))
 }
 
 fn list_keys(data_dir: &Path) -> anyhow::Result<()> {

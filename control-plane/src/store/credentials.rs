@@ -46,6 +46,11 @@ pub(crate) enum Error {
     /// A credential of that name exists (revoked ones too: names are never reused).
     #[error("an edge credential named {0:?} exists already (names are never reused)")]
     Exists(String),
+    /// An imported secret is not one `edge-credential create` makes.
+    #[error(
+        "an edge credential is {PREFIX} followed by 32 bytes in base64url (what edge-credential create prints)"
+    )]
+    BadSecret,
     /// No credential has that name.
     #[error("no edge credential named {0:?}")]
     Unknown(String),
@@ -81,8 +86,25 @@ pub(crate) fn default_name() -> String {
 
 /// Creates a credential; returns its secret, which is stored nowhere.
 pub(crate) fn create(conn: &Connection, name: &str, at: i64) -> Result<String, Error> {
-    check_name(name)?;
     let secret = format!("{PREFIX}{}", b64::encode(&random::bytes::<32>()));
+    insert(conn, name, &secret, at)?;
+    Ok(secret)
+}
+
+/// Stores `secret` under `name`: a credential made by another replica of the region
+/// (`edge-credential create` there), so one secret is valid on every replica.
+pub(crate) fn import(conn: &Connection, name: &str, secret: &str, at: i64) -> Result<(), Error> {
+    let well_formed = secret
+        .strip_prefix(PREFIX)
+        .is_some_and(|rest| b64::decode_array::<32>(rest, "edge credential").is_ok());
+    if !well_formed {
+        return Err(Error::BadSecret);
+    }
+    insert(conn, name, secret, at)
+}
+
+fn insert(conn: &Connection, name: &str, secret: &str, at: i64) -> Result<(), Error> {
+    check_name(name)?;
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO edge_credentials (name, hash, created_at) VALUES (?1, ?2, ?3)",
         params![name, sha256(secret.as_bytes()), at],
@@ -90,28 +112,30 @@ pub(crate) fn create(conn: &Connection, name: &str, at: i64) -> Result<String, E
     if inserted == 0 {
         return Err(Error::Exists(name.to_owned()));
     }
-    Ok(secret)
+    Ok(())
 }
 
-/// Creates a credential with its audit row (`edge_credential.created`) in one
-/// transaction, from the operator CLI (another process than the server, whose next
-/// checkpoint seals the row); returns its secret.
+/// Creates a credential (`secret` `None`) or imports one, with its audit row
+/// (`edge_credential.created` or `edge_credential.imported`) in one transaction, from
+/// the operator CLI (another process than the server, whose next checkpoint seals the
+/// row); returns the secret.
 pub(crate) fn create_recorded(
     db: &crate::store::db::Db,
     name: &str,
+    secret: Option<&str>,
     at: i64,
     region: &str,
 ) -> Result<String, Error> {
     let mut conn = db.lock();
     let tx = conn.transaction()?;
-    let secret = create(&tx, name, at)?;
-    audit::append_row(
-        &tx,
-        at,
-        region,
-        "edge_credential.created",
-        json!({ "name": name }),
-    )?;
+    let (secret, kind) = match secret {
+        None => (create(&tx, name, at)?, "edge_credential.created"),
+        Some(given) => {
+            import(&tx, name, given, at)?;
+            (given.to_owned(), "edge_credential.imported")
+        }
+    };
+    audit::append_row(&tx, at, region, kind, json!({ "name": name }))?;
     tx.commit()?;
     Ok(secret)
 }

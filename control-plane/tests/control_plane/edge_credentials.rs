@@ -136,6 +136,47 @@ async fn the_cli_creates_lists_and_revokes_edge_credentials_showing_each_secret_
 }
 
 #[tokio::test]
+async fn a_credential_imported_on_a_replica_is_valid_there_too() {
+    let made = TestApp::with_settings(Transport::InProcess, required).await;
+    let replica = TestApp::with_settings(Transport::InProcess, required).await;
+    let secret = create(&made.data_dir(), "fleet").await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{secret}\n")).unwrap();
+    let path = file.path().to_str().unwrap();
+    assert_refused(&poll(&replica, "", Some(&secret)).await);
+    let (ok, _, err) = cli(
+        &replica.data_dir(),
+        &["import", "--name", "fleet", "--secret-file", path],
+    )
+    .await;
+    assert!(ok && err.contains("imported"), "{err}");
+    until_status(&replica, &secret, 200).await;
+    assert_eq!(poll(&made, "", Some(&secret)).await.status, 200);
+    // Only what create makes is accepted, and a name once.
+    std::fs::write(file.path(), "ec_short").unwrap();
+    let (ok, _, err) = cli(
+        &replica.data_dir(),
+        &["import", "--name", "other", "--secret-file", path],
+    )
+    .await;
+    assert!(!ok && err.contains("32 bytes in base64url"), "{err}");
+    std::fs::write(file.path(), &secret).unwrap();
+    let (ok, _, err) = cli(
+        &replica.data_dir(),
+        &["import", "--name", "fleet", "--secret-file", path],
+    )
+    .await;
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let data = replica.data_dir();
+        move || run_cli(&data, &["audit", "tail"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("edge_credential.imported"), "{err}");
+}
+
+#[tokio::test]
 async fn required_mode_serves_only_valid_credentials_two_at_once_while_rotating() {
     for transport in [Transport::InProcess, Transport::Tcp] {
         let app = TestApp::with_settings(transport, required).await;
