@@ -295,6 +295,16 @@ pub fn accept(
     if update.generated_at < set.generated_at() {
         return Err(Refused::Rollback);
     }
+    apply_live(set, update, now, max_entries)
+}
+
+/// [`accept`] without the rollback check.
+fn apply_live(
+    set: &mut RevocationSet,
+    update: EdgeUpdate,
+    now: i64,
+    max_entries: u64,
+) -> Result<bool, Refused> {
     let changed = update.kind == UpdateKind::Snapshot
         || !update.entries.is_empty()
         || update.seq != set.seq();
@@ -313,8 +323,15 @@ pub fn accept(
 
 /// [`accept`] for a set that came from the feed `held` (`None`: from a control plane that
 /// names no feed, or no set yet): a delta applies only when it names the same feed (see
-/// `shared::edgeset`, "The feed an update belongs to"); a snapshot replaces the set
-/// whatever its feed, and `held` becomes its feed. On error nothing changes.
+/// `shared::edgeset`, "The feed an update belongs to"), and `held` becomes the feed of
+/// what was applied. On error nothing changes.
+///
+/// A snapshot of the held feed replaces the set. A snapshot of another feed (the edge
+/// moved to another replica of its region, or the control plane was restored) joins the
+/// set instead: what the edge held was verified, and a revocation the old feed had but
+/// the new one lacks for now (not yet replicated, or lost in a restore) stays enforced.
+/// Its time is checked against nothing but itself: each feed's clock is its own, and the
+/// union can only add revocations.
 pub fn accept_from_feed(
     set: &mut RevocationSet,
     held: &mut Option<String>,
@@ -322,6 +339,7 @@ pub fn accept_from_feed(
     now: i64,
     max_entries: u64,
 ) -> Result<bool, Refused> {
+    let switching = held.is_some() && update.feed != *held;
     if update.kind == UpdateKind::Delta && update.feed != *held {
         return Err(Refused::OtherFeed {
             held: held.clone(),
@@ -329,7 +347,13 @@ pub fn accept_from_feed(
         });
     }
     let feed = update.feed.clone();
-    let changed = accept(set, update, now, max_entries)?;
+    let changed = if switching {
+        let mut joined = update;
+        joined.entries.extend(set.to_snapshot().entries);
+        apply_live(set, joined, now, max_entries)?
+    } else {
+        accept(set, update, now, max_entries)?
+    };
     *held = feed;
     Ok(changed)
 }
@@ -517,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_of_another_feed_is_never_applied_and_a_snapshot_of_it_replaces_the_set() {
+    fn a_delta_of_another_feed_is_never_applied_and_a_snapshot_of_it_joins_the_set() {
         let mut set = RevocationSet::new();
         let mut held = None;
         let snap = of_feed(
@@ -554,17 +578,19 @@ mod tests {
             Err(Refused::OtherFeed { .. })
         ));
         assert_eq!((set.seq(), set.len(), held.as_deref()), (5, 1, Some("A")));
-        // B's snapshot replaces the set (a lower seq too) and B's deltas apply after it.
+        // B's snapshot (a lower seq, an older time by B's clock) joins the set: A's
+        // entry stays until B has it too, and B's deltas apply after it.
         let snap = of_feed(
             "B",
-            update(UpdateKind::Snapshot, 0, 2, NOW + 2, vec![entry("c")]),
+            update(UpdateKind::Snapshot, 0, 2, NOW - 2, vec![entry("c")]),
         );
         assert_eq!(
             accept_from_feed(&mut set, &mut held, snap, NOW, 100),
             Ok(true)
         );
-        assert_eq!((set.seq(), set.len(), held.as_deref()), (2, 1, Some("B")));
-        assert!(set.check(&ids("a"), NOW).is_none());
+        assert_eq!((set.seq(), set.len(), held.as_deref()), (2, 2, Some("B")));
+        assert!(set.check(&ids("a"), NOW).is_some());
+        assert_eq!(set.generated_at(), NOW - 2);
         let delta = of_feed(
             "B",
             update(UpdateKind::Delta, 2, 3, NOW + 3, vec![entry("d")]),
@@ -574,8 +600,8 @@ mod tests {
             Ok(true)
         );
         assert!(set.check(&ids("d"), NOW).is_some());
-        // A refused snapshot (a replay) leaves the feed as it was.
-        let replay = of_feed("A", update(UpdateKind::Snapshot, 0, 9, NOW - 100, vec![]));
+        // A replayed snapshot of the held feed is refused, the feed as it was.
+        let replay = of_feed("B", update(UpdateKind::Snapshot, 0, 9, NOW - 100, vec![]));
         assert_eq!(
             accept_from_feed(&mut set, &mut held, replay, NOW, 100),
             Err(Refused::Rollback)
