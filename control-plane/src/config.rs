@@ -280,6 +280,14 @@ pub enum ConfigError {
     /// `PEER_JWKS` is set on a region with no broker to receive the peers' events.
     #[error("PEER_JWKS needs KAFKA_BOOTSTRAP (peers' events come through it)")]
     PeerJwksWithoutKafka,
+    /// A `PEER_JWKS` source is bound to this region's own name (a replica), and the
+    /// consumer group is the region's default: replicas sharing a group would split the
+    /// topic's partitions between them, and each would miss the other's share.
+    #[error(
+        "PEER_JWKS binds {0:?} to this region's name (a replica): each replica needs its own \
+         consumer group, set CP_KAFKA_GROUP (e.g. cp-{1}-1, cp-{1}-2)"
+    )]
+    ReplicaWithoutOwnGroup(String, String),
 }
 
 impl ConfigError {
@@ -690,6 +698,16 @@ impl Settings {
         if !peer_jwks.is_empty() && args.kafka_bootstrap.is_none() {
             problems.push(ConfigError::PeerJwksWithoutKafka);
         }
+        if args.kafka_group.is_none()
+            && let Some(replica) = peer_jwks
+                .iter()
+                .find(|s| named(s).0 == Some(region.as_str()))
+        {
+            problems.push(ConfigError::ReplicaWithoutOwnGroup(
+                named(replica).1.to_owned(),
+                region.clone(),
+            ));
+        }
         if !(0..=86_400).contains(&args.key_activation_seconds) {
             problems.push(ConfigError::between("CP_KEY_ACTIVATION_SECONDS", 0, 86_400));
         }
@@ -1094,6 +1112,28 @@ mod tests {
                 "https://cp-b.example"
             ]
         );
+    }
+
+    #[test]
+    fn a_replica_needs_its_own_consumer_group() {
+        let replica = [
+            "--region",
+            "a",
+            "--kafka-bootstrap",
+            "127.0.0.1:9092",
+            "--peer-jwks",
+            "a=http://127.0.0.1:8001/v1/region/jwks",
+        ];
+        let problems = settings(&replica).unwrap_err().to_string();
+        assert!(
+            problems.contains("CP_KAFKA_GROUP") && problems.contains("cp-a-1"),
+            "{problems}"
+        );
+        let own_group = [&replica[..], &["--kafka-group", "cp-a-1"]].concat();
+        assert_eq!(settings(&own_group).unwrap().kafka.unwrap().group, "cp-a-1");
+        // A peer region needs nothing of the kind.
+        let peer = [&["--region", "b"][..], &replica[2..]].concat();
+        assert_eq!(settings(&peer).unwrap().kafka.unwrap().group, "cp-b");
     }
 
     #[test]

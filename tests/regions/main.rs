@@ -339,6 +339,188 @@ fn an_edge_polling_two_control_planes_in_turn_misses_no_revocation() {
     );
 }
 
+/// Two replicas of region a: each its own SQLite, one broker and Redis, each trusting
+/// the other's keys as region a's (`PEER_JWKS` `a=URL`), one edge credential on both
+/// (`edge-credential import`). One Envoy lists both in its control-plane cluster, the
+/// first as its home, with health checks and outlier detection (as `scripts/run.sh
+/// --replicas 2` writes it). While a client checks tokens at the edge without pause and
+/// revocations flow, the home replica is killed (-9) right after acknowledging a
+/// revocation, and later comes back: no valid token is refused (no 503, no stale set), no
+/// revoked token is accepted, and the edge moves to the survivor and back on its own.
+#[test]
+fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_revocation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _turn = turn();
+    let broker = Broker::start();
+    let redis = Redis::start();
+    let (p1, p2) = (free_port(), free_port());
+    let env = |sibling: u16| {
+        let mut env = region_env("a", &broker, &redis, 0, &[]);
+        env.push((
+            "PEER_JWKS".to_owned(),
+            format!("a=http://127.0.0.1:{sibling}/v1/region/jwks"),
+        ));
+        env.push(("CP_EDGE_CREDENTIALS".to_owned(), "required".to_owned()));
+        // Each replica reads the whole topic: its own consumer group.
+        env.push(("CP_KAFKA_GROUP".to_owned(), format!("cp-a-{sibling}")));
+        env
+    };
+    let mut home = ControlPlane::start_with(p1, env(p2));
+    let other = ControlPlane::start_with(p2, env(p1));
+    let secret_file = home.dir.0.join("fleet.secret");
+    std::fs::write(&secret_file, home.edge_credential()).expect("write secret");
+    other.edge_credential_command(&[
+        "import",
+        "--name",
+        "fleet",
+        "--secret-file",
+        secret_file.to_str().expect("utf-8 path"),
+    ]);
+    for (holder, sibling) in [(&home, &other), (&other, &home)] {
+        let theirs = kids(
+            &http::get(sibling.port, "/v1/region/jwks", &[])
+                .expect("region jwks")
+                .json(),
+        );
+        let known = eventually(Duration::from_secs(30), || {
+            let held = kids(&holder.jwks());
+            theirs.iter().all(|k| held.contains(k)).then_some(())
+        });
+        assert!(
+            known.is_some(),
+            "port {} never fetched its sibling's keys",
+            holder.port
+        );
+    }
+    let upstream = Upstream::start();
+    let mut filter = filter_config();
+    filter["control_plane"]["edge_credential"] = json!(home.edge_credential());
+    filter["control_plane"]["jwks_refresh_seconds"] = json!(1);
+    let edge = Envoy::start_with_cluster(
+        tests::envoy::replica_cluster(&[p1, p2]),
+        upstream.port,
+        &filter,
+        &shipped_hcm_options(),
+        Poller::Service,
+    );
+    let valid: Vec<String> = (0..4)
+        .map(|i| [&home, &other][i % 2].issue(&format!("valid-{i}")))
+        .collect();
+    edge.wait_until_serving(&valid[0]);
+    let connected = |cp: &ControlPlane| metric(cp, "cp_edges_connected ");
+    let settled = eventually(Duration::from_secs(20), || {
+        (connected(&home) == 1 && connected(&other) == 0).then_some(())
+    });
+    assert!(settled.is_some(), "the edge does not poll its home replica");
+
+    let status =
+        |port: u16, token: &str| http::get_with_token(port, "/api", token).map_or(0, |r| r.status);
+    let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let revoke_at = |cp: &ControlPlane, name: &str| {
+        let token = cp.issue(name);
+        assert_eq!(status(edge.port, &token), 200, "{name} accepted before");
+        let jti = tests::tokens::payload(&token)["jti"]
+            .as_str()
+            .expect("jti")
+            .to_owned();
+        revoke(cp, "jti", &jti).expect("revocation acknowledged");
+        let refused = eventually(Duration::from_secs(20), || {
+            (status(edge.port, &token) == 401).then_some(())
+        });
+        assert!(refused.is_some(), "{name} never refused at the edge");
+        revoked.lock().expect("lock").push(token);
+    };
+    revoke_at(&home, "before-1");
+    revoke_at(&other, "before-2");
+
+    // A client at the edge, without pause: every valid token must pass, every revoked
+    // one must be refused, whatever the replicas do.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (stop, revoked, valid, port) =
+            (stop.clone(), revoked.clone(), valid.clone(), edge.port);
+        std::thread::spawn(move || {
+            let (mut checks, mut bad) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for token in &valid {
+                    let got = status(port, token);
+                    checks += 1;
+                    if got != 200 {
+                        bad.push(format!("valid token answered {got}"));
+                    }
+                }
+                let revoked = revoked.lock().expect("lock").clone();
+                for token in &revoked {
+                    let got = status(port, token);
+                    checks += 1;
+                    if got != 401 {
+                        bad.push(format!("revoked token answered {got}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (checks, bad)
+        })
+    };
+
+    // Acknowledged by the home replica, which dies right after.
+    let last = home.issue("last-words");
+    let jti = tests::tokens::payload(&last)["jti"]
+        .as_str()
+        .expect("jti")
+        .to_owned();
+    revoke(&home, "jti", &jti).expect("revocation acknowledged");
+    let killed_at = Instant::now();
+    home.stop();
+    wait_revoked(&other, "jti", &jti);
+    let refused = eventually(Duration::from_secs(20), || {
+        (status(edge.port, &last) == 401).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the last revocation of the killed replica never reached the edge"
+    );
+    revoked.lock().expect("lock").push(last);
+    // Revocations keep flowing at the survivor, past the edge's staleness bound (10 s).
+    while killed_at.elapsed() < Duration::from_secs(14) {
+        revoke_at(
+            &other,
+            &format!("during-{}", killed_at.elapsed().as_millis()),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let moved = connected(&other);
+    let failed_over = edge.stat("cluster.control_plane.upstream_rq_200");
+
+    // The home replica comes back: the edge returns to it.
+    home.resume();
+    let back = eventually(Duration::from_secs(120), || {
+        (connected(&home) == 1).then_some(())
+    });
+    let back_after = killed_at.elapsed();
+    revoke_at(&home, "after-return");
+    revoke_at(&other, "after-return-2");
+    stop.store(true, Ordering::Relaxed);
+    let (checks, bad) = client.join().expect("client thread");
+    println!(
+        "replica failover: {checks} checks at the edge, {} wrong; polls answered {failed_over}; \
+         {} revocations enforced; home again after {back_after:?}",
+        bad.len(),
+        revoked.lock().expect("lock").len()
+    );
+    assert!(
+        bad.is_empty(),
+        "wrong answers at the edge: {:?}",
+        &bad[..bad.len().min(10)]
+    );
+    assert_eq!(moved, 1, "the edge never polled the surviving replica");
+    assert!(
+        back.is_some(),
+        "the edge never went back to its home replica"
+    );
+    assert!(checks > 100, "the client barely ran: {checks}");
+}
+
 /// A region that starts before its peer cannot fetch the peer's keys at first (it
 /// retries every 2 s); an event the peer signs meanwhile waits for the keys and is
 /// applied, never dropped as signed by an unknown key.

@@ -46,6 +46,35 @@ fn cluster(name: &str, ports: &[u16]) -> Value {
     })
 }
 
+/// The control-plane cluster of an edge in front of several replicas of its region, as
+/// `scripts/run.sh --replicas` writes it: the replicas in priority order (`ports[0]` is
+/// this edge's home; a fleet spreads its homes evenly), active health checks of `/ready`
+/// every second and outlier detection, so polls move to the next replica within about two
+/// seconds of a failure and back once the home answers again.
+pub fn replica_cluster(ports: &[u16]) -> Value {
+    let priorities: Vec<Value> = ports
+        .iter()
+        .enumerate()
+        .map(|(priority, port)| json!({
+            "priority": priority,
+            "lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]
+        }))
+        .collect();
+    json!({
+        "name": "control_plane", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "control_plane", "endpoints": priorities},
+        "health_checks": [{
+            "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+            "unhealthy_threshold": 2, "healthy_threshold": 2,
+            "http_health_check": {"path": "/ready"}
+        }],
+        "outlier_detection": {
+            "consecutive_5xx": 2, "consecutive_gateway_failure": 2, "interval": "1s",
+            "base_ejection_time": "5s", "max_ejection_percent": 100
+        }
+    })
+}
+
 /// The HTTP connection manager options the shipped configs (`envoy/*.yaml`) set for the
 /// filter: normalised paths, merged slashes, header names with `_` refused.
 pub fn shipped_hcm_options() -> Value {
@@ -108,6 +137,24 @@ impl Envoy {
         hcm_options: &Value,
         poller: Poller,
     ) -> Envoy {
+        Envoy::start_with_cluster(
+            cluster("control_plane", control_plane_ports),
+            upstream_port,
+            filter,
+            hcm_options,
+            poller,
+        )
+    }
+
+    /// Like [`start_with`](Envoy::start_with) with the control-plane cluster `cluster`
+    /// (named `control_plane`), e.g. [`replica_cluster`].
+    pub fn start_with_cluster(
+        control_plane: Value,
+        upstream_port: u16,
+        filter: &Value,
+        hcm_options: &Value,
+        poller: Poller,
+    ) -> Envoy {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let base_id = (std::process::id() % 100_000) * 16 + n % 16;
@@ -157,7 +204,7 @@ impl Envoy {
                         "typed_config": hcm
                     }]}]
                 }],
-                "clusters": [cluster("upstream", &[upstream_port]), cluster("control_plane", control_plane_ports)]
+                "clusters": [cluster("upstream", &[upstream_port]), control_plane]
             }
         });
         if poller == Poller::Service {
