@@ -7,11 +7,14 @@
 #
 #   scripts/run.sh                 one region on SQLite (embedded defaults)
 #   scripts/run.sh --regions 2     regions a and b sharing revocations via a broker + Redis
+#   scripts/run.sh --replicas 2    two control planes per region (own SQLite each, one
+#                                  broker and Redis); each Envoy fails over between them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 REGIONS=1
+REPLICAS=1
 CP_PORT=8000
 CP_ADMIN_PORT=8100
 ENVOY_PORT=10000
@@ -33,6 +36,8 @@ usage() {
   cat <<EOF
 usage: scripts/run.sh [options]
   --regions N          1 (default) or 2
+  --replicas N         control planes per region: 1 (default) or 2 (replica 2 of each
+                       region listens on the ports of replica 1 plus 10)
   --cp-port P          control plane of region a (b: P+1)      [$CP_PORT]
   --cp-admin-port P    its admin listener (b: P+1)             [$CP_ADMIN_PORT]
   --envoy-port P       Envoy listener of region a (b: P+1)     [$ENVOY_PORT]
@@ -49,6 +54,7 @@ EOF
 while [ $# -gt 0 ]; do
   case "$1" in
     --regions) REGIONS="$2"; shift 2 ;;
+    --replicas) REPLICAS="$2"; shift 2 ;;
     --cp-port) CP_PORT="$2"; shift 2 ;;
     --cp-admin-port) CP_ADMIN_PORT="$2"; shift 2 ;;
     --envoy-port) ENVOY_PORT="$2"; shift 2 ;;
@@ -64,6 +70,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$REGIONS" in 1|2) ;; *) echo "--regions must be 1 or 2" >&2; exit 2 ;; esac
+case "$REPLICAS" in 1|2) ;; *) echo "--replicas must be 1 or 2" >&2; exit 2 ;; esac
+# Several regions, or replicas of one, share revocations through the broker (and Redis).
+SHARED=0
+{ [ "$REGIONS" = 2 ] || [ "$REPLICAS" = 2 ]; } && SHARED=1
 case "$PROFILE" in release|debug) ;; *) echo "--profile must be release or debug" >&2; exit 2 ;; esac
 
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
@@ -81,13 +91,15 @@ check_port() {
 names=(a b)
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
-  check_port $((CP_PORT + i)) "control plane of region $r" --cp-port
-  check_port $((CP_ADMIN_PORT + i)) "admin listener of region $r" --cp-admin-port
+  for ((k = 0; k < REPLICAS; k++)); do
+    check_port $((CP_PORT + i + 10 * k)) "control plane of region $r (replica $((k + 1)))" --cp-port
+    check_port $((CP_ADMIN_PORT + i + 10 * k)) "admin listener of region $r (replica $((k + 1)))" --cp-admin-port
+  done
   check_port $((ENVOY_PORT + i)) "Envoy of region $r" --envoy-port
   check_port $((ADMIN_PORT + i)) "Envoy admin of region $r" --envoy-admin-port
 done
 check_port "$UPSTREAM_PORT" "demo upstream" --upstream-port
-if [ "$REGIONS" = 2 ]; then
+if [ "$SHARED" = 1 ]; then
   check_port "$REDIS_PORT" Redis --redis-port
   check_port "$KAFKA_PORT" "Kafka-protocol broker" --kafka-port
 fi
@@ -105,7 +117,7 @@ for f in "$CP_BIN" "$WASM"; do
   [ -f "$f" ] || { echo "error: $f is missing (run without --no-build)" >&2; exit 1; }
 done
 ENVOY_BIN="$(scripts/envoy-bin.sh)"
-if [ "$REGIONS" = 2 ]; then
+if [ "$SHARED" = 1 ]; then
   if ! command -v redis-server >/dev/null; then
     as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
   fi
@@ -126,7 +138,20 @@ RUN="$DATA_DIR/run"
 mkdir -p "$RUN"
 region_dirs=("$DATA_DIR")
 [ "$REGIONS" = 2 ] && region_dirs=("$DATA_DIR/a" "$DATA_DIR/b")
-for dir in "$DATA_DIR" "$RUN" "${region_dirs[@]}"; do
+# Replica 1 of a region uses the region's dir; replica 2 $DATA_DIR/replica-2 with one
+# region, else $DATA_DIR/a-2 and $DATA_DIR/b-2.
+replica_dir() {
+  if [ "$2" = 0 ]; then echo "${region_dirs[$1]}"
+  elif [ "$REGIONS" = 1 ]; then echo "$DATA_DIR/replica-2"
+  else echo "${region_dirs[$1]}-2"; fi
+}
+# The region's name: "local" (the control plane's default) alone, else a and b.
+region_name() { if [ "$REGIONS" = 1 ]; then echo local; else echo "${names[$1]}"; fi; }
+all_dirs=()
+for ((i = 0; i < REGIONS; i++)); do
+  for ((k = 0; k < REPLICAS; k++)); do all_dirs+=("$(replica_dir "$i" "$k")"); done
+done
+for dir in "$DATA_DIR" "$RUN" "${all_dirs[@]}"; do
   mkdir -p "$dir"
   chmod 0700 "$dir"
   for f in "$dir"/control-plane.db "$dir"/control-plane.db-wal "$dir"/control-plane.db-shm \
@@ -135,7 +160,8 @@ for dir in "$DATA_DIR" "$RUN" "${region_dirs[@]}"; do
   done
 done
 # Each region's Envoy polls its feed with an edge credential made at the first start
-# (0600, beside admin.secret); the control planes require it.
+# (0600, beside admin.secret); the control planes require it. A region's replica 2
+# imports replica 1's, so the one secret works on both.
 for ((i = 0; i < REGIONS; i++)); do
   cred="${region_dirs[$i]}/edge.credential"
   if [ ! -s "$cred" ]; then
@@ -143,12 +169,21 @@ for ((i = 0; i < REGIONS; i++)); do
       --name "envoy-${names[$i]}-$(date +%Y%m%d%H%M%S)" >"$cred.new"
     mv "$cred.new" "$cred"
   fi
+  if [ "$REPLICAS" = 2 ] && [ ! -s "$(replica_dir "$i" 1)/edge.credential" ]; then
+    name=$("$CP_BIN" edge-credential list --data-dir "${region_dirs[$i]}" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["name"])')
+    "$CP_BIN" edge-credential import --data-dir "$(replica_dir "$i" 1)" \
+      --name "$name" --secret-file "$cred"
+    cp "$cred" "$(replica_dir "$i" 1)/edge.credential"
+  fi
 done
-if [ "$REGIONS" = 2 ]; then
-  # Passwords stay in the data dirs (0600) and the ACL file holds only their SHA-256.
+if [ "$SHARED" = 1 ]; then
+  # Passwords stay in the data dirs (0600) and the ACL file holds only their SHA-256. A
+  # region's replicas share its user.
   acl="user default off"
-  for r in a b; do
-    secret="$DATA_DIR/$r/redis.secret"
+  for ((i = 0; i < REGIONS; i++)); do
+    r=$(region_name "$i")
+    secret="${region_dirs[$i]}/redis.secret"
     [ -s "$secret" ] || od -An -vtx1 -N24 /dev/urandom | tr -d ' \n' >"$secret"
     hash=$(tr -d '\n' <"$secret" | sha256sum | cut -d' ' -f1)
     acl+=$'\n'"user cp-$r on #$hash $REDIS_RULES"
@@ -156,6 +191,7 @@ if [ "$REGIONS" = 2 ]; then
   printf '%s\n' "$acl" >"$RUN/redis-users.acl"
 fi
 PIDS=()
+CP_PIDS=()
 stop() {
   trap - INT TERM EXIT
   echo
@@ -183,7 +219,7 @@ wait_for() { # url what [log]: on failure, the end of the log says why
 python3 scripts/demo-upstream.py "$UPSTREAM_PORT" >"$RUN/upstream.log" 2>&1 &
 PIDS+=($!)
 
-if [ "$REGIONS" = 2 ]; then
+if [ "$SHARED" = 1 ]; then
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
     --dir "$RUN" --aclfile "$RUN/redis-users.acl" >"$RUN/redis.log" 2>&1 &
   PIDS+=($!)
@@ -194,44 +230,71 @@ if [ "$REGIONS" = 2 ]; then
   for _ in $(seq 1 100); do port_in_use "$KAFKA_PORT" && break; sleep 0.1; done
 fi
 
+# PEER_JWKS of a control plane: every other control plane, bound to its region's name
+# (a replica's keys speak for its own region; docs/operations.md, "Replicas").
+peer_jwks() { # region index, replica index
+  local list="" j m
+  for ((j = 0; j < REGIONS; j++)); do
+    for ((m = 0; m < REPLICAS; m++)); do
+      [ "$j" = "$1" ] && [ "$m" = "$2" ] && continue
+      list="$list${list:+,}$(region_name "$j")=http://127.0.0.1:$((CP_PORT + j + 10 * m))/v1/region/jwks"
+    done
+  done
+  echo "$list"
+}
 for ((i = 0; i < REGIONS; i++)); do
-  r=${names[$i]}
-  port=$((CP_PORT + i))
-  redis_url=
-  # The issuer (RFC 8414) is the URL clients reach the region at; each region has its
-  # own and accepts its peer's (docs/operations.md, "The issuer").
-  if [ "$REGIONS" = 1 ]; then
-    dir="$DATA_DIR"
+  r=$(region_name "$i")
+  for ((k = 0; k < REPLICAS; k++)); do
+    port=$((CP_PORT + i + 10 * k))
+    dir=$(replica_dir "$i" "$k")
+    redis_url=
+    # The issuer (RFC 8414) is the URL clients reach the region at; each region has its
+    # own and accepts its peer's (docs/operations.md, "The issuer"). Replicas of a region
+    # share its issuer: replica 1's URL here (behind one address in production).
+    issuer="http://127.0.0.1:$((CP_PORT + i))"
     env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" CP_PUBLIC_URL="http://127.0.0.1:$port")
-  else
-    dir="$DATA_DIR/$r"
-    peer=$((CP_PORT + 1 - i))
-    other=${names[$((1 - i))]}
-    env_args=(CP_EDGE_CREDENTIALS="${CP_EDGE_CREDENTIALS:-required}" REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
-      PEER_JWKS="$other=http://127.0.0.1:$peer/v1/region/jwks" CP_KAFKA_FETCH_WAIT_MS="${CP_KAFKA_FETCH_WAIT_MS:-10}"
-      CP_PUBLIC_URL="http://127.0.0.1:$port" CP_ACCEPTED_ISSUERS="http://127.0.0.1:$peer")
-    redis_url="redis://cp-$r:$(tr -d '\n' <"$dir/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
-  fi
-  # The Redis URL holds the password: exported, never on a command line others can read.
-  (
-    if [ -n "$redis_url" ]; then export REDIS_URL="$redis_url"; fi
-    exec env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" \
-      --admin-listen "127.0.0.1:$((CP_ADMIN_PORT + i))" --data-dir "$dir"
-  ) >"$RUN/control-plane-$r.log" 2>&1 &
-  PIDS+=($!)
+    [ "$REPLICAS" = 2 ] && env_args+=(CP_ISSUER="$issuer")
+    if [ "$SHARED" = 1 ]; then
+      env_args+=(REGION="$r" KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT" PEER_JWKS="$(peer_jwks "$i" "$k")"
+        CP_KAFKA_FETCH_WAIT_MS="${CP_KAFKA_FETCH_WAIT_MS:-10}")
+      [ "$REGIONS" = 2 ] && env_args+=(CP_ACCEPTED_ISSUERS="http://127.0.0.1:$((CP_PORT + 1 - i))")
+      # Each replica reads the whole topic: its own consumer group.
+      [ "$REPLICAS" = 2 ] && env_args+=(CP_KAFKA_GROUP="cp-$r-$((k + 1))")
+      redis_url="redis://cp-$r:$(tr -d '\n' <"${region_dirs[$i]}/redis.secret")@127.0.0.1:$REDIS_PORT/$i"
+    fi
+    log="$RUN/control-plane-${names[$i]}.log"
+    [ "$k" = 1 ] && log="$RUN/control-plane-${names[$i]}-2.log"
+    # The Redis URL holds the password: exported, never on a command line others can read.
+    (
+      if [ -n "$redis_url" ]; then export REDIS_URL="$redis_url"; fi
+      exec env "${env_args[@]}" "$CP_BIN" serve --listen "127.0.0.1:$port" \
+        --admin-listen "127.0.0.1:$((CP_ADMIN_PORT + i + 10 * k))" --data-dir "$dir"
+    ) >"$log" 2>&1 &
+    PIDS+=($!)
+    CP_PIDS+=($!)
+    echo $! >"${log%.log}.pid"
+  done
 done
 for ((i = 0; i < REGIONS; i++)); do
-  wait_for "http://127.0.0.1:$((CP_PORT + i))/health" "control plane of region ${names[$i]}" \
-    "$RUN/control-plane-${names[$i]}.log"
+  for ((k = 0; k < REPLICAS; k++)); do
+    log="$RUN/control-plane-${names[$i]}.log"
+    [ "$k" = 1 ] && log="$RUN/control-plane-${names[$i]}-2.log"
+    wait_for "http://127.0.0.1:$((CP_PORT + i + 10 * k))/health" \
+      "control plane of region ${names[$i]} (replica $((k + 1)))" "$log"
+  done
 done
-if [ "$REGIONS" = 2 ]; then
-  # Each region accepts the other's tokens once it has fetched the other's keys.
+if [ "$SHARED" = 1 ]; then
+  # Each control plane accepts the others' tokens (and events) once it has fetched their
+  # keys: two of its own and two of every other control plane.
+  want=$((2 * REGIONS * REPLICAS))
   for ((i = 0; i < REGIONS; i++)); do
-    for _ in $(seq 1 100); do
-      keys=$(curl -fsS "http://127.0.0.1:$((CP_PORT + i))/.well-known/jwks.json" 2>/dev/null |
-        python3 -c 'import json,sys; print(len(json.load(sys.stdin)["keys"]))' 2>/dev/null || echo 0)
-      [ "$keys" -ge 4 ] && break
-      sleep 0.2
+    for ((k = 0; k < REPLICAS; k++)); do
+      for _ in $(seq 1 100); do
+        keys=$(curl -fsS "http://127.0.0.1:$((CP_PORT + i + 10 * k))/.well-known/jwks.json" 2>/dev/null |
+          python3 -c 'import json,sys; print(len(json.load(sys.stdin)["keys"]))' 2>/dev/null || echo 0)
+        [ "$keys" -ge "$want" ] && break
+        sleep 0.2
+      done
     done
   done
 fi
@@ -255,6 +318,14 @@ for ((i = 0; i < REGIONS; i++)); do
     -e "/\"issuer\"/!s|127.0.0.1:8000|127.0.0.1:$((CP_PORT + i))|" \
     -e "s|filename: target/wasm32-wasip1/wasm-release/edge_filter.wasm|filename: $WASM|" \
     envoy/dev.yaml >"$config"
+  # Replica 2 is the next priority of the control-plane cluster (the file's last lines).
+  if [ "$REPLICAS" = 2 ]; then
+    cat >>"$config" <<EOF
+      - priority: 1
+        lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $((CP_PORT + i + 10))}}}
+EOF
+  fi
   "$ENVOY_BIN" -c "$config" --base-id $((40 + i)) --concurrency 2 \
     --log-path "$RUN/envoy-$r.log" >/dev/null 2>&1 &
   PIDS+=($!)
@@ -282,15 +353,25 @@ echo "== running (Ctrl-C stops everything; data stays in $DATA_DIR)"
 for ((i = 0; i < REGIONS; i++)); do
   r=${names[$i]}
   echo "region $r: control plane http://127.0.0.1:$((CP_PORT + i)) (admin API http://127.0.0.1:$((CP_ADMIN_PORT + i)))   Envoy http://127.0.0.1:$((ENVOY_PORT + i)) (admin $((ADMIN_PORT + i)))   admin credential $(admin_file "$r")"
+  [ "$REPLICAS" = 2 ] && echo "  replica 2: control plane http://127.0.0.1:$((CP_PORT + i + 10)) (admin API http://127.0.0.1:$((CP_ADMIN_PORT + i + 10)))   data $(replica_dir "$i" 1)"
 done
+[ "$REPLICAS" = 2 ] && echo "replicas: kill -9 \$(cat $RUN/control-plane-a.pid) and region a's Envoy moves to replica 2 within seconds (GET /v1/edge/fleet there shows it)"
 echo "demo upstream http://127.0.0.1:$UPSTREAM_PORT (echoes the x-auth-* headers Envoy forwards)"
 [ "$REGIONS" = 2 ] && echo "Redis 127.0.0.1:$REDIS_PORT (db 0: a as user cp-a, db 1: b as cp-b; passwords in $DATA_DIR/{a,b}/redis.secret)   broker 127.0.0.1:$KAFKA_PORT"
+[ "$REGIONS" = 1 ] && [ "$SHARED" = 1 ] && echo "Redis 127.0.0.1:$REDIS_PORT (db 0, user cp-local, password in $DATA_DIR/redis.secret)   broker 127.0.0.1:$KAFKA_PORT"
 EDGE=$((ENVOY_PORT + REGIONS - 1))
 echo
 echo "Try it (the README's walk-through; from another terminal, in $ROOT):"
 echo "  export CP=http://127.0.0.1:$CP_PORT EDGE=http://127.0.0.1:$EDGE ADMIN_FILE=$(admin_file a)"
 echo "  then run the commands under 'Walk-through' in README.md"
 echo "ready"
-wait -n "${PIDS[@]}" || true
+if [ "$REPLICAS" = 2 ]; then
+  # A replica may stop (or be killed to see the edges fail over) while the rest runs on.
+  rest=()
+  for pid in "${PIDS[@]}"; do [[ " ${CP_PIDS[*]} " == *" $pid "* ]] || rest+=("$pid"); done
+  wait -n "${rest[@]}" || true
+else
+  wait -n "${PIDS[@]}" || true
+fi
 echo "error: a process stopped; see the logs in $RUN" >&2
 exit 1

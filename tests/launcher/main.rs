@@ -254,6 +254,117 @@ fn the_readme_walkthrough_works_across_two_regions() {
     run_walkthrough(2);
 }
 
+/// `--replicas 2`: two control planes for the region, the Envoy failing over between them.
+/// Killing replica 1 (its pid file, as the launcher prints) leaves the edge serving, and
+/// a revocation made at replica 2 then reaches it.
+#[test]
+fn the_launcher_runs_two_replicas_and_its_edge_survives_killing_one() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let data = TempDir::new("launcher-replicas");
+    // Replica 2 listens on the base ports + 10.
+    let free_with_sibling = || loop {
+        let port = free_port();
+        if port < 65_000 && closed(port + 10) {
+            return port;
+        }
+    };
+    let (cp, cp_admin, envoy, envoy_admin) = (
+        free_with_sibling(),
+        free_with_sibling(),
+        free_port(),
+        free_port(),
+    );
+    let mut args: Vec<String> = ["--no-build", "--profile", "debug", "--replicas", "2"]
+        .map(String::from)
+        .to_vec();
+    for (flag, port) in [
+        ("--cp-port", cp),
+        ("--cp-admin-port", cp_admin),
+        ("--envoy-port", envoy),
+        ("--envoy-admin-port", envoy_admin),
+        ("--upstream-port", free_port()),
+        ("--redis-port", free_port()),
+        ("--kafka-port", free_port()),
+    ] {
+        args.extend([flag.to_owned(), port.to_string()]);
+    }
+    args.extend(["--data-dir".to_owned(), data.0.display().to_string()]);
+    let mut launched = Launched::start(&args);
+    assert!(
+        launched.wait_for("ready", Duration::from_secs(180)),
+        "the launcher never said ready:\n{}",
+        launched.log.join("\n")
+    );
+    let secret = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("admin.secret"))
+            .expect("admin.secret")
+            .trim()
+            .to_owned()
+    };
+    let (one, two) = (secret(&data.0), secret(&data.0.join("replica-2")));
+    let issue = |port: u16, admin: &str, subject: &str| {
+        let reply = tests::http::post_json(
+            port,
+            "/token",
+            &[("authorization", &format!("Bearer {admin}"))],
+            &serde_json::json!({ "subject": subject }),
+        )
+        .expect("POST /token");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    };
+    let status =
+        |token: &str| tests::http::get_with_token(envoy, "/", token).map_or(0, |r| r.status);
+    let (first, second) = (issue(cp, &one, "one"), issue(cp + 10, &two, "two"));
+    let served = tests::eventually(Duration::from_secs(30), || {
+        (status(&first) == 200 && status(&second) == 200).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "the edge does not accept both replicas' tokens"
+    );
+
+    let pid = std::fs::read_to_string(data.0.join("run/control-plane-a.pid")).expect("pid file");
+    let killed = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let jti = tests::tokens::payload(&first)["jti"]
+        .as_str()
+        .expect("jti")
+        .to_owned();
+    let revoked = tests::http::post_json(
+        cp + 10,
+        "/revoke",
+        &[("authorization", &format!("Bearer {two}"))],
+        &serde_json::json!({ "type": "revoke_jti", "value": jti }),
+    )
+    .expect("POST /revoke at replica 2");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let refused = tests::eventually(Duration::from_secs(30), || {
+        assert_eq!(
+            status(&second),
+            200,
+            "a valid token refused during the failover"
+        );
+        (status(&first) == 401).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the revocation at replica 2 never reached the edge:\n{}",
+        launched.log.join("\n")
+    );
+    assert!(
+        launched.child.try_wait().expect("wait").is_none(),
+        "the launcher stopped"
+    );
+    assert!(launched.terminate(), "the launcher did not stop on SIGTERM");
+}
+
 #[test]
 fn a_port_in_use_is_a_clear_error_naming_the_flag() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
