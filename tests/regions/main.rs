@@ -521,6 +521,44 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
     assert!(checks > 100, "the client barely ran: {checks}");
 }
 
+/// The health check edges fail over by: `/v1/edge/ready` answers 503 while the control
+/// plane cannot reach its broker (it would miss the region's other revocations), and 200
+/// again once it can; `/ready` keeps answering 200 (the control plane still serves).
+#[test]
+fn the_edge_health_check_fails_while_the_broker_is_cut_and_recovers() {
+    let _turn = turn();
+    let broker = Broker::start_cuttable();
+    let redis = Redis::start();
+    let cp = ControlPlane::start_with(free_port(), region_env("a", &broker, &redis, 0, &[]));
+    let edge_ready = || {
+        http::get(cp.port, "/v1/edge/ready", &[])
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    assert_eq!(edge_ready(), 200);
+    broker.cut();
+    let cut_at = Instant::now();
+    let failing = eventually(Duration::from_secs(10), || {
+        (edge_ready() == 503).then_some(())
+    });
+    assert!(
+        failing.is_some(),
+        "/v1/edge/ready still 200 with the broker cut"
+    );
+    println!(
+        "/v1/edge/ready answered 503 {:?} after the cut",
+        cut_at.elapsed()
+    );
+    let reply = http::get(cp.port, "/v1/edge/ready", &[]).expect("GET");
+    assert!(reply.text().contains("broker"), "{}", reply.text());
+    assert_eq!(http::get(cp.port, "/ready", &[]).expect("GET").status, 200);
+    broker.restore();
+    let back = eventually(Duration::from_secs(30), || {
+        (edge_ready() == 200).then_some(())
+    });
+    assert!(back.is_some(), "/v1/edge/ready never recovered");
+}
+
 /// A region that starts before its peer cannot fetch the peer's keys at first (it
 /// retries every 2 s); an event the peer signs meanwhile waits for the keys and is
 /// applied, never dropped as signed by an unknown key.

@@ -48,8 +48,8 @@ fn cluster(name: &str, ports: &[u16]) -> Value {
 
 /// The control-plane cluster of an edge in front of several replicas of its region, as
 /// `scripts/run.sh --replicas` writes it: the replicas in priority order (`ports[0]` is
-/// this edge's home; a fleet spreads its homes evenly), active health checks of `/ready`
-/// every second and outlier detection, so polls move to the next replica within about two
+/// this edge's home; a fleet spreads its homes evenly), active health checks of
+/// `/v1/edge/ready` every second and outlier detection, so polls move to the next replica within about two
 /// seconds of a failure and back once the home answers again.
 pub fn replica_cluster(ports: &[u16]) -> Value {
     let priorities: Vec<Value> = ports
@@ -66,7 +66,7 @@ pub fn replica_cluster(ports: &[u16]) -> Value {
         "health_checks": [{
             "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
             "unhealthy_threshold": 2, "healthy_threshold": 2,
-            "http_health_check": {"path": "/ready"}
+            "http_health_check": {"path": "/v1/edge/ready"}
         }],
         "outlier_detection": {
             "consecutive_5xx": 2, "consecutive_gateway_failure": 2, "interval": "1s",

@@ -18,7 +18,7 @@ use super::{edge, events, meta, oauth, refresh, revocations, token_endpoint, tok
         refresh::create, refresh::refresh, refresh::revoke,
         revocations::revoke, revocations::revoke_token, revocations::status, revocations::check,
         oauth::revoke, oauth::introspect, token_endpoint::token, token_endpoint::metadata,
-        edge::revocations, edge::fleet, events::list,
+        edge::revocations, edge::fleet, edge::ready, events::list,
         meta::jwks, meta::region_jwks, meta::health, meta::ready, meta::metrics, meta::rotate_keys,
         meta::openapi, meta::docs,
     ),

@@ -175,6 +175,53 @@ pub(crate) struct Missing {
     pub(crate) position: Option<u64>,
 }
 
+/// `GET /v1/edge/ready` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct EdgeReady {
+    /// `ready`.
+    pub status: String,
+}
+
+/// Whether this control plane can serve its region's whole feed: the health check of an
+/// Envoy cluster that lists several replicas (`envoy/dev.yaml`). 200 while its database
+/// answers and, with a broker, the broker answers (it then receives the other replicas'
+/// and regions' revocations); 503 otherwise, so the edges move to a replica that does. A
+/// broker lost by every replica makes them all 503, and Envoy then spreads the polls over
+/// all of them (its panic threshold), which keep serving what they hold. The broker is
+/// asked at most once a second however many edges check.
+#[utoipa::path(get, path = "/v1/edge/ready", tag = "edge",
+    responses((status = 200, body = EdgeReady), (status = 503, body = ErrorBody)))]
+pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<EdgeReady>, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::NotReady);
+    }
+    let kafka = state.backends.kafka.clone();
+    let (sqlite, broker) = blocking(&state, move |r| {
+        let sqlite = r
+            .db()
+            .read()
+            .is_ok_and(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).is_ok());
+        let broker = kafka
+            .is_none_or(|k| k.healthy_recently(Duration::from_secs(1), Duration::from_millis(500)));
+        Ok::<_, crate::region::Error>((sqlite, broker))
+    })
+    .await?;
+    match (sqlite, broker) {
+        (true, true) => Ok(Json(EdgeReady {
+            status: "ready".into(),
+        })),
+        (false, _) => Err(ApiError::Busy(
+            "the database does not answer".into(),
+            Duration::from_secs(1),
+        )),
+        (true, false) => Err(ApiError::Busy(
+            "the broker does not answer: this control plane misses the region's other revocations"
+                .into(),
+            Duration::from_secs(1),
+        )),
+    }
+}
+
 /// The edges that poll this control plane (admin credential): by edge credential and
 /// instance, where each is in the feed, how far behind and since when, connected or
 /// not (an edge not seen for an hour leaves the view). With `seq` or `event_id`: whether

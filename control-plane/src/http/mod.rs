@@ -153,6 +153,7 @@ pub fn app(state: AppState) -> Router {
             )),
         )
         .route("/v1/edge/fleet", get(edge::fleet))
+        .route("/v1/edge/ready", get(edge::ready))
         .route("/v1/events", get(events::list))
         .route("/admin/keys/rotate", post(meta::rotate_keys))
         .route("/.well-known/jwks.json", get(meta::jwks))
@@ -176,7 +177,7 @@ pub fn app(state: AppState) -> Router {
 /// Answers 503 while not ready (probes excepted) and counts responses.
 async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let probe = matches!(path, "/health" | "/ready" | "/metrics");
+    let probe = matches!(path, "/health" | "/ready" | "/metrics" | "/v1/edge/ready");
     let response = if !probe && !state.is_ready() {
         ApiError::NotReady.into_response()
     } else {

@@ -89,6 +89,8 @@ impl KafkaSettings {
 pub(crate) struct KafkaBus {
     producer: std::sync::RwLock<FutureProducer>,
     settings: KafkaSettings,
+    /// The last answer of [`KafkaBus::healthy_recently`], and when it was asked.
+    checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -113,6 +115,7 @@ impl KafkaBus {
         let bus = KafkaBus {
             producer: std::sync::RwLock::new(producer),
             settings,
+            checked: std::sync::Mutex::new(None),
         };
         bus.ensure_topics(wait)?;
         Ok(bus)
@@ -168,6 +171,21 @@ impl KafkaBus {
     pub(crate) fn healthy(&self, wait: Duration) -> bool {
         self.producer().client().fetch_metadata(None, wait).is_ok()
     }
+
+    /// [`healthy`](Self::healthy), asked of the broker at most once per `max_age`
+    /// whoever asks (callers meanwhile wait for that one answer): a fleet's health
+    /// checks cost the broker one request per `max_age`. Blocking.
+    pub(crate) fn healthy_recently(&self, max_age: Duration, wait: Duration) -> bool {
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, up)) = *checked
+            && at.elapsed() < max_age
+        {
+            return up;
+        }
+        let up = self.healthy(wait);
+        *checked = Some((std::time::Instant::now(), up));
+        up
+    }
 }
 
 fn producer(settings: &KafkaSettings) -> Result<FutureProducer, BusError> {
@@ -175,7 +193,7 @@ fn producer(settings: &KafkaSettings) -> Result<FutureProducer, BusError> {
         .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         // A send fails after this long, and the relay retries: keep it short so a broker
         // that comes back is used again within seconds.
         .set("message.timeout.ms", "5000")
