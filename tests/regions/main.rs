@@ -345,8 +345,9 @@ fn an_edge_polling_two_control_planes_in_turn_misses_no_revocation() {
 /// first as its home, with health checks and outlier detection (as `scripts/run.sh
 /// --replicas 2` writes it). While a client checks tokens at the edge without pause and
 /// revocations flow, the home replica is killed (-9) right after acknowledging a
-/// revocation, and later comes back: no valid token is refused (no 503, no stale set), no
-/// revoked token is accepted, and the edge moves to the survivor and back on its own.
+/// revocation, and later comes back; then the other one restarts (a rolling restart): no
+/// valid token is refused (no 503, no stale set), no revoked token is accepted, and the
+/// edge moves to the survivor and back on its own.
 #[test]
 fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_revocation() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -366,7 +367,7 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
         env
     };
     let mut home = ControlPlane::start_with(p1, env(p2));
-    let other = ControlPlane::start_with(p2, env(p1));
+    let mut other = ControlPlane::start_with(p2, env(p1));
     let secret_file = home.dir.0.join("fleet.secret");
     std::fs::write(&secret_file, home.edge_credential()).expect("write secret");
     other.edge_credential_command(&[
@@ -500,6 +501,11 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
     let back_after = killed_at.elapsed();
     revoke_at(&home, "after-return");
     revoke_at(&other, "after-return-2");
+    // The rest of a rolling restart: the other replica too, while the edge polls its home.
+    other.stop();
+    revoke_at(&home, "during-rolling");
+    other.resume();
+    revoke_at(&other, "after-rolling");
     stop.store(true, Ordering::Relaxed);
     let (checks, bad) = client.join().expect("client thread");
     println!(
