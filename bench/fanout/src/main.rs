@@ -17,6 +17,9 @@
 //! cargo build --release -p control-plane -p fanout
 //! ulimit -n 20000; target/release/fanout --binary target/release/control-plane 100 1000 10000
 //! ```
+//!
+//! `--storm EDGES ENTRIES` measures instead the snapshot storm a failover brings to the
+//! surviving replica (see `storm`).
 
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
@@ -40,13 +43,25 @@ const OPEN_FILES: u64 = 20_000;
 
 type Result<T> = std::result::Result<T, String>;
 
+mod storm;
+
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let mut binary = std::env::var("FANOUT_CP_BIN").ok().map(PathBuf::from);
     let mut counts = Vec::new();
+    let mut storms = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--binary" => binary = args.next().map(PathBuf::from),
+            "--storm" => {
+                let edges = args.next().and_then(|n| n.parse::<usize>().ok());
+                let entries = args.next().and_then(|n| n.parse::<usize>().ok());
+                let (Some(edges), Some(entries)) = (edges, entries) else {
+                    eprintln!("usage: fanout --binary PATH --storm EDGES ENTRIES");
+                    return std::process::ExitCode::FAILURE;
+                };
+                storms.push((edges, entries));
+            }
             n => match n.parse::<usize>() {
                 Ok(n) => counts.push(n),
                 Err(_) => {
@@ -56,7 +71,7 @@ fn main() -> std::process::ExitCode {
             },
         }
     }
-    if counts.is_empty() {
+    if counts.is_empty() && storms.is_empty() {
         counts = vec![100, 1000, 10_000];
     }
     let Some(binary) = binary else {
@@ -74,6 +89,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if !storms.is_empty() {
+        let mut rows = Vec::new();
+        for (edges, entries) in storms {
+            match runtime.block_on(storm::run(&binary, edges, entries)) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    eprintln!("storm of {edges} edges, {entries} entries: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        storm::StormRow::print_table(&rows);
+        return std::process::ExitCode::SUCCESS;
+    }
     let mut rows = Vec::new();
     for n in counts {
         match runtime.block_on(run(&binary, n)) {
