@@ -6,12 +6,13 @@
 # one run compare like with like.
 #
 #   bench/hop.sh [COUNT]          COUNT revocations per region pair and setting [100]
-#   HOP_FETCH_WAITS="10 2"        CP_KAFKA_FETCH_WAIT_MS values to compare
+#   HOP_FETCH_WAITS="10 2 1"      CP_KAFKA_FETCH_WAIT_MS values to compare (tansu answers a
+#                                 fetch only when its wait ends, Kafka as soon as data is in)
 #   HOP_BASE_PORT=18000           first of the ports the runs use (see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-100}
-WAITS=${HOP_FETCH_WAITS:-"10 2"}
+WAITS=${HOP_FETCH_WAITS:-"10 2 1"}
 BASE=${HOP_BASE_PORT:-18000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
