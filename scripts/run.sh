@@ -264,6 +264,11 @@ for ((i = 0; i < REGIONS; i++)); do
     fi
     log="$RUN/control-plane-${names[$i]}.log"
     [ "$k" = 1 ] && log="$RUN/control-plane-${names[$i]}-2.log"
+    # Replicas share the admin credential: replica 1 makes it at its first start.
+    if [ "$k" = 1 ] && [ ! -s "$dir/admin.secret" ]; then
+      for _ in $(seq 1 150); do [ -s "${region_dirs[$i]}/admin.secret" ] && break; sleep 0.2; done
+      cp "${region_dirs[$i]}/admin.secret" "$dir/admin.secret"
+    fi
     # The Redis URL holds the password: exported, never on a command line others can read.
     (
       if [ -n "$redis_url" ]; then export REDIS_URL="$redis_url"; fi

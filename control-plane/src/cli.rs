@@ -104,9 +104,11 @@ pub struct Remote {
 /// `fleet` flags.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// Base URL of the running control plane (the fleet lives in its memory).
-    #[arg(long, env = "CP_SERVER")]
-    pub server: String,
+    /// Base URL of the running control plane (the fleet lives in its memory). Give every
+    /// replica of a region (repeated, or comma-separated) to see its whole fleet: each
+    /// edge is in the view of the replica it polls.
+    #[arg(long, env = "CP_SERVER", value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
     /// Admin secret; read from `<data-dir>/admin.secret` when absent.
     #[arg(long, env = "CP_ADMIN_SECRET", hide_env_values = true)]
     pub admin_secret: Option<String>,
@@ -459,7 +461,11 @@ impl Client {
         })
     }
 
-    fn send(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+    /// The answer's status and body (JSON, else the text as a string).
+    fn exchange(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
         let request = match &self.secret {
             Some(s) => request.bearer_auth(s),
             None => request,
@@ -467,7 +473,14 @@ impl Client {
         let response = request.send().context("cannot reach the server")?;
         let status = response.status();
         let text = response.text()?;
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    fn send(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        let (status, body) = self.exchange(request)?;
         if !status.is_success() {
             bail!("server answered {status}: {body}");
         }
@@ -478,37 +491,62 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
     }
 
-    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
+    /// `GET /v1/edge/fleet`; `None` when asked about an event this server does not have.
+    fn fleet(&self, query: &[(&str, String)]) -> anyhow::Result<Option<Value>> {
+        let request = self.http.get(format!("{}/v1/edge/fleet", self.base));
+        let (status, body) = self.exchange(request.query(query))?;
+        if status == reqwest::StatusCode::NOT_FOUND && query.iter().any(|(k, _)| *k == "event_id") {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            bail!("server answered {status}: {body}");
+        }
+        Ok(Some(body))
     }
 }
 
 fn fleet(data_dir: &Path, a: FleetArgs) -> ExitCode {
-    let remote = Remote {
-        server: Some(a.server.clone()),
-        admin_secret: a.admin_secret,
-    };
     let mut query = Vec::new();
     if let Some(seq) = a.seq {
         query.push(("seq", seq.to_string()));
     }
-    if let Some(id) = a.event_id {
-        query.push(("event_id", id));
+    if let Some(id) = &a.event_id {
+        query.push(("event_id", id.clone()));
     }
-    let view =
-        Client::new(&a.server, &remote, data_dir).and_then(|c| c.get("/v1/edge/fleet", &query));
-    match view {
-        Ok(view) => {
-            print(&view);
-            if view["holds"]["every_connected_edge"] == false {
-                return ExitCode::FAILURE;
+    let mut views = Vec::new();
+    let mut every = true;
+    for server in &a.server {
+        let remote = Remote {
+            server: Some(server.clone()),
+            admin_secret: a.admin_secret.clone(),
+        };
+        match Client::new(server, &remote, data_dir).and_then(|c| c.fleet(&query)) {
+            Ok(Some(view)) => {
+                every &= view["holds"]["every_connected_edge"] != false;
+                views.push(json!({ "server": server, "view": view }));
             }
-            ExitCode::SUCCESS
+            // A replica that has not applied the event yet: its edges lack it too.
+            Ok(None) => {
+                every = false;
+                views.push(json!({ "server": server, "holds": { "event": false } }));
+            }
+            Err(e) => {
+                eprintln!("error: {server}: {e:#}");
+                return ExitCode::from(2);
+            }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+    }
+    match views.as_slice() {
+        [one] if one.get("view").is_some() => print(&one["view"]),
+        _ => print(&json!({
+            "replicas": views,
+            "holds": { "every_connected_edge": every },
+        })),
+    }
+    if every {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -302,6 +302,7 @@ fn the_launcher_runs_two_replicas_and_its_edge_survives_killing_one() {
             .to_owned()
     };
     let (one, two) = (secret(&data.0), secret(&data.0.join("replica-2")));
+    assert_eq!(one, two, "the replicas share the admin credential");
     let issue = |port: u16, admin: &str, subject: &str| {
         let reply = tests::http::post_json(
             port,

@@ -368,6 +368,14 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
     };
     let mut home = ControlPlane::start_with(p1, env(p2));
     let mut other = ControlPlane::start_with(p2, env(p1));
+    // Replicas share the admin credential (the launcher copies replica 1's).
+    other.stop();
+    std::fs::copy(
+        home.dir.0.join("data/admin.secret"),
+        other.dir.0.join("data/admin.secret"),
+    )
+    .expect("copy admin.secret");
+    other.resume();
     let secret_file = home.dir.0.join("fleet.secret");
     std::fs::write(&secret_file, home.edge_credential()).expect("write secret");
     other.edge_credential_command(&[
@@ -501,6 +509,22 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
     let back_after = killed_at.elapsed();
     revoke_at(&home, "after-return");
     revoke_at(&other, "after-return-2");
+    // One call over both replicas: every connected edge holds the last revocation.
+    let last_event = revoke(&other, "jti", "fleet-check").expect("revocation acknowledged");
+    wait_revoked(&home, "jti", "fleet-check");
+    let servers = format!("http://127.0.0.1:{p1},http://127.0.0.1:{p2}");
+    let held = eventually(Duration::from_secs(20), || {
+        let out = std::process::Command::new(tests::paths::control_plane_bin())
+            .args(["fleet", "--server", &servers, "--event-id", &last_event])
+            .args(["--admin-secret", home.admin_secret()])
+            .output()
+            .expect("control-plane fleet");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let held = held.expect("the fleet never held the last revocation (across replicas)");
+    assert!(held.contains("\"replicas\""), "{held}");
     // The rest of a rolling restart: the other replica too, while the edge polls its home.
     other.stop();
     revoke_at(&home, "during-rolling");
