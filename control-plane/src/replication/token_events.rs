@@ -7,7 +7,9 @@
 //! relevant ones into events, signs each (ML-DSA-65, `typ` `token-event+jwt`, verifiable
 //! with the region's JWKS) and publishes it keyed by subject or session, then records how
 //! far it got. Nothing is lost across broker outages or restarts; delivery is at least
-//! once (`event_id` = `<region>:<audit seq>` identifies duplicates).
+//! once (`event_id` = `<region>:<history>:<audit seq>` identifies duplicates; `history`
+//! is the feed id, made when the data dir's history starts and new after a restore, so
+//! two replicas of a region, or a region restored from a backup, never reuse an id).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,13 @@ use crate::store::db;
 const RELAY: &str = "token-events";
 const BATCH: usize = 200;
 
-/// The lifecycle event an audit row stands for, if any: `(type, key, event)`.
-pub(crate) fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(String, Value)> {
+/// The lifecycle event an audit row stands for, if any: `(key, event)`.
+pub(crate) fn lifecycle_event(
+    region: &str,
+    history: &str,
+    seq: i64,
+    entry: &Value,
+) -> Option<(String, Value)> {
     let data = &entry["data"];
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let (kind, key) = match entry["action"].as_str()? {
@@ -39,7 +46,7 @@ pub(crate) fn lifecycle_event(region: &str, seq: i64, entry: &Value) -> Option<(
         _ => return None,
     };
     let event = json!({
-        "event_id": format!("{region}:{seq}"),
+        "event_id": format!("{region}:{history}:{seq}"),
         "type": kind,
         "region": region,
         "at": entry["at"],
@@ -77,13 +84,14 @@ pub(crate) async fn run(region: Arc<Region>) {
             continue;
         };
         let origin = region.settings().region.clone();
+        let history = region.feed().id().to_owned();
         let keys = region.keys();
         let mut signed = Vec::new();
         for (seq, entry) in &rows {
             let Ok(entry) = serde_json::from_str::<Value>(entry) else {
                 continue;
             };
-            if let Some((key, event)) = lifecycle_event(&origin, *seq, &entry) {
+            if let Some((key, event)) = lifecycle_event(&origin, &history, *seq, &entry) {
                 match envelope::seal(
                     &keys.event_key,
                     TYP_TOKEN_EVENT,
@@ -121,5 +129,24 @@ pub(crate) async fn run(region: Arc<Region>) {
         if saved.is_err() {
             tracing::warn!("token-event relay could not record its position");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_histories_of_a_region_never_share_an_event_id() {
+        let row = json!({ "action": "token.issued", "at": 1, "data": { "sub": "alice" } });
+        let id = |history: &str| {
+            lifecycle_event("a", history, 17, &row)
+                .map(|(_, event)| event["event_id"].clone())
+                .unwrap_or_default()
+        };
+        // Two replicas of region a (or a region and its restore) at audit row 17.
+        assert_eq!(id("feed-one"), "a:feed-one:17");
+        assert_ne!(id("feed-one"), id("feed-two"));
+        assert!(lifecycle_event("a", "f", 1, &json!({ "action": "keys.rotated" })).is_none());
     }
 }
