@@ -72,28 +72,34 @@ impl Regions {
         let b = ControlPlane::start_with(pb, region_env("b", &broker, &redis, 1, &[pa]));
         // A started before B was listening: its first fetch of B's keys failed. Until
         // each holds the other's keys, an event of the other would be refused.
-        for (holder, peer) in [(&a, &b), (&b, &a)] {
-            let own = kids(
-                &http::get(peer.port, "/v1/region/jwks", &[])
-                    .expect("region jwks")
-                    .json(),
-            );
-            let known = eventually(Duration::from_secs(30), || {
-                let held = kids(&holder.jwks());
-                own.iter().all(|k| held.contains(k)).then_some(())
-            });
-            assert!(
-                known.is_some(),
-                "port {} never fetched its peer's keys",
-                holder.port
-            );
-        }
+        hold_each_others_keys(&a, &b);
         Regions {
             a,
             b,
             broker,
             redis,
         }
+    }
+}
+
+/// Waits (30 s at most) until each of `a` and `b` publishes the other's keys; panics
+/// otherwise.
+fn hold_each_others_keys(a: &ControlPlane, b: &ControlPlane) {
+    for (holder, peer) in [(a, b), (b, a)] {
+        let theirs = kids(
+            &http::get(peer.port, "/v1/region/jwks", &[])
+                .expect("region jwks")
+                .json(),
+        );
+        let known = eventually(Duration::from_secs(30), || {
+            let held = kids(&holder.jwks());
+            theirs.iter().all(|k| held.contains(k)).then_some(())
+        });
+        assert!(
+            known.is_some(),
+            "port {} never fetched its peer's keys",
+            holder.port
+        );
     }
 }
 
@@ -385,22 +391,7 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
         "--secret-file",
         secret_file.to_str().expect("utf-8 path"),
     ]);
-    for (holder, sibling) in [(&home, &other), (&other, &home)] {
-        let theirs = kids(
-            &http::get(sibling.port, "/v1/region/jwks", &[])
-                .expect("region jwks")
-                .json(),
-        );
-        let known = eventually(Duration::from_secs(30), || {
-            let held = kids(&holder.jwks());
-            theirs.iter().all(|k| held.contains(k)).then_some(())
-        });
-        assert!(
-            known.is_some(),
-            "port {} never fetched its sibling's keys",
-            holder.port
-        );
-    }
+    hold_each_others_keys(&home, &other);
     let upstream = Upstream::start();
     let mut filter = filter_config();
     filter["control_plane"]["edge_credential"] = json!(home.edge_credential());

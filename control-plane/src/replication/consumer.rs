@@ -741,6 +741,18 @@ mod tests {
     use shared::keys::{Alg, SigningKey};
     use shared::{Kind, RevocationEvent};
 
+    /// Signs `event` with `key` (at once) and hands it to the consumer's checks and apply.
+    fn send_signed(
+        region: &Arc<Region>,
+        peers: &Arc<Peers>,
+        event: RevocationEvent,
+        key: &SigningKey,
+    ) -> impl std::future::Future<Output = Result<bool, Rejection>> + use<> {
+        let signed = event.sign(key).unwrap();
+        let (region, peers) = (region.clone(), peers.clone());
+        async move { handle(&region, &peers, Some(signed.as_bytes())).await }
+    }
+
     fn event(id: &str, origin: &str, kid: String) -> RevocationEvent {
         let t = now();
         RevocationEvent {
@@ -782,11 +794,7 @@ mod tests {
             file_b.display().to_string(),
         ]));
         assert!(peers.refresh().await);
-        let send = |e: RevocationEvent, key: &SigningKey| {
-            let signed = e.sign(key).unwrap();
-            let (region, peers) = (region.clone(), &peers);
-            async move { handle(&region, peers, Some(signed.as_bytes())).await }
-        };
+        let send = |e: RevocationEvent, key: &SigningKey| send_signed(&region, &peers, e, key);
 
         // B's key claiming A's origin, or this region's, or naming A's key: refused.
         assert_eq!(
@@ -844,11 +852,7 @@ mod tests {
         // The replica's JWKS, bound to this region's own name.
         let peers = Arc::new(Peers::new(vec![format!("c={}", file.display())]));
         assert!(peers.refresh().await);
-        let send = |e: RevocationEvent, key: &SigningKey| {
-            let signed = e.sign(key).unwrap();
-            let (region, peers) = (region.clone(), &peers);
-            async move { handle(&region, peers, Some(signed.as_bytes())).await }
-        };
+        let send = |e: RevocationEvent, key: &SigningKey| send_signed(&region, &peers, e, key);
         // Before replicas, an event of this region from another process was dropped as
         // this process's own: the replicas would never see each other's revocations.
         assert_eq!(
@@ -893,11 +897,7 @@ mod tests {
             file_old.display().to_string(),
         ]));
         assert!(peers.refresh().await);
-        let send = |e: RevocationEvent| {
-            let signed = e.sign(&old).unwrap();
-            let (region, peers) = (region.clone(), &peers);
-            async move { handle(&region, peers, Some(signed.as_bytes())).await }
-        };
+        let send = |e: RevocationEvent| send_signed(&region, &peers, e, &old);
         assert_eq!(
             send(event("u1", "a", old.kid())).await,
             Err(Rejection::WrongOrigin)
