@@ -12,6 +12,7 @@ mod hardening;
 mod revocation;
 mod robustness;
 mod staleness;
+mod upgrade;
 
 use std::sync::{Mutex, MutexGuard};
 

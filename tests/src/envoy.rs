@@ -155,6 +155,42 @@ impl Envoy {
         hcm_options: &Value,
         poller: Poller,
     ) -> Envoy {
+        Envoy::launch(
+            &paths::filter_wasm(),
+            control_plane,
+            upstream_port,
+            filter,
+            hcm_options,
+            poller,
+        )
+    }
+
+    /// Like [`start`](Envoy::start) with another build of the filter (`wasm`), e.g. an
+    /// older one ([`paths::old_filter_wasm`]).
+    pub fn start_with_filter(
+        wasm: &std::path::Path,
+        control_plane_port: u16,
+        upstream_port: u16,
+        filter: &Value,
+    ) -> Envoy {
+        Envoy::launch(
+            wasm,
+            cluster("control_plane", &[control_plane_port]),
+            upstream_port,
+            filter,
+            &shipped_hcm_options(),
+            Poller::Service,
+        )
+    }
+
+    fn launch(
+        module: &std::path::Path,
+        control_plane: Value,
+        upstream_port: u16,
+        filter: &Value,
+        hcm_options: &Value,
+        poller: Poller,
+    ) -> Envoy {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let base_id = (std::process::id() % 100_000) * 16 + n % 16;
@@ -169,7 +205,7 @@ impl Envoy {
                     "failure_policy": "FAIL_RELOAD",
                     "vm_config": {
                         "vm_id": "edge_filter", "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": paths::filter_wasm()}}
+                        "code": {"local": {"filename": module}}
                     },
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -219,7 +255,7 @@ impl Envoy {
                         "name": "edge_filter_poller", "root_id": "edge_filter_poller",
                         "vm_config": {
                             "vm_id": "edge_filter", "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": paths::filter_wasm()}}
+                            "code": {"local": {"filename": module}}
                         },
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",

