@@ -89,8 +89,10 @@ impl KafkaSettings {
 pub(crate) struct KafkaBus {
     producer: std::sync::RwLock<FutureProducer>,
     settings: KafkaSettings,
-    /// The last answer of [`KafkaBus::healthy_recently`], and when it was asked.
-    checked: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// The broker's last answer for [`KafkaBus::recent_health`], and when it was asked.
+    checked: std::sync::Mutex<(std::time::Instant, bool)>,
+    /// Held by the one caller of [`KafkaBus::refresh_health`] asking the broker.
+    asking: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -115,7 +117,9 @@ impl KafkaBus {
         let bus = KafkaBus {
             producer: std::sync::RwLock::new(producer),
             settings,
-            checked: std::sync::Mutex::new(None),
+            // It just answered.
+            checked: std::sync::Mutex::new((std::time::Instant::now(), true)),
+            asking: std::sync::Mutex::new(()),
         };
         bus.ensure_topics(wait)?;
         Ok(bus)
@@ -172,18 +176,22 @@ impl KafkaBus {
         self.producer().client().fetch_metadata(None, wait).is_ok()
     }
 
-    /// [`healthy`](Self::healthy), asked of the broker at most once per `max_age`
-    /// whoever asks (callers meanwhile wait for that one answer): a fleet's health
-    /// checks cost the broker one request per `max_age`. Blocking.
-    pub(crate) fn healthy_recently(&self, max_age: Duration, wait: Duration) -> bool {
-        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, up)) = *checked
-            && at.elapsed() < max_age
-        {
-            return up;
-        }
+    /// The broker's last answer to [`refresh_health`](Self::refresh_health) if it is
+    /// younger than `max_age`. Never blocks: a fleet's health checks read it.
+    pub(crate) fn recent_health(&self, max_age: Duration) -> Option<bool> {
+        let (at, up) = *self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        (at.elapsed() < max_age).then_some(up)
+    }
+
+    /// Asks the broker ([`healthy`](Self::healthy)) and records the answer; while another
+    /// caller is asking, answers the last one instead of asking again, so however many
+    /// edges check, the broker gets one request at a time. Blocking.
+    pub(crate) fn refresh_health(&self, wait: Duration) -> bool {
+        let Ok(_asking) = self.asking.try_lock() else {
+            return self.checked.lock().unwrap_or_else(|e| e.into_inner()).1;
+        };
         let up = self.healthy(wait);
-        *checked = Some((std::time::Instant::now(), up));
+        *self.checked.lock().unwrap_or_else(|e| e.into_inner()) = (std::time::Instant::now(), up);
         up
     }
 }
