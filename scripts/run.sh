@@ -331,7 +331,9 @@ for ((i = 0; i < REGIONS; i++)); do
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $((CP_PORT + i + 10))}}}
 EOF
   fi
-  "$ENVOY_BIN" -c "$config" --base-id $((40 + i)) --concurrency 2 \
+  # The base id (shared memory and hot-restart sockets) follows the listener port, so
+  # launchers on other ports, or an Envoy of another run still exiting, never collide.
+  "$ENVOY_BIN" -c "$config" --base-id $((ENVOY_PORT + i)) --concurrency 2 \
     --log-path "$RUN/envoy-$r.log" >/dev/null 2>&1 &
   PIDS+=($!)
 done

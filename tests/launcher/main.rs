@@ -65,16 +65,18 @@ impl Launched {
         }
     }
 
-    /// Waits for a line containing `what`.
-    fn wait_for(&mut self, what: &str, limit: Duration) -> bool {
+    /// Waits for the line `ready` alone (a line such as "error: ... did not answer at
+    /// http://.../ready" also holds the word); false at the first `error:` line or when
+    /// `limit` passes.
+    fn wait_for_ready(&mut self, limit: Duration) -> bool {
         let deadline = std::time::Instant::now() + limit;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.output.recv_timeout(left) {
                 Ok(line) => {
-                    let hit = line.contains(what);
+                    let (ready, error) = (line == "ready", line.starts_with("error"));
                     self.log.push(line);
-                    if hit {
-                        return true;
+                    if ready || error {
+                        return ready;
                     }
                 }
                 Err(_) => return false,
@@ -109,7 +111,7 @@ fn closed(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
 }
 
-/// One launcher at a time: its Envoys use fixed base ids.
+/// One launcher at a time: each starts a whole system on a small machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run_walkthrough(regions: u8) {
@@ -147,7 +149,7 @@ fn run_walkthrough(regions: u8) {
     }
     let mut launched = Launched::start(&args);
     assert!(
-        launched.wait_for("ready", Duration::from_secs(180)),
+        launched.wait_for_ready(Duration::from_secs(180)),
         "the launcher never said ready:\n{}",
         launched.log.join("\n")
     );
@@ -291,7 +293,7 @@ fn the_launcher_runs_two_replicas_and_its_edge_survives_killing_one() {
     args.extend(["--data-dir".to_owned(), data.0.display().to_string()]);
     let mut launched = Launched::start(&args);
     assert!(
-        launched.wait_for("ready", Duration::from_secs(180)),
+        launched.wait_for_ready(Duration::from_secs(180)),
         "the launcher never said ready:\n{}",
         launched.log.join("\n")
     );
