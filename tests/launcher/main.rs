@@ -102,7 +102,11 @@ impl Launched {
 
 impl Drop for Launched {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // TERM first, so the launcher stops what it started (a failed test killing it
+        // at once left its Envoys and control planes running).
+        if !self.terminate() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
