@@ -80,9 +80,16 @@ case "$PROFILE" in release|debug) ;; *) echo "--profile must be release or debug
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 export CARGO_TARGET_DIR="$TARGET"
 
-# Every port must be free before anything starts: name the port and its flag.
+# Every port must be free before anything starts, and given to one thing only (region
+# b and replica 2 take the base ports + 1 and + 10): name the port and its flag.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+declare -A CLAIMED=()
 check_port() {
+  if [ -n "${CLAIMED[$1]:-}" ]; then
+    echo "error: port $1 would serve both the ${CLAIMED[$1]} and the $2; pick another with $3" >&2
+    exit 1
+  fi
+  CLAIMED[$1]=$2
   if port_in_use "$1"; then
     echo "error: port $1 is already in use ($2); pick another with $3" >&2
     exit 1

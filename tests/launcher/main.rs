@@ -8,7 +8,7 @@ use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use tests::services::redis_command;
-use tests::{TempDir, free_port, paths};
+use tests::{TempDir, paths};
 
 /// The shell block between the README's walk-through markers.
 fn walkthrough() -> String {
@@ -115,13 +115,47 @@ fn closed(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
 }
 
+/// `n` free base ports for the launcher, each with its `+ offsets` free too and no two
+/// of all those the same (the launcher takes a base port + 1 for region b, + 10 for
+/// replica 2). They are taken below the kernel's ephemeral range (32768 and up): a port
+/// from that range that is free now can become the local port of any outgoing
+/// connection (the control planes', the broker's, curl's) before the launcher's Envoy
+/// binds it, which then fails to start.
+fn launcher_ports(n: usize, offsets: &[u16]) -> Vec<u16> {
+    let bindable = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let mut taken = std::collections::HashSet::new();
+    let mut ports = Vec::with_capacity(n);
+    // A start that differs per run (process id and time), then a walk through the range.
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let mut candidate = 20_000 + (seed % 12_000) as u16;
+    while ports.len() < n {
+        candidate = if candidate >= 32_000 {
+            20_000
+        } else {
+            candidate + 7
+        };
+        let all: Vec<u16> = std::iter::once(0)
+            .chain(offsets.iter().copied())
+            .map(|o| candidate + o)
+            .collect();
+        if all.iter().all(|p| !taken.contains(p) && bindable(*p)) {
+            taken.extend(all);
+            ports.push(candidate);
+        }
+    }
+    ports
+}
+
 /// One launcher at a time: each starts a whole system on a small machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run_walkthrough(regions: u8) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let data = TempDir::new("launcher-data");
-    let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+    let ports = launcher_ports(7, &[1]);
     // Region b takes each base port + 1: keep those free too.
     let base = |i: usize| ports[i];
     let mut args: Vec<String> = vec![
@@ -268,18 +302,8 @@ fn the_launcher_runs_two_replicas_and_its_edge_survives_killing_one() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let data = TempDir::new("launcher-replicas");
     // Replica 2 listens on the base ports + 10.
-    let free_with_sibling = || loop {
-        let port = free_port();
-        if port < 65_000 && closed(port + 10) {
-            return port;
-        }
-    };
-    let (cp, cp_admin, envoy, envoy_admin) = (
-        free_with_sibling(),
-        free_with_sibling(),
-        free_port(),
-        free_port(),
-    );
+    let ports = launcher_ports(7, &[10]);
+    let (cp, cp_admin, envoy, envoy_admin) = (ports[0], ports[1], ports[2], ports[3]);
     let mut args: Vec<String> = ["--no-build", "--profile", "debug", "--replicas", "2"]
         .map(String::from)
         .to_vec();
@@ -288,9 +312,9 @@ fn the_launcher_runs_two_replicas_and_its_edge_survives_killing_one() {
         ("--cp-admin-port", cp_admin),
         ("--envoy-port", envoy),
         ("--envoy-admin-port", envoy_admin),
-        ("--upstream-port", free_port()),
-        ("--redis-port", free_port()),
-        ("--kafka-port", free_port()),
+        ("--upstream-port", ports[4]),
+        ("--redis-port", ports[5]),
+        ("--kafka-port", ports[6]),
     ] {
         args.extend([flag.to_owned(), port.to_string()]);
     }
