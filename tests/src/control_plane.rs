@@ -40,7 +40,17 @@ impl ControlPlane {
     /// `env` names them, its issuer is [`tokens::ISSUER`](crate::tokens::ISSUER) (what the
     /// tests' filter config accepts and their own tokens say) and its public URL is
     /// `http://127.0.0.1:PORT`, where the metadata's endpoints then point.
-    pub fn start_with(port: u16, mut env: Vec<(String, String)>) -> ControlPlane {
+    pub fn start_with(port: u16, env: Vec<(String, String)>) -> ControlPlane {
+        ControlPlane::start_seeded(port, env, |_| {})
+    }
+
+    /// Like [`start_with`](ControlPlane::start_with), with `seed` writing into the data
+    /// dir before the first start (e.g. a replica's copy of its sibling's `admin.secret`).
+    pub fn start_seeded(
+        port: u16,
+        mut env: Vec<(String, String)>,
+        seed: impl FnOnce(&std::path::Path),
+    ) -> ControlPlane {
         let named = |env: &[(String, String)], key: &str| env.iter().any(|(k, _)| k == key);
         if !named(&env, "CP_ISSUER") {
             env.push(("CP_ISSUER".into(), crate::tokens::ISSUER.into()));
@@ -58,6 +68,7 @@ impl ControlPlane {
         };
         // Made before the first start, as the launcher does.
         cp.edge_credential = cp.edge_credential_command(&["--name", "e2e"]);
+        seed(&cp.dir.0.join("data"));
         cp.resume();
         cp
     }
