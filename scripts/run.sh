@@ -271,10 +271,17 @@ for ((i = 0; i < REGIONS; i++)); do
     fi
     log="$RUN/control-plane-${names[$i]}.log"
     [ "$k" = 1 ] && log="$RUN/control-plane-${names[$i]}-2.log"
-    # Replicas share the admin credential: replica 1 makes it at its first start.
-    if [ "$k" = 1 ] && [ ! -s "$dir/admin.secret" ]; then
-      for _ in $(seq 1 150); do [ -s "${region_dirs[$i]}/admin.secret" ] && break; sleep 0.2; done
-      cp "${region_dirs[$i]}/admin.secret" "$dir/admin.secret"
+    # Replicas share the admin credential and the DPoP nonce secret: replica 1 makes
+    # them at its first start. Each holds its own refresh sessions and passes a request
+    # about one it does not hold to the other (CP_REPLICA_URLS).
+    if [ "$REPLICAS" = 2 ]; then
+      env_args+=(CP_REPLICA_URLS="http://127.0.0.1:$((CP_PORT + i + 10 * (1 - k)))")
+    fi
+    if [ "$k" = 1 ]; then
+      for f in admin.secret dpop-nonce.secret; do
+        for _ in $(seq 1 150); do [ -s "${region_dirs[$i]}/$f" ] && break; sleep 0.2; done
+        cmp -s "${region_dirs[$i]}/$f" "$dir/$f" || cp "${region_dirs[$i]}/$f" "$dir/$f"
+      done
     fi
     # The Redis URL holds the password: exported, never on a command line others can read.
     (

@@ -143,6 +143,12 @@ pub struct SettingsArgs {
     /// names, if any).
     #[arg(long, env = "PEER_JWKS", global = true, value_delimiter = ',')]
     pub peer_jwks: Vec<String>,
+    /// The other replicas of this region: comma-separated base URLs of their public API
+    /// (`http://cp-a-2:8000`). A refresh or session revocation whose session this replica
+    /// does not hold is passed to them, so a client may send it to any replica. They
+    /// must share this replica's `admin.secret` and `dpop-nonce.secret`.
+    #[arg(long, env = "CP_REPLICA_URLS", global = true, value_delimiter = ',')]
+    pub replica_urls: Vec<String>,
     /// Milliseconds a revocation answer waits for the broker to take the event, so that
     /// `published` says whether it did (the revocation is committed either way).
     #[arg(long, env = "CP_PUBLISH_WAIT_MS", default_value_t = 200, global = true)]
@@ -178,6 +184,9 @@ pub enum ConfigError {
     /// `CP_PUBLIC_URL` is not an `http(s)` URL with a host and nothing after the path.
     #[error("CP_PUBLIC_URL must be an http(s) URL without query or fragment, not {0:?}")]
     PublicUrl(String),
+    /// An item of `CP_REPLICA_URLS` is not an `http(s)` base URL.
+    #[error("CP_REPLICA_URLS: {0:?} must be an http(s) URL without query or fragment")]
+    ReplicaUrl(String),
     /// `CP_ISSUER` is blank.
     #[error("CP_ISSUER must not be empty")]
     EmptyIssuer,
@@ -483,6 +492,8 @@ pub struct Settings {
     pub kafka: Option<KafkaSettings>,
     /// Peer JWKS sources.
     pub peer_jwks: Vec<String>,
+    /// Base URLs of the region's other replicas (no trailing slash).
+    pub replica_urls: Vec<String>,
     /// How long a revocation answer waits for the broker.
     pub publish_wait: std::time::Duration,
     /// DPoP proofs at `/oauth2/token` must carry a server nonce.
@@ -524,6 +535,7 @@ impl Settings {
             redis_timeout: std::time::Duration::from_millis(50),
             kafka: None,
             peer_jwks: Vec::new(),
+            replica_urls: Vec::new(),
             publish_wait: std::time::Duration::from_millis(200),
             dpop_nonce: true,
         }
@@ -543,6 +555,21 @@ impl Settings {
             && !is_http_url(url)
         {
             problems.push(ConfigError::PublicUrl(url.clone()));
+        }
+        let mut replica_urls = Vec::new();
+        for url in args
+            .replica_urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/'))
+        {
+            if url.is_empty() {
+                continue;
+            }
+            if is_http_url(url) {
+                replica_urls.push(url.to_owned());
+            } else {
+                problems.push(ConfigError::ReplicaUrl(url.to_owned()));
+            }
         }
         let (issuer, issuer_from_listen) = match (&args.issuer, &public_url) {
             (Some(issuer), _) => (issuer.trim().to_owned(), false),
@@ -745,6 +772,7 @@ impl Settings {
                 client: kafka_client,
             });
         settings.peer_jwks = peer_jwks;
+        settings.replica_urls = replica_urls;
         settings.publish_wait = std::time::Duration::from_millis(args.publish_wait_ms);
         Ok(settings)
     }
@@ -1110,6 +1138,28 @@ mod tests {
                 "https://cp-a.example",
                 "pq-control-plane",
                 "https://cp-b.example"
+            ]
+        );
+    }
+
+    #[test]
+    fn replica_urls_are_base_urls_without_a_trailing_slash() {
+        let s = settings(&[
+            "--replica-urls",
+            "http://10.0.0.12:8000/, http://a-3.internal:8000",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.replica_urls,
+            ["http://10.0.0.12:8000", "http://a-3.internal:8000"]
+        );
+        assert_eq!(
+            settings(&["--replica-urls", "a-2:8000,http://ok:1?x=1"])
+                .unwrap_err()
+                .0,
+            [
+                ConfigError::ReplicaUrl("a-2:8000".into()),
+                ConfigError::ReplicaUrl("http://ok:1?x=1".into()),
             ]
         );
     }

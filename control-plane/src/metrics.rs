@@ -41,6 +41,11 @@ pub(crate) struct Metrics {
     /// Requests answered 429 because their address had
     /// `CP_MAX_UNAUTHENTICATED_PER_ADDRESS` requests without a credential in progress.
     pub unauthenticated_over_address_cap: AtomicU64,
+    /// Session requests this replica did not hold, answered by another replica.
+    pub replica_passed: AtomicU64,
+    /// Session requests answered 503 because a replica that may hold the session did
+    /// not answer.
+    pub replica_unanswered: AtomicU64,
     /// Connections open now (a gauge).
     pub connections_open: AtomicU64,
     /// Idle connections closed to make room for a new one at the cap.
@@ -167,6 +172,15 @@ impl Metrics {
             "Requests without a credential answered 429 (and their connection closed) because \
              their address had CP_MAX_UNAUTHENTICATED_PER_ADDRESS such requests in progress.",
             &[("", get(&self.unauthenticated_over_address_cap))],
+        );
+        counter(
+            "cp_replica_session_requests_total",
+            "Refresh-session requests whose session this replica does not hold, passed to \
+             the region's other replicas, by outcome.",
+            &[
+                ("{outcome=\"answered\"}", get(&self.replica_passed)),
+                ("{outcome=\"unanswered\"}", get(&self.replica_unanswered)),
+            ],
         );
         counter(
             "cp_connections_closed_total",

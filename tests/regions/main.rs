@@ -345,6 +345,378 @@ fn an_edge_polling_two_control_planes_in_turn_misses_no_revocation() {
     );
 }
 
+/// Two replicas of region a on `broker` and `redis`: each its own SQLite and consumer
+/// group, each trusting the other's keys as region a's (`PEER_JWKS` `a=URL`) and naming
+/// the other in `CP_REPLICA_URLS`; both with the same `admin.secret` and
+/// `dpop-nonce.secret` and one edge credential (`edge-credential import`), required.
+fn start_replicas(broker: &Broker, redis: &Redis) -> (ControlPlane, ControlPlane) {
+    let (p1, p2) = (free_port(), free_port());
+    let env = |sibling: u16| {
+        let mut env = region_env("a", broker, redis, 0, &[]);
+        env.push((
+            "PEER_JWKS".to_owned(),
+            format!("a=http://127.0.0.1:{sibling}/v1/region/jwks"),
+        ));
+        env.push((
+            "CP_REPLICA_URLS".to_owned(),
+            format!("http://127.0.0.1:{sibling}"),
+        ));
+        env.push(("CP_EDGE_CREDENTIALS".to_owned(), "required".to_owned()));
+        // Each replica reads the whole topic: its own consumer group.
+        env.push(("CP_KAFKA_GROUP".to_owned(), format!("cp-a-{sibling}")));
+        env
+    };
+    let home = ControlPlane::start_with(p1, env(p2));
+    // Replicas share the admin credential and the DPoP nonce secret (the launcher copies
+    // replica 1's before the other's first start). Not by a restart: a consumer killed
+    // while it joins its group can leave the broker waiting for it (tansu held the group
+    // for over 30 s once).
+    let other = ControlPlane::start_seeded(p2, env(p1), |data| {
+        for file in ["admin.secret", "dpop-nonce.secret"] {
+            std::fs::copy(home.dir.0.join("data").join(file), data.join(file))
+                .unwrap_or_else(|e| panic!("copy {file}: {e}"));
+        }
+    });
+    let secret_file = home.dir.0.join("fleet.secret");
+    std::fs::write(&secret_file, home.edge_credential()).expect("write secret");
+    other.edge_credential_command(&[
+        "import",
+        "--name",
+        "fleet",
+        "--secret-file",
+        secret_file.to_str().expect("utf-8 path"),
+    ]);
+    hold_each_others_keys(&home, &other);
+    (home, other)
+}
+
+/// Two replicas of region a behind one address (`a.example`, as a balancer in front of
+/// them would be; each request here picks its replica): a refresh session lives on the
+/// replica that created it, and a request about it that reaches the other is passed to
+/// it. Refreshes work on either replica; 32 races of one refresh token on both give one
+/// winner each; a rotated token presented to the other replica is reuse and revokes the
+/// family everywhere; a DPoP nonce of one is accepted through the other, and a proof
+/// used through one replica is refused through the other; a holder's RFC 7009
+/// revocation on the replica that does not hold the session revokes it.
+#[test]
+fn refresh_sessions_are_one_across_replicas() {
+    let _turn = turn();
+    let broker = Broker::start();
+    let redis = Redis::start();
+    let (home, other) = start_replicas(&broker, &redis);
+    let auth = admin(&home);
+    let host = "a.example";
+    let post = |cp: &ControlPlane, path: &str, headers: &[(&str, &str)], body: &Value| {
+        let mut all: Vec<(&str, &[u8])> = vec![("content-type", b"application/json")];
+        all.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
+        http::send_as(
+            cp.port,
+            host,
+            "POST",
+            path,
+            &all,
+            body.to_string().as_bytes(),
+        )
+        .expect(path)
+    };
+    let create = |cp: &ControlPlane, body: Value| {
+        let created = post(
+            cp,
+            "/token/refresh/create",
+            &[("authorization", &auth)],
+            &body,
+        );
+        assert_eq!(created.status, 200, "{}", created.text());
+        created.json()
+    };
+    let refresh = |cp: &ControlPlane, token: &str| {
+        post(
+            cp,
+            "/token/refresh",
+            &[],
+            &json!({ "refresh_token": token }),
+        )
+    };
+
+    // Created on one, refreshed on the other (and back).
+    let session = create(&home, json!({ "subject": "rita" }));
+    let first = refresh(&other, session["refresh_token"].as_str().unwrap());
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = refresh(&home, first.json()["refresh_token"].as_str().unwrap());
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert!(
+        metrics(&other).contains("cp_replica_session_requests_total{outcome=\"answered\"} 1"),
+        "the other replica did not pass the refresh on"
+    );
+
+    // 32 races of one token, one request on each replica at once.
+    let mut two_winners = 0;
+    for i in 0..32 {
+        let creator = if i % 2 == 0 { &home } else { &other };
+        let token = create(creator, json!({ "subject": format!("racer-{i}") }))["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let statuses = std::thread::scope(|scope| {
+            let racers = [&home, &other].map(|cp| {
+                let token = token.clone();
+                scope.spawn(move || refresh(cp, &token))
+            });
+            racers.map(|r| r.join().expect("racer"))
+        });
+        let won = statuses.iter().filter(|r| r.status == 200).count();
+        let lost: Vec<&tests::http::Response> =
+            statuses.iter().filter(|r| r.status != 200).collect();
+        assert!(won >= 1, "race {i}: nobody won: {}", lost[0].text());
+        for r in &lost {
+            assert_eq!(r.status, 400, "race {i}: {}", r.text());
+            assert!(r.text().contains("invalid_grant"), "race {i}: {}", r.text());
+        }
+        if won > 1 {
+            two_winners += 1;
+        }
+    }
+    println!("refresh races across replicas: 32, with two winners: {two_winners}");
+    assert_eq!(two_winners, 0);
+
+    // Reuse through the other replica revokes the family, and its tokens everywhere.
+    let session = create(&home, json!({ "subject": "uwe" }));
+    let rotated_from = session["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = refresh(&home, &rotated_from);
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let access = rotated.json()["access_token"].as_str().unwrap().to_owned();
+    let reused = refresh(&other, &rotated_from);
+    assert_eq!(reused.status, 400, "{}", reused.text());
+    assert!(reused.text().contains("reuse"), "{}", reused.text());
+    let next = refresh(&other, rotated.json()["refresh_token"].as_str().unwrap());
+    assert_eq!(next.status, 400, "the family lives on: {}", next.text());
+    for cp in [&home, &other] {
+        let refused = eventually(Duration::from_secs(10), || {
+            let v = post(cp, "/token/validate", &[], &json!({ "token": access }));
+            (v.json()["valid"] == false).then_some(())
+        });
+        assert!(refused.is_some(), "a reused family's token still validates");
+    }
+
+    // A device-bound session through the standard token endpoint: the nonce one replica
+    // hands out works through the other; a proof used once is refused through either.
+    let device = SigningKey::generate(Alg::EdDsa);
+    let session = create(
+        &home,
+        json!({ "subject": "dora", "device_jwk": device.verifying_key().to_jwk() }),
+    );
+    let token_request = |cp: &ControlPlane, token: &str, proof: &str| {
+        let form = format!("grant_type=refresh_token&refresh_token={token}");
+        http::send_as(
+            cp.port,
+            host,
+            "POST",
+            "/oauth2/token",
+            &[
+                ("content-type", b"application/x-www-form-urlencoded"),
+                ("dpop", proof.as_bytes()),
+            ],
+            form.as_bytes(),
+        )
+        .expect("token endpoint")
+    };
+    let proof = |nonce: Option<String>| {
+        shared::dpop::sign_proof(
+            &device,
+            &shared::dpop::DpopClaims {
+                jti: shared::random::id(),
+                htm: "POST".into(),
+                htu: format!("http://{host}/oauth2/token"),
+                iat: tests::tokens::now(),
+                ath: None,
+                nonce,
+            },
+        )
+        .expect("proof")
+    };
+    let token = session["refresh_token"].as_str().unwrap();
+    let asked = token_request(&other, token, &proof(None));
+    assert_eq!(asked.status, 400, "{}", asked.text());
+    assert!(asked.text().contains("use_dpop_nonce"), "{}", asked.text());
+    let nonce = other_nonce(&other, host);
+    let used = proof(Some(nonce));
+    let done = token_request(&other, token, &used);
+    assert_eq!(done.status, 200, "{}", done.text());
+    let next = done.json()["refresh_token"].as_str().unwrap().to_owned();
+    for cp in [&home, &other] {
+        let replay = token_request(cp, &next, &used);
+        assert_eq!(replay.status, 400, "{}", replay.text());
+        assert!(
+            replay.text().contains("invalid_dpop_proof"),
+            "{}",
+            replay.text()
+        );
+    }
+
+    // A holder's RFC 7009 revocation of a refresh token, on the replica without it.
+    let session = create(&home, json!({ "subject": "ines" }));
+    let token = session["refresh_token"].as_str().unwrap();
+    let revoked = http::send_as(
+        other.port,
+        host,
+        "POST",
+        "/oauth2/revoke",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        format!("token={token}").as_bytes(),
+    )
+    .expect("oauth2/revoke");
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let after = refresh(&home, token);
+    assert_eq!(
+        after.status,
+        400,
+        "the session was not revoked: {}",
+        after.text()
+    );
+    assert!(after.text().contains("revoked"), "{}", after.text());
+
+    // Unknown everywhere is still the plain answer.
+    let unknown = refresh(&other, "rt_nobody-has-this-one");
+    assert_eq!(unknown.status, 400, "{}", unknown.text());
+    assert!(unknown.text().contains("not known"), "{}", unknown.text());
+}
+
+/// A rolling restart of two replicas (SIGTERM, start again, one after the other) while
+/// clients refresh their sessions and an operator revokes, each request sent to either
+/// replica as a balancer in front of them would (the next one when a replica refuses the
+/// connection; after `Retry-After` on a 503): no request fails in a way a retry does not
+/// fix, and every refresh session survives.
+#[test]
+fn a_rolling_restart_of_the_replicas_under_refresh_and_revocation_load_fails_no_client() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _turn = turn();
+    let broker = Broker::start();
+    let redis = Redis::start();
+    let (mut home, mut other) = start_replicas(&broker, &redis);
+    let ports = [home.port, other.port];
+    let auth = admin(&home);
+    let stop = Arc::new(AtomicBool::new(false));
+    let retried = Arc::new(AtomicU64::new(0));
+    // One request through the "balancer": replica `first` first, then the other, until
+    // an answer that is not a refused connection or a 503 (60 s at most).
+    let through = {
+        let retried = retried.clone();
+        move |first: usize, path: &str, headers: &[(&str, &str)], body: &Value| {
+            let started = Instant::now();
+            let mut turn = first;
+            loop {
+                let port = ports[turn % 2];
+                match http::post_json(port, path, headers, body) {
+                    Ok(r) if r.status != 503 => return Ok(r),
+                    Ok(r) if started.elapsed() > Duration::from_secs(60) => return Ok(r),
+                    Err(e) if started.elapsed() > Duration::from_secs(60) => {
+                        return Err(e.to_string());
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_secs(1)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+                retried.fetch_add(1, Ordering::Relaxed);
+                turn += 1;
+            }
+        }
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, through, auth) = (stop.clone(), through.clone(), auth.clone());
+            std::thread::spawn(move || {
+                let created = through(
+                    c,
+                    "/token/refresh/create",
+                    &[("authorization", &auth)],
+                    &json!({ "subject": format!("roller-{c}") }),
+                )
+                .expect("create");
+                assert_eq!(created.status, 200, "{}", created.text());
+                let mut token = created.json()["refresh_token"].as_str().unwrap().to_owned();
+                let (mut done, mut failed) = (0u64, Vec::new());
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    match through(i, "/token/refresh", &[], &json!({ "refresh_token": token })) {
+                        Ok(r) if r.status == 200 => {
+                            token = r.json()["refresh_token"].as_str().unwrap().to_owned();
+                            done += 1;
+                        }
+                        Ok(r) => failed.push(format!("refresh: {} {}", r.status, r.text())),
+                        Err(e) => failed.push(format!("refresh: {e}")),
+                    }
+                    if !failed.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (done, failed)
+            })
+        })
+        .collect();
+    let revoker = {
+        let (stop, through, auth) = (stop.clone(), through.clone(), auth.clone());
+        std::thread::spawn(move || {
+            let (mut done, mut failed) = (0u64, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = json!({ "type": "revoke_jti", "value": format!("rolling-{i}") });
+                match through(i, "/revoke", &[("authorization", &auth)], &body) {
+                    Ok(r) if r.status == 200 => done += 1,
+                    Ok(r) => failed.push(format!("revoke: {} {}", r.status, r.text())),
+                    Err(e) => failed.push(format!("revoke: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (done, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    home.terminate();
+    std::thread::sleep(Duration::from_secs(1));
+    home.resume();
+    std::thread::sleep(Duration::from_secs(2));
+    other.terminate();
+    std::thread::sleep(Duration::from_secs(1));
+    other.resume();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (mut refreshes, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (done, failed) = client.join().expect("client");
+        refreshes += done;
+        failures.extend(failed);
+    }
+    let (revocations, failed) = revoker.join().expect("revoker");
+    failures.extend(failed);
+    println!(
+        "rolling restart of 2 replicas: {refreshes} refreshes, {revocations} revocations, \
+         {} requests sent again (refused connection or 503), {} failed",
+        retried.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(refreshes > 0 && revocations > 0, "no load ran");
+}
+
+/// The DPoP nonce a replica hands out at its token endpoint.
+fn other_nonce(cp: &ControlPlane, host: &str) -> String {
+    let answer = http::send_as(
+        cp.port,
+        host,
+        "POST",
+        "/oauth2/token",
+        &[("content-type", b"application/x-www-form-urlencoded")],
+        b"grant_type=refresh_token",
+    )
+    .expect("token endpoint");
+    answer
+        .header("dpop-nonce")
+        .expect("a DPoP-Nonce header")
+        .to_owned()
+}
+
 /// Two replicas of region a: each its own SQLite, one broker and Redis, each trusting
 /// the other's keys as region a's (`PEER_JWKS` `a=URL`), one edge credential on both
 /// (`edge-credential import`). One Envoy lists both in its control-plane cluster, the
@@ -360,39 +732,8 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
     let _turn = turn();
     let broker = Broker::start();
     let redis = Redis::start();
-    let (p1, p2) = (free_port(), free_port());
-    let env = |sibling: u16| {
-        let mut env = region_env("a", &broker, &redis, 0, &[]);
-        env.push((
-            "PEER_JWKS".to_owned(),
-            format!("a=http://127.0.0.1:{sibling}/v1/region/jwks"),
-        ));
-        env.push(("CP_EDGE_CREDENTIALS".to_owned(), "required".to_owned()));
-        // Each replica reads the whole topic: its own consumer group.
-        env.push(("CP_KAFKA_GROUP".to_owned(), format!("cp-a-{sibling}")));
-        env
-    };
-    let mut home = ControlPlane::start_with(p1, env(p2));
-    // Replicas share the admin credential (the launcher copies replica 1's before the
-    // other's first start). Not by a restart: a consumer killed while it joins its group
-    // can leave the broker waiting for it (tansu held the group for over 30 s once).
-    let mut other = ControlPlane::start_seeded(p2, env(p1), |data| {
-        std::fs::copy(
-            home.dir.0.join("data/admin.secret"),
-            data.join("admin.secret"),
-        )
-        .expect("copy admin.secret");
-    });
-    let secret_file = home.dir.0.join("fleet.secret");
-    std::fs::write(&secret_file, home.edge_credential()).expect("write secret");
-    other.edge_credential_command(&[
-        "import",
-        "--name",
-        "fleet",
-        "--secret-file",
-        secret_file.to_str().expect("utf-8 path"),
-    ]);
-    hold_each_others_keys(&home, &other);
+    let (mut home, mut other) = start_replicas(&broker, &redis);
+    let (p1, p2) = (home.port, other.port);
     let upstream = Upstream::start();
     let mut filter = filter_config();
     filter["control_plane"]["edge_credential"] = json!(home.edge_credential());

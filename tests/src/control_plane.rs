@@ -148,6 +148,21 @@ impl ControlPlane {
             .expect("no admin.secret in the control plane's data dir");
     }
 
+    /// Stops the process the way an operator's restart does: SIGTERM, then it finishes
+    /// the requests in progress and exits (SIGKILL after 30 s).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let exited = eventually(Duration::from_secs(30), || child.try_wait().ok().flatten());
+            if exited.is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the process (a real outage: no graceful shutdown).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -93,9 +93,28 @@ pub fn send(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> io::Result<Response> {
+    send_as(
+        port,
+        &format!("127.0.0.1:{port}"),
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// Sends one request to `port` naming `host` (as a client of a balancer in front of
+/// several servers would).
+pub fn send_as(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> io::Result<Response> {
     let mut req =
-        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n")
-            .into_bytes();
+        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n").into_bytes();
     for (name, value) in headers {
         req.extend_from_slice(name.as_bytes());
         req.extend_from_slice(b": ");

@@ -233,6 +233,10 @@ pub(crate) async fn per_address(
     let Some(ip) = client.filter(|_| permits.enabled() && request.uri().path() != FEED_PATH) else {
         return next.run(request).await;
     };
+    // A request another replica passed on was counted there.
+    if state.passed_by_replica(request.headers()) {
+        return next.run(request).await;
+    }
     let secret = bearer(&request).map(str::to_owned);
     if has_credential(&state, secret).await {
         return next.run(request).await;

@@ -10,6 +10,7 @@ pub(crate) mod meta;
 pub(crate) mod nonce;
 pub(crate) mod oauth;
 pub(crate) mod refresh;
+pub(crate) mod replicas;
 pub(crate) mod revocations;
 pub(crate) mod server;
 pub(crate) mod token_endpoint;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub(crate) backends: crate::backends::Backends,
     /// DPoP server nonces of `/oauth2/token`, unless turned off (`CP_DPOP_NONCE`).
     nonces: Option<Arc<crate::http::nonce::DpopNonces>>,
+    /// The region's other replicas, which hold the sessions this one does not.
+    replicas: Option<Arc<replicas::Replicas>>,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
                 crate::http::nonce::DpopNonces::new(shared::random::bytes::<32>())
             })
         });
+        let replicas = replicas::Replicas::new(&settings.replica_urls, &region.replica_key());
         AppState(Arc::new(Shared {
             region: Arc::new(region),
             ready: Arc::new(AtomicBool::new(true)),
@@ -100,6 +104,7 @@ impl AppState {
             edge_auth: Arc::new(edge_auth),
             backends,
             nonces: nonces.map(Arc::new),
+            replicas: replicas.map(Arc::new),
         }))
     }
 
@@ -118,6 +123,12 @@ impl AppState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Whether a request was passed on by another replica of the region (it carries
+    /// their shared replica key).
+    pub(crate) fn passed_by_replica(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.replicas.as_ref().is_some_and(|r| r.is_passed(headers))
+    }
+
     /// True when ready.
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -127,20 +138,34 @@ impl AppState {
 /// The router with every route.
 pub fn app(state: AppState) -> Router {
     let limit = state.region.settings().max_body_bytes;
+    // A refresh-session request this replica cannot answer goes to the one that can.
+    let to_holder = middleware::from_fn_with_state(state.clone(), replicas::route_to_holder);
     Router::new()
         .route("/token", post(tokens::issue))
         .route("/token/validate", post(tokens::validate))
         .route("/token/inspect", get(tokens::inspect))
         .route("/token/refresh/create", post(refresh::create))
-        .route("/token/refresh", post(refresh::refresh))
-        .route("/token/refresh/revoke", post(refresh::revoke))
+        .route(
+            "/token/refresh",
+            post(refresh::refresh).route_layer(to_holder.clone()),
+        )
+        .route(
+            "/token/refresh/revoke",
+            post(refresh::revoke).route_layer(to_holder.clone()),
+        )
         .route("/revoke", post(revocations::revoke))
         .route("/revoke/token", post(revocations::revoke_token))
         .route("/v1/revocations/check", post(revocations::check))
         .route("/v1/revocations/{jti}", get(revocations::status))
-        .route("/oauth2/revoke", post(oauth::revoke))
+        .route(
+            "/oauth2/revoke",
+            post(oauth::revoke).route_layer(to_holder.clone()),
+        )
         .route("/oauth2/introspect", post(oauth::introspect))
-        .route("/oauth2/token", post(token_endpoint::token))
+        .route(
+            "/oauth2/token",
+            post(token_endpoint::token).route_layer(to_holder.clone()),
+        )
         .route(
             "/.well-known/oauth-authorization-server",
             get(token_endpoint::metadata),
@@ -249,6 +274,9 @@ pub(crate) enum ApiError {
     NotReady,
     /// 500: the cause is logged, never shown.
     Internal(String),
+    /// The inner error, for a request naming a refresh session this replica does not
+    /// hold: another replica may (`replicas`).
+    NotHere(Box<ApiError>),
 }
 
 impl IntoResponse for ApiError {
@@ -296,6 +324,11 @@ impl IntoResponse for ApiError {
                 "temporarily_unavailable",
                 "the service is not ready".to_owned(),
             ),
+            ApiError::NotHere(inner) => {
+                let mut response = inner.into_response();
+                response.extensions_mut().insert(replicas::NotHere);
+                return response;
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
@@ -350,15 +383,15 @@ impl From<crate::refresh::Error> for ApiError {
         let text = e.to_string();
         match e {
             E::InvalidRequest(_) => ApiError::BadRequest(text),
-            E::UnknownToken
-            | E::Expired(_)
+            E::UnknownToken => ApiError::NotHere(Box::new(ApiError::InvalidGrant(text))),
+            E::Expired(_)
             | E::Revoked(_)
             | E::ReusedRefreshToken { .. }
             | E::BindingMismatch(_) => ApiError::InvalidGrant(text),
             E::InvalidProof(_) => ApiError::InvalidDpopProof(text),
             E::UseDpopNonce(_) => ApiError::UseDpopNonce(text),
             E::InvalidScope(_) => ApiError::InvalidScope(text),
-            E::UnknownSession(_) => ApiError::NotFound(text),
+            E::UnknownSession(_) => ApiError::NotHere(Box::new(ApiError::NotFound(text))),
             E::Region(e) => ApiError::from(e),
         }
     }

@@ -87,7 +87,7 @@ impl DpopNonces {
 }
 
 /// HMAC-SHA256 (RFC 2104) with a key shorter than the block.
-fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     let mut inner = vec![0x36u8; 64];
     let mut outer = vec![0x5cu8; 64];
     for (i, k) in key.iter().enumerate() {

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::Kind;
@@ -58,14 +59,17 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     uri: Uri,
     Form(form): Form<TokenForm>,
-) -> Result<StatusCode, ApiError> {
-    // Anyone may call this: it writes events, so it shares the holder revocation limit.
-    state.holder_limits.client(client).map_err(|wait| {
-        ApiError::TooManyRequests(
-            "too many revocations from this client; retry later".into(),
-            wait,
-        )
-    })?;
+) -> Result<Response, ApiError> {
+    // Anyone may call this: it writes events, so it shares the holder revocation limit
+    // (a request another replica passed on was counted there).
+    if !state.passed_by_replica(&headers) {
+        state.holder_limits.client(client).map_err(|wait| {
+            ApiError::TooManyRequests(
+                "too many revocations from this client; retry later".into(),
+                wait,
+            )
+        })?;
+    }
     let token = form.token()?;
     let proof = super::refresh::dpop_header(&headers)?;
     let target = super::refresh::proof_target(&headers, &uri);
@@ -78,16 +82,23 @@ pub(super) async fn revoke(
                 &target,
                 "api:/oauth2/revoke (holder)",
             ) {
-                Ok(_) => Ok(()),
+                Ok(_) => Ok(true),
                 // A bound session without a valid proof of its key: nothing is revoked.
                 Err(refresh::Error::InvalidProof(d)) => Err(ApiError::InvalidDpopCredential(d)),
                 Err(refresh::Error::Region(e)) => Err(ApiError::from(e)),
-                // Unknown, expired or already revoked: nothing to do (RFC 7009 2.2).
-                Err(_) => Ok(()),
+                // Not held here: another replica of the region may hold it.
+                Err(refresh::Error::UnknownToken) => Ok(false),
+                // Expired or already revoked: nothing to do (RFC 7009 2.2).
+                Err(_) => Ok(true),
             }
         });
-        outcome.await?;
-        return Ok(StatusCode::OK);
+        let held = outcome.await?;
+        let mut response = StatusCode::OK.into_response();
+        if !held {
+            // Unknown everywhere is still 200 (RFC 7009 2.2), once the replicas are asked.
+            response.extensions_mut().insert(super::replicas::NotHere);
+        }
+        return Ok(response);
     }
     // Checked on the blocking pool (a proof is recorded through the writer); the
     // revocation's signature and commit are awaited.
@@ -119,7 +130,7 @@ pub(super) async fn revoke(
             .revoke(Kind::Jti, jti, Some(expires_at), "oauth2/revoke")
             .await?;
     }
-    Ok(StatusCode::OK)
+    Ok(StatusCode::OK.into_response())
 }
 
 /// Introspection answer: `{"active": false}` or the claims with `active: true`.

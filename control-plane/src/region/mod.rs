@@ -502,6 +502,13 @@ impl Region {
         digest.ct_eq(&self.admin_hash).into()
     }
 
+    /// The key a replica of this region puts on a request it passes to another replica
+    /// (`x-cp-replica`): derived from the admin credential, which replicas share, so no
+    /// client can make it and the credential itself never travels.
+    pub(crate) fn replica_key(&self) -> [u8; 32] {
+        crate::http::nonce::hmac_sha256(&self.admin_hash, b"replica-forward/v1")
+    }
+
     /// Picks up what other writers of the same database did (the operator CLI, later
     /// the event consumer): new feed rows, rotated keys. Also prunes the cache.
     pub fn sync(&self) -> Result<(), Error> {
