@@ -23,6 +23,13 @@ pub fn filter_config() -> Value {
     })
 }
 
+/// A `--base-id` of its own for each Envoy this process starts (several run at once).
+fn next_base_id() -> u32 {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
+    (std::process::id() % 100_000) * 16 + n % 16
+}
+
 /// A running Envoy.
 #[derive(Debug)]
 pub struct Envoy {
@@ -191,9 +198,7 @@ impl Envoy {
         hcm_options: &Value,
         poller: Poller,
     ) -> Envoy {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let n = STARTED.fetch_add(1, Ordering::Relaxed);
-        let base_id = (std::process::id() % 100_000) * 16 + n % 16;
+        let base_id = next_base_id();
         let dir = TempDir::new("envoy");
         let (port, admin_port) = (free_port(), free_port());
         let wasm = json!({
@@ -265,6 +270,68 @@ impl Envoy {
                 }
             }]);
         }
+        Envoy::run(dir, &config, port, admin_port, base_id)
+    }
+
+    /// A plain Envoy router (no filter) in front of the replicas of a region at `ports`,
+    /// for clients: one address, round robin over the replicas that answer `/ready`, and a
+    /// request that could not reach a replica (refused connection or stream) or got 503
+    /// (not served: starting, or the session's replica unreachable) tried on another, as
+    /// docs/operations.md ("Clients on any replica") configures it. Never retried after a
+    /// reset: the request may have been served.
+    pub fn front(ports: &[u16]) -> Envoy {
+        let base_id = next_base_id();
+        let dir = TempDir::new("envoy-front");
+        let (port, admin_port) = (free_port(), free_port());
+        let mut replicas = cluster("replicas", ports);
+        replicas["health_checks"] = json!([{
+            "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+            "unhealthy_threshold": 2, "healthy_threshold": 1,
+            "http_health_check": {"path": "/ready"}
+        }]);
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "front",
+            "route_config": {"virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {
+                    "cluster": "replicas",
+                    "timeout": "30s",
+                    "retry_policy": {
+                        "retry_on": "connect-failure,refused-stream,retriable-status-codes",
+                        "retriable_status_codes": [503],
+                        "num_retries": 3,
+                        "retry_host_predicate": [{
+                            "name": "envoy.retry_host_predicates.previous_hosts",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+                        }],
+                        "host_selection_retry_max_attempts": 3
+                    }
+                }}]
+            }]},
+            "http_filters": [{
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+            }]
+        });
+        let config = json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "front",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm
+                    }]}]
+                }],
+                "clusters": [replicas]
+            }
+        });
+        Envoy::run(dir, &config, port, admin_port, base_id)
+    }
+
+    fn run(dir: TempDir, config: &Value, port: u16, admin_port: u16, base_id: u32) -> Envoy {
         let config_path = dir.0.join("envoy.json");
         std::fs::write(&config_path, config.to_string()).expect("write envoy config");
         let log = File::create(dir.0.join("stderr.log"))

@@ -162,7 +162,8 @@ pub(super) async fn introspect(
     Form(form): Form<TokenForm>,
 ) -> Result<Json<Value>, ApiError> {
     let token = form.token()?;
-    let check = blocking(&state, move |r| r.check(&token, true)).await?;
+    let region = state.region.clone();
+    let check = super::tokens::check_token(&state, move || region.check(&token, true)).await?;
     let (true, Some(claims)) = (check.valid, check.claims) else {
         return Ok(Json(json!({ "active": false })));
     };

@@ -9,7 +9,7 @@ use shared::revocation::TokenIds;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Admin, ApiError, AppState, ErrorBody, Json, Query, blocking};
-use crate::region::{IssueRequest, describe};
+use crate::region::{IssueRequest, TokenCheck, describe};
 
 /// `POST /token` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -114,13 +114,33 @@ pub(super) async fn validate(
 ) -> Result<Json<ValidateResponse>, ApiError> {
     // A check is CPU only (a signature verification, then the in-process revocation
     // set): run it here rather than paying a hop to the blocking pool.
-    let check = state.region.check(&body.token, body.check_revocation)?;
+    let region = state.region.clone();
+    let check = check_token(&state, move || region.check(&body.token, body.check_revocation))
+        .await?;
     Ok(Json(ValidateResponse {
         valid: check.valid,
         claims: check.claims.as_ref().and_then(to_value),
         revoked: check.revocation.is_some(),
         message: check.message,
     }))
+}
+
+/// Runs `check`; when the token names a key nobody is known to hold, fetches the peers'
+/// keys again first (at most every 2 s: a key a peer or a sibling replica made since the
+/// last fetch verifies at once, not up to a minute later) and checks once more.
+pub(super) async fn check_token(
+    state: &AppState,
+    check: impl Fn() -> Result<TokenCheck, crate::region::Error>,
+) -> Result<TokenCheck, ApiError> {
+    let first = check()?;
+    let Some(peers) = state.backends.peers.as_ref().filter(|_| first.unknown_key) else {
+        return Ok(first);
+    };
+    if !peers.refresh_soon().await {
+        return Ok(first);
+    }
+    peers.hand_to(&state.region);
+    Ok(check()?)
 }
 
 /// `GET /token/inspect` query.

@@ -57,6 +57,7 @@ impl Region {
                     claims: None,
                     revocation: None,
                     message: e.to_string(),
+                    unknown_key: matches!(e, JoseError::UnknownKey(_)),
                 });
             }
         };
@@ -92,6 +93,7 @@ impl Region {
             claims: Some(claims),
             revocation,
             message,
+            unknown_key: false,
         })
     }
 

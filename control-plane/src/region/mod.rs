@@ -128,6 +128,9 @@ pub(crate) struct TokenCheck {
     pub(crate) revocation: Option<RevocationEvent>,
     /// Why it is (in)valid, in words.
     pub(crate) message: String,
+    /// The token names a key neither this region nor its peers are known to hold (yet:
+    /// a peer or a sibling replica may just have made it).
+    pub(crate) unknown_key: bool,
 }
 
 /// A committed revocation.
