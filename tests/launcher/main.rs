@@ -357,6 +357,29 @@ fn the_launcher_runs_two_replicas_and_its_edge_survives_killing_one() {
         served.is_some(),
         "the edge does not accept both replicas' tokens"
     );
+    // A refresh session made at replica 1 refreshes at replica 2 (passed to replica 1).
+    let created = tests::http::post_json(
+        cp,
+        "/token/refresh/create",
+        &[("authorization", &format!("Bearer {one}"))],
+        &serde_json::json!({ "subject": "roaming" }),
+    )
+    .expect("POST /token/refresh/create");
+    assert_eq!(created.status, 200, "{}", created.text());
+    let refreshed = tests::http::post_json(
+        cp + 10,
+        "/token/refresh",
+        &[],
+        &serde_json::json!({ "refresh_token": created.json()["refresh_token"] }),
+    )
+    .expect("POST /token/refresh at replica 2");
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+    let nonce_secret = |dir: &std::path::Path| std::fs::read(dir.join("dpop-nonce.secret"));
+    assert_eq!(
+        nonce_secret(&data.0).expect("dpop-nonce.secret"),
+        nonce_secret(&data.0.join("replica-2")).expect("dpop-nonce.secret of replica 2"),
+        "the replicas share the DPoP nonce secret"
+    );
 
     let pid = std::fs::read_to_string(data.0.join("run/control-plane-a.pid")).expect("pid file");
     let killed = Command::new("kill")

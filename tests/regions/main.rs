@@ -590,7 +590,10 @@ fn refresh_sessions_are_one_across_replicas() {
         let v = post(&other, "/token/validate", &[], &json!({ "token": rotated }));
         (v.json()["valid"] == true).then_some(())
     });
-    assert!(validated.is_some(), "the other replica refuses the rotated key's token");
+    assert!(
+        validated.is_some(),
+        "the other replica refuses the rotated key's token"
+    );
 
     // One audit chain per replica, each verifiable on its own.
     for cp in [&home, &other] {
@@ -871,7 +874,12 @@ fn an_edge_fails_over_between_replicas_with_no_refused_request_and_no_missed_rev
     .expect("revoke");
     // The answer says the broker has it: then the replica's death cannot lose it.
     assert_eq!(acknowledged.status, 200, "{}", acknowledged.text());
-    assert_eq!(acknowledged.json()["published"], true, "{}", acknowledged.text());
+    assert_eq!(
+        acknowledged.json()["published"],
+        true,
+        "{}",
+        acknowledged.text()
+    );
     let killed_at = Instant::now();
     home.stop();
     wait_revoked(&other, "jti", &jti);

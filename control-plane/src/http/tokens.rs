@@ -115,8 +115,10 @@ pub(super) async fn validate(
     // A check is CPU only (a signature verification, then the in-process revocation
     // set): run it here rather than paying a hop to the blocking pool.
     let region = state.region.clone();
-    let check = check_token(&state, move || region.check(&body.token, body.check_revocation))
-        .await?;
+    let check = check_token(&state, move || {
+        region.check(&body.token, body.check_revocation)
+    })
+    .await?;
     Ok(Json(ValidateResponse {
         valid: check.valid,
         claims: check.claims.as_ref().and_then(to_value),
