@@ -87,6 +87,9 @@ lint() {
   step "API docs (missing docs and broken links are errors)"
   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p shared -p control-plane -p edge-filter
   step "dependencies: licenses, duplicate versions, sources (deny.toml)"
+  # cargo-deny reads the metadata of every platform's dependencies (windows-sys too):
+  # fetch them from crates.io first, then check offline (no advisory database needed).
+  cargo fetch --locked
   cargo deny --offline check licenses bans sources
   step "minimum supported Rust (rust-version in Cargo.toml)"
   msrv
