@@ -390,14 +390,98 @@ fn start_replicas(broker: &Broker, redis: &Redis) -> (ControlPlane, ControlPlane
     (home, other)
 }
 
+/// Four edges, two at home on each replica (each lists its home first); the first
+/// replica is killed: its two edges move to the other; it comes back: they return home,
+/// so the fleet is even again (2 and 2). The times are printed.
+#[test]
+fn edges_spread_back_evenly_when_a_killed_replica_returns() {
+    let _turn = turn();
+    let broker = Broker::start();
+    let redis = Redis::start();
+    let (mut one, two) = start_replicas(&broker, &redis);
+    let upstream = Upstream::start();
+    let edges: Vec<Envoy> = (0..4)
+        .map(|i| {
+            let mut filter = filter_config();
+            filter["control_plane"]["edge_credential"] = json!(one.edge_credential());
+            filter["control_plane"]["edge_instance"] = json!(format!("edge-{i}"));
+            let order = if i % 2 == 0 {
+                [one.port, two.port]
+            } else {
+                [two.port, one.port]
+            };
+            Envoy::start_with_cluster(
+                tests::envoy::replica_cluster(&order),
+                upstream.port,
+                &filter,
+                &shipped_hcm_options(),
+                Poller::Service,
+            )
+        })
+        .collect();
+    let token = one.issue("spread");
+    for edge in &edges {
+        edge.wait_until_serving(&token);
+    }
+    let (p1, p2) = (one.port, two.port);
+    // The replica at `port`: edges with a poll in progress or answered in the last 5 s.
+    let connected = |port: u16| {
+        http::get(port, "/metrics", &[])
+            .map(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("cp_edges_connected ")?.trim().parse().ok())
+            .unwrap_or(0u64)
+    };
+    let split = |a: u64, b: u64, within: Duration| {
+        eventually(within, || {
+            (connected(p1) == a && connected(p2) == b).then_some(())
+        })
+    };
+    assert!(
+        split(2, 2, Duration::from_secs(60)).is_some(),
+        "the edges never settled at their homes (connected: {} and {})",
+        connected(p1),
+        connected(p2)
+    );
+    one.stop();
+    let killed = Instant::now();
+    let moved = eventually(Duration::from_secs(60), || {
+        (connected(p2) == 4).then_some(())
+    });
+    assert!(moved.is_some(), "the killed replica's edges never moved");
+    let moved_after = killed.elapsed();
+    one.resume();
+    let returned = Instant::now();
+    assert!(
+        split(2, 2, Duration::from_secs(120)).is_some(),
+        "the fleet is not even 2 minutes after the replica returned (connected: {} and {})",
+        connected(p1),
+        connected(p2)
+    );
+    println!(
+        "4 edges, 2 at home on each replica: all 4 on the survivor {moved_after:?} after the \
+         kill; 2 and 2 again {:?} after the killed replica was back",
+        returned.elapsed()
+    );
+    for edge in &edges {
+        assert_eq!(
+            http::get_with_token(edge.port, "/api", &token).map_or(0, |r| r.status),
+            200,
+            "a valid token was refused at an edge"
+        );
+    }
+}
+
 /// Two replicas of region a behind one address (`a.example`, as a balancer in front of
 /// them would be; each request here picks its replica): a refresh session lives on the
 /// replica that created it, and a request about it that reaches the other is passed to
 /// it. Refreshes work on either replica; 32 races of one refresh token on both give one
 /// winner each; a rotated token presented to the other replica is reuse and revokes the
 /// family everywhere; a DPoP nonce of one is accepted through the other, and a proof
-/// used through one replica is refused through the other; a holder's RFC 7009
-/// revocation on the replica that does not hold the session revokes it.
+/// used through one replica is refused through the other (at a refresh, and at a
+/// holder's revocation of a bound access token); a holder's RFC 7009 revocation on the
+/// replica that does not hold the session revokes it.
 #[test]
 fn refresh_sessions_are_one_across_replicas() {
     let _turn = turn();
@@ -553,6 +637,35 @@ fn refresh_sessions_are_one_across_replicas() {
             replay.text()
         );
     }
+
+    // A holder's revocation of a bound access token is checked where it arrives, and
+    // the proof recorded on every replica: replayed on the other, it is refused there.
+    let bound = bound_token(home.port, &auth, "dora", &device);
+    let revoke_proof = shared::dpop::sign_proof(
+        &device,
+        &shared::dpop::DpopClaims {
+            jti: shared::random::id(),
+            htm: "POST".into(),
+            htu: format!("http://{host}/revoke/token"),
+            iat: tests::tokens::now(),
+            ath: Some(shared::dpop::ath(&bound)),
+            nonce: None,
+        },
+    )
+    .expect("proof");
+    let holder_revoke = |cp: &ControlPlane| {
+        post(
+            cp,
+            "/revoke/token",
+            &[("dpop", &revoke_proof)],
+            &json!({ "token": bound }),
+        )
+    };
+    let first = holder_revoke(&other);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let replay = holder_revoke(&home);
+    assert_eq!(replay.status, 401, "{}", replay.text());
+    assert!(replay.text().contains("replay"), "{}", replay.text());
 
     // A holder's RFC 7009 revocation of a refresh token, on the replica without it.
     let session = create(&home, json!({ "subject": "ines" }));

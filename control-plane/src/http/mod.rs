@@ -129,6 +129,15 @@ impl AppState {
         self.replicas.as_ref().is_some_and(|r| r.is_passed(headers))
     }
 
+    /// After a proof of possession was accepted and recorded here: false when another
+    /// replica of the region had seen it (a replay), see [`replicas::Replicas::claim_proof`].
+    pub(crate) async fn proof_is_fresh_on_replicas(&self, jkt: &str, jti: &str) -> bool {
+        match &self.replicas {
+            Some(replicas) => replicas.claim_proof(jkt, jti).await,
+            None => true,
+        }
+    }
+
     /// True when ready.
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -177,6 +186,7 @@ pub fn app(state: AppState) -> Router {
                 edge_auth::require,
             )),
         )
+        .route(replicas::PROOFS_PATH, post(replicas::record_proof))
         .route("/v1/edge/fleet", get(edge::fleet))
         .route("/v1/edge/ready", get(edge::ready))
         .route("/v1/events", get(events::list))

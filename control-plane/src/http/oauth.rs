@@ -102,28 +102,38 @@ pub(super) async fn revoke(
     }
     // Checked on the blocking pool (a proof is recorded through the writer); the
     // revocation's signature and commit are awaited.
-    let unrevoked = blocking(&state, move |r| {
+    let (unrevoked, proved) = blocking(&state, move |r| {
         let Ok((claims, _)) = r.verify(&token) else {
-            return Ok(None);
+            return Ok((None, None));
         };
         if claims.validate(&r.settings().validation(), now()).is_err() {
-            return Ok(None);
+            return Ok((None, None));
         }
-        if let Some(cnf) = &claims.cnf {
-            refresh::check_possession(r, proof.as_deref(), &token, &cnf.jkt, &target).map_err(
-                |e| match ApiError::from(e) {
-                    // The bound token is the credential here: a protected-resource 401.
-                    ApiError::InvalidDpopProof(d) => ApiError::InvalidDpopCredential(d),
-                    other => other,
-                },
-            )?;
-        }
+        let proved = match &claims.cnf {
+            Some(cnf) => Some(
+                refresh::check_possession(r, proof.as_deref(), &token, &cnf.jkt, &target).map_err(
+                    |e| match ApiError::from(e) {
+                        // The bound token is the credential here: a protected-resource 401.
+                        ApiError::InvalidDpopProof(d) => ApiError::InvalidDpopCredential(d),
+                        other => other,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         if r.find(Kind::Jti, &claims.jti)?.is_some() {
-            return Ok(None);
+            return Ok((None, proved));
         }
-        Ok::<_, ApiError>(Some((claims.jti, r.token_end(claims.exp))))
+        Ok::<_, ApiError>((Some((claims.jti, r.token_end(claims.exp))), proved))
     })
     .await?;
+    if let Some((jkt, jti)) = proved
+        && !state.proof_is_fresh_on_replicas(&jkt, &jti).await
+    {
+        return Err(ApiError::InvalidDpopCredential(
+            "DPoP proof was already used (replay, on another replica)".into(),
+        ));
+    }
     if let Some((jti, expires_at)) = unrevoked {
         state
             .region

@@ -108,6 +108,73 @@ impl Replicas {
     }
 }
 
+impl Replicas {
+    /// Asks every other replica to record a DPoP proof this one accepted (a holder's
+    /// revocation of a bound access token is checked where it arrives); false when one
+    /// had seen it: a replay. A replica that does not answer is skipped with a warning:
+    /// the proof is bound to one token and one revocation request, so a replay it might
+    /// accept meanwhile can only revoke that token once more.
+    pub(crate) async fn claim_proof(&self, jkt: &str, jti: &str) -> bool {
+        let body = serde_json::json!({ "jkt": jkt, "jti": jti });
+        for url in &self.urls {
+            let answer = self
+                .http
+                .post(format!("{url}{PROOFS_PATH}"))
+                .header(REPLICA_HEADER, self.key.as_str())
+                .json(&body)
+                .send()
+                .await;
+            let fresh = match answer {
+                Ok(answer) if answer.status().is_success() => answer
+                    .json::<serde_json::Value>()
+                    .await
+                    .map(|v| v["fresh"].as_bool()),
+                Ok(answer) => {
+                    tracing::warn!(replica = %url, status = %answer.status(), "a replica did not record a DPoP proof");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(replica = %url, error = %e, "a replica could not be asked to record a DPoP proof");
+                    continue;
+                }
+            };
+            if fresh.ok().flatten() == Some(false) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Path of [`record_proof`].
+pub(crate) const PROOFS_PATH: &str = "/v1/replica/proofs";
+
+/// `POST /v1/replica/proofs` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProofClaim {
+    jkt: String,
+    jti: String,
+}
+
+/// `POST /v1/replica/proofs`, for the other replicas only (their replica key): records a
+/// DPoP proof another replica accepted and answers `{"fresh": bool}`, false when this
+/// replica had seen it.
+pub(crate) async fn record_proof(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    super::Json(claim): super::Json<ProofClaim>,
+) -> Result<super::Json<serde_json::Value>, ApiError> {
+    if !state.passed_by_replica(&headers) {
+        return Err(ApiError::NotFound(format!("no route for {PROOFS_PATH}")));
+    }
+    let fresh = super::blocking(&state, move |r| {
+        crate::refresh::record_proof(r, &claim.jkt, &claim.jti)
+    })
+    .await?;
+    Ok(super::Json(serde_json::json!({ "fresh": fresh })))
+}
+
 /// An answer's body, at most [`MAX_ANSWER_BYTES`] (the rest is dropped).
 async fn read_capped(mut answer: reqwest::Response) -> Result<Bytes, reqwest::Error> {
     let mut bytes = Vec::new();

@@ -159,7 +159,7 @@ pub(super) async fn revoke_token(
             let proof = super::refresh::dpop_header(&headers)?;
             let target = super::refresh::proof_target(&headers, &uri);
             let (token, jkt) = (body.token.clone(), cnf.jkt.clone());
-            blocking(&state, move |r| {
+            let (jkt, jti) = blocking(&state, move |r| {
                 crate::refresh::check_possession(r, proof.as_deref(), &token, &jkt, &target)
             })
             .await
@@ -168,6 +168,11 @@ pub(super) async fn revoke_token(
                 ApiError::InvalidDpopProof(d) => ApiError::InvalidDpopCredential(d),
                 other => other,
             })?;
+            if !state.proof_is_fresh_on_replicas(&jkt, &jti).await {
+                return Err(ApiError::InvalidDpopCredential(
+                    "DPoP proof was already used (replay, on another replica)".into(),
+                ));
+            }
         }
         // Counted only once the caller proved to hold a valid token (and its key): a
         // stranger with a stolen bound token or an expired one cannot burn the real

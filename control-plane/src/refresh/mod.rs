@@ -33,7 +33,7 @@ use proof::{parse_device_jwk, prove, publish_proof, verify_proof};
 use store::{Creation, Rotated, Rotation, Session, find_session, find_token, mark_revoked};
 
 pub(crate) use crate::config::MAX_REFRESH_DAYS as MAX_DAYS;
-pub(crate) use proof::check_possession;
+pub(crate) use proof::{check_possession, record_proof};
 pub use seal::transcript;
 
 /// Longest refresh token accepted as input (ours are 46 characters).

@@ -53,14 +53,15 @@ fn proof_scheme(proof: &str) -> &'static str {
 
 /// Checks that the presenter of a DPoP-bound access token holds its key: a proof for
 /// this request (`htm`, `htu`), bound to the token (`ath`) and to `cnf.jkt`, never seen
-/// before. A stolen bound token alone is no credential, not even to revoke with.
+/// before. A stolen bound token alone is no credential, not even to revoke with. Returns
+/// the proof's `(jkt, jti)`, recorded here (the other replicas are asked by the caller).
 pub(crate) fn check_possession(
     region: &Region,
     proof: Option<&str>,
     access_token: &str,
     jkt: &str,
     target: &ProofTarget,
-) -> Result<(), Error> {
+) -> Result<(String, String), Error> {
     if proof.is_none() {
         return Err(Error::InvalidProof(
             "this access token is bound to a device key (cnf.jkt): a DPoP header with a proof \
@@ -72,26 +73,38 @@ pub(crate) fn check_possession(
 }
 
 /// Verifies a proof of the key `jkt` for this request (bound to `access_token`, when
-/// given) and records its jti, refusing one seen before.
+/// given) and records its jti, refusing one seen before; returns its `(jkt, jti)`.
 pub(super) fn prove(
     region: &Region,
     proof: Option<&str>,
     access_token: Option<&str>,
     jkt: &str,
     target: &ProofTarget,
-) -> Result<(), Error> {
+) -> Result<(String, String), Error> {
     let t = now();
     let (jkt, jti) = verify_proof(proof, jkt, target, t, access_token, None)?;
-    publish_proof(region, &jkt, &jti);
-    let fresh = region
-        .writer()
-        .run(move |tx| remember_proof(tx, &jkt, &jti, t))?;
-    if !fresh {
+    if !record_proof(region, &jkt, &jti)? {
         return Err(Error::InvalidProof(
             "DPoP proof was already used (replay)".into(),
         ));
     }
-    Ok(())
+    Ok((jkt, jti))
+}
+
+/// Records a proof's `jti` for its key `jkt`; false when it was recorded before (a
+/// replay). Another replica's proofs are recorded here too, when it asks.
+pub(crate) fn record_proof(region: &Region, jkt: &str, jti: &str) -> Result<bool, Error> {
+    if jkt.is_empty() || jti.is_empty() || jti.len() > MAX_PROOF_JTI_LEN || jkt.len() > 64 {
+        return Err(Error::InvalidRequest(
+            "a proof's jkt and jti are 1 to 64 and 1 to 256 bytes".into(),
+        ));
+    }
+    let t = now();
+    publish_proof(region, jkt, jti);
+    let (jkt, jti) = (jkt.to_owned(), jti.to_owned());
+    Ok(region
+        .writer()
+        .run(move |tx| remember_proof(tx, &jkt, &jti, t))?)
 }
 
 /// Verifies the DPoP proof of a bound session (or, with `access_token`, of a bound access

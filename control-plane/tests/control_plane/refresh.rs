@@ -1101,3 +1101,51 @@ async fn token_endpoint_errors_are_400_with_an_oauth_error_code_and_no_challenge
             .error(400, "invalid_request");
     }
 }
+
+/// With other replicas configured (`CP_REPLICA_URLS`), a refresh token this replica does
+/// not hold is asked of them; when one cannot be asked the answer is 503 with
+/// `Retry-After` (the session may be there), not "unknown". A token held here is
+/// answered here without asking anyone.
+#[tokio::test]
+async fn a_token_not_held_here_is_asked_of_the_other_replicas() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+    };
+    let app = TestApp::with_settings(Transport::Tcp, |s| s.replica_urls = vec![dead]).await;
+    let reply = post_refresh(&app, &json!({ "refresh_token": "rt_not-here" }), None).await;
+    let why = reply.error(503, "temporarily_unavailable");
+    assert!(why.contains("replica"), "{why}");
+    assert_eq!(reply.header("retry-after"), "1");
+
+    let admin = format!("Bearer {}", app.secret);
+    let created = app
+        .request(
+            "POST",
+            "/token/refresh/create",
+            &[("authorization", admin.as_str())],
+            Some((
+                "application/json",
+                json!({ "subject": "held-here" }).to_string().into_bytes(),
+            )),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let token = created.json()["refresh_token"].clone();
+    let reply = post_refresh(&app, &json!({ "refresh_token": token }), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // The replicas' internal route is not there for anyone else.
+    let reply = app
+        .request(
+            "POST",
+            "/v1/replica/proofs",
+            &[("x-cp-replica", "guess")],
+            Some((
+                "application/json",
+                json!({ "jkt": "k", "jti": "j" }).to_string().into_bytes(),
+            )),
+        )
+        .await;
+    reply.error(404, "not_found");
+}
