@@ -187,6 +187,26 @@ async fn read_capped(mut answer: reqwest::Response) -> Result<Bytes, reqwest::Er
     Ok(Bytes::from(bytes))
 }
 
+/// Says, at most once a minute (anyone can send a wrong key), that a request came with a
+/// replica key that is not this region's: a sibling with another `admin.secret`, or a
+/// client. Such a request is answered here only, like any client's.
+fn warn_wrong_key() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let t = crate::time::now();
+    let last = LAST.load(Ordering::Relaxed);
+    if t.saturating_sub(last) >= 60
+        && LAST
+            .compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            "a request carries a wrong replica key (x-cp-replica); if another replica sent \
+             it, the replicas do not share admin.secret. Answered here only"
+        );
+    }
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -214,10 +234,7 @@ pub(crate) async fn route_to_holder(
     };
     if request.headers().contains_key(REPLICA_HEADER) {
         if !replicas.is_passed(request.headers()) {
-            tracing::warn!(
-                "a request passed by a replica carries a wrong replica key; do the replicas \
-                 share admin.secret? Answering it here only"
-            );
+            warn_wrong_key();
         }
         let mut response = next.run(request).await;
         if response.extensions().get::<NotHere>().is_some() {
