@@ -31,7 +31,7 @@ FROM ${BINARIES} AS binaries
 # host dir must be made so by hand (chown 10001:10001 DIR && chmod 0700 DIR).
 FROM debian:bookworm-slim AS control-plane
 COPY --from=binaries /dist/control-plane /usr/local/bin/control-plane
-RUN mkdir -m 0700 /data && chown 10001:10001 /data
+RUN mkdir -m 0700 /data /edge && chown 10001:10001 /data /edge
 USER 10001:10001
 VOLUME /data
 EXPOSE 8000
@@ -42,6 +42,9 @@ CMD ["serve", "--listen", "0.0.0.0:8000", "--data-dir", "/data"]
 FROM envoyproxy/envoy:v1.40-latest AS envoy
 COPY --from=binaries /dist/edge_filter.wasm /etc/envoy/edge_filter.wasm
 COPY envoy/compose.yaml /etc/envoy/envoy.yaml
+COPY envoy/compose-entrypoint.sh /usr/local/bin/compose-entrypoint.sh
+ENTRYPOINT ["/usr/local/bin/compose-entrypoint.sh"]
+CMD ["envoy", "-c", "/tmp/envoy.yaml"]
 
 # The demo upstream: echoes the claim headers Envoy forwards.
 FROM python:3.12-slim AS demo-upstream

@@ -6,7 +6,8 @@
 # docker-compose.standins.yml), packages this repository's binaries built on the host
 # with the Dockerfile's runtime stages, then: `docker-compose config`, `up` until both
 # regions are healthy, the README walk-through verbatim across the regions, a restart of
-# region a that keeps its revocations, and `down -v`.
+# region a that keeps its revocations, edge credentials required and region a's Envoy
+# failing over to its replica 2 when replica 1 is killed, and `down -v`.
 #
 # Slow (a first run assembles the base image): run it before submitting changes to the
 # deployment files. Needs root (or sudo) for apt-get and dockerd.
@@ -96,7 +97,7 @@ trap cleanup EXIT
 step "docker-compose up"
 "${COMPOSE[@]}" up -d --no-build
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")" 2>/dev/null)" = healthy ]; }
-for service in cp-a cp-b; do
+for service in cp-a cp-a-2 cp-b; do
   for _ in $(seq 1 120); do healthy "$service" && break; sleep 1; done
   healthy "$service" || { "${COMPOSE[@]}" logs --tail 50; echo "$service never became healthy" >&2; exit 1; }
 done
@@ -139,6 +140,27 @@ check=$(curl -fsS http://127.0.0.1:8000/token/validate -H 'content-type: applica
 echo "$check"
 grep -q '"revoked":true' <<<"$check"
 [ "$(cat "$WORK/admin-a.secret")" = "$("${COMPOSE[@]}" exec -T cp-a cat /data/admin.secret)" ]
+
+step "edge credentials required; region a's Envoy fails over to replica 2"
+code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/v1/edge/revocations)
+echo "a feed poll without a credential: $code"
+[ "$code" = 401 ]
+edge_status() { curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10000/ -H "authorization: Bearer $1"; }
+dave=$(curl -fsS http://127.0.0.1:8000/token -H "authorization: Bearer $ADMIN" \
+  -H 'content-type: application/json' -d '{"subject":"dave"}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+for _ in $(seq 1 30); do [ "$(edge_status "$dave")" = 200 ] && break; sleep 1; done
+[ "$(edge_status "$dave")" = 200 ]
+"${COMPOSE[@]}" kill cp-a
+curl -fsS http://127.0.0.1:8010/revoke -H "authorization: Bearer $ADMIN" \
+  -H 'content-type: application/json' -d '{"type":"revoke_sub","value":"dave"}'
+echo
+for _ in $(seq 1 60); do [ "$(edge_status "$dave")" = 401 ] && break; sleep 1; done
+echo "region a's Envoy with replica 1 killed, dave revoked at replica 2: $(edge_status "$dave")"
+[ "$(edge_status "$dave")" = 401 ]
+"${COMPOSE[@]}" start cp-a
+for _ in $(seq 1 60); do healthy cp-a && break; sleep 1; done
+healthy cp-a
 
 step "docker-compose down -v"
 "${COMPOSE[@]}" down -v --remove-orphans

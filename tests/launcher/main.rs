@@ -462,6 +462,9 @@ fn docker_compose_uses_the_names_ports_and_paths_of_the_code_and_the_launcher() 
         "REDIS_URL",
         "PEER_JWKS",
         "CP_KAFKA_FETCH_WAIT_MS",
+        "CP_KAFKA_GROUP",
+        "CP_REPLICA_URLS",
+        "CP_EDGE_CREDENTIALS",
     ] {
         assert!(
             compose.contains(&format!("{var}: ")),
