@@ -746,7 +746,7 @@ fn a_rolling_restart_of_the_replicas_under_refresh_and_revocation_load_fails_no_
     // at most.
     let through = {
         let retried = retried.clone();
-        move |_: usize, path: &str, headers: &[(&str, &str)], body: &Value| {
+        move |path: &str, headers: &[(&str, &str)], body: &Value| {
             let started = Instant::now();
             loop {
                 match http::post_json(port, path, headers, body) {
@@ -764,7 +764,6 @@ fn a_rolling_restart_of_the_replicas_under_refresh_and_revocation_load_fails_no_
             let (stop, through, auth) = (stop.clone(), through.clone(), auth.clone());
             std::thread::spawn(move || {
                 let created = through(
-                    c,
                     "/token/refresh/create",
                     &[("authorization", &auth)],
                     &json!({ "subject": format!("roller-{c}") }),
@@ -773,10 +772,8 @@ fn a_rolling_restart_of_the_replicas_under_refresh_and_revocation_load_fails_no_
                 assert_eq!(created.status, 200, "{}", created.text());
                 let mut token = created.json()["refresh_token"].as_str().unwrap().to_owned();
                 let (mut done, mut failed) = (0u64, Vec::new());
-                let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    match through(i, "/token/refresh", &[], &json!({ "refresh_token": token })) {
+                    match through("/token/refresh", &[], &json!({ "refresh_token": token })) {
                         Ok(r) if r.status == 200 => {
                             token = r.json()["refresh_token"].as_str().unwrap().to_owned();
                             done += 1;
@@ -801,7 +798,7 @@ fn a_rolling_restart_of_the_replicas_under_refresh_and_revocation_load_fails_no_
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let body = json!({ "type": "revoke_jti", "value": format!("rolling-{i}") });
-                match through(i, "/revoke", &[("authorization", &auth)], &body) {
+                match through("/revoke", &[("authorization", &auth)], &body) {
                     Ok(r) if r.status == 200 => done += 1,
                     Ok(r) => failed.push(format!("revoke: {} {}", r.status, r.text())),
                     Err(e) => failed.push(format!("revoke: {e}")),
