@@ -23,6 +23,33 @@ pub fn filter_config() -> Value {
     })
 }
 
+/// Envoy's router filter, the last of every listener's HTTP filters.
+fn router_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    })
+}
+
+/// A bootstrap with its admin on `admin_port` and one listener `name` on `port` serving
+/// the HTTP connection manager `hcm`, with `clusters`.
+fn bootstrap(name: &str, port: u16, admin_port: u16, hcm: Value, clusters: Value) -> Value {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": name,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    })
+}
+
 /// A `--base-id` of its own for each Envoy this process starts (several run at once).
 fn next_base_id() -> u32 {
     static STARTED: AtomicU32 = AtomicU32::new(0);
@@ -226,28 +253,18 @@ impl Envoy {
                 "name": "all", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
             }]},
-            "http_filters": [wasm, {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-            }]
+            "http_filters": [wasm, router_filter()]
         });
         for (k, v) in hcm_options.as_object().into_iter().flatten() {
             hcm[k] = v.clone();
         }
-        let mut config = json!({
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-            "static_resources": {
-                "listeners": [{
-                    "name": "edge",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm
-                    }]}]
-                }],
-                "clusters": [cluster("upstream", &[upstream_port]), control_plane]
-            }
-        });
+        let mut config = bootstrap(
+            "edge",
+            port,
+            admin_port,
+            hcm,
+            json!([cluster("upstream", &[upstream_port]), control_plane]),
+        );
         if poller == Poller::Service {
             let mut service_config = filter.clone();
             service_config["role"] = json!("poller");
@@ -309,25 +326,9 @@ impl Envoy {
                     }
                 }}]
             }]},
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-            }]
+            "http_filters": [router_filter()]
         });
-        let config = json!({
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-            "static_resources": {
-                "listeners": [{
-                    "name": "front",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm
-                    }]}]
-                }],
-                "clusters": [replicas]
-            }
-        });
+        let config = bootstrap("front", port, admin_port, hcm, json!([replicas]));
         Envoy::run(dir, &config, port, admin_port, base_id)
     }
 
